@@ -1,0 +1,111 @@
+"""Shared defaults for every config; specific configs (tiny, llavaction_7b, ...) override sections.
+
+Sections: model (architecture), mesh + sharding_rules (parallelism), data (input pipeline),
+optim (Optax), train (loop, checkpoints), eval. A converted checkpoint's own config.json wins over
+the model defaults here (see llavaction_jax.convert).
+"""
+import ml_collections
+
+# One table from logical axis names (on every parameter / activation) to mesh axes (MaxText style).
+# None = replicated along that logical axis.
+DEFAULT_SHARDING_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("layers", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("vision_embed", "fsdp"),
+    ("vision_mlp", "tensor"),
+    ("vision_heads", "tensor"),
+    ("patches", None),
+    ("action_classes", None),
+    ("seq", None),
+    ("norm", None),
+)
+
+
+def vision_config(**overrides):
+  """SigLIP vision tower. num_layers counts the layers USED (checkpoint layers - 1, LLaVA-NeXT drops the last)."""
+  c = ml_collections.ConfigDict(dict(
+      hidden_size=1152, intermediate_size=4304, num_layers=26, num_heads=16,
+      image_size=384, patch_size=14, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh",
+  ))
+  c.update(overrides)
+  return c
+
+
+def text_config(**overrides):
+  """Qwen2 decoder."""
+  c = ml_collections.ConfigDict(dict(
+      vocab_size=151936, hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14,
+      num_kv_heads=2, head_dim=64, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
+      max_position_embeddings=32768,
+  ))
+  c.update(overrides)
+  return c
+
+
+def model_config(**overrides):
+  c = ml_collections.ConfigDict(dict(
+      vision=vision_config(),
+      text=text_config(),
+      projector_type="mlp2x_gelu",
+      pool_mode="bilinear",        # bilinear (14x14) | average (13x13) | max
+      pool_stride=2,
+      newline_position="grid",     # grid | one_token | frame | no_token
+      action_token=False,          # LLaVAction extra (1, H) token + verb/noun/action heads
+      action_types=(97, 300, 3806),
+      video_token_id=151647,       # placeholder id in input_ids, expanded to num_video_tokens slots
+      dtype="float32",             # compute dtype
+      param_dtype="float32",
+      scan_layers=True,
+      remat_policy="none",         # none | full | dots_saveable | dots_with_no_batch_dims_saveable
+      attention_impl="xla",        # xla | cudnn (jax.nn.dot_product_attention implementation)
+  ))
+  c.update(overrides)
+  return c
+
+
+def get_base_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = model_config()
+  # Mesh axis sizes; -1 fills with the remaining devices.
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  config.sharding_rules = DEFAULT_SHARDING_RULES
+
+  config.data = ml_collections.ConfigDict(dict(
+      train_files="",              # glob(s) of TFRecord shards, comma separated
+      eval_files="",
+      mixture_weights=(),          # one weight per comma-separated train glob; empty = uniform
+      tokenizer_path="",           # dir with tokenizer.json (from the converted checkpoint)
+      num_frames=16,
+      max_length=4096,
+      length_buckets=(256, 512, 1024, 2048, 4096),
+      add_time_instruction=True,
+      system_prompt="You are a helpful assistant.",
+      shuffle_buffer=1024,
+      global_batch_size=8,
+  ))
+
+  config.optim = ml_collections.ConfigDict(dict(
+      lr=1e-5, vision_lr=2e-6, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+      warmup_ratio=0.03, schedule="cosine", grad_clip_norm=1.0,
+      # Regexes over '/'-joined parameter paths (e.g. 'vision/encoder/layers/...').
+      lr_overrides=(("^vision/", "vision_lr"),),
+      freeze=(),
+  ))
+
+  config.train = ml_collections.ConfigDict(dict(
+      num_steps=1000, grad_accum_steps=1, log_every=10, eval_every=0,
+      checkpoint_every=100, keep_checkpoints=3, async_checkpointing=True,
+      action_loss_weight=0.05, action_loss_parts=(0.5, 0.5, 0.1),
+  ))
+
+  config.eval = ml_collections.ConfigDict(dict(
+      batch_size=8, max_new_tokens=32, methods=("letters", "generate"),
+  ))
+  return config
