@@ -97,12 +97,17 @@ def get_base_config():
       # Regexes over '/'-joined parameter paths (e.g. 'vision/encoder/layers/...').
       lr_overrides=(("^vision/", "vision_lr"),),
       freeze=(),
+      # Regexes over parameter paths excluded from weight decay (HF: biases and norm weights).
+      weight_decay_exclude=(r"(^|/)bias$", r"(^|/)scale$", r"norm"),
   ))
 
   config.train = ml_collections.ConfigDict(dict(
       num_steps=1000, grad_accum_steps=1, log_every=10, eval_every=0,
       checkpoint_every=100, keep_checkpoints=3, async_checkpointing=True,
       action_loss_weight=0.05, action_loss_parts=(0.5, 0.5, 0.1),
+      init_from="",                # Orbax params dir from `python -m llavaction_jax.convert import` ("" = random init)
+      peak_flops_per_device=0.0,   # for MFU; 0 = look up the device kind (CPU: MFU reported as n/a)
+      progress_bar=True,
   ))
 
   config.eval = ml_collections.ConfigDict(dict(

@@ -1,0 +1,145 @@
+"""Optax optimizer for LLaVAction training: AdamW, warmup + cosine schedule, clipping, per-module LR, freezing.
+
+Parameters are grouped by regexes over their '/'-joined paths (e.g. 'vision/encoder/layers/mlp/fc1/kernel'):
+`config.optim.freeze` patterns put a parameter in the frozen group (no update, no optimizer state, no gradient
+in the clipping norm, like requires_grad=False in PyTorch); `config.optim.lr_overrides` pairs (regex, lr) give a
+group its own peak learning rate (lr may be a float or the name of another optim key, e.g. 'vision_lr').
+Every group gets the same warmup/decay shape, scaled to its own peak, as one HF param group would.
+"""
+import math
+import re
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+FROZEN = "frozen"
+DEFAULT = "default"
+
+
+def path_str(path) -> str:
+    """'/'-joined key path of a pytree leaf ('vision/encoder/layers/mlp/fc1/kernel')."""
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+def leaf_paths(tree) -> Any:
+    """A tree of the same structure whose leaves are the '/'-joined paths."""
+    return jax.tree_util.tree_map_with_path(lambda p, _: path_str(p), tree)
+
+
+def warmup_steps_for(num_steps: int, warmup_ratio: float) -> int:
+    # HF Trainer: ceil(warmup_ratio * num_training_steps).
+    return int(math.ceil(warmup_ratio * num_steps))
+
+
+def make_schedule(peak_lr: float, num_steps: int, warmup_steps: int, kind: str = "cosine") -> Callable:
+    """Linear warmup from 0 then `kind` decay to 0 at num_steps (HF get_*_schedule_with_warmup formulas)."""
+    if kind not in ("cosine", "linear", "constant"):
+        raise ValueError(f"config.optim.schedule must be cosine|linear|constant, got {kind!r}")
+    if num_steps <= 0:
+        raise ValueError(f"config.train.num_steps must be > 0, got {num_steps}")
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        warm = step / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, num_steps - warmup_steps)
+        if kind == "cosine":
+            decay = jnp.maximum(0.0, 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
+        elif kind == "linear":
+            decay = jnp.maximum(0.0, 1.0 - progress)
+        else:
+            decay = jnp.ones_like(progress)
+        return peak_lr * jnp.where(step < warmup_steps, warm, decay)
+
+    return schedule
+
+
+def _resolve_lr(optim_cfg, value) -> float:
+    if isinstance(value, str):
+        if value not in optim_cfg:
+            raise ValueError(f"config.optim.lr_overrides names optim key {value!r}, which does not exist")
+        return float(optim_cfg[value])
+    return float(value)
+
+
+def group_lrs(optim_cfg) -> dict:
+    """Peak LR of every non-frozen group: 'default' plus one group per lr_overrides entry (named by its regex)."""
+    lrs = {DEFAULT: float(optim_cfg.lr)}
+    for pattern, value in optim_cfg.get("lr_overrides", ()):
+        lrs[pattern] = _resolve_lr(optim_cfg, value)
+    return lrs
+
+
+def param_labels(params, optim_cfg) -> Any:
+    """Group label of every parameter: 'frozen', the first matching lr_overrides regex, or 'default'."""
+    freeze = [re.compile(p) for p in optim_cfg.get("freeze", ())]
+    overrides = [(re.compile(p), p) for p, _ in optim_cfg.get("lr_overrides", ())]
+
+    def label(path):
+        if any(f.search(path) for f in freeze):
+            return FROZEN
+        for regex, name in overrides:
+            if regex.search(path):
+                return name
+        return DEFAULT
+
+    return jax.tree.map(label, leaf_paths(params))
+
+
+def decay_mask(params, optim_cfg) -> Any:
+    """True where weight decay applies: not biases, norm scales (HF excludes bias and LayerNorm weights)."""
+    exclude = [re.compile(p) for p in optim_cfg.get("weight_decay_exclude", ())]
+    return jax.tree.map(lambda p: not any(e.search(p) for e in exclude), leaf_paths(params))
+
+
+def _zero_frozen(labels) -> optax.GradientTransformation:
+    """Zero frozen gradients BEFORE clipping so they do not count in the global norm."""
+    frozen_mask = jax.tree.map(lambda l: l == FROZEN, labels)
+    return optax.masked(optax.set_to_zero(), frozen_mask)
+
+
+def make_optimizer(optim_cfg, num_steps: int, params) -> tuple:
+    """(tx, schedules): the full gradient transformation for `params` and the LR schedule of each group.
+
+    tx = zero frozen grads -> clip by global norm -> per-group AdamW (frozen: set_to_zero, so no Adam state).
+    """
+    labels = param_labels(params, optim_cfg)
+    used = set(jax.tree.leaves(labels))
+    mask = decay_mask(params, optim_cfg)
+    warmup = warmup_steps_for(num_steps, float(optim_cfg.warmup_ratio))
+    schedules = {}
+    transforms = {FROZEN: optax.set_to_zero()}
+    for name, peak in group_lrs(optim_cfg).items():
+        schedules[name] = make_schedule(peak, num_steps, warmup, optim_cfg.get("schedule", "cosine"))
+        transforms[name] = optax.adamw(
+            learning_rate=schedules[name], b1=float(optim_cfg.b1), b2=float(optim_cfg.b2),
+            eps=float(optim_cfg.eps), weight_decay=float(optim_cfg.weight_decay), mask=mask)
+    # multi_transform needs a transform for every label present, and only those.
+    transforms = {k: v for k, v in transforms.items() if k in used}
+    if not transforms:
+        raise ValueError("the model has no parameters to optimise")
+    chain = [_zero_frozen(labels)]
+    clip = float(optim_cfg.get("grad_clip_norm", 0.0) or 0.0)
+    if clip > 0:
+        chain.append(optax.clip_by_global_norm(clip))
+    chain.append(optax.multi_transform(transforms, labels))
+    schedules = {k: v for k, v in schedules.items() if k in used}
+    return optax.chain(*chain), schedules
+
+
+def summarize_groups(params, optim_cfg) -> Mapping[str, int]:
+    """Number of parameters (elements) in each group, for the startup log."""
+    counts = {}
+    for label, leaf in zip(jax.tree.leaves(param_labels(params, optim_cfg)), jax.tree.leaves(params)):
+        counts[label] = counts.get(label, 0) + int(math.prod(leaf.shape))
+    return counts
+
