@@ -1,0 +1,97 @@
+"""Metrics over prediction records (one dict per sample, as written to predictions.jsonl).
+
+A record holds: id, source, mode, options, answer (letter, or None when the ground truth is not among the options,
+as in recognition mode), verb_class / noun_class / action_id, option_actions (the "verb_class:noun_class" action
+of each option, as data_prep.mqa writes it, or None), and per method a prediction: "letter_pred" (option-letter scoring) and "gen_pred" (greedy generation parsed
+with the reference parser; None when it matched no option). Recognition top-1 maps the chosen option back to its
+action: the predicted verb / noun / action is that option's verb class / noun class / "v:n" pair.
+"""
+import collections
+from typing import Iterable, Mapping, Sequence
+
+# Method name -> the record field holding its predicted letter.
+METHOD_FIELDS = {"letters": "letter_pred", "generate": "gen_pred"}
+
+
+def _mean(values: Sequence[bool]) -> float:
+    return float(sum(values)) / len(values) if values else float("nan")
+
+
+def is_correct(record: Mapping, pred_field: str) -> bool:
+    pred = record.get(pred_field)
+    return pred is not None and record.get("answer") is not None and pred == record["answer"]
+
+
+def split_action(action) -> tuple:
+    """"12:34" (data_prep.mqa's option_actions entries) -> (12, 34)."""
+    verb, sep, noun = str(action).partition(":")
+    if not sep or not verb.lstrip("-").isdigit() or not noun.lstrip("-").isdigit():
+        raise ValueError(f"option action {action!r} is not of the form 'verb_class:noun_class'")
+    return int(verb), int(noun)
+
+
+def predicted_action(record: Mapping, pred_field: str):
+    """(verb, noun) of the chosen option, or None (no prediction, or no option -> action map)."""
+    pred, option_actions = record.get(pred_field), record.get("option_actions")
+    if pred is None or not option_actions:
+        return None
+    index = ord(pred) - ord("A")
+    if not 0 <= index < len(option_actions):
+        raise ValueError(f"record {record.get('id')!r}: prediction {pred!r} outside its {len(option_actions)} options")
+    return split_action(option_actions[index])
+
+
+def recognition_top1(records: Sequence[Mapping], pred_field: str) -> dict:
+    """Verb / noun / action top-1 over records that carry option_actions (an unparsed answer counts as wrong)."""
+    scored = [r for r in records if r.get("option_actions")]
+    hits = {"verb": [], "noun": [], "action": []}
+    for r in scored:
+        chosen = predicted_action(r, pred_field)
+        truth = (int(r["verb_class"]), int(r["noun_class"]))
+        hits["verb"].append(chosen is not None and chosen[0] == truth[0])
+        hits["noun"].append(chosen is not None and chosen[1] == truth[1])
+        hits["action"].append(chosen is not None and chosen == truth)
+    return {"n": len(scored), **{f"{k}_top1": _mean(v) for k, v in hits.items()}}
+
+
+def _grouped_accuracy(records: Sequence[Mapping], key: str, pred_field: str) -> dict:
+    groups = collections.defaultdict(list)
+    for r in records:
+        groups[str(r.get(key))].append(is_correct(r, pred_field))
+    return {g: {"n": len(v), "accuracy": _mean(v)} for g, v in sorted(groups.items())}
+
+
+def summarize(records: Sequence[Mapping], methods: Iterable[str] = ("letters", "generate")) -> dict:
+    """Summary dict: accuracy, per distractor source, per mode, per verb and recognition top-1, for each method."""
+    records = list(records)
+    methods = list(methods)
+    unknown = [m for m in methods if m not in METHOD_FIELDS]
+    if unknown:
+        raise ValueError(f"unknown eval methods {unknown}; expected some of {list(METHOD_FIELDS)}")
+    summary = {
+        "num_samples": len(records),
+        "chance": _mean([1.0 / len(r["options"]) for r in records]),
+        "methods": methods,
+    }
+    for method in methods:
+        field = METHOD_FIELDS[method]
+        by_mode = collections.defaultdict(list)
+        for r in records:
+            by_mode[str(r.get("mode"))].append(r)
+        block = {
+            "accuracy": _mean([is_correct(r, field) for r in records]),
+            "by_source": _grouped_accuracy(records, "source", field),
+            "by_mode": _grouped_accuracy(records, "mode", field),
+            "per_verb": _grouped_accuracy(records, "verb_class", field),
+            "recognition": {mode: recognition_top1(rs, field) for mode, rs in sorted(by_mode.items())},
+        }
+        if method == "generate":
+            block["unparsed"] = sum(1 for r in records if r.get("gen_pred") is None)
+        summary[method] = block
+    head = [r for r in records if r.get("head_pred")]
+    if head:
+        summary["action_head"] = {"n": len(head), **{
+            f"{k}_top1": _mean([int(r["head_pred"][k]) == int(r[f"{k}_class" if k != "action" else "action_id"])
+                                for r in head])
+            for k in ("verb", "noun", "action")}}
+    return summary

@@ -1,0 +1,115 @@
+"""Metrics on a hand-made prediction set with known answers (exact numbers), report files, generic MC parsing."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from llavaction_jax.eval import metrics, report
+from llavaction_jax.eval.items import parse_generation
+from llavaction_jax.eval.samples import generic_to_sample
+
+
+def _rec(id_, source, answer, letter, gen, option_actions, verb, noun, mode="benchmark", head=None):
+    r = {"id": id_, "source": source, "mode": mode, "options": [f"{c}. o{c}" for c in "ABCDE"],
+         "answer": answer, "letter_pred": letter, "gen_pred": gen, "option_actions": option_actions,
+         "verb_class": verb, "noun_class": noun, "action_id": 7}
+    if head is not None:
+        r["head_pred"] = head
+    return r
+
+
+OA = ["0:1", "0:2", "1:1", "2:2", "3:3"]        # option -> "verb:noun"
+RECORDS = [
+    # truth C = 1:1
+    _rec("a", "avion", "C", "C", "C", OA, 1, 1, head={"verb": 1, "noun": 1, "action": 7}),
+    # truth C = 1:1; letters picks A = 0:1 (noun right), generation unparsed
+    _rec("b", "avion", "C", "A", None, OA, 1, 1, head={"verb": 0, "noun": 1, "action": 3}),
+    # truth B = 0:2; letters B, generation D = 2:2 (noun right)
+    _rec("c", "tim", "B", "B", "D", OA, 0, 2),
+    # truth E = 3:3; both predict A = 0:1 (all wrong)
+    _rec("d", "tim", "E", "A", "A", OA, 3, 3),
+    # recognition miss: truth 4:4 not among the options; letters picks D = 2:2
+    _rec("e", "tim", None, "D", "D", OA, 4, 4, mode="recognition"),
+]
+
+
+def test_summary_exact_numbers():
+    s = metrics.summarize(RECORDS)
+    assert s["num_samples"] == 5
+    assert s["chance"] == pytest.approx(0.2)
+    assert s["letters"]["accuracy"] == pytest.approx(2 / 5)          # a, c
+    assert s["generate"]["accuracy"] == pytest.approx(1 / 5)         # a
+    assert s["generate"]["unparsed"] == 1
+    assert s["letters"]["by_source"] == {"avion": {"n": 2, "accuracy": 0.5}, "tim": {"n": 3, "accuracy": 1 / 3}}
+    assert s["generate"]["by_source"] == {"avion": {"n": 2, "accuracy": 0.5}, "tim": {"n": 3, "accuracy": 0.0}}
+    assert s["letters"]["by_mode"]["recognition"] == {"n": 1, "accuracy": 0.0}
+    assert s["letters"]["per_verb"]["1"] == {"n": 2, "accuracy": 0.5}
+    bench = s["letters"]["recognition"]["benchmark"]
+    # letters: a (1:1 ok), b (0:1: noun ok), c (0:2 ok), d (0:1 vs 3:3 wrong)
+    assert bench == {"n": 4, "verb_top1": 0.5, "noun_top1": 0.75, "action_top1": 0.5}
+    gen_bench = s["generate"]["recognition"]["benchmark"]
+    # generate: a ok, b unparsed (wrong), c 2:2 vs 0:2 (noun ok), d wrong
+    assert gen_bench == {"n": 4, "verb_top1": 0.25, "noun_top1": 0.5, "action_top1": 0.25}
+    assert s["letters"]["recognition"]["recognition"] == {"n": 1, "verb_top1": 0.0, "noun_top1": 0.0,
+                                                          "action_top1": 0.0}
+    assert s["action_head"] == {"n": 2, "verb_top1": 0.5, "noun_top1": 1.0, "action_top1": 0.5}
+
+
+def test_summary_rejects_bad_records():
+    with pytest.raises(ValueError, match="unknown eval methods"):
+        metrics.summarize(RECORDS, methods=("beam",))
+    bad = dict(RECORDS[0], option_actions=["0-1"] * 5)
+    with pytest.raises(ValueError, match="verb_class:noun_class"):
+        metrics.summarize([bad])
+
+
+def test_parse_generation_through_reference_parser():
+    options = ["A. take plate", "B. open fridge", "C. wash knife", "D. close tap", "E. cut onion"]
+    assert parse_generation("C. wash knife", options) == "C"
+    # The reference's regex runs to the end of the line and cuts at the first "."; the LAST line's match wins.
+    assert parse_generation("A. take plate. I think B. open fridge.", options) == "A"
+    assert parse_generation("A. take plate\nB. open fridge.", options) == "B"
+    # The letter alone does not count: the reference matches option TEXT.
+    assert parse_generation("B. open the fridge", options) is None
+    assert parse_generation("D", options) is None
+    # A wrong letter with the right text resolves to the text's letter (text wins, as in the reference).
+    assert parse_generation("A. close tap", options) == "D"
+    # Generic benchmarks: a bare letter is accepted as well.
+    assert parse_generation("D", options, parser="letter_or_text") == "D"
+    assert parse_generation("(E) because", options, parser="letter_or_text") == "E"
+    assert parse_generation("F", options, parser="letter_or_text") is None
+    assert parse_generation("Definitely", options, parser="letter_or_text") is None
+
+
+def test_generic_row_to_sample():
+    row = {"video": "clips/x.mp4", "start": 1.0, "end": 3.5, "question": "What is cut?",
+           "options": ["bread", "B. tomato", "cheese"], "answer": "tomato"}
+    s = generic_to_sample(row, "f.jsonl: row 1", 0)
+    assert s["options"] == ["A. bread", "B. tomato", "C. cheese"]
+    assert s["answer"] == "B" and s["answer_text"] == "tomato" and s["id"] == "0"
+    assert s["conversations"][0]["value"] == (
+        "<image>\nWhat is cut?\nA. bread\nB. tomato\nC. cheese\n"
+        "Answer with the option's letter from the given choices directly.")
+    assert generic_to_sample(dict(row, answer=2), "f", 0)["answer"] == "C"
+    assert generic_to_sample(dict(row, answer="A"), "f", 0)["answer"] == "A"
+    with pytest.raises(ValueError, match="row 1.*'answer'"):
+        generic_to_sample(dict(row, answer="grape"), "f.jsonl: row 1", 0)
+    with pytest.raises(ValueError, match="missing field 'question'"):
+        generic_to_sample({"video": "x", "options": ["a"], "answer": 0}, "f", 0)
+
+
+def test_report_files(tmp_path):
+    summary = metrics.summarize(RECORDS)
+    frames = {"a": np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)}
+    recs = [dict(r, raw_generation="C. o C") for r in RECORDS]
+    paths = report.write_report(str(tmp_path), summary, recs, frames, verb_names={1: "put"})
+    for name in (report.PER_VERB_PNG, report.BY_SOURCE_PNG, report.SAMPLES_PNG):
+        with open(paths[name], "rb") as f:
+            head = f.read(8)
+        assert head == b"\x89PNG\r\n\x1a\n" and os.path.getsize(paths[name]) > 1000
+    page = open(paths[report.REPORT_HTML], encoding="utf-8").read()
+    for name in (report.PER_VERB_PNG, report.BY_SOURCE_PNG, report.SAMPLES_PNG):
+        assert f'src="{name}"' in page
+    assert "40.0%" in page and "20.0%" in page         # letters accuracy and chance in the table
+    json.dumps(summary)                                # the summary is JSON-serialisable
