@@ -112,10 +112,19 @@ def extract_answer_text(raw_text: str) -> str:
     return candidate.rstrip(",")
 
 
+def normalise_option_text(text: str) -> str:
+    """What the parser can return for an option: cut at the first ".", trailing "," removed.
+
+    Option texts are stored normalised (EK100 has narrations like "rinse knife.") so that a model answering an
+    option verbatim is always parsed back to that option; unchanged for texts without "." or a trailing ",".
+    """
+    return text.split(".", 1)[0].rstrip(",").strip()
+
+
 def parse_answer(raw_text: str, options: Sequence[str]) -> Optional[str]:
-    """Letter of the option whose text equals the extracted answer (exact string match), or None."""
+    """Letter of the option whose (normalised) text equals the extracted answer (exact string match), or None."""
     candidate = extract_answer_text(raw_text)
     for option in options:
-        if option_text(option) == candidate:
+        if normalise_option_text(option_text(option)) == candidate:
             return option[0]
     return None
