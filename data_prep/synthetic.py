@@ -1,0 +1,293 @@
+"""Synthetic EK100-style videos for tests and the demo (real H.264 via PyAV/libx264; no JAX).
+
+Two kinds of content:
+
+* Class-pattern videos (``make_synthetic_dataset``): for each annotation row, the frames inside the row's
+  [start, stop] show an object whose look encodes the noun and whose motion encodes the verb, over a
+  static noise texture:
+    noun -> colour ``NOUN_COLOURS[noun % 12]`` and shape ``SHAPES[(noun // 12) % 3]``  (36 distinct nouns)
+    verb -> direction ``(verb % 8) * 45 deg`` and pattern ``MOTIONS[(verb // 8) % 3]`` (24 distinct verbs)
+  Outside every row's clip only the background is shown.
+* Frame-index videos (``frame_index_video``): every frame carries its own global 0-based frame index as a
+  grid of bright/dark blocks (robust to H.264 and resizing), read back with ``decode_frame_index``.
+
+All videos can be written in the three layouts the reader supports (see data_prep/video.py):
+``original`` (``<root>/P01/videos/P01_01.MP4``), ``chunks`` (``<root>/P01/P01_01.MP4/<sec>.MP4``) and
+``frames`` (``<root>/P01/P01_01/frame_0000000001.jpg``). Everything is deterministic given the seed.
+"""
+from __future__ import annotations
+
+import fractions
+import math
+import os
+import re
+from typing import Callable, Iterable, Sequence
+
+import av
+import numpy as np
+from PIL import Image
+
+from data_prep.video import LAYOUTS, participant_of
+
+NOUN_COLOURS = np.array([
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190), (0, 128, 128), (255, 255, 255),
+], np.uint8)
+SHAPES = ("square", "disk", "triangle")
+MOTIONS = ("linear", "back_and_forth", "zigzag")
+
+
+# ----------------------------------------------------------------------------- writers
+
+def _rate(fps: float) -> fractions.Fraction:
+    return fractions.Fraction(str(fps)).limit_denominator(100000)
+
+
+def write_mp4(path: str, frames: Iterable[np.ndarray], fps: float, crf: int = 18, gop_seconds: float = 1.0,
+              preset: str = "veryfast") -> int:
+    """Encode RGB uint8 frames (even H and W) to an H.264 MP4 with a keyframe every ``gop_seconds``."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    n = 0
+    with av.open(path, "w") as c:
+        s = None
+        for img in frames:
+            if s is None:
+                s = c.add_stream("libx264", rate=_rate(fps))
+                s.height, s.width = img.shape[:2]
+                s.pix_fmt = "yuv420p"
+                s.options = {"g": str(max(1, int(round(gop_seconds * fps)))), "crf": str(crf), "preset": preset}
+            for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+                c.mux(p)
+            n += 1
+        if s is None:
+            raise ValueError(f"{path}: no frames to write")
+        for p in s.encode():
+            c.mux(p)
+    return n
+
+
+def write_video(frame_fn: Callable[[int], np.ndarray], num_frames: int, root: str, layout: str, video_id: str,
+                fps: float, chunk_len: int = 15, ext: str = "MP4", participant_id: str | None = None,
+                crf: int = 18, jpeg_quality: int = 95) -> list[str]:
+    """Write global frames ``frame_fn(0..num_frames-1)`` of one video in ``layout``; returns written paths.
+
+    Chunk c (named ``<c>.MP4``, c a multiple of chunk_len) holds the frames whose time g/fps lies in
+    [c, c + chunk_len), which is how data_prep.video maps frames to chunks.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+    if num_frames <= 0:
+        raise ValueError(f"{video_id}: num_frames must be positive, got {num_frames}")
+    pid = participant_id or participant_of(video_id)
+    if layout == "original":
+        path = os.path.join(root, pid, "videos", f"{video_id}.{ext}")
+        write_mp4(path, (frame_fn(g) for g in range(num_frames)), fps, crf)
+        return [path]
+    if layout == "chunks":
+        paths = []
+        chunk = 0
+        while True:
+            first = math.ceil(chunk * fps - 1e-9)
+            last = min(math.ceil((chunk + chunk_len) * fps - 1e-9), num_frames)
+            if first >= num_frames:
+                break
+            path = os.path.join(root, pid, f"{video_id}.{ext}", f"{chunk}.{ext}")
+            write_mp4(path, (frame_fn(g) for g in range(first, last)), fps, crf)
+            paths.append(path)
+            chunk += chunk_len
+        return paths
+    frames_dir = os.path.join(root, pid, video_id)
+    os.makedirs(frames_dir, exist_ok=True)
+    paths = []
+    for g in range(num_frames):
+        path = os.path.join(frames_dir, f"frame_{g + 1:010d}.jpg")
+        Image.fromarray(frame_fn(g)).save(path, format="JPEG", quality=jpeg_quality)
+        paths.append(path)
+    return paths
+
+
+# ----------------------------------------------------------------------------- frame-index videos
+
+def frame_index_image(index: int, size: int = 64, grid: int = 4) -> np.ndarray:
+    """An image whose grid x grid blocks spell ``index`` in binary (row-major, MSB first)."""
+    bits = grid * grid
+    if not 0 <= index < 2 ** bits:
+        raise ValueError(f"frame index {index} does not fit in {bits} bits (use a larger grid)")
+    values = np.array([(index >> (bits - 1 - b)) & 1 for b in range(bits)], np.uint8).reshape(grid, grid)
+    cell = -(-size // grid)
+    img = np.kron(np.where(values == 1, 230, 25).astype(np.uint8), np.ones((cell, cell), np.uint8))[:size, :size]
+    return np.repeat(img[:, :, None], 3, axis=2)
+
+
+def decode_frame_index(img: np.ndarray, grid: int = 4) -> int:
+    """Read back the index drawn by :func:`frame_index_image` (any resolution; uses block-centre means)."""
+    h, w = img.shape[:2]
+    gray = np.asarray(img, np.float32).mean(axis=2)
+    value = 0
+    for r in range(grid):
+        for c in range(grid):
+            # Centre half of each block: away from edges blurred by the codec or the resize.
+            y0, y1 = int((r + 0.25) * h / grid), int((r + 0.75) * h / grid)
+            x0, x1 = int((c + 0.25) * w / grid), int((c + 0.75) * w / grid)
+            value = (value << 1) | int(gray[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)].mean() > 127.5)
+    return value
+
+
+def frame_index_video(root: str, layout: str, video_id: str, num_frames: int, fps: float = 30.0,
+                      size: int = 64, grid: int = 4, chunk_len: int = 15, ext: str = "MP4",
+                      crf: int = 12) -> list[str]:
+    """Write a video whose global frame g shows g (see :func:`frame_index_image`)."""
+    return write_video(lambda g: frame_index_image(g, size, grid), num_frames, root, layout, video_id, fps,
+                       chunk_len, ext, crf=crf)
+
+
+# ----------------------------------------------------------------------------- class-pattern videos
+
+def _shape_mask(shape: str, side: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32) + 0.5
+    if shape == "square":
+        return np.ones((side, side), bool)
+    if shape == "disk":
+        return (yy - side / 2) ** 2 + (xx - side / 2) ** 2 <= (side / 2) ** 2
+    # Upward triangle: apex at the top centre, base on the bottom row.
+    return np.abs(xx - side / 2) <= yy / 2
+
+
+def noun_appearance(noun_class: int) -> tuple[np.ndarray, str]:
+    return NOUN_COLOURS[noun_class % len(NOUN_COLOURS)], SHAPES[(noun_class // len(NOUN_COLOURS)) % len(SHAPES)]
+
+
+def verb_motion(verb_class: int) -> tuple[float, str]:
+    return (verb_class % 8) * math.pi / 4, MOTIONS[(verb_class // 8) % len(MOTIONS)]
+
+
+def object_offset(verb_class: int, progress: float, path_len: float) -> tuple[float, float]:
+    """(dy, dx) of the object from the frame centre at clip progress in [0, 1]."""
+    angle, motion = verb_motion(verb_class)
+    if motion == "linear":
+        along, across = progress - 0.5, 0.0
+    elif motion == "back_and_forth":
+        along, across = (1.0 - abs(2.0 * progress - 1.0)) - 0.5, 0.0
+    else:
+        along, across = progress - 0.5, 0.25 * math.sin(4.0 * math.pi * progress)
+    ux, uy = math.cos(angle), -math.sin(angle)    # image y grows downwards
+    return (along * uy + across * ux) * path_len, (along * ux - across * uy) * path_len
+
+
+def background_texture(seed: int, size: int) -> np.ndarray:
+    """Static, smooth, seeded noise (upsampled 8x8 grid + fine noise) in the mid-grey range."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(50, 150, (8, 8, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BILINEAR), np.int16)
+    fine = rng.integers(-12, 13, (size, size, 3))
+    return np.clip(smooth + fine, 0, 255).astype(np.uint8)
+
+
+def _timestamp(value, field: str, row: dict) -> float:
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        m = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d*)?)", value.strip())
+        if m:
+            return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ValueError(f"row {row.get('id', row.get('narration_id', '?'))}: field {field!r}={value!r} is not "
+                     f"seconds or hh:mm:ss.xx")
+
+
+def row_times(row: dict) -> tuple[float, float]:
+    """(start, stop) seconds of an annotation row (JSONL 'start_timestamp' or CSV-style 'start'/'stop')."""
+    for a, b in (("start_timestamp", "stop_timestamp"), ("start", "stop"), ("start_sec", "stop_sec")):
+        if a in row and b in row:
+            return _timestamp(row[a], a, row), _timestamp(row[b], b, row)
+    raise ValueError(f"row {row.get('id', row.get('narration_id', '?'))}: needs start_timestamp/stop_timestamp "
+                     f"(or start/stop) fields, has {sorted(row)}")
+
+
+class ClassPatternRenderer:
+    """Renders the frames of one synthetic video from its annotation rows."""
+
+    def __init__(self, rows: Sequence[dict], fps: float, size: int = 64, seed: int = 0, object_frac: float = 0.25):
+        self.fps, self.size = fps, size
+        self.background = background_texture(seed, size)
+        self.side = max(4, int(size * object_frac))
+        self.path_len = size - self.side - 4
+        self.clips = []
+        for row in rows:
+            start, stop = row_times(row)
+            colour, shape = noun_appearance(int(row["noun_class"]))
+            self.clips.append((start, stop, int(row["verb_class"]), colour, _shape_mask(shape, self.side)))
+
+    def __call__(self, g: int) -> np.ndarray:
+        t = g / self.fps
+        img = self.background.copy()
+        for start, stop, verb, colour, mask in self.clips:
+            if not start <= t <= stop:
+                continue
+            progress = 0.5 if stop <= start else (t - start) / (stop - start)
+            dy, dx = object_offset(verb, progress, self.path_len)
+            y = int(round(self.size / 2 + dy - self.side / 2))
+            x = int(round(self.size / 2 + dx - self.side / 2))
+            y0, x0 = max(y, 0), max(x, 0)
+            y1, x1 = min(y + self.side, self.size), min(x + self.side, self.size)
+            if y1 <= y0 or x1 <= x0:
+                continue
+            region = img[y0:y1, x0:x1]
+            region[mask[y0 - y:y1 - y, x0 - x:x1 - x]] = colour
+        return img
+
+
+def make_synthetic_dataset(rows: Sequence[dict], root: str, layout: str = "original", fps: float = 30.0,
+                           size: int = 64, chunk_len: int = 15, seed: int = 0, compact: bool = False,
+                           gap: float = 0.5, max_clip_seconds: float | None = None, tail: float = 1.0,
+                           ext: str = "MP4", crf: int = 18) -> dict:
+    """Write one class-pattern video per video_id covering all its rows; returns a summary.
+
+    ``compact=True`` re-times each video's rows back to back (``gap`` seconds apart, each at most
+    ``max_clip_seconds`` long) so that rows from late in a long EK100 video do not force writing
+    the whole video; the returned ``rows`` carry the timestamps actually used (in both the
+    'start_timestamp'/'stop_timestamp' and, when present in the input, 'start'/'stop' fields).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+    by_video: dict[str, list[dict]] = {}
+    all_rows = []
+    for i, row in enumerate(rows):
+        for field in ("video_id", "verb_class", "noun_class"):
+            if field not in row:
+                raise ValueError(f"row {i} ({row.get('id', '?')}): missing field {field!r}")
+        start, stop = row_times(row)
+        if stop < start:
+            raise ValueError(f"row {i} ({row.get('id', '?')}): stop {stop} is before start {start}")
+        out = dict(row)
+        out["start_timestamp"], out["stop_timestamp"] = start, stop
+        out.setdefault("participant_id", participant_of(row["video_id"]))
+        by_video.setdefault(row["video_id"], []).append(out)
+        all_rows.append(out)
+
+    summary = {"root": root, "layout": layout, "fps": fps, "size": size, "chunk_len": chunk_len, "videos": {},
+               "rows": []}
+    for v_index, (video_id, vrows) in enumerate(sorted(by_video.items())):
+        if compact:
+            t = gap
+            for r in sorted(vrows, key=lambda r: (r["start_timestamp"], r["stop_timestamp"])):
+                dur = r["stop_timestamp"] - r["start_timestamp"]
+                if max_clip_seconds is not None:
+                    dur = min(dur, max_clip_seconds)
+                r["start_timestamp"], r["stop_timestamp"] = round(t, 3), round(t + dur, 3)
+                t += dur + gap
+        for r in vrows:
+            if "start" in r and "stop" in r:
+                r["start"], r["stop"] = r["start_timestamp"], r["stop_timestamp"]
+        end = max(r["stop_timestamp"] for r in vrows) + tail
+        num_frames = int(math.ceil(end * fps))
+        renderer = ClassPatternRenderer(vrows, fps, size, seed=seed * 100003 + v_index)
+        paths = write_video(renderer, num_frames, root, layout, video_id, fps, chunk_len, ext,
+                            vrows[0]["participant_id"], crf)
+        summary["videos"][video_id] = {"num_frames": num_frames, "duration": num_frames / fps,
+                                       "num_rows": len(vrows), "num_files": len(paths)}
+    summary["rows"] = all_rows   # input order, with the timestamps actually drawn
+    return summary

@@ -1,0 +1,339 @@
+"""Convert MQA / instruction JSONL samples + videos into sharded TFRecords (resumable, parallel; no JAX).
+
+    python -m data_prep.to_tfrecord --samples X.jsonl --video_root DIR --layout {original,chunks,frames} \
+        --num_frames 16 --size 384 --num_shards 8 --workers 4 --out DIR [--prefix train] [--fps_csv CSV]
+
+* Sample i (i-th non-blank line) goes to shard i % num_shards; order is preserved within a shard.
+* Each shard is one task for a worker process. It is written to ``<shard>.tmp-<pid>`` and moved into place
+  with os.replace, then a done marker ``.<shard>.done.json`` (config hash, sample hash, file sha256,
+  its failures) is written the same way. A rerun verifies the marker against the shard file and the
+  current config/samples and skips shards that match; anything else (no marker, mismatch, leftover
+  temp files from a killed run) is redone.
+* A sample whose video is missing/corrupt/out of range (or whose JSON line is invalid) is skipped and
+  listed in ``failures.jsonl`` with its id and reason; it never stops the job.
+  ``manifest.json`` counts records and skips per shard; ``num_skipped == len(failures.jsonl)``.
+* Samples without a ``video_id`` (text-only QA) are written with 0 frames.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import glob
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import time
+
+
+MANIFEST = "manifest.json"
+FAILURES = "failures.jsonl"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def shard_name(prefix: str, k: int, n: int) -> str:
+    return f"{prefix}-{k:05d}-of-{n:05d}.tfrecord"
+
+
+def _marker_path(out_dir: str, name: str) -> str:
+    return os.path.join(out_dir, f".{name}.done.json")
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def read_samples(path: str) -> tuple[list[tuple[int, dict]], list[dict], int]:
+    """-> ([(index, sample)], failures for invalid lines, number of non-blank lines).
+
+    ``index`` counts non-blank lines, so shard assignment does not depend on which lines are valid.
+    """
+    samples, failures, seen = [], [], {}
+    index = 0
+    with open(path) as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            i, index = index, index + 1
+            try:
+                sample = json.loads(line)
+            except json.JSONDecodeError as e:
+                failures.append({"index": i, "line": line_no, "id": None, "video_id": None, "shard": None,
+                                 "error": "InvalidJSON", "reason": f"{path}:{line_no}: invalid JSON: {e}"})
+                continue
+            if not isinstance(sample, dict) or "id" not in sample:
+                failures.append({"index": i, "line": line_no, "id": None, "video_id": None, "shard": None,
+                                 "error": "InvalidSample",
+                                 "reason": f"{path}:{line_no}: expected a JSON object with an 'id' field"})
+                continue
+            sid = str(sample["id"])
+            if sid in seen:
+                failures.append({"index": i, "line": line_no, "id": sid, "video_id": sample.get("video_id"),
+                                 "shard": None, "error": "DuplicateId",
+                                 "reason": f"{path}:{line_no}: duplicate id {sid!r} "
+                                                          f"(first on line {seen[sid]})"})
+                continue
+            seen[sid] = line_no
+            samples.append((i, sample))
+    return samples, failures, index
+
+
+# ----------------------------------------------------------------------------- worker side
+
+_READERS: dict[str, object] = {}
+
+
+def _reader(cfg: dict):
+    """One VideoReader per worker process and config (keeps its per-video metadata cache across shards)."""
+    from data_prep.video import VideoReader, load_video_fps
+    key = json.dumps(cfg, sort_keys=True)
+    if key not in _READERS:
+        table = load_video_fps(cfg["fps_csv"]) if cfg.get("fps_csv") else None
+        _READERS[key] = VideoReader(cfg["video_root"], cfg["layout"], cfg["size"], cfg["interp"], cfg.get("fps"),
+                                    table, cfg["chunk_len"], cfg["ext"], cfg["end_tolerance"])
+    return _READERS[key]
+
+
+def _sample_float(sample: dict, field: str) -> float:
+    if field not in sample or sample[field] is None:
+        raise ValueError(f"sample {sample['id']!r}: has a video_id but no {field!r}")
+    try:
+        return float(sample[field])
+    except (TypeError, ValueError):
+        raise ValueError(f"sample {sample['id']!r}: {field}={sample[field]!r} is not a number") from None
+
+
+def encode_sample(index: int, sample: dict, cfg: dict) -> bytes:
+    """Read the sample's clip, JPEG its frames and serialise one tf.train.Example."""
+    from data_prep.records import encode_example, encode_jpeg
+    video_id = sample.get("video_id")
+    if not video_id:
+        return encode_example(sample, [], [])
+    start = _sample_float(sample, "start_timestamp")
+    stop = _sample_float(sample, "stop_timestamp")
+    frames, times = _reader(cfg).read_clip(str(video_id), start, stop, cfg["num_frames"], jitter=cfg["jitter"],
+                                           seed=[cfg["seed"], index], participant_id=sample.get("participant_id"))
+    jpegs = [encode_jpeg(f, cfg["jpeg_quality"]) for f in frames]
+    return encode_example(sample, jpegs, [float(t) for t in times])
+
+
+def convert_shard(task: dict) -> dict:
+    """Write one shard (temp file + os.replace) and its done marker; returns the marker dict."""
+    import tensorflow as tf
+    cfg, out_dir, name, k = task["cfg"], task["out_dir"], task["name"], task["shard"]
+    path = os.path.join(out_dir, name)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    failures, count = [], 0
+    with tf.io.TFRecordWriter(tmp) as writer:
+        for index, sample in task["samples"]:
+            try:
+                record = encode_sample(index, sample, cfg)
+            except Exception as e:   # noqa: BLE001 - any per-sample failure is reported, never fatal
+                failures.append({"index": index, "id": str(sample.get("id")), "video_id": sample.get("video_id"),
+                                 "shard": k, "error": type(e).__name__, "reason": str(e)})
+                continue
+            writer.write(record)
+            count += 1
+    os.replace(tmp, path)
+    marker = {"shard": k, "file": name, "num_records": count, "num_skipped": len(failures),
+              "sha256": sha256_file(path), "config_hash": task["config_hash"],
+              "samples_hash": task["samples_hash"], "failures": failures}
+    _atomic_write_text(_marker_path(out_dir, name), json.dumps(marker, sort_keys=True))
+    return marker
+
+
+def _verified_marker(out_dir: str, name: str, config_hash: str, samples_hash: str) -> dict | None:
+    """The shard's done marker if it matches the current job and the file on disk, else None."""
+    mpath = _marker_path(out_dir, name)
+    path = os.path.join(out_dir, name)
+    if not (os.path.isfile(mpath) and os.path.isfile(path)):
+        return None
+    try:
+        with open(mpath) as f:
+            marker = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    if marker.get("config_hash") != config_hash or marker.get("samples_hash") != samples_hash:
+        return None
+    if marker.get("sha256") != sha256_file(path):
+        return None
+    return marker
+
+
+# ----------------------------------------------------------------------------- driver
+
+def convert(samples: str, video_root: str, layout: str, out: str, num_frames: int = 16, size: int = 384,
+            num_shards: int = 8, workers: int = 4, prefix: str = "train", fps_csv: str | None = None,
+            fps: float | None = None, chunk_len: int = 15, ext: str = "MP4", interp: str = "bicubic",
+            jpeg_quality: int = 95, jitter: bool = False, seed: int = 0, end_tolerance: float = 1.0,
+            max_shards: int | None = None, progress: bool = True) -> dict:
+    """Convert; returns the manifest dict (``complete`` is False when ``max_shards`` left shards pending)."""
+    from tqdm import tqdm
+    from data_prep.video import INTERPOLATIONS, LAYOUTS
+    if layout not in LAYOUTS:
+        raise ValueError(f"--layout must be one of {LAYOUTS}, got {layout!r}")
+    if interp not in INTERPOLATIONS:
+        raise ValueError(f"--interp must be one of {sorted(INTERPOLATIONS)}, got {interp!r}")
+    if num_shards <= 0 or num_frames < 0 or (size is not None and size <= 0):
+        raise ValueError(f"need num_shards > 0, num_frames >= 0, size > 0 (got {num_shards}, {num_frames}, {size})")
+    if not os.path.isfile(samples):
+        raise FileNotFoundError(f"--samples {samples}: file not found")
+    if layout == "frames" and fps is None and fps_csv is None:
+        raise ValueError("--layout frames needs --fps or --fps_csv (JPEG frames carry no frame rate)")
+    t_start = time.time()
+    os.makedirs(out, exist_ok=True)
+
+    cfg = {"video_root": os.path.abspath(video_root), "layout": layout, "num_frames": num_frames, "size": size,
+           "interp": interp, "fps": fps, "fps_csv": os.path.abspath(fps_csv) if fps_csv else None,
+           "chunk_len": chunk_len, "ext": ext, "jpeg_quality": jpeg_quality, "jitter": jitter, "seed": seed,
+           "end_tolerance": end_tolerance}
+    # The hash covers what changes record bytes (not the root path, so a moved dataset still resumes).
+    hashed = {k: v for k, v in cfg.items() if k not in ("video_root", "fps_csv")}
+    config_hash = _sha256_text(json.dumps(hashed, sort_keys=True))
+
+    items, parse_failures, total_lines = read_samples(samples)
+    per_shard: list[list[tuple[int, dict]]] = [[] for _ in range(num_shards)]
+    for index, sample in items:
+        per_shard[index % num_shards].append((index, sample))
+
+    # Temp files of a killed run are never valid: remove them before anything else.
+    for stale in glob.glob(os.path.join(out, f"{prefix}-*.tmp-*")) + glob.glob(os.path.join(out, f".{prefix}-*.tmp-*")):
+        os.remove(stale)
+
+    markers: dict[int, dict] = {}
+    tasks = []
+    for k in range(num_shards):
+        name = shard_name(prefix, k, num_shards)
+        samples_hash = _sha256_text("\n".join(json.dumps([i, s], sort_keys=True) for i, s in per_shard[k]))
+        marker = _verified_marker(out, name, config_hash, samples_hash)
+        if marker is not None:
+            markers[k] = marker
+        else:
+            tasks.append({"cfg": cfg, "out_dir": out, "name": name, "shard": k, "samples": per_shard[k],
+                          "config_hash": config_hash, "samples_hash": samples_hash})
+    resumed = sorted(markers)
+    pending = tasks[max_shards:] if max_shards is not None else []
+    tasks = tasks[:max_shards] if max_shards is not None else tasks
+
+    bar = tqdm(total=sum(len(t["samples"]) for t in tasks), unit="clip", desc=f"{prefix} shards",
+               disable=not progress, file=sys.stderr)
+    if workers <= 1:
+        for task in tasks:
+            marker = convert_shard(task)
+            markers[marker["shard"]] = marker
+            bar.update(len(task["samples"]))
+    else:
+        # spawn: workers start clean (no inherited TF/FFmpeg threads); a killed worker raises BrokenProcessPool
+        # instead of hanging, and every shard finished before that stays valid for the rerun.
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = {pool.submit(convert_shard, t): t for t in tasks}
+            for fut in concurrent.futures.as_completed(futures):
+                marker = fut.result()
+                markers[marker["shard"]] = marker
+                bar.update(len(futures[fut]["samples"]))
+    bar.close()
+
+    done = sorted(markers)
+    failures = sorted(parse_failures + [f for k in done for f in markers[k]["failures"]], key=lambda f: f["index"])
+    with open(os.path.join(out, FAILURES + f".tmp-{os.getpid()}"), "w") as f:
+        for entry in failures:
+            f.write(json.dumps(entry, sort_keys=True) + "\n")
+    os.replace(os.path.join(out, FAILURES + f".tmp-{os.getpid()}"), os.path.join(out, FAILURES))
+
+    shards = [{"file": markers[k]["file"], "num_records": markers[k]["num_records"],
+               "num_skipped": markers[k]["num_skipped"], "sha256": markers[k]["sha256"]} for k in done]
+    manifest = {
+        "prefix": prefix,
+        "complete": len(done) == num_shards,
+        "num_shards": num_shards,
+        "shards": shards,
+        "pending_shards": [shard_name(prefix, k, num_shards) for k in range(num_shards) if k not in markers],
+        "total_samples": total_lines,
+        "num_records": sum(s["num_records"] for s in shards),
+        "num_skipped": len(failures),
+        "config": {k: v for k, v in cfg.items() if k != "video_root"} | {"num_shards": num_shards},
+        "config_hash": config_hash,
+        "source": {"path": os.path.basename(samples), "sha256": sha256_file(samples)},
+    }
+    _atomic_write_text(os.path.join(out, MANIFEST), json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+    elapsed = time.time() - t_start
+    converted = sum(markers[t["shard"]]["num_records"] for t in tasks)
+    manifest_summary = {
+        "shards_written": len(tasks), "shards_resumed": len(resumed), "shards_pending": len(pending),
+        "records": manifest["num_records"], "skipped": manifest["num_skipped"], "seconds": round(elapsed, 2),
+        "clips_per_s": round(converted / elapsed, 2) if elapsed > 0 else None,
+    }
+    if progress:
+        print(f"[to_tfrecord] {out}: {manifest_summary['records']} records in {num_shards} shards, "
+              f"{manifest_summary['skipped']} skipped (see {FAILURES}), {len(tasks)} shards written, "
+              f"{len(resumed)} resumed, {len(pending)} pending; {elapsed:.1f}s "
+              f"({manifest_summary['clips_per_s']} clips/s)")
+        reasons: dict[str, int] = {}
+        for entry in failures:
+            key = entry["error"]
+            reasons[key] = reasons.get(key, 0) + 1
+        for key, n in sorted(reasons.items()):
+            print(f"[to_tfrecord]   skipped {n}: {key}")
+    return manifest | {"run": manifest_summary}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m data_prep.to_tfrecord", description=__doc__.split("\n\n")[0])
+    p.add_argument("--samples", required=True, help="JSONL samples (one dict per line, see contracts)")
+    p.add_argument("--video_root", required=True)
+    p.add_argument("--layout", required=True, choices=["original", "chunks", "frames"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--num_frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=384, help="square output side (squash resize)")
+    p.add_argument("--num_shards", type=int, default=8)
+    p.add_argument("--workers", type=int, default=4, help="worker processes (<=1: in-process)")
+    p.add_argument("--prefix", default="train")
+    p.add_argument("--fps_csv", default=None, help="EPIC_100_video_info.csv (fps for the frames layout / fallback)")
+    p.add_argument("--fps", type=float, default=None, help="force this fps for every video")
+    p.add_argument("--chunk_len", type=int, default=15, help="seconds per chunk (chunks layout)")
+    p.add_argument("--ext", default="MP4")
+    p.add_argument("--interp", default="bicubic")
+    p.add_argument("--jpeg_quality", type=int, default=95)
+    p.add_argument("--jitter", action="store_true", help="jitter frame ids (seeded by --seed and sample index)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--end_tolerance", type=float, default=1.0,
+                   help="seconds a clip's stop may exceed the video end (then clipped) before it is an error")
+    p.add_argument("--max_shards", type=int, default=None, help="write at most this many pending shards this run")
+    p.add_argument("--no_progress", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        manifest = convert(args.samples, args.video_root, args.layout, args.out, args.num_frames, args.size,
+                           args.num_shards, args.workers, args.prefix, args.fps_csv, args.fps, args.chunk_len,
+                           args.ext, args.interp, args.jpeg_quality, args.jitter, args.seed, args.end_tolerance,
+                           args.max_shards, progress=not args.no_progress)
+    except concurrent.futures.process.BrokenProcessPool as e:
+        print(f"[to_tfrecord] a worker process died ({e}); finished shards are kept, rerun to resume",
+              file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as e:
+        print(f"[to_tfrecord] error: {e}", file=sys.stderr)
+        return 2
+    return 0 if manifest["complete"] else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
