@@ -68,3 +68,217 @@ def test_parse_answer_follows_reference_parser():
     assert prompts.parse_answer("D. cut onion", OPTIONS) is None
     assert prompts.parse_answer("A. take plates", OPTIONS) is None       # exact string match only
     assert prompts.parse_answer("", OPTIONS) is None
+
+
+# ---- instruction data ----------------------------------------------------------------------------------------------
+import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+
+import pytest  # noqa: E402
+
+from conftest import EK100_DIR  # noqa: E402
+from data_prep import ek100, instructions, make_instructions, mqa, predictions  # noqa: E402
+
+VAL = os.path.join(EK100_DIR, "EPIC_100_validation.csv")
+HEADER = ",".join(ek100.SEGMENT_COLUMNS)
+
+
+def _ts(sec):
+    return f"00:{int(sec // 60):02d}:{sec % 60:05.2f}"
+
+
+def _mini_csv(tmp_path, segs):
+    """segs: (narration_id, video_id, start, stop, narration, verb_class, noun_class)."""
+    lines = [HEADER]
+    for nid, vid, start, stop, narr, v, n in segs:
+        lines.append(f"{nid},{vid.split('_')[0]},{vid},{_ts(start)},{_ts(start)},{_ts(stop)},"
+                     f"{int(start * 60)},{int(stop * 60)},{narr},verb,{v},noun,{n},['noun'],[{n}]")
+    path = tmp_path / "mini.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return ek100.load_annotations(str(path), label_csvs=[], class_dir=EK100_DIR, with_video_info=False)
+
+
+MINI = [  # file order is NOT end-time order on purpose
+    ("P01_01_c", "P01_01", 5.5, 6.0, "open tap", 3, 0),
+    ("P01_01_a", "P01_01", 0.0, 1.0, "take plate", 0, 2),
+    ("P01_01_b", "P01_01", 2.0, 3.0, "put plate", 1, 2),
+    ("P01_01_d", "P01_01", 9.1, 10.0, "wash cup", 2, 13),
+    ("P01_01_e", "P01_01", 10.5, 11.0, "take cup", 0, 13),
+    ("P01_01_f", "P01_01", 12.0, 13.0, "put cup", 1, 13),
+    ("P01_01_g", "P01_01", 16.0, 16.5, "close tap", 4, 0),
+    ("P02_01_x", "P02_01", 0.0, 10.0, "stir pot", 10, 11),
+    ("P02_01_y", "P02_01", 1.0, 2.0, "take spoon", 0, 1),
+    ("P02_01_z", "P02_01", 2.5, 3.0, "put spoon", 1, 1),
+]
+
+
+def test_prior_action_triples_gap_rule(tmp_path):
+    ann = _mini_csv(tmp_path, MINI)
+    triples = instructions.prior_action_triples(ann)
+    assert set(triples) == {"P01_01_c", "P01_01_f", "P01_01_g", "P02_01_x"}
+    assert triples["P01_01_c"] == {"prev2_offset": 5.5, "prev2_narration": "take plate", "prev1_offset": 3.5,
+                                   "prev1_narration": "put plate", "cur_narration": "open tap"}
+    # d -> e -> f: gaps 0.5 and 1.0; c -> d has a 3.1 s gap so neither d nor e qualify.
+    assert triples["P01_01_f"]["prev2_offset"] == 2.9 and triples["P01_01_f"]["prev1_offset"] == 1.5
+    # A gap of exactly 3 s still counts (<=).
+    assert triples["P01_01_g"]["prev2_narration"] == "take cup" and triples["P01_01_g"]["prev1_offset"] == 4.0
+    # Sorted by END time: x (0-10 s) comes after y and z; overlaps count as gaps <= 3 s; offsets can be negative.
+    assert triples["P02_01_x"]["prev2_offset"] == -1.0 and triples["P02_01_x"]["prev1_offset"] == -2.5
+    assert instructions.prior_action_triples(ann, max_gap=2.9).keys() == {"P01_01_c", "P01_01_f", "P02_01_x"}
+    keyed = instructions.prior_action_triples(ann, representation="official_key")
+    assert keyed["P01_01_c"]["prev2_narration"] == "take plate" and keyed["P01_01_c"]["cur_narration"] == "open tap"
+    assert keyed["P01_01_g"]["prev1_narration"] == "put cup"
+
+
+@pytest.fixture(scope="module")
+def val_ann():
+    return ek100.load_annotations(VAL)
+
+
+@pytest.fixture(scope="module")
+def val_preds(val_ann):
+    return predictions.make_synthetic_predictions(val_ann, 10, seed=0)
+
+
+def test_mcq_prior_fraction_and_exact_prior_prompt(val_ann, val_preds):
+    samples = instructions.mcq_samples(val_ann, val_preds, source="avion", k=5, seed=0)
+    triples = instructions.prior_action_triples(val_ann)
+    with_triple = [s for s in samples if s["narration_id"] in triples]
+    prior = [s for s in samples if s["task"] == "prior_mqa"]
+    assert len(samples) == 9668 and len(with_triple) > 1000
+    assert all(s["narration_id"] in triples for s in prior)
+    frac = len(prior) / len(with_triple)
+    assert abs(frac - 0.3) < 4 * (0.3 * 0.7 / len(with_triple)) ** 0.5
+    for s in prior[:50]:
+        assert s["prior"] == triples[s["narration_id"]]
+        assert s["conversations"][0]["value"] == "<image>\n" + prompts.prior_mcq_prompt(s["options"], s["prior"])
+    for s in samples:
+        if s["task"] == "mqa":
+            assert s["conversations"][0]["value"] == "<image>\n" + prompts.mcq_prompt(s["options"])
+        assert s["id"] == f"mqa/avion/{s['narration_id']}" and s["mode"] == "train"
+    none = instructions.mcq_samples(val_ann, val_preds, source="avion", prior_fraction=0.0)
+    assert all(s["task"] == "mqa" for s in none)
+    every = instructions.mcq_samples(val_ann, val_preds, source="avion", prior_fraction=1.0)
+    assert sum(s["task"] == "prior_mqa" for s in every) == len(with_triple)
+
+
+def test_direct_narration_sample_exact(val_ann):
+    s = instructions.direct_narration_samples(val_ann)[0]
+    assert s["conversations"] == [
+        {"from": "human", "value": "<image>\n" + PREFIX + " What action are you performing? Give a short sentence "
+                                   "such as 'move knife'."},
+        {"from": "gpt", "value": "take plate"}]
+    assert (s["task"], s["verb_class"], s["noun_class"]) == ("direct_narration", 0, 2)
+    assert s["action_id"] == val_ann.label_space.action_id("0:2")
+    keyed = instructions.direct_narration_samples(val_ann, "official_key")
+    assert keyed[0]["conversations"][1]["value"] == "take plate"
+
+
+@pytest.mark.parametrize("delta", [5.0, 3.0])
+def test_temporal_detection_padding_bounds(val_ann, delta):
+    samples = instructions.temporal_detection_samples(val_ann, delta=delta, seed=0)
+    rel_starts = []
+    for s, seg in zip(samples, val_ann.segments):
+        answer = s["conversations"][1]["value"]
+        assert re.fullmatch(r"\d+\.\d{2}, \d+\.\d{2}", answer), answer
+        rel_start, rel_end = (float(x) for x in answer.split(", "))
+        dur = seg.stop - seg.start
+        assert s["conversations"][0]["value"] == "<image>\n" + prompts.temporal_detection_prompt(seg.narration, dur)
+        assert 0.0 <= rel_start <= delta + 0.005
+        assert rel_end - rel_start == pytest.approx(dur, abs=0.011)
+        assert s["start_timestamp"] >= 0.0 and s["start_timestamp"] <= seg.start
+        assert s["stop_timestamp"] >= seg.stop
+        assert s["stop_timestamp"] - s["start_timestamp"] <= dur + delta + 0.011
+        # Clamped to the video's end (a few annotations end slightly past it; those keep the action's stop).
+        assert s["stop_timestamp"] <= max(val_ann.video_info[seg.video_id]["duration"], seg.stop)
+        assert rel_start == pytest.approx(seg.start - s["start_timestamp"], abs=0.006)
+        rel_starts.append(rel_start)
+    # The start padding really varies over [0, delta] (clips near t=0 are clamped).
+    assert max(rel_starts) > 0.9 * delta and sum(r < 0.1 * delta for r in rel_starts) > 100
+    again = instructions.temporal_detection_samples(val_ann, delta=delta, seed=0)
+    assert again == samples
+    assert instructions.temporal_detection_samples(val_ann, delta=delta, seed=1) != samples
+
+
+def test_temporal_detection_without_padding(tmp_path):
+    ann = _mini_csv(tmp_path, MINI)
+    for s, seg in zip(instructions.temporal_detection_samples(ann, delta=0.0), ann.segments):
+        assert s["conversations"][1]["value"] == f"0.00, {seg.stop - seg.start:.2f}"
+        assert (s["start_timestamp"], s["stop_timestamp"]) == (seg.start, seg.stop)
+
+
+def _write_jsonl(tmp_path, name, records):
+    path = tmp_path / name
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return str(path)
+
+
+CAPTION_REC = {"video": "P01-P01_11", "id": "P01-P01_11", "start_timestamp": 0.0, "end_timestamp": 1.89,
+               "question_type": "gpt-gt-reason", "dataset_name": "EK100", "verb_id": 0, "noun_id": 2,
+               "action_id": 7, "conversations": [{"from": "human", "value": "<image>\nwhatever"},
+                                                 {"from": "gpt", "value": "I pick up a plate with my right hand."}]}
+
+
+def test_caption_and_gpt_qa_conversion(tmp_path, val_ann):
+    qa = dict(CAPTION_REC, question_type="gpt-gt-instruct-reason",
+              conversations=[{"from": "human", "value": "<image>\nWhich hand holds the plate?"},
+                             {"from": "gpt", "value": "The right hand."}])
+    path = _write_jsonl(tmp_path, "cap.jsonl", [CAPTION_REC, qa])
+    cap, q = instructions.convert_ek100_caption_jsonl(path, val_ann)
+    assert cap["conversations"] == [{"from": "human", "value": "<image>\n" + prompts.caption_prompt()},
+                                    {"from": "gpt", "value": "I pick up a plate with my right hand."}]
+    assert (cap["task"], cap["video_id"], cap["participant_id"]) == ("caption", "P01_11", "P01")
+    assert (cap["start_timestamp"], cap["stop_timestamp"]) == (0.0, 1.89)
+    assert cap["action_id"] == val_ann.label_space.action_id("0:2")      # recomputed in our label space
+    assert q["task"] == "qa" and q["conversations"][0]["value"] == "<image>\nWhich hand holds the plate?"
+    assert cap["id"] != q["id"]
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"end_timestamp": None}, r"line 1: field 'end_timestamp': expected a number"),
+    ({"video": "P01_11"}, r"line 1: field 'video': expected 'P01-P01_01'"),
+    ({"question_type": "dpo"}, r"line 1: field 'question_type'"),
+    ({"verb_id": 97}, r"line 1: field 'verb_id': unknown verb class 97"),
+    ({"start_timestamp": 5.0}, r"line 1: field 'stop_timestamp': expected 0 <= start <= stop"),
+    ({"conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "y"}]},
+     r"line 1: field 'conversations': turn 0 must come from 'human'"),
+])
+def test_caption_conversion_errors(tmp_path, val_ann, change, match):
+    path = _write_jsonl(tmp_path, "bad.jsonl", [dict(CAPTION_REC, **change)])
+    with pytest.raises(instructions.InstructionFormatError, match=r"bad\.jsonl: " + match):
+        instructions.convert_ek100_caption_jsonl(path, val_ann)
+
+
+def test_video_qa_pass_through(tmp_path):
+    recs = [{"id": "v1", "video": "academic/v1.mp4", "duration": 12.5, "data_source": "nextqa",
+             "conversations": [{"from": "human", "value": "<image>\nWhat happens?"},
+                               {"from": "gpt", "value": "A dog runs."},
+                               {"from": "human", "value": "Why?"}, {"from": "gpt", "value": "To catch a ball."}]},
+            {"id": "v2", "video": "yt/v2.mp4",
+             "conversations": [{"from": "human", "value": "Describe the video."}, {"from": "gpt", "value": "Rain."}]}]
+    path = _write_jsonl(tmp_path, "qa.jsonl", recs)
+    a, b = instructions.convert_video_qa_jsonl(path, durations={"yt/v2.mp4": 30.0})
+    assert a["conversations"] == recs[0]["conversations"] and a["stop_timestamp"] == 12.5
+    assert (a["task"], a["verb_class"], a["action_id"], a["video_id"]) == ("qa", -1, -1, "academic/v1.mp4")
+    assert b["conversations"][0]["value"] == "<image>\nDescribe the video." and b["stop_timestamp"] == 30.0
+    with pytest.raises(instructions.InstructionFormatError, match=r"qa\.jsonl: line 2: field 'duration': missing"):
+        instructions.convert_video_qa_jsonl(path)
+    bad = _write_jsonl(tmp_path, "odd.jsonl", [dict(recs[0], conversations=recs[0]["conversations"][:3])])
+    with pytest.raises(instructions.InstructionFormatError, match=r"line 1: field 'conversations': expected an even"):
+        instructions.convert_video_qa_jsonl(bad)
+
+
+def test_make_instructions_cli(tmp_path):
+    ann = _mini_csv(tmp_path, MINI)
+    out = str(tmp_path / "mcq.jsonl")
+    assert make_instructions.main(["--task", "mcq", "--mode", "random", "--annotations", ann.path,
+                                   "--label-csvs", "--class-dir", EK100_DIR, "--prior-fraction", "1.0",
+                                   "--out", out]) == 0
+    rows = [json.loads(line) for line in open(out)]
+    assert [r["narration_id"] for r in rows] == [m[0] for m in MINI]
+    assert {r["narration_id"] for r in rows if r["task"] == "prior_mqa"} == {"P01_01_c", "P01_01_f", "P01_01_g",
+                                                                             "P02_01_x"}
+    for r in rows:
+        assert len(set(r["options"])) == 5 and r["options"][ord(r["answer"]) - 65] == f"{r['answer']}. " + \
+            r["answer_text"]

@@ -1,0 +1,313 @@
+"""LLaVAction instruction data for EK100 (LLaVA conversation JSONL in the contract's sample schema).
+
+Tasks (shared/reference/llavaction.md §2.5, §3.2):
+- mqa / prior_mqa: hard-negative multiple choice (train mode: distractors from the action model's top 2k); on a
+  fraction (default 0.3) of the clips that have two close previous actions, the prior-action prompt is used.
+- direct_narration: "What action are you performing?" -> the clip's narration.
+- temporal_detection: the clip is padded by delta seconds (start_pad ~ U(0, delta), end_pad = delta - start_pad);
+  the answer is the action's start and end relative to the padded clip, "{rel_start:.2f}, {rel_end:.2f}".
+- caption / qa: pass-through of external JSONL (GPT-4o distilled captions and their QA pairs, generic video QA),
+  validated and converted to the schema.
+Prior-action triples: within a video, segments sorted by end time; three consecutive segments qualify when both
+gaps (next start - previous end) are <= 3 s; offsets are start-time differences rounded to 2 decimals.
+Every random choice uses a per-sample RNG from (seed, task, narration_id), so outputs do not depend on order.
+
+EK100 annotations: EPIC-KITCHENS authors (Damen et al., IJCV 2022), CC BY-NC 4.0.
+"""
+import json
+import os
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+
+from data_prep import prompts
+from data_prep.ek100 import Annotations, LabelSpace, Segment
+from data_prep.mqa import make_question
+from data_prep.predictions import Predictions
+from data_prep.seeding import question_rng
+
+TASKS = ("mqa", "prior_mqa", "direct_narration", "temporal_detection", "caption", "qa")
+DEFAULT_MAX_GAP = 3.0
+DEFAULT_PRIOR_FRACTION = 0.3
+DEFAULT_DELTA = 5.0
+
+
+class InstructionFormatError(ValueError):
+    """A malformed external instruction file; the message names the file, line and field."""
+
+
+def _base(sample_id: str, seg: Segment, label_space: LabelSpace, task: str, human: str, gpt: str) -> dict:
+    return {
+        "id": sample_id,
+        "video_id": seg.video_id,
+        "participant_id": seg.participant_id,
+        "start_timestamp": seg.start,
+        "stop_timestamp": seg.stop,
+        "conversations": [{"from": "human", "value": prompts.IMAGE_PLACEHOLDER + "\n" + human},
+                          {"from": "gpt", "value": gpt}],
+        "task": task,
+        "verb_class": seg.verb_class,
+        "noun_class": seg.noun_class,
+        "action_id": label_space.action_to_id.get(seg.vn, -1),
+        "narration_id": seg.narration_id,
+        "narration": seg.narration,
+    }
+
+
+def _action_text(seg: Segment, label_space: LabelSpace, representation: str) -> str:
+    """The clip's narration for GT_* representations, else the official "verb noun" key."""
+    if representation.startswith("GT"):
+        return seg.narration
+    return label_space.official_key(seg.vn)
+
+
+# ---- prior-action context ------------------------------------------------------------------------------------------
+def prior_action_triples(annotations: Annotations, max_gap: float = DEFAULT_MAX_GAP,
+                         representation: str = "GT_random_narration") -> Dict[str, dict]:
+    """narration_id -> {prev2_offset, prev2_narration, prev1_offset, prev1_narration, cur_narration}."""
+    by_video: Dict[str, List[Segment]] = {}
+    for seg in annotations.segments:
+        by_video.setdefault(seg.video_id, []).append(seg)
+    ls = annotations.label_space
+    out: Dict[str, dict] = {}
+    for video_id in sorted(by_video):
+        segs = sorted(by_video[video_id], key=lambda s: (s.stop, s.start, s.row_index))
+        for i in range(2, len(segs)):
+            p2, p1, cur = segs[i - 2], segs[i - 1], segs[i]
+            if p1.start - p2.stop <= max_gap and cur.start - p1.stop <= max_gap:
+                out[cur.narration_id] = {
+                    "prev2_offset": round(cur.start - p2.start, 2),
+                    "prev2_narration": _action_text(p2, ls, representation),
+                    "prev1_offset": round(cur.start - p1.start, 2),
+                    "prev1_narration": _action_text(p1, ls, representation),
+                    "cur_narration": _action_text(cur, ls, representation),
+                }
+    return out
+
+
+# ---- EK100 tasks ---------------------------------------------------------------------------------------------------
+def mcq_samples(annotations: Annotations, preds: Optional[Predictions], *, source: str, k: int = 5,
+                mode: str = "train", representation: str = "GT_random_narration", seed: int = 0,
+                prior_fraction: float = DEFAULT_PRIOR_FRACTION, max_gap: float = DEFAULT_MAX_GAP) -> List[dict]:
+    """Hard-negative (mode="train") or random (mode="random") MCQ; a `prior_fraction` of the clips with a prior
+    triple get the prior-action prompt (task "prior_mqa", the triple stored under "prior")."""
+    if mode not in ("train", "random"):
+        raise ValueError(f"instruction MCQ uses mode 'train' or 'random', got {mode!r}")
+    if not 0.0 <= prior_fraction <= 1.0:
+        raise ValueError(f"prior_fraction must be in [0, 1], got {prior_fraction}")
+    if mode == "train":
+        if preds is None:
+            raise ValueError("mode 'train' needs action-model predictions")
+        short = [s.row_index for s in annotations.segments if len(preds.get(s.row_index, ())) < 2 * k]
+        if short:
+            raise ValueError(f"mode 'train' with k={k} needs {2 * k} predictions per row; {len(short)} row(s) "
+                             f"have fewer, e.g. rows {short[:10]}")
+    priors = prior_action_triples(annotations, max_gap, representation) if prior_fraction > 0 else {}
+    out = []
+    for seg in annotations.segments:
+        q = make_question(seg, preds[seg.row_index] if preds is not None else None, annotations.label_space,
+                          mode=mode, k=k, representation=representation, source=source, seed=seed)
+        q["id"] = f"mqa/{source}/{seg.narration_id}"
+        prior = priors.get(seg.narration_id)
+        if prior is not None and question_rng(seed, "prior", seg.narration_id).random() < prior_fraction:
+            q["task"] = "prior_mqa"
+            q["prior"] = prior
+            q["conversations"][0]["value"] = (prompts.IMAGE_PLACEHOLDER + "\n"
+                                              + prompts.prior_mcq_prompt(q["options"], prior))
+        out.append(q)
+    return out
+
+
+def direct_narration_samples(annotations: Annotations,
+                             representation: str = "GT_random_narration") -> List[dict]:
+    ls = annotations.label_space
+    return [_base(f"direct_narration/{seg.narration_id}", seg, ls, "direct_narration",
+                  prompts.direct_narration_prompt(), _action_text(seg, ls, representation))
+            for seg in annotations.segments]
+
+
+def temporal_detection_samples(annotations: Annotations, delta: float = DEFAULT_DELTA, seed: int = 0,
+                               representation: str = "GT_random_narration") -> List[dict]:
+    """Padded clips; start_timestamp/stop_timestamp of the sample are the PADDED clip (what the video reader loads),
+    clamped to [0, video duration] when the video info is known. The action itself is kept under
+    "action_start"/"action_stop"."""
+    if delta < 0:
+        raise ValueError(f"delta must be >= 0, got {delta}")
+    ls = annotations.label_space
+    info = annotations.video_info or {}
+    out = []
+    for seg in annotations.segments:
+        rng = question_rng(seed, "temporal_detection", seg.narration_id)
+        start_pad = float(rng.uniform(0.0, delta)) if delta > 0 else 0.0
+        end_pad = delta - start_pad
+        clip_start = round(max(0.0, seg.start - start_pad), 2)
+        clip_stop = round(seg.stop + end_pad, 2)
+        if seg.video_id in info:
+            clip_stop = min(clip_stop, info[seg.video_id]["duration"])
+        clip_stop = max(clip_stop, seg.stop)
+        rel_start = seg.start - clip_start
+        rel_end = seg.stop - clip_start
+        sample = _base(f"temporal_detection/{seg.narration_id}", seg, ls, "temporal_detection",
+                       prompts.temporal_detection_prompt(_action_text(seg, ls, representation), seg.stop - seg.start),
+                       f"{rel_start:.2f}, {rel_end:.2f}")
+        # The prompt is the whole human turn for this task (no perspective prefix), as in the reference.
+        sample["start_timestamp"], sample["stop_timestamp"] = clip_start, clip_stop
+        sample["action_start"], sample["action_stop"] = seg.start, seg.stop
+        out.append(sample)
+    return out
+
+
+# ---- external JSONL pass-through -----------------------------------------------------------------------------------
+_CAPTION_TYPES = ("gpt-gt-reason", "caption")
+_QA_TYPES = ("gpt-gt-instruct-reason", "qa", "open-ended")
+
+
+def _read_jsonl(path: str) -> Iterable:
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield line_no, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InstructionFormatError(f"{path}: line {line_no}: not valid JSON: {e}") from None
+
+
+def _check_conversations(path: str, line_no: int, conv, multi_turn: bool) -> List[dict]:
+    def fail(msg):
+        raise InstructionFormatError(f"{path}: line {line_no}: field 'conversations': {msg}")
+
+    if not isinstance(conv, list) or len(conv) < 2 or len(conv) % 2:
+        fail("expected an even number (>= 2) of turns")
+    if not multi_turn and len(conv) != 2:
+        fail(f"expected exactly 2 turns (human, gpt), got {len(conv)}")
+    for i, turn in enumerate(conv):
+        want = "human" if i % 2 == 0 else "gpt"
+        if not isinstance(turn, dict) or turn.get("from") != want:
+            fail(f"turn {i} must come from {want!r}")
+        if not isinstance(turn.get("value"), str) or not turn["value"].strip():
+            fail(f"turn {i} has an empty or non-string 'value'")
+    return [{"from": t["from"], "value": t["value"]} for t in conv]
+
+
+def _strip_image(text: str) -> str:
+    head = prompts.IMAGE_PLACEHOLDER + "\n"
+    if text.startswith(head):
+        return text[len(head):]
+    return text.replace(prompts.IMAGE_PLACEHOLDER, "").lstrip("\n")
+
+
+def _number(path, line_no, rec, *names):
+    for name in names:
+        if name in rec:
+            value = rec[name]
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                raise InstructionFormatError(f"{path}: line {line_no}: field '{name}': expected a number of "
+                                             f"seconds, got {value!r}") from None
+    raise InstructionFormatError(f"{path}: line {line_no}: missing field '{names[0]}'")
+
+
+def convert_ek100_caption_jsonl(path: str, annotations: Optional[Annotations] = None) -> List[dict]:
+    """GPT-4o distilled captions ("gpt-gt-reason") and their QA pairs ("gpt-gt-instruct-reason") in the original
+    training format (video "P01-P01_01", start/end_timestamp, question_type, verb_id/noun_id/action_id) or already
+    in our schema. Captions get the exact caption prompt (the original rebuilds it from question_type); QA keeps the
+    generated question. With `annotations`, class ids are checked and action_id is recomputed in its label space."""
+    out = []
+    ls = annotations.label_space if annotations is not None else None
+    for line_no, rec in _read_jsonl(path):
+        def fail(field, msg):
+            raise InstructionFormatError(f"{path}: line {line_no}: field '{field}': {msg}")
+
+        if not isinstance(rec, dict):
+            raise InstructionFormatError(f"{path}: line {line_no}: expected a JSON object")
+        if "video_id" in rec:
+            video_id, participant_id = rec["video_id"], rec.get("participant_id") or rec["video_id"].split("_")[0]
+        elif isinstance(rec.get("video"), str) and "-" in rec["video"]:
+            participant_id, video_id = rec["video"].split("-", 1)
+        else:
+            fail("video", f"expected 'P01-P01_01' (or a 'video_id' field), got {rec.get('video')!r}")
+        start = _number(path, line_no, rec, "start_timestamp")
+        stop = _number(path, line_no, rec, "stop_timestamp", "end_timestamp")
+        if start < 0 or stop < start:
+            fail("stop_timestamp", f"expected 0 <= start <= stop, got start={start} stop={stop}")
+        qtype = rec.get("task") or rec.get("question_type")
+        if qtype not in _CAPTION_TYPES + _QA_TYPES:
+            fail("question_type", f"expected one of {_CAPTION_TYPES + _QA_TYPES}, got {qtype!r}")
+        conv = _check_conversations(path, line_no, rec.get("conversations"), multi_turn=False)
+        ids = {}
+        for ours, theirs in (("verb_class", "verb_id"), ("noun_class", "noun_id"), ("action_id", "action_id")):
+            value = rec.get(ours, rec.get(theirs, -1))
+            if not isinstance(value, int) or isinstance(value, bool) or value < -1:
+                fail(theirs, f"expected an integer class id (or -1), got {value!r}")
+            ids[ours] = value
+        if ls is not None and ids["verb_class"] >= 0:
+            if ids["verb_class"] >= len(ls.verb_texts):
+                fail("verb_id", f"unknown verb class {ids['verb_class']}")
+            if ids["noun_class"] < 0 or ids["noun_class"] >= len(ls.noun_texts):
+                fail("noun_id", f"unknown noun class {ids['noun_class']}")
+            ids["action_id"] = ls.action_to_id.get(f"{ids['verb_class']}:{ids['noun_class']}", -1)
+        task = "caption" if qtype in _CAPTION_TYPES else "qa"
+        question = prompts.caption_prompt() if task == "caption" else _strip_image(conv[0]["value"])
+        out.append({
+            "id": f"{task}/{rec.get('id', video_id)}/{line_no}",
+            "video_id": video_id,
+            "participant_id": participant_id,
+            "start_timestamp": start,
+            "stop_timestamp": stop,
+            "conversations": [{"from": "human", "value": prompts.IMAGE_PLACEHOLDER + "\n" + question},
+                              {"from": "gpt", "value": conv[1]["value"]}],
+            "task": task,
+            **ids,
+        })
+    return out
+
+
+def convert_video_qa_jsonl(path: str, durations: Optional[Mapping[str, float]] = None) -> List[dict]:
+    """Generic video QA / caption data (LLaVA-Video-178K style: id, video path, multi-turn conversations).
+
+    The whole video is the clip: start 0, stop = the record's "duration" or durations[video]; video_id is the
+    video path, participant_id "". The first human turn is normalised to start with "<image>\\n"."""
+    out = []
+    seen = set()
+    for line_no, rec in _read_jsonl(path):
+        if not isinstance(rec, dict):
+            raise InstructionFormatError(f"{path}: line {line_no}: expected a JSON object")
+        video = rec.get("video")
+        if not isinstance(video, str) or not video:
+            raise InstructionFormatError(f"{path}: line {line_no}: field 'video': expected a video path")
+        if "duration" in rec:
+            duration = _number(path, line_no, rec, "duration")
+        elif durations is not None and video in durations:
+            duration = float(durations[video])
+        else:
+            raise InstructionFormatError(f"{path}: line {line_no}: field 'duration': missing (give it in the record "
+                                         f"or through `durations`) for video {video!r}")
+        if not duration > 0:
+            raise InstructionFormatError(f"{path}: line {line_no}: field 'duration': expected > 0, got {duration}")
+        conv = _check_conversations(path, line_no, rec.get("conversations"), multi_turn=True)
+        conv[0]["value"] = prompts.IMAGE_PLACEHOLDER + "\n" + _strip_image(conv[0]["value"])
+        for turn in conv[1:]:
+            if prompts.IMAGE_PLACEHOLDER in turn["value"]:
+                raise InstructionFormatError(f"{path}: line {line_no}: field 'conversations': only the first human "
+                                             f"turn may hold {prompts.IMAGE_PLACEHOLDER}")
+        sample_id = f"qa/{rec.get('id', video)}"
+        if sample_id in seen:
+            sample_id = f"{sample_id}/{line_no}"
+        seen.add(sample_id)
+        out.append({
+            "id": sample_id, "video_id": video, "participant_id": "",
+            "start_timestamp": 0.0, "stop_timestamp": duration,
+            "conversations": conv, "task": "qa", "verb_class": -1, "noun_class": -1, "action_id": -1,
+            "data_source": rec.get("data_source", ""),
+        })
+    return out
+
+
+def write_jsonl(path: str, samples: Sequence[dict]) -> int:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for s in samples:
+            f.write(json.dumps(s, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return len(samples)

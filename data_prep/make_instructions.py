@@ -1,0 +1,79 @@
+"""Generate LLaVAction instruction JSONL for one task (same CLI family as data_prep.make_mqa).
+
+    python -m data_prep.make_instructions --task mcq --annotations EPIC_100_train.csv \\
+        --predictions avion_pred_ids_train.json --source avion --k 5 --prior-fraction 0.3 --out mcq_avion.jsonl
+    python -m data_prep.make_instructions --task direct_narration --annotations EPIC_100_train.csv --out direct.jsonl
+    python -m data_prep.make_instructions --task temporal_detection --annotations EPIC_100_train.csv --delta 5 \\
+        --out detection.jsonl
+    python -m data_prep.make_instructions --task caption --input gpt_captions.jsonl --annotations ... --out cap.jsonl
+    python -m data_prep.make_instructions --task video_qa --input llava_video_178k.jsonl --out qa.jsonl
+
+EK100 annotations: EPIC-KITCHENS authors (Damen et al., IJCV 2022), CC BY-NC 4.0.
+"""
+import argparse
+import sys
+import time
+
+from data_prep import ek100, instructions, mqa, predictions
+
+TASKS = ("mcq", "direct_narration", "temporal_detection", "caption", "video_qa")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m data_prep.make_instructions", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=TASKS, required=True)
+    p.add_argument("--annotations", default=None, help="EK100 segment CSV (required except for video_qa)")
+    p.add_argument("--label-csvs", nargs="*", default=None, help="label-space CSVs (default: see make_mqa)")
+    p.add_argument("--class-dir", default=None)
+    p.add_argument("--predictions", default=None, help="action-model top-k JSON (mcq with --mode train)")
+    p.add_argument("--source", default="avion", help="distractor source name (mcq)")
+    p.add_argument("--mode", choices=("train", "random"), default="train", help="mcq distractors")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--representation", choices=mqa.REPRESENTATIONS, default="GT_random_narration")
+    p.add_argument("--prior-fraction", type=float, default=instructions.DEFAULT_PRIOR_FRACTION)
+    p.add_argument("--max-gap", type=float, default=instructions.DEFAULT_MAX_GAP)
+    p.add_argument("--delta", type=float, default=instructions.DEFAULT_DELTA, help="temporal detection padding (s)")
+    p.add_argument("--input", default=None, help="external JSONL (caption, video_qa)")
+    p.add_argument("--allow-unseen-actions", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    t0 = time.time()
+    ann = None
+    if args.task != "video_qa":
+        if not args.annotations:
+            raise SystemExit(f"--annotations is required for --task {args.task}")
+        ann = ek100.load_annotations(args.annotations, label_csvs=args.label_csvs, class_dir=args.class_dir)
+    if args.task in ("caption", "video_qa") and not args.input:
+        raise SystemExit(f"--input is required for --task {args.task}")
+    if args.task == "mcq":
+        preds = None
+        if args.mode == "train":
+            if not args.predictions:
+                raise SystemExit("--predictions is required for --task mcq --mode train")
+            preds = predictions.load_predictions(args.predictions, ann, 2 * args.k,
+                                                 require_in_label_space=not args.allow_unseen_actions)
+        samples = instructions.mcq_samples(ann, preds, source=args.source if args.mode == "train" else "random",
+                                           k=args.k, mode=args.mode, representation=args.representation,
+                                           seed=args.seed, prior_fraction=args.prior_fraction,
+                                           max_gap=args.max_gap)
+    elif args.task == "direct_narration":
+        samples = instructions.direct_narration_samples(ann, args.representation)
+    elif args.task == "temporal_detection":
+        samples = instructions.temporal_detection_samples(ann, args.delta, args.seed, args.representation)
+    elif args.task == "caption":
+        samples = instructions.convert_ek100_caption_jsonl(args.input, ann)
+    else:
+        samples = instructions.convert_video_qa_jsonl(args.input)
+    n = instructions.write_jsonl(args.out, samples)
+    print(f"wrote {n} {args.task} samples to {args.out} in {time.time() - t0:.2f}s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
