@@ -1,0 +1,436 @@
+"""Training / evaluation input pipelines: TFRecord shards -> global, sharded jax.Array batches.
+
+Stages
+1. Index (recordio): each host lists its share of the records: whole files when the file count divides evenly
+   by the process count, otherwise every P-th record. Only record headers are read.
+2. Order (mixture): the host's k-th example is a pure function of (seed, k): a weighted, block-stratified choice
+   of source, then that source's per-epoch permutation. Exact resume = restart the stream at k.
+3. tf.data: a generator reads the raw records in that order; a parallel, order-preserving map parses them
+   (data_prep.records.FEATURE_SPEC), decodes the JPEG frames, resizes if needed and applies the SigLIP
+   normalisation (x/255 - 0.5)/0.5.
+4. numpy (host): ChatML tokens + labels (chat.py; time instruction via data_prep.prompts), truncation of text
+   beyond max_length (counted, warned; video slots are never cut), right padding to the smallest length bucket
+   that fits the longest row of the GLOBAL batch (all hosts agree), then jax.make_array_from_process_local_data
+   over the mesh batch axes ('data', 'fsdp').
+"""
+import json
+import logging
+import math
+
+import jax
+import numpy as np
+import tensorflow as tf
+from jax.experimental import multihost_utils
+
+from data_prep import prompts
+from data_prep.records import FEATURE_SPEC
+from llavaction_jax.input import chat, mixture, recordio
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+_PREFETCH = 4
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sources and host sharding
+# ---------------------------------------------------------------------------------------------------------------
+def split_sources(files):
+    """Sources as lists of glob patterns: 'a*,b*' -> [['a*'], ['b*']]; ['a*', 'b*'] -> same; [[...]] kept."""
+    if isinstance(files, str):
+        files = [p for p in files.split(",") if p.strip()]
+    sources = [[s] if isinstance(s, str) else list(s) for s in files]
+    if not sources:
+        raise ValueError("no input files: set config.data.train_files / eval_files or pass files=")
+    return sources
+
+
+def _source_files(patterns):
+    files = []
+    for pattern in patterns:
+        files.extend(recordio.expand_pattern(pattern))
+    return files
+
+
+def host_index(patterns, process_index, process_count, by_record=False):
+    """This host's records of one source. File-level sharding when possible (each host scans only its files)."""
+    files = _source_files(patterns)
+    if not by_record and len(files) % process_count == 0:
+        return recordio.RecordIndex(files[process_index::process_count])
+    full = recordio.RecordIndex(files)
+    return full.subset(np.arange(process_index, len(full), process_count))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tf.data decoding
+# ---------------------------------------------------------------------------------------------------------------
+def normalise_pixels(frames_uint8):
+    """SigLIP normalisation, mean = std = 0.5 (same float32 op order as the reference processor)."""
+    x = tf.cast(frames_uint8, tf.float32)
+    return (x / 255.0 - 0.5) / 0.5
+
+
+def make_decode_fn(num_frames, image_size):
+    """raw tf.train.Example bytes -> dict of tensors; frames decoded to float32 [F, S, S, 3]."""
+    def decode_frame(jpeg):
+        img = tf.io.decode_jpeg(jpeg, channels=3)
+        shape = tf.shape(img)
+
+        def resized():
+            out = tf.image.resize(img, [image_size, image_size], method="bicubic", antialias=True)
+            return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
+
+        same = tf.logical_and(tf.equal(shape[0], image_size), tf.equal(shape[1], image_size))
+        img = tf.cond(same, lambda: img, resized)
+        return tf.ensure_shape(img, [image_size, image_size, 3])
+
+    def decode(raw):
+        ex = tf.io.parse_single_example(raw, FEATURE_SPEC)
+        jpegs = ex["frames"]
+        n = tf.shape(jpegs)[0]
+
+        def video():
+            check = tf.debugging.Assert(tf.equal(n, num_frames), [
+                "sample", ex["id"], "has", n, f"frames; config.data.num_frames={num_frames}"])
+            with tf.control_dependencies([check]):
+                frames = tf.map_fn(decode_frame, jpegs, fn_output_signature=tf.uint8)
+            return normalise_pixels(frames)
+
+        def text_only():
+            return tf.zeros([num_frames, image_size, image_size, 3], tf.float32)
+
+        pixels = tf.cond(n > 0, video, text_only)
+        return {
+            "id": ex["id"],
+            "sample_json": ex["sample_json"],
+            "has_video": n > 0,
+            "pixel_values": tf.ensure_shape(pixels, [num_frames, image_size, image_size, 3]),
+            "actions": tf.cast(tf.stack([ex["verb_class"], ex["noun_class"], ex["action_id"]]), tf.int32),
+        }
+    return decode
+
+
+def _decoded_dataset(generator, decode_fn, num_parallel):
+    ds = tf.data.Dataset.from_generator(
+        generator, output_signature=(tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.string)))
+    ds = ds.map(lambda k, raw: (k, decode_fn(raw)), num_parallel_calls=num_parallel, deterministic=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    return ds.with_options(options).prefetch(_PREFETCH)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Host-side text stage
+# ---------------------------------------------------------------------------------------------------------------
+class TextStage:
+    """Turns a decoded example into (input_ids, labels) with truncation to max_length."""
+
+    def __init__(self, config, tok, with_answer=True):
+        from llavaction_jax.model import num_video_tokens   # the model owns the video token layout
+        self.tok = tok
+        self.num_frames = int(config.data.num_frames)
+        self.n_video = int(num_video_tokens(config.model, self.num_frames))
+        self.max_length = int(config.data.max_length)
+        self.add_time = bool(config.data.add_time_instruction)
+        self.system_prompt = config.data.system_prompt
+        self.with_answer = with_answer
+        self.num_truncated = 0
+        if self.n_video + 16 > self.max_length:
+            raise ValueError(f"config.data.max_length={self.max_length} leaves no room for text after the "
+                             f"{self.n_video} video tokens of {self.num_frames} frames")
+
+    def __call__(self, sample_json, has_video):
+        try:
+            sample = json.loads(sample_json)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"sample_json is not valid JSON ({e}): {sample_json[:200]!r}") from None
+        sid = sample.get("id", "<no id>")
+        conversations = sample.get("conversations")
+        if not isinstance(conversations, list) or not conversations:
+            raise ValueError(f"sample {sid!r}: 'conversations' must be a non-empty list")
+        n_video = self.n_video if has_video else 0
+        conversations = [dict(turn) for turn in conversations]
+        human = next((t for t in conversations if t.get("from", t.get("role")) in ("human", "user")), None)
+        if human is None:
+            raise ValueError(f"sample {sid!r}: no human turn in 'conversations'")
+        if has_video and self.add_time:
+            duration = float(sample["stop_timestamp"]) - float(sample["start_timestamp"])
+            human["value"] = prompts.insert_time_instruction(human["value"], duration, self.num_frames)
+        try:
+            if self.with_answer:
+                ids, labels = chat.tokenize_conversation(self.tok, conversations, n_video, self.system_prompt)
+            else:
+                ids = chat.tokenize_prompt(self.tok, human["value"], n_video, self.system_prompt)
+                labels = [chat.IGNORE_INDEX] * len(ids)
+        except ValueError as e:
+            raise ValueError(f"sample {sid!r}: {e}") from None
+        if len(ids) > self.max_length:
+            ids, labels = self._truncate(sid, ids, labels)
+        return sid, ids, labels
+
+    def _truncate(self, sid, ids, labels):
+        video = np.flatnonzero(np.asarray(ids) == self.tok.video_token_id)
+        if len(video) and video[-1] >= self.max_length:
+            raise ValueError(f"sample {sid!r}: its video tokens end at position {video[-1] + 1} > "
+                             f"config.data.max_length={self.max_length}; video slots are never truncated, "
+                             "raise max_length or shorten the prompt before <image>")
+        self.num_truncated += 1
+        if self.num_truncated <= 10 or self.num_truncated % 1000 == 0:
+            log.warning("sample %r: %d tokens > max_length=%d, text truncated (%d samples so far)",
+                        sid, len(ids), self.max_length, self.num_truncated)
+        return ids[:self.max_length], labels[:self.max_length]
+
+
+def pad_length(needed, buckets, max_length):
+    """Smallest bucket (or max_length) >= needed."""
+    for length in sorted(set(int(b) for b in buckets) | {int(max_length)}):
+        if length >= needed:
+            return length
+    raise ValueError(f"a row of {needed} tokens exceeds max_length={max_length}")
+
+
+def _global_pad_length(local_needed, buckets, max_length):
+    needed = int(local_needed)
+    if jax.process_count() > 1:
+        # Every host must build arrays of the same global shape.
+        needed = int(np.max(multihost_utils.process_allgather(np.asarray([needed], np.int64))))
+    return pad_length(needed, buckets, max_length)
+
+
+def _batch_sharding(mesh):
+    from llavaction_jax.sharding import batch_sharding
+    return batch_sharding(mesh)
+
+
+class _BatchBuilder:
+    """Pads host rows to the agreed length and turns them into global jax.Arrays."""
+
+    def __init__(self, config, mesh, tok, global_batch_size):
+        self.tok = tok
+        self.buckets = tuple(config.data.length_buckets)
+        self.max_length = int(config.data.max_length)
+        self.sharding = _batch_sharding(mesh)
+        pc = jax.process_count()
+        if global_batch_size % pc:
+            raise ValueError(f"global batch size {global_batch_size} is not divisible by {pc} processes")
+        self.global_batch_size = int(global_batch_size)
+        self.local_batch_size = self.global_batch_size // pc
+        shards = int(np.prod([mesh.shape[a] for a in ("data", "fsdp") if a in mesh.shape]))
+        if self.global_batch_size % shards:
+            raise ValueError(f"global batch size {global_batch_size} is not divisible by the {shards} "
+                             "batch shards of the mesh (data x fsdp)")
+
+    def host_arrays(self, rows):
+        """rows: list of (ids, labels, pixel_values, actions). Returns numpy dict [local_B, ...]."""
+        b = self.local_batch_size
+        length = _global_pad_length(max(len(r[0]) for r in rows), self.buckets, self.max_length)
+        input_ids = np.full((b, length), self.tok.pad_id, np.int32)
+        attention_mask = np.zeros((b, length), np.int32)
+        labels = np.full((b, length), chat.IGNORE_INDEX, np.int32)
+        for i, (ids, lab, _, _) in enumerate(rows):
+            input_ids[i, :len(ids)] = ids
+            attention_mask[i, :len(ids)] = 1
+            labels[i, :len(lab)] = lab
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "pixel_values": np.stack([r[2] for r in rows]).astype(np.float32, copy=False),
+            "actions": np.stack([r[3] for r in rows]).astype(np.int32, copy=False),
+        }
+
+    def to_global(self, host):
+        def put(x):
+            global_shape = (self.global_batch_size,) + x.shape[1:]
+            return jax.make_array_from_process_local_data(self.sharding, x, global_shape)
+        return {k: put(v) for k, v in host.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training iterator
+# ---------------------------------------------------------------------------------------------------------------
+class TrainIterator:
+    """Infinite, shuffled, weighted-mixture stream of global batches with exact resume.
+
+    Batches may span an epoch boundary (the stream of each source is epoch after epoch), so no sample is
+    dropped and each epoch visits every record of this host exactly once.
+    """
+
+    def __init__(self, config, mesh, tok, files=None, seed=None, global_batch_size=None, num_parallel=None):
+        self.config = config
+        self.seed = int(config.seed if seed is None else seed)
+        pi, pc = jax.process_index(), jax.process_count()
+        self.sources = split_sources(config.data.train_files if files is None else files)
+        self.indexes = [host_index(p, pi, pc) for p in self.sources]
+        for patterns, index in zip(self.sources, self.indexes):
+            if len(index) == 0:
+                raise ValueError(f"source {patterns} has no records for process {pi} of {pc}")
+        self.weights = mixture.normalise_weights(tuple(config.data.mixture_weights), len(self.sources))
+        self.schedule = mixture.MixtureSchedule(self.weights, self.seed)
+        self.text = TextStage(config, tok, with_answer=True)
+        self.builder = _BatchBuilder(config, mesh, tok, global_batch_size or config.data.global_batch_size)
+        self.decode_fn = make_decode_fn(int(config.data.num_frames), int(config.model.vision.image_size))
+        self.num_parallel = num_parallel or tf.data.AUTOTUNE
+        self.last_ids = []
+        self._examples = 0
+        self._start(0)
+
+    @property
+    def local_batch_size(self):
+        return self.builder.local_batch_size
+
+    @property
+    def num_truncated(self):
+        return self.text.num_truncated
+
+    def _record_stream(self, k0):
+        """(k, raw record) for k = k0, k0+1, ... on this host."""
+        consumed = self.schedule.consumed(k0)
+        readers = [recordio.RecordReader(index) for index in self.indexes]
+        orders = {}
+        k = k0
+        try:
+            while True:
+                s = self.schedule.source(k)
+                n = len(self.indexes[s])
+                epoch, pos = divmod(int(consumed[s]), n)
+                if orders.get(s, (None,))[0] != epoch:
+                    orders[s] = (epoch, mixture.epoch_order(self.seed, s, epoch, n))
+                yield k, readers[s].read(int(orders[s][1][pos]))
+                consumed[s] += 1
+                k += 1
+        finally:
+            for reader in readers:
+                reader.close()
+
+    def _start(self, k0):
+        ds = _decoded_dataset(lambda: self._record_stream(k0), self.decode_fn, self.num_parallel)
+        self._iter = ds.as_numpy_iterator()
+        self._examples = k0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        rows, ids = [], []
+        for _ in range(self.local_batch_size):
+            k, ex = next(self._iter)
+            if k != self._examples + len(rows):
+                raise RuntimeError(f"input stream out of order: got example {k}, expected {self._examples + len(rows)}")
+            sid, tokens, labels = self.text(ex["sample_json"].decode(), bool(ex["has_video"]))
+            rows.append((tokens, labels, ex["pixel_values"], ex["actions"]))
+            ids.append(sid)
+        host = self.builder.host_arrays(rows)
+        batch = self.builder.to_global(host)
+        self._examples += len(rows)
+        self.last_ids = ids
+        return batch
+
+    def epochs(self):
+        """Per source, how many full passes this host has made (for logging)."""
+        consumed = self.schedule.consumed(self._examples)
+        return [int(c) // len(index) for c, index in zip(consumed, self.indexes)]
+
+    def get_state(self):
+        """Small JSON-serialisable state; identical on every host (it only depends on (seed, k))."""
+        return {
+            "version": STATE_VERSION,
+            "seed": self.seed,
+            "examples": int(self._examples),
+            "draws_per_source": [int(c) for c in self.schedule.consumed(self._examples)],
+            "weights": [float(w) for w in self.weights],
+        }
+
+    def set_state(self, state):
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"input state version {state.get('version')} != {STATE_VERSION}: {state}")
+        if int(state["seed"]) != self.seed:
+            raise ValueError(f"input state was saved with seed {state['seed']}, this iterator has {self.seed}")
+        k = int(state["examples"])
+        draws = [int(c) for c in self.schedule.consumed(k)]
+        if draws != [int(c) for c in state["draws_per_source"]] or not np.allclose(state["weights"], self.weights):
+            raise ValueError("input state does not match this iterator's sources/mixture weights: "
+                             f"saved draws {state['draws_per_source']} weights {state['weights']}, "
+                             f"here {draws} {list(self.weights)}")
+        self._start(k)
+
+
+def make_train_iterator(config, mesh, tok, files=None, seed=None, global_batch_size=None, num_parallel=None):
+    """Training batches: dict of global jax.Arrays (input_ids, attention_mask, labels, pixel_values, actions)."""
+    return TrainIterator(config, mesh, tok, files=files, seed=seed, global_batch_size=global_batch_size,
+                         num_parallel=num_parallel)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation iterator
+# ---------------------------------------------------------------------------------------------------------------
+class EvalIterator:
+    """One ordered pass; every record exactly once. Yields (batch, ids).
+
+    batch: the training keys plus "valid" int32 [B] (0 on padding rows). ids: this host's rows' sample ids in
+    local row order, None on padding rows. Padding rows repeat the first record of the set (a real sample, so
+    the model never sees an all-masked row). Records are dealt to hosts round-robin (record i -> host i % P),
+    so every host runs the same number of batches.
+    """
+
+    def __init__(self, config, mesh, tok, files=None, batch_size=None, with_answer=False, num_parallel=None):
+        pi, pc = jax.process_index(), jax.process_count()
+        sources = split_sources(config.data.eval_files if files is None else files)
+        full = recordio.RecordIndex([f for patterns in sources for f in _source_files(patterns)])
+        if len(full) == 0:
+            raise ValueError(f"evaluation files {sources} hold no records")
+        self.num_records = len(full)
+        self.index = full.subset(np.arange(pi, len(full), pc))
+        self.filler_index = full.subset(np.arange(0, 1))
+        self.text = TextStage(config, tok, with_answer=with_answer)
+        self.builder = _BatchBuilder(config, mesh, tok, batch_size or config.eval.batch_size)
+        self.decode_fn = make_decode_fn(int(config.data.num_frames), int(config.model.vision.image_size))
+        self.num_parallel = num_parallel or tf.data.AUTOTUNE
+        per_host = math.ceil(self.num_records / pc)
+        self.num_batches = math.ceil(per_host / self.builder.local_batch_size)
+
+    def __len__(self):
+        return self.num_batches
+
+    def _stream(self, index):
+        reader = recordio.RecordReader(index)
+        try:
+            for i in range(len(index)):
+                yield i, reader.read(i)
+        finally:
+            reader.close()
+
+    def _rows(self, index):
+        ds = _decoded_dataset(lambda: self._stream(index), self.decode_fn, self.num_parallel)
+        for _, ex in ds.as_numpy_iterator():
+            sid, tokens, labels = self.text(ex["sample_json"].decode(), bool(ex["has_video"]))
+            yield sid, (tokens, labels, ex["pixel_values"], ex["actions"])
+
+    def __iter__(self):
+        filler = next(self._rows(self.filler_index))[1]
+        rows_iter = self._rows(self.index)
+        b = self.builder.local_batch_size
+        for _ in range(self.num_batches):
+            rows, ids = [], []
+            for sid, row in rows_iter:
+                rows.append(row)
+                ids.append(sid)
+                if len(rows) == b:
+                    break
+            valid = np.zeros(b, np.int32)
+            valid[:len(rows)] = 1
+            ids += [None] * (b - len(rows))
+            rows += [filler] * (b - len(rows))
+            host = self.builder.host_arrays(rows)
+            host["valid"] = valid
+            yield self.builder.to_global(host), ids
+
+
+def make_eval_iterator(config, mesh, tok, files=None, batch_size=None, with_answer=False, num_parallel=None):
+    """Evaluation batches (no shuffle, one pass, last batch padded with valid=0 rows): yields (batch, ids).
+
+    with_answer=False: input_ids are generation prompts ending with "<|im_start|>assistant\\n" (labels all -100);
+    with_answer=True: full conversations with training labels (for an eval loss).
+    """
+    return EvalIterator(config, mesh, tok, files=files, batch_size=batch_size, with_answer=with_answer,
+                        num_parallel=num_parallel)
