@@ -33,11 +33,15 @@ FEATURE_SPEC = {
 
 
 def encode_jpeg(frame: np.ndarray, quality: int = 95) -> bytes:
-    """RGB uint8 HxWx3 -> JPEG bytes (PIL; deterministic for a given input and quality)."""
+    """RGB uint8 HxWx3 -> JPEG bytes (PIL; deterministic for a given input and quality).
+
+    4:4:4 (no chroma subsampling): the reference feeds decoded video frames straight to the model, so we keep
+    colour detail (small objects' colours matter for nouns) at a modest size cost.
+    """
     if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
         raise ValueError(f"encode_jpeg expects uint8 HxWx3 RGB, got {frame.dtype} {frame.shape}")
     buf = io.BytesIO()
-    Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
+    Image.fromarray(frame).save(buf, format="JPEG", quality=quality, subsampling=0)
     return buf.getvalue()
 
 

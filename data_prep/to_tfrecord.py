@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+from concurrent.futures.process import BrokenProcessPool
 import glob
 import hashlib
 import json
@@ -183,7 +184,7 @@ def convert(samples: str, video_root: str, layout: str, out: str, num_frames: in
             num_shards: int = 8, workers: int = 4, prefix: str = "train", fps_csv: str | None = None,
             fps: float | None = None, chunk_len: int = 15, ext: str = "MP4", interp: str = "bicubic",
             jpeg_quality: int = 95, jitter: bool = False, seed: int = 0, end_tolerance: float = 1.0,
-            max_shards: int | None = None, progress: bool = True) -> dict:
+            max_shards: int | None = None, progress: bool = True, summary: bool = True) -> dict:
     """Convert; returns the manifest dict (``complete`` is False when ``max_shards`` left shards pending)."""
     from tqdm import tqdm
     from data_prep.video import INTERPOLATIONS, LAYOUTS
@@ -282,7 +283,7 @@ def convert(samples: str, video_root: str, layout: str, out: str, num_frames: in
         "records": manifest["num_records"], "skipped": manifest["num_skipped"], "seconds": round(elapsed, 2),
         "clips_per_s": round(converted / elapsed, 2) if elapsed > 0 else None,
     }
-    if progress:
+    if summary:
         print(f"[to_tfrecord] {out}: {manifest_summary['records']} records in {num_shards} shards, "
               f"{manifest_summary['skipped']} skipped (see {FAILURES}), {len(tasks)} shards written, "
               f"{len(resumed)} resumed, {len(pending)} pending; {elapsed:.1f}s "
@@ -318,14 +319,14 @@ def main(argv=None) -> int:
     p.add_argument("--end_tolerance", type=float, default=1.0,
                    help="seconds a clip's stop may exceed the video end (then clipped) before it is an error")
     p.add_argument("--max_shards", type=int, default=None, help="write at most this many pending shards this run")
-    p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar (the summary is still printed)")
     args = p.parse_args(argv)
     try:
         manifest = convert(args.samples, args.video_root, args.layout, args.out, args.num_frames, args.size,
                            args.num_shards, args.workers, args.prefix, args.fps_csv, args.fps, args.chunk_len,
                            args.ext, args.interp, args.jpeg_quality, args.jitter, args.seed, args.end_tolerance,
                            args.max_shards, progress=not args.no_progress)
-    except concurrent.futures.process.BrokenProcessPool as e:
+    except BrokenProcessPool as e:
         print(f"[to_tfrecord] a worker process died ({e}); finished shards are kept, rerun to resume",
               file=sys.stderr)
         return 1

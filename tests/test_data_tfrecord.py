@@ -1,0 +1,266 @@
+"""data_prep.records + data_prep.to_tfrecord: record layout, sharding, bad input, resume after a kill."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data_prep import to_tfrecord
+from data_prep.records import FEATURE_SPEC, decode_example_py, decode_jpeg, encode_example, encode_jpeg
+from data_prep.synthetic import decode_frame_index, frame_index_video
+from data_prep.video import VideoReader
+
+FPS = 30
+NUM_FRAMES = 4
+SIZE = 32
+SHARDS = 3
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def reference_ids(s, e, n):
+    return np.convolve(np.linspace(s, e, n + 1), [0.5, 0.5], "valid").astype(int)
+
+
+def sample(i, video_id="P01_01", start=None, stop=None, **kw):
+    start = 0.5 + i if start is None else start
+    stop = start + 1.5 if stop is None else stop
+    d = {"id": f"s{i:03d}", "video_id": video_id, "participant_id": video_id.split("_")[0],
+         "start_timestamp": start, "stop_timestamp": stop,
+         "conversations": [{"from": "human", "value": f"<image>\nquestion {i}"},
+                           {"from": "gpt", "value": f"A. answer {i}"}],
+         "task": "mqa", "verb_class": i % 5, "noun_class": i % 7, "action_id": i, "options": ["A. x", "B. y"],
+         "answer": "A"}
+    d.update(kw)
+    return d
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Frame-index videos (12 s) + a JSONL with good samples and one of each kind of bad input."""
+    base = tmp_path_factory.mktemp("records")
+    root = base / "videos"
+    frame_index_video(str(root), "original", "P01_01", 12 * FPS, fps=FPS)
+    frame_index_video(str(root), "original", "P01_02", 12 * FPS, fps=FPS)
+    bad = root / "P01" / "videos" / "P01_02.MP4"                 # corrupt: cut in half (no index)
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    samples = [sample(i) for i in range(9)]
+    samples.insert(2, sample(90, video_id="P01_02"))                                  # truncated/corrupt MP4
+    samples.insert(5, sample(91, video_id="P07_09"))                                  # missing video
+    samples.insert(7, sample(92, start=5.0, stop=4.0))                                # stop < start
+    samples.insert(9, sample(93, start=10.0, stop=14.5))                              # stop past the end
+    samples.append({"id": "text_only", "conversations": [{"from": "human", "value": "hi"},
+                                                         {"from": "gpt", "value": "hello"}],
+                    "task": "qa", "verb_class": -1, "noun_class": -1, "action_id": -1})
+    samples.append(sample(94, start=10.0, stop=12.4))                                 # within tolerance: clipped
+    path = base / "samples.jsonl"
+    with open(path, "w") as f:
+        for s in samples:
+            f.write(json.dumps(s) + "\n")
+        f.write("{broken json\n")
+        f.write(json.dumps(sample(3)) + "\n")                                        # duplicate id
+    return {"base": base, "root": root, "jsonl": path, "samples": samples}
+
+
+def run(data, out, **kw):
+    kw.setdefault("workers", 0)
+    return to_tfrecord.convert(str(data["jsonl"]), str(data["root"]), "original", str(out), num_frames=NUM_FRAMES,
+                               size=SIZE, num_shards=SHARDS, progress=False, **kw)
+
+
+def read_shard(path):
+    return [decode_example_py(r.numpy()) for r in tf.data.TFRecordDataset(str(path))]
+
+
+def shard_bytes(out):
+    return {os.path.basename(p): open(p, "rb").read() for p in sorted(glob.glob(os.path.join(out, "*.tfrecord")))}
+
+
+@pytest.fixture(scope="module")
+def converted(data):
+    out = data["base"] / "full"
+    manifest = run(data, out)
+    return out, manifest
+
+
+# ----------------------------------------------------------------------------- record layout
+
+def test_encode_decode_roundtrip_py_and_tf():
+    frames = np.random.default_rng(0).integers(0, 255, (3, 16, 16, 3), dtype=np.uint8)
+    jpegs = [encode_jpeg(f, 95) for f in frames]
+    s = sample(1)
+    raw = encode_example(s, jpegs, [0.1, 0.2, 0.3])
+    d = decode_example_py(raw)
+    assert d["id"] == "s001" and d["video_id"] == "P01_01" and d["sample"] == s
+    assert d["num_frames"] == 3 and d["frames"].shape == (3, 16, 16, 3)
+    assert (d["verb_class"], d["noun_class"], d["action_id"]) == (1, 1, 1)
+    np.testing.assert_allclose(d["frame_times"], [0.1, 0.2, 0.3], rtol=1e-6)
+    assert np.abs(d["frames"].astype(int) - frames).mean() < 12           # JPEG q95 of noise is close
+    parsed = tf.io.parse_single_example(raw, FEATURE_SPEC)
+    assert parsed["frames"].shape == (3,) and parsed["frame_times"].shape == (3,)
+    # TF decodes bit-identically to PIL only with the accurate IDCT (the default "INTEGER_FAST" differs by a few).
+    np.testing.assert_array_equal(tf.io.decode_jpeg(parsed["frames"][0], dct_method="INTEGER_ACCURATE").numpy(),
+                                  d["frames"][0])
+    assert json.loads(parsed["sample_json"].numpy()) == s
+    # text-only: zero frames parse to empty dense vectors; missing class fields default to -1
+    raw0 = encode_example({"id": "t", "conversations": []}, [], [])
+    p0 = tf.io.parse_single_example(raw0, FEATURE_SPEC)
+    assert p0["frames"].shape == (0,) and int(p0["num_frames"]) == 0 and int(p0["action_id"]) == -1
+    assert raw == encode_example(dict(reversed(list(s.items()))), jpegs, [0.1, 0.2, 0.3])   # byte-stable
+    with pytest.raises(ValueError, match="2 frames but 1 frame_times"):
+        encode_example(s, jpegs[:2], [0.0])
+    with pytest.raises(ValueError, match="'verb_class'='x' is not an int"):
+        encode_example(dict(s, verb_class="x"), [], [])
+
+
+# ----------------------------------------------------------------------------- conversion
+
+def test_manifest_counts(data, converted):
+    out, m = converted
+    lines = len(data["samples"]) + 2
+    assert m["complete"] and m["total_samples"] == lines
+    assert m["num_records"] == len(data["samples"]) - 4 and m["num_skipped"] == 6
+    assert m["num_records"] + m["num_skipped"] == m["total_samples"]
+    assert [s["file"] for s in m["shards"]] == [f"train-{k:05d}-of-{SHARDS:05d}.tfrecord" for k in range(SHARDS)]
+    assert m["config"]["num_frames"] == NUM_FRAMES and m["config"]["size"] == SIZE
+    assert m["config"]["layout"] == "original"
+    assert m["source"]["sha256"] == to_tfrecord.sha256_file(str(data["jsonl"]))
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk == {k: v for k, v in m.items() if k != "run"}
+    for s in m["shards"]:
+        assert len(read_shard(out / s["file"])) == s["num_records"]
+        assert to_tfrecord.sha256_file(str(out / s["file"])) == s["sha256"]
+
+
+def test_shard_assignment_and_record_contents(data, converted):
+    out, m = converted
+    good = {s["id"] for s in data["samples"]} - {"s090", "s091", "s092", "s093"}
+    for k in range(SHARDS):
+        recs = read_shard(out / f"train-{k:05d}-of-{SHARDS:05d}.tfrecord")
+        expected = [s for i, s in enumerate(data["samples"]) if i % SHARDS == k and s["id"] in good]
+        assert [r["id"] for r in recs] == [s["id"] for s in expected]          # i % N, order kept
+        for r, s in zip(recs, expected):
+            assert r["sample"] == s
+            assert (r["verb_class"], r["noun_class"], r["action_id"]) == (s["verb_class"], s["noun_class"],
+                                                                          s["action_id"])
+            if s["id"] == "text_only":
+                assert r["num_frames"] == 0 and r["video_id"] == ""
+                continue
+            stop = min(s["stop_timestamp"], (12 * FPS - 1) / FPS)
+            ids = reference_ids(round(s["start_timestamp"] * FPS), round(stop * FPS), NUM_FRAMES)
+            assert r["frames"].shape == (NUM_FRAMES, SIZE, SIZE, 3)
+            assert [decode_frame_index(f) for f in r["frames"]] == ids.tolist()    # right timestamps
+            np.testing.assert_allclose(r["frame_times"], ids / FPS, rtol=1e-6)
+            assert r["start_timestamp"] == pytest.approx(s["start_timestamp"])
+            # the JPEGs are exactly the reader's frames encoded at quality 95
+            frames, _ = VideoReader(str(data["root"]), "original", size=SIZE).read_clip(
+                s["video_id"], s["start_timestamp"], s["stop_timestamp"], NUM_FRAMES)
+            assert r["jpeg_frames"] == [encode_jpeg(f, 95) for f in frames]
+
+
+def _failure(out, sid):
+    failures = [json.loads(l) for l in (out / "failures.jsonl").read_text().splitlines()]
+    return {f["id"]: f for f in failures}.get(sid), failures
+
+
+def test_truncated_mp4_is_reported_and_skipped(converted):
+    f, failures = _failure(converted[0], "s090")
+    assert f["error"] == "VideoError" and "P01_02.MP4" in f["reason"] and "corrupt" in f["reason"]
+    assert f["index"] == 2 and f["shard"] == 2 % SHARDS
+
+
+def test_missing_video_is_reported_and_skipped(converted):
+    f, _ = _failure(converted[0], "s091")
+    assert "P07_09.MP4" in f["reason"] and "not found" in f["reason"]
+
+
+def test_stop_before_start_is_reported_and_skipped(converted):
+    f, _ = _failure(converted[0], "s092")
+    assert "stop_timestamp 4.000 is before start_timestamp 5.000" in f["reason"]
+
+
+def test_stop_past_end_is_reported_and_skipped(converted):
+    f, _ = _failure(converted[0], "s093")
+    assert "past the end of the video (12.000s" in f["reason"]
+
+
+def test_invalid_lines_reported_and_counts_match(converted):
+    out, m = converted
+    _, failures = _failure(out, None)
+    assert m["num_skipped"] == len(failures) == 6
+    errors = sorted(f["error"] for f in failures)
+    assert errors == ["DuplicateId", "InvalidJSON", "VideoError", "VideoError", "VideoError", "VideoError"]
+    assert sum(s["num_skipped"] for s in m["shards"]) == 4
+    assert [f["index"] for f in failures] == sorted(f["index"] for f in failures)
+
+
+def test_rerun_skips_verified_shards(data, converted):
+    out, m = converted
+    before = shard_bytes(out)
+    again = run(data, out)
+    assert again["run"]["shards_resumed"] == SHARDS and again["run"]["shards_written"] == 0
+    assert shard_bytes(out) == before
+    assert {k: v for k, v in again.items() if k != "run"} == {k: v for k, v in m.items() if k != "run"}
+
+
+def test_killed_run_resumes_to_identical_result(data, converted, monkeypatch):
+    full_out, full = converted
+    out = data["base"] / "killed"
+    # 1) A worker dies while writing shard 1: shard 0 is finished, shard 1 is a partial temp file.
+    real = to_tfrecord.encode_sample
+    calls = {"n": 0}
+
+    def dying(index, s, cfg):
+        if index % SHARDS == 1:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt   # not an Exception: kills the job like a signal would
+        return real(index, s, cfg)
+
+    monkeypatch.setattr(to_tfrecord, "encode_sample", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run(data, out)
+    monkeypatch.setattr(to_tfrecord, "encode_sample", real)
+    assert glob.glob(str(out / "train-00001-of-00003.tfrecord.tmp-*"))         # partial temp file left over
+    assert (out / ".train-00000-of-00003.tfrecord.done.json").is_file()
+    # 2) A crash between the shard rename and its marker: shard 2 exists but has no marker -> redone.
+    (out / "train-00002-of-00003.tfrecord").write_bytes(b"partial garbage")
+    # 3) Rerun: shard 0 is verified and skipped, 1 and 2 are written; the result equals an uninterrupted run.
+    m = run(data, out)
+    assert m["run"]["shards_resumed"] == 1 and m["run"]["shards_written"] == 2
+    assert not glob.glob(str(out / "*.tmp-*"))
+    assert shard_bytes(out) == shard_bytes(full_out)
+    assert {k: v for k, v in m.items() if k != "run"} == {k: v for k, v in full.items() if k != "run"}
+    assert (out / "failures.jsonl").read_text() == (full_out / "failures.jsonl").read_text()
+
+
+def test_max_shards_and_tampered_shard(data, converted):
+    full_out, full = converted
+    out = data["base"] / "partial"
+    m = run(data, out, max_shards=1)
+    assert not m["complete"] and m["pending_shards"] == ["train-00001-of-00003.tfrecord",
+                                                         "train-00002-of-00003.tfrecord"]
+    assert m["num_skipped"] == len((out / "failures.jsonl").read_text().splitlines())
+    (out / "train-00000-of-00003.tfrecord").write_bytes(b"tampered")           # marker hash no longer matches
+    m = run(data, out)
+    assert m["complete"] and m["run"]["shards_written"] == 3 and m["run"]["shards_resumed"] == 0
+    assert shard_bytes(out) == shard_bytes(full_out)
+
+
+def test_cli_with_worker_processes_matches_in_process(data, converted):
+    full_out, _ = converted
+    out = data["base"] / "cli"
+    cmd = [sys.executable, "-m", "data_prep.to_tfrecord", "--samples", str(data["jsonl"]), "--video_root",
+           str(data["root"]), "--layout", "original", "--num_frames", str(NUM_FRAMES), "--size", str(SIZE),
+           "--num_shards", str(SHARDS), "--workers", "2", "--out", str(out), "--no_progress"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert shard_bytes(out) == shard_bytes(full_out)
+    assert json.loads((out / "manifest.json").read_text())["num_skipped"] == 6
+    bad = subprocess.run(cmd[:-1] + ["--layout", "frames"], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 2 and "needs --fps or --fps_csv" in bad.stderr
