@@ -1,0 +1,204 @@
+"""Original LLaVA-NeXT / LLaVAction `llava_qwen` checkpoints: key table and config.json parsing/writing.
+
+Key names follow LLaVA-NeXT (`model.vision_tower.vision_tower.vision_model...`, `model.mm_projector.{0,2}`,
+`model.layers.N...`, `lm_head.weight`) plus the LLaVAction extras (`model.action_supervision`,
+`verb_head.weight`, `noun_head.weight`, `action_head.weight`). LLaVA-NeXT's SigLIP wrapper deletes the
+last encoder layer and uses the output of the remaining ones before post_layernorm, so a checkpoint may
+hold one more vision layer than the model uses: that layer is an expected, reported, unused key.
+"""
+import re
+from typing import Dict, List, Tuple
+
+from llavaction_jax.convert.mapping import Rule
+
+NAME = "llava_qwen"
+VIDEO_TOKEN_ID = -200          # LLaVA-NeXT IMAGE_TOKEN_INDEX sentinel spliced by tokenizer_image_token
+VISION_PREFIX = "model.vision_tower.vision_tower.vision_model."
+_VISION_LAYER_RE = re.compile(re.escape(VISION_PREFIX) + r"encoder\.layers\.(\d+)\.")
+# Non-parameter buffers that older transformers versions saved; harmless to skip.
+_BUFFER_RE = re.compile(r"rotary_emb\.inv_freq$")
+
+# SigLIP so400m/14-384 as LLaVA-NeXT builds it (the original config.json does not store the vision config).
+SO400M = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+              image_size=384, patch_size=14, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
+
+
+def is_format(config_json: dict) -> bool:
+    return "mm_vision_tower" in config_json or config_json.get("model_type") in ("llava_qwen", "llava")
+
+
+def canonical_key(key: str) -> str:
+    return key
+
+
+NOT_IN_FORMAT = {}     # every parameter of the tree has a llava_qwen key
+
+
+def _vision_rules(prefix: str) -> List[Rule]:
+    lp = prefix + "encoder.layers.{i}."
+    rules = [
+        Rule("vision/embeddings/patch_embedding/kernel", prefix + "embeddings.patch_embedding.weight", "conv"),
+        Rule("vision/embeddings/patch_embedding/bias", prefix + "embeddings.patch_embedding.bias"),
+        Rule("vision/embeddings/position_embedding/embedding", prefix + "embeddings.position_embedding.weight"),
+        Rule("vision/post_layernorm/scale", prefix + "post_layernorm.weight"),
+        Rule("vision/post_layernorm/bias", prefix + "post_layernorm.bias"),
+    ]
+    for ln in ("layer_norm1", "layer_norm2"):
+        rules += [Rule(f"vision/encoder/layers/{ln}/scale", lp + f"{ln}.weight", stacked=True),
+                  Rule(f"vision/encoder/layers/{ln}/bias", lp + f"{ln}.bias", stacked=True)]
+    for name, sub in [("q_proj", "self_attn"), ("k_proj", "self_attn"), ("v_proj", "self_attn"),
+                      ("out_proj", "self_attn"), ("fc1", "mlp"), ("fc2", "mlp")]:
+        rules += [Rule(f"vision/encoder/layers/{sub}/{name}/kernel", lp + f"{sub}.{name}.weight", "linear", True),
+                  Rule(f"vision/encoder/layers/{sub}/{name}/bias", lp + f"{sub}.{name}.bias", stacked=True)]
+    return rules
+
+
+def _text_rules(prefix: str, lm_head_key: str, tied: bool) -> List[Rule]:
+    lp = prefix + "layers.{i}."
+    rules = [Rule("llm/embed_tokens/embedding", prefix + "embed_tokens.weight"),
+             Rule("llm/norm/scale", prefix + "norm.weight"),
+             Rule("llm/layers/input_layernorm/scale", lp + "input_layernorm.weight", stacked=True),
+             Rule("llm/layers/post_attention_layernorm/scale", lp + "post_attention_layernorm.weight", stacked=True)]
+    for p in ("q_proj", "k_proj", "v_proj"):
+        rules += [Rule(f"llm/layers/self_attn/{p}/kernel", lp + f"self_attn.{p}.weight", "linear", True),
+                  Rule(f"llm/layers/self_attn/{p}/bias", lp + f"self_attn.{p}.bias", stacked=True)]
+    rules.append(Rule("llm/layers/self_attn/o_proj/kernel", lp + "self_attn.o_proj.weight", "linear", True))
+    for p in ("gate_proj", "up_proj", "down_proj"):
+        rules.append(Rule(f"llm/layers/mlp/{p}/kernel", lp + f"mlp.{p}.weight", "linear", True))
+    if not tied:
+        rules.append(Rule("lm_head/kernel", lm_head_key, "linear"))
+    return rules
+
+
+def rules(model_cfg) -> List[Rule]:
+    out = _vision_rules(VISION_PREFIX)
+    out += [Rule("projector/linear_1/kernel", "model.mm_projector.0.weight", "linear"),
+            Rule("projector/linear_1/bias", "model.mm_projector.0.bias"),
+            Rule("projector/linear_2/kernel", "model.mm_projector.2.weight", "linear"),
+            Rule("projector/linear_2/bias", "model.mm_projector.2.bias"),
+            Rule("image_newline", "model.image_newline")]
+    out += _text_rules("model.", "lm_head.weight", model_cfg.text.tie_word_embeddings)
+    if model_cfg.action_token:
+        out += [Rule("action/token", "model.action_supervision"),
+                Rule("action/verb_head/kernel", "verb_head.weight", "linear"),
+                Rule("action/noun_head/kernel", "noun_head.weight", "linear"),
+                Rule("action/action_head/kernel", "action_head.weight", "linear")]
+    return out
+
+
+def expected_unused(model_cfg):
+    """Predicate for checkpoint keys that are known and deliberately not loaded."""
+    used = model_cfg.vision.num_layers
+
+    def pred(key: str) -> bool:
+        m = _VISION_LAYER_RE.match(key)
+        if m:
+            return int(m.group(1)) == used       # the layer LLaVA-NeXT deletes (hidden_states[-2] of 27)
+        return bool(_BUFFER_RE.search(key))
+    return pred
+
+
+def parse_config(cj: dict, shapes: Dict[str, Tuple[int, ...]], model_cfg) -> List[str]:
+    """Fills `model_cfg` (defaults from configs.base) from config.json + tensor shapes; returns notes."""
+    src = "config.json"
+    notes = []
+    tower = str(cj.get("mm_vision_tower", ""))
+    if tower and "siglip" not in tower.lower():
+        raise ValueError(f"{src}: mm_vision_tower={tower!r}: only SigLIP vision towers are supported")
+    if cj.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
+        raise ValueError(f"{src}: mm_projector_type={cj.get('mm_projector_type')!r}, expected 'mlp2x_gelu'")
+    merge = cj.get("mm_patch_merge_type", "flat")
+    if "unpad" not in merge:
+        raise ValueError(f"{src}: mm_patch_merge_type={merge!r}: the model always has image_newline, which "
+                         "LLaVA-NeXT only creates for '*unpad' merge types (e.g. 'spatial_unpad')")
+    if cj.get("rope_scaling"):
+        raise ValueError(f"{src}: rope_scaling={cj['rope_scaling']!r} is not supported (expected null)")
+
+    t = model_cfg.text
+    for dst, key in [("hidden_size", "hidden_size"), ("intermediate_size", "intermediate_size"),
+                     ("num_layers", "num_hidden_layers"), ("num_heads", "num_attention_heads"),
+                     ("rms_norm_eps", "rms_norm_eps"), ("max_position_embeddings", "max_position_embeddings")]:
+        if key not in cj:
+            raise ValueError(f"{src}: missing required key {key!r}")
+        t[dst] = type(t[dst])(cj[key])
+    t.num_kv_heads = int(cj.get("num_key_value_heads", t.num_heads))
+    t.head_dim = int(cj.get("head_dim") or t.hidden_size // t.num_heads)
+    theta = cj.get("rope_theta", (cj.get("rope_parameters") or {}).get("rope_theta"))
+    t.rope_theta = float(theta if theta is not None else 10000.0)
+    # The tensors win over config.json for the vocab: LLaVAction forces vocab_size=152064 for LLaVA-Video-7B
+    # whose config.json disagrees with its embedding matrix.
+    embed = shapes.get("model.embed_tokens.weight")
+    vocab = int(cj.get("vocab_size", 151936))
+    if embed is not None and embed[0] != vocab:
+        notes.append(f"vocab_size: config.json says {vocab}, embed_tokens has {embed[0]} rows -> using {embed[0]}")
+        vocab = embed[0]
+    t.vocab_size = vocab
+    tied = bool(cj.get("tie_word_embeddings", False))
+    if tied and "lm_head.weight" in shapes:
+        notes.append("tie_word_embeddings: config.json says true but lm_head.weight is present -> untied "
+                     "(LLaVAction unties LLaVA-Video)")
+        tied = False
+    t.tie_word_embeddings = tied
+
+    vc = dict(SO400M)
+    vc.update(cj.get("vision_config") or {})
+    v = model_cfg.vision
+    v.hidden_size = int(vc["hidden_size"])
+    v.intermediate_size = int(vc["intermediate_size"])
+    v.num_heads = int(vc["num_attention_heads"])
+    v.image_size = int(vc["image_size"])
+    v.patch_size = int(vc["patch_size"])
+    v.layer_norm_eps = float(vc["layer_norm_eps"])
+    v.hidden_act = str(vc["hidden_act"])
+    v.num_layers = int(vc["num_hidden_layers"]) - 1     # LLaVA-NeXT deletes the last SigLIP layer
+
+    model_cfg.projector_type = "mlp2x_gelu"
+    model_cfg.pool_mode = str(cj.get("mm_spatial_pool_mode", "bilinear"))
+    if int(cj.get("mm_spatial_pool_stride", 2)) != 2:
+        notes.append(f"mm_spatial_pool_stride={cj['mm_spatial_pool_stride']} ignored: LLaVA-NeXT's video path "
+                     "pools with its hard-coded default stride 2")
+    model_cfg.pool_stride = 2
+    model_cfg.newline_position = str(cj.get("mm_newline_position", "one_token"))   # LLaVA-NeXT's getattr default
+    sup = cj.get("vision_supervision")
+    if sup not in (None, "one_token"):
+        raise ValueError(f"{src}: vision_supervision={sup!r}: only 'one_token' (or none) is supported")
+    model_cfg.action_token = sup == "one_token"
+    if cj.get("action_types"):
+        model_cfg.action_types = tuple(int(x) for x in str(cj["action_types"]).split(","))
+    model_cfg.video_token_id = VIDEO_TOKEN_ID
+    return notes
+
+
+def export_config(model_cfg, source_config: dict, dtype_name: str) -> dict:
+    """config.json for a llava_qwen checkpoint; non-architecture keys come from the imported config.json."""
+    t, v = model_cfg.text, model_cfg.vision
+    cj = dict(source_config or {})
+    cj.setdefault("architectures", ["LlavaQwenForCausalLM"])
+    cj.setdefault("model_type", "llava_qwen")
+    cj.setdefault("mm_vision_tower", "google/siglip-so400m-patch14-384")
+    cj.setdefault("mm_patch_merge_type", "spatial_unpad")
+    cj.setdefault("mm_vision_select_layer", -2)
+    cj.setdefault("hidden_act", "silu")
+    cj.update(
+        vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads,
+        rope_theta=t.rope_theta, rms_norm_eps=t.rms_norm_eps, tie_word_embeddings=bool(t.tie_word_embeddings),
+        max_position_embeddings=t.max_position_embeddings, mm_projector_type=model_cfg.projector_type,
+        mm_hidden_size=v.hidden_size, mm_spatial_pool_mode=model_cfg.pool_mode,
+        mm_spatial_pool_stride=model_cfg.pool_stride, mm_newline_position=model_cfg.newline_position,
+        torch_dtype=dtype_name,
+    )
+    if t.head_dim != t.hidden_size // t.num_heads:
+        cj["head_dim"] = t.head_dim
+    if model_cfg.action_token:
+        cj["vision_supervision"] = "one_token"
+        cj["action_types"] = ",".join(str(int(x)) for x in model_cfg.action_types)
+    else:
+        cj.pop("vision_supervision", None)
+    vision = dict(hidden_size=v.hidden_size, intermediate_size=v.intermediate_size,
+                  num_hidden_layers=v.num_layers + 1, num_attention_heads=v.num_heads, image_size=v.image_size,
+                  patch_size=v.patch_size, layer_norm_eps=v.layer_norm_eps, hidden_act=v.hidden_act)
+    # The original format has no vision config (always so400m); store one only for other towers.
+    if vision != SO400M or "vision_config" in cj:
+        cj["vision_config"] = vision
+    return cj
