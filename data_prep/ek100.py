@@ -286,3 +286,8 @@ def load_annotations(csv_path: str, label_csvs: Optional[Sequence[str]] = None,
     info_path = os.path.join(class_dir, VIDEO_INFO_CSV)
     video_info = load_video_info(info_path) if with_video_info and os.path.isfile(info_path) else None
     return Annotations(csv_path, segments, LabelSpace(verb_texts, noun_texts, pool_segments), video_info)
+
+
+# A small subset of the official files shipped with the package (demo, tests); see its README for the credit.
+SAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "ek100_sample")
+SAMPLE_VALIDATION_CSV = os.path.join(SAMPLE_DIR, "EPIC_100_validation.csv")

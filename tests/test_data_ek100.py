@@ -148,3 +148,17 @@ def test_malformed_structure_errors(tmp_path):
         ek100.load_verb_texts(path)
     with pytest.raises(FileNotFoundError, match="annotation file not found"):
         ek100.read_segments(str(tmp_path / "missing.csv"))
+
+
+def test_embedded_sample_is_an_unmodified_subset():
+    ann = ek100.load_annotations(ek100.SAMPLE_VALIDATION_CSV)
+    assert len(ann.segments) == 279 and len(ann.video_info) == 9
+    sample_uda = os.path.join(ek100.SAMPLE_DIR, "EPIC_100_uda_source_train.csv")
+    assert ann.label_space.actions == _independent_actions([sample_uda, ek100.SAMPLE_VALIDATION_CSV])
+    for name in ("EPIC_100_validation.csv", "EPIC_100_uda_source_train.csv"):
+        full = set(open(os.path.join(EK100_DIR, name)).read().splitlines())
+        assert set(open(os.path.join(ek100.SAMPLE_DIR, name)).read().splitlines()) <= full
+    for name in (ek100.VERB_CLASSES_CSV, ek100.NOUN_CLASSES_CSV):
+        assert open(os.path.join(ek100.SAMPLE_DIR, name)).read() == open(os.path.join(EK100_DIR, name)).read()
+    total = sum(os.path.getsize(os.path.join(ek100.SAMPLE_DIR, f)) for f in os.listdir(ek100.SAMPLE_DIR))
+    assert total < 200_000

@@ -231,3 +231,33 @@ def test_mode_needs_enough_predictions(ann, preds):
         mqa.generate_questions(ann, short, mode="train", k=5)
     with pytest.raises(ValueError, match="unknown representation"):
         mqa.generate_questions(ann, preds, mode="benchmark", k=5, representation="gpt_narration")
+
+
+@pytest.fixture(scope="module")
+def sample_pred_file(tmp_path_factory):
+    pred_path = str(tmp_path_factory.mktemp("sample") / "preds.json")
+    assert make_mqa.main(["--annotations", ek100.SAMPLE_VALIDATION_CSV, "--write-synthetic-predictions", pred_path,
+                          "--k", "20", "--seed", "1"]) == 0
+    return pred_path
+
+
+@pytest.mark.parametrize("mode", mqa.MODES)
+@pytest.mark.parametrize("representation", mqa.REPRESENTATIONS)
+def test_embedded_sample_all_modes_and_representations(tmp_path, sample_pred_file, mode, representation):
+    pred_path = sample_pred_file
+    out = str(tmp_path / "q.jsonl")
+    args = ["--annotations", ek100.SAMPLE_VALIDATION_CSV, "--mode", mode, "--representation", representation,
+            "--seed", "4", "--out", out]
+    if mode != "random":
+        args += ["--predictions", pred_path, "--source", "tim"]
+    assert make_mqa.main(args) == 0
+    qs = mqa.read_questions(out)
+    k = mqa.DEFAULT_K[mode]
+    assert len(qs) == 279
+    for q in qs:
+        assert len(q["options"]) == k and len({o[3:] for o in q["options"]}) == k
+        assert [o[0] for o in q["options"]] == [chr(65 + i) for i in range(k)]
+        if q["answer"] is not None:
+            assert prompts.parse_answer(q["conversations"][1]["value"], q["options"]) == q["answer"]
+        else:
+            assert mode == "recognition"
