@@ -150,9 +150,9 @@ def test_sharded_import_matches_unsharded(hf_dir):
     sharded, config = api.load_pretrained(path, mesh=mesh)
     single, _ = api.load_pretrained(path, mesh=_one_device_mesh())
     abstract = shd.abstract_model(config.model, mesh)
-    want = api._flat_params(nnx.state(abstract))
-    got = api._flat_params(nnx.state(sharded))
-    ref = api._flat_params(nnx.state(single))
+    want = api.flat_params(nnx.state(abstract))
+    got = api.flat_params(nnx.state(sharded))
+    ref = api.flat_params(nnx.state(single))
     assert set(got) == set(want) == set(ref)
     for p in got:
         arr = got[p].get_value()
@@ -173,7 +173,7 @@ def test_bf16_checkpoint_stays_bf16(tmp_path):
     assert config.model.param_dtype == "bfloat16"
     leaves = jax.tree.leaves(nnx.state(model))
     assert leaves and all(x.dtype == jnp.bfloat16 for x in leaves)
-    emb = api._flat_params(nnx.state(model))["llm/embed_tokens/embedding"].get_value()
+    emb = api.flat_params(nnx.state(model))["llm/embed_tokens/embedding"].get_value()
     want = hf_model.model.language_model.embed_tokens.weight.detach().float().numpy()
     np.testing.assert_array_equal(np.asarray(emb).astype(np.float32), want)     # bit-exact, no rounding trip
     api.export_checkpoint(str(tmp_path / "orbax"), str(tmp_path / "out"), "hf", mesh=_one_device_mesh())
@@ -193,5 +193,5 @@ def test_hf_has_no_action_heads_listed_as_missing(hf_dir):
     model, config = api.load_pretrained(path, mesh=_one_device_mesh(), config_overrides={"action_token": True},
                                         allow_missing=["^action/"])
     assert config.model.action_token
-    flat = api._flat_params(nnx.state(model))
+    flat = api.flat_params(nnx.state(model))
     assert np.asarray(flat["action/verb_head/kernel"].get_value()).std() > 0

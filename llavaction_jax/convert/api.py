@@ -162,7 +162,7 @@ def read_source(path: str, fmt: str, dtype=None, config_overrides=None):
 
 # ----------------------------------------------------------------------------------------------- placement
 
-def _flat_params(state) -> Dict[str, object]:
+def flat_params(state) -> Dict[str, object]:
     return {"/".join(str(p) for p in path): v for path, v in nnx.to_flat_state(state)}
 
 
@@ -177,7 +177,7 @@ def _init_subset(model_cfg, mesh, rules, paths, abstract_flat, seed=0):
 
     def init():
         model = LlavaActionModel(model_cfg, rngs=nnx.Rngs(seed), sharding_rules=rules)
-        flat = _flat_params(nnx.state(model, nnx.Param))
+        flat = flat_params(nnx.state(model, nnx.Param))
         return {p: flat[p].get_value() for p in paths}
 
     out_sh = {p: abstract_flat[p].get_value().sharding for p in paths}
@@ -192,8 +192,8 @@ def build_model(reader, fmt: str, model_cfg, mesh, rules=None, allow_missing: Se
     abstract = shd.abstract_model(model_cfg, mesh, rules, seed)
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
     if jax.tree.leaves(rest):
-        raise ValueError(f"model has non-Param state the converter cannot fill: {list(_flat_params(rest))}")
-    flat = _flat_params(params)
+        raise ValueError(f"model has non-Param state the converter cannot fill: {list(flat_params(rest))}")
+    flat = flat_params(params)
     shapes = {p: tuple(v.get_value().shape) for p, v in flat.items()}
     ckpt_shapes = {k: reader.shape(k) for k in reader.keys()}
     plan = match(mod.rules(model_cfg), shapes, ckpt_shapes, mod.expected_unused(model_cfg),
@@ -362,7 +362,7 @@ def export_model(model, model_cfg, dst: str, fmt: str, source_dir: Optional[str]
     (the dropped SigLIP layer) are copied into a llava_qwen export.
     """
     mod = FORMATS[fmt]
-    flat = _flat_params(nnx.state(model, nnx.Param))
+    flat = flat_params(nnx.state(model, nnx.Param))
     rules = mod.rules(model_cfg)
     by_param = {r.param: r for r in rules}
     dropped = sorted(p for p in flat if p not in by_param)
