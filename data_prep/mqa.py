@@ -23,7 +23,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from data_prep import prompts
-from data_prep.ek100 import Annotations, LabelSpace, Segment, split_action_key
+from data_prep.ek100 import Annotations, LabelSpace, Segment
 from data_prep.predictions import Predictions
 from data_prep.seeding import question_rng
 

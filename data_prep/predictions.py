@@ -12,8 +12,6 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
-
 from data_prep.ek100 import Annotations, split_action_key
 from data_prep.seeding import question_rng
 

@@ -1,5 +1,12 @@
 """Exact prompt strings (data_prep.prompts) and instruction-data generation (data_prep.instructions)."""
-from data_prep import prompts
+import json
+import os
+import re
+
+import pytest
+
+from conftest import EK100_DIR
+from data_prep import ek100, instructions, make_instructions, predictions, prompts
 
 PREFIX = ("You are seeing this video from egocentric view and you are the person. Your hands are sometimes "
           "interacting with objects. What action are you doing? ")
@@ -53,7 +60,6 @@ def test_time_instruction_inserted_without_separator():
 
 
 def test_insert_time_instruction_rejects_missing_image_token():
-    import pytest
     with pytest.raises(ValueError, match="must start with"):
         prompts.insert_time_instruction("no image here", 1.0, 4)
 
@@ -68,17 +74,14 @@ def test_parse_answer_follows_reference_parser():
     assert prompts.parse_answer("D. cut onion", OPTIONS) is None
     assert prompts.parse_answer("A. take plates", OPTIONS) is None       # exact string match only
     assert prompts.parse_answer("", OPTIONS) is None
+    # EK100 narrations such as "rinse knife." can only be parsed back after normalisation (cut at the first ".").
+    assert prompts.normalise_option_text("rinse knife.") == "rinse knife"
+    assert prompts.parse_answer("B. rinse knife.", ["A. wash cup", "B. rinse knife."]) == "B"
+    # Reference quirk: an output containing "None" is compared verbatim after removing "None. ".
+    assert prompts.parse_answer("None. wash cup", OPTIONS) == "C"
 
 
 # ---- instruction data ----------------------------------------------------------------------------------------------
-import json  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-
-import pytest  # noqa: E402
-
-from conftest import EK100_DIR  # noqa: E402
-from data_prep import ek100, instructions, make_instructions, mqa, predictions  # noqa: E402
 
 VAL = os.path.join(EK100_DIR, "EPIC_100_validation.csv")
 HEADER = ",".join(ek100.SEGMENT_COLUMNS)
