@@ -137,7 +137,7 @@ def read_segments(path: str, num_verbs: Optional[int] = None, num_nouns: Optiona
             def fail(field, msg):
                 raise AnnotationError(f"{path}: line {line}: field '{field}': {msg}")
 
-            if len(row) < 13:
+            if len(row) != len(header):
                 raise AnnotationError(f"{path}: line {line}: expected {len(header)} fields, got {len(row)}")
             values = dict(zip(SEGMENT_COLUMNS, row))
             for field in ("narration_id", "participant_id", "video_id"):

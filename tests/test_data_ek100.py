@@ -162,3 +162,9 @@ def test_embedded_sample_is_an_unmodified_subset():
         assert open(os.path.join(ek100.SAMPLE_DIR, name)).read() == open(os.path.join(EK100_DIR, name)).read()
     total = sum(os.path.getsize(os.path.join(ek100.SAMPLE_DIR, f)) for f in os.listdir(ek100.SAMPLE_DIR))
     assert total < 200_000
+
+
+def test_extra_field_is_an_error(tmp_path):
+    path = _write(tmp_path, "extra.csv", [HEADER, GOOD_ROW + ",oops"])
+    with pytest.raises(ek100.AnnotationError, match=r"extra\.csv: line 2: expected 15 fields, got 16"):
+        ek100.read_segments(path)
