@@ -98,6 +98,28 @@ def participant_of(video_id: str) -> str:
     return video_id.split("_")[0]
 
 
+def detect_layout(root: str, ext: str = "MP4") -> str:
+    """Guess the layout of a video root from its first participant folder that holds videos."""
+    if not os.path.isdir(root):
+        raise VideoError(root, "video root directory not found")
+    for pid in sorted(os.listdir(root)):
+        pdir = os.path.join(root, pid)
+        if not os.path.isdir(pdir):
+            continue
+        if os.path.isdir(os.path.join(pdir, "videos")):
+            return "original"
+        for name in sorted(os.listdir(pdir)):
+            path = os.path.join(pdir, name)
+            if not os.path.isdir(path):
+                continue
+            if name.endswith(f".{ext}"):
+                return "chunks"
+            if any(_FRAME_FILE_RE.match(f) for f in os.listdir(path)):
+                return "frames"
+    raise VideoError(root, f"cannot detect the layout: expected <pid>/videos/<vid>.{ext}, <pid>/<vid>.{ext}/<sec>.{ext} "
+                           f"or <pid>/<vid>/frame_XXXXXXXXXX.jpg under the root")
+
+
 # ----------------------------------------------------------------------------- image helpers
 
 def resize_frame(img: np.ndarray, size: int | None, interp: str = "bicubic") -> np.ndarray:
