@@ -7,15 +7,18 @@ Tasks (shared/reference/llavaction.md §2.5, §3.2):
 - temporal_detection: the clip is padded by delta seconds (start_pad ~ U(0, delta), end_pad = delta - start_pad);
   the answer is the action's start and end relative to the padded clip, "{rel_start:.2f}, {rel_end:.2f}".
 - caption / qa: pass-through of external JSONL (GPT-4o distilled captions and their QA pairs, generic video QA),
-  validated and converted to the schema.
+  validated and converted to the schema; the original LLaVAction EK100 JSONL files (MCQ, direct narration,
+  temporal detection, captions) convert the same way (convert_ek100_jsonl).
 Prior-action triples: within a video, segments sorted by end time; three consecutive segments qualify when both
 gaps (next start - previous end) are <= 3 s; offsets are start-time differences rounded to 2 decimals.
 Every random choice uses a per-sample RNG from (seed, task, narration_id), so outputs do not depend on order.
 
 EK100 annotations: EPIC-KITCHENS authors (Damen et al., IJCV 2022), CC BY-NC 4.0.
 """
+import ast
 import json
 import os
+import re
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 from data_prep import prompts
@@ -158,6 +161,8 @@ def temporal_detection_samples(annotations: Annotations, delta: float = DEFAULT_
 # ---- external JSONL pass-through -----------------------------------------------------------------------------------
 _CAPTION_TYPES = ("gpt-gt-reason", "caption")
 _QA_TYPES = ("gpt-gt-instruct-reason", "qa", "open-ended")
+_OTHER_TYPES = ("direct_narration", "temporal_detection", "mqa", "prior_mqa")
+_OPTION_RE = re.compile(r"^([A-Z])\. (.+)$")
 
 
 def _read_jsonl(path: str) -> Iterable:
@@ -207,11 +212,38 @@ def _number(path, line_no, rec, *names):
     raise InstructionFormatError(f"{path}: line {line_no}: missing field '{names[0]}'")
 
 
-def convert_ek100_caption_jsonl(path: str, annotations: Optional[Annotations] = None) -> List[dict]:
-    """GPT-4o distilled captions ("gpt-gt-reason") and their QA pairs ("gpt-gt-instruct-reason") in the original
-    training format (video "P01-P01_01", start/end_timestamp, question_type, verb_id/noun_id/action_id) or already
-    in our schema. Captions get the exact caption prompt (the original rebuilds it from question_type); QA keeps the
-    generated question. With `annotations`, class ids are checked and action_id is recomputed in its label space."""
+def _parse_original_options(path: str, line_no: int, rec: dict, human: str) -> List[str]:
+    """Options of an MCQ record: our "options" field, or the original's human value str(list_of_options)."""
+    options = rec.get("options")
+    if options is None:
+        try:
+            options = ast.literal_eval(_strip_image(human).strip())
+        except (ValueError, SyntaxError):
+            options = None
+    if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) for o in options):
+        raise InstructionFormatError(f"{path}: line {line_no}: field 'conversations': an MCQ human turn must be "
+                                     f"the option list, e.g. \"['A. take plate', 'B. open tap']\"")
+    for i, option in enumerate(options):
+        m = _OPTION_RE.match(option)
+        if not m or m.group(1) != chr(65 + i):
+            raise InstructionFormatError(f"{path}: line {line_no}: field 'options': option {i} {option!r} is not "
+                                         f"'{chr(65 + i)}. text'")
+    texts = [o[3:] for o in options]
+    if len(set(texts)) != len(texts):
+        raise InstructionFormatError(f"{path}: line {line_no}: field 'options': duplicate option texts {texts}")
+    return options
+
+
+def convert_ek100_jsonl(path: str, annotations: Optional[Annotations] = None, source: str = "unknown") -> List[dict]:
+    """Original LLaVAction EK100 training JSONL (or files already in our schema) -> samples.
+
+    Original records: video "P01-P01_01", start_timestamp/end_timestamp (numbers or strings), question_type,
+    verb_id/noun_id/action_id, conversations. Handled question types:
+    - "mc_*" (e.g. mc_GT_random_narration): human value is str(list_of_options), gpt "C. text" -> task "mqa";
+    - "direct_narration", "gpt-gt-reason"/"caption": the exact prompt is rebuilt (the original rebuilds prompts from
+      question_type at load time) and the answer kept;
+    - "temporal_detection", "gpt-gt-instruct-reason": the stored question is kept verbatim.
+    With `annotations`, class ids are checked and action_id is recomputed in its label space."""
     out = []
     ls = annotations.label_space if annotations is not None else None
     for line_no, rec in _read_jsonl(path):
@@ -231,8 +263,9 @@ def convert_ek100_caption_jsonl(path: str, annotations: Optional[Annotations] = 
         if start < 0 or stop < start:
             fail("stop_timestamp", f"expected 0 <= start <= stop, got start={start} stop={stop}")
         qtype = rec.get("task") or rec.get("question_type")
-        if qtype not in _CAPTION_TYPES + _QA_TYPES:
-            fail("question_type", f"expected one of {_CAPTION_TYPES + _QA_TYPES}, got {qtype!r}")
+        if not isinstance(qtype, str) or not (qtype.startswith("mc_") or qtype in
+                                              _CAPTION_TYPES + _QA_TYPES + _OTHER_TYPES):
+            fail("question_type", f"expected mc_*, one of {_CAPTION_TYPES + _QA_TYPES + _OTHER_TYPES}, got {qtype!r}")
         conv = _check_conversations(path, line_no, rec.get("conversations"), multi_turn=False)
         ids = {}
         for ours, theirs in (("verb_class", "verb_id"), ("noun_class", "noun_id"), ("action_id", "action_id")):
@@ -246,8 +279,24 @@ def convert_ek100_caption_jsonl(path: str, annotations: Optional[Annotations] = 
             if ids["noun_class"] < 0 or ids["noun_class"] >= len(ls.noun_texts):
                 fail("noun_id", f"unknown noun class {ids['noun_class']}")
             ids["action_id"] = ls.action_to_id.get(f"{ids['verb_class']}:{ids['noun_class']}", -1)
-        task = "caption" if qtype in _CAPTION_TYPES else "qa"
-        question = prompts.caption_prompt() if task == "caption" else _strip_image(conv[0]["value"])
+        human, answer = conv[0]["value"], conv[1]["value"]
+        extra = {}
+        if qtype.startswith("mc_") or qtype in ("mqa", "prior_mqa"):
+            task = "mqa"
+            options = _parse_original_options(path, line_no, rec, human)
+            if answer not in options:
+                fail("conversations", f"the gpt answer {answer!r} is not one of the options {options}")
+            question = prompts.mcq_prompt(options)
+            extra = {"options": options, "answer": answer[0], "answer_text": answer[3:],
+                     "source": rec.get("source", source), "mode": rec.get("mode", "train")}
+        elif qtype in _CAPTION_TYPES:
+            task, question = "caption", prompts.caption_prompt()
+        elif qtype == "direct_narration":
+            task, question = "direct_narration", prompts.direct_narration_prompt()
+        elif qtype == "temporal_detection":
+            task, question = "temporal_detection", _strip_image(human)
+        else:
+            task, question = "qa", _strip_image(human)
         out.append({
             "id": f"{task}/{rec.get('id', video_id)}/{line_no}",
             "video_id": video_id,
@@ -255,9 +304,10 @@ def convert_ek100_caption_jsonl(path: str, annotations: Optional[Annotations] = 
             "start_timestamp": start,
             "stop_timestamp": stop,
             "conversations": [{"from": "human", "value": prompts.IMAGE_PLACEHOLDER + "\n" + question},
-                              {"from": "gpt", "value": conv[1]["value"]}],
+                              {"from": "gpt", "value": answer}],
             "task": task,
             **ids,
+            **extra,
         })
     return out
 

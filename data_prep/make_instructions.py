@@ -5,7 +5,8 @@
     python -m data_prep.make_instructions --task direct_narration --annotations EPIC_100_train.csv --out direct.jsonl
     python -m data_prep.make_instructions --task temporal_detection --annotations EPIC_100_train.csv --delta 5 \\
         --out detection.jsonl
-    python -m data_prep.make_instructions --task caption --input gpt_captions.jsonl --annotations ... --out cap.jsonl
+    python -m data_prep.make_instructions --task convert_ek100 --input train_anno_gpt-gt-reason.jsonl \\
+        --annotations EPIC_100_train.csv --out captions.jsonl      # original LLaVAction EK100 JSONL (any type)
     python -m data_prep.make_instructions --task video_qa --input llava_video_178k.jsonl --out qa.jsonl
 
 EK100 annotations: EPIC-KITCHENS authors (Damen et al., IJCV 2022), CC BY-NC 4.0.
@@ -16,7 +17,7 @@ import time
 
 from data_prep import ek100, instructions, mqa, predictions
 
-TASKS = ("mcq", "direct_narration", "temporal_detection", "caption", "video_qa")
+TASKS = ("mcq", "direct_narration", "temporal_detection", "convert_ek100", "video_qa")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,14 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-csvs", nargs="*", default=None, help="label-space CSVs (default: see make_mqa)")
     p.add_argument("--class-dir", default=None)
     p.add_argument("--predictions", default=None, help="action-model top-k JSON (mcq with --mode train)")
-    p.add_argument("--source", default="avion", help="distractor source name (mcq)")
+    p.add_argument("--source", default="avion", help="distractor source name (mcq, convert_ek100)")
     p.add_argument("--mode", choices=("train", "random"), default="train", help="mcq distractors")
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--representation", choices=mqa.REPRESENTATIONS, default="GT_random_narration")
     p.add_argument("--prior-fraction", type=float, default=instructions.DEFAULT_PRIOR_FRACTION)
     p.add_argument("--max-gap", type=float, default=instructions.DEFAULT_MAX_GAP)
     p.add_argument("--delta", type=float, default=instructions.DEFAULT_DELTA, help="temporal detection padding (s)")
-    p.add_argument("--input", default=None, help="external JSONL (caption, video_qa)")
+    p.add_argument("--input", default=None, help="external JSONL (convert_ek100, video_qa)")
     p.add_argument("--allow-unseen-actions", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
         if not args.annotations:
             raise SystemExit(f"--annotations is required for --task {args.task}")
         ann = ek100.load_annotations(args.annotations, label_csvs=args.label_csvs, class_dir=args.class_dir)
-    if args.task in ("caption", "video_qa") and not args.input:
+    if args.task in ("convert_ek100", "video_qa") and not args.input:
         raise SystemExit(f"--input is required for --task {args.task}")
     if args.task == "mcq":
         preds = None
@@ -66,8 +67,8 @@ def main(argv=None) -> int:
         samples = instructions.direct_narration_samples(ann, args.representation)
     elif args.task == "temporal_detection":
         samples = instructions.temporal_detection_samples(ann, args.delta, args.seed, args.representation)
-    elif args.task == "caption":
-        samples = instructions.convert_ek100_caption_jsonl(args.input, ann)
+    elif args.task == "convert_ek100":
+        samples = instructions.convert_ek100_jsonl(args.input, ann, source=args.source)
     else:
         samples = instructions.convert_video_qa_jsonl(args.input)
     n = instructions.write_jsonl(args.out, samples)

@@ -228,7 +228,7 @@ def test_caption_and_gpt_qa_conversion(tmp_path, val_ann):
               conversations=[{"from": "human", "value": "<image>\nWhich hand holds the plate?"},
                              {"from": "gpt", "value": "The right hand."}])
     path = _write_jsonl(tmp_path, "cap.jsonl", [CAPTION_REC, qa])
-    cap, q = instructions.convert_ek100_caption_jsonl(path, val_ann)
+    cap, q = instructions.convert_ek100_jsonl(path, val_ann)
     assert cap["conversations"] == [{"from": "human", "value": "<image>\n" + prompts.caption_prompt()},
                                     {"from": "gpt", "value": "I pick up a plate with my right hand."}]
     assert (cap["task"], cap["video_id"], cap["participant_id"]) == ("caption", "P01_11", "P01")
@@ -250,7 +250,7 @@ def test_caption_and_gpt_qa_conversion(tmp_path, val_ann):
 def test_caption_conversion_errors(tmp_path, val_ann, change, match):
     path = _write_jsonl(tmp_path, "bad.jsonl", [dict(CAPTION_REC, **change)])
     with pytest.raises(instructions.InstructionFormatError, match=r"bad\.jsonl: " + match):
-        instructions.convert_ek100_caption_jsonl(path, val_ann)
+        instructions.convert_ek100_jsonl(path, val_ann)
 
 
 def test_video_qa_pass_through(tmp_path):
@@ -285,3 +285,39 @@ def test_make_instructions_cli(tmp_path):
     for r in rows:
         assert len(set(r["options"])) == 5 and r["options"][ord(r["answer"]) - 65] == f"{r['answer']}. " + \
             r["answer_text"]
+
+
+def test_original_ek100_mcq_direct_and_detection_records_convert(tmp_path, val_ann):
+    options = ["A. pick up plate", "B. open tap", "C. take plate", "D. wash cup", "E. put down lid"]
+    base = {"video": "P01-P01_11", "id": "P01-P01_11", "split": "train", "dataset_name": "EK100",
+            "verb_id": 0, "noun_id": 2, "action_id": 84}
+    recs = [
+        dict(base, start_timestamp=0.0, end_timestamp=1.89, question_type="mc_GT_random_narration",
+             conversations=[{"from": "human", "value": str(options)}, {"from": "gpt", "value": "C. take plate"}]),
+        dict(base, start_timestamp=0.0, end_timestamp=1.89, question_type="direct_narration",
+             conversations=[{"from": "human", "value": "<image>\nstale prompt"}, {"from": "gpt", "value": "take plate"}]),
+        # generate_temporal_detection_data.py stores timestamps as strings.
+        dict(base, start_timestamp="0.0", end_timestamp="4.12", question_type="temporal_detection",
+             conversations=[{"from": "human", "value": prompts.temporal_detection_prompt("take plate", 1.89)},
+                            {"from": "gpt", "value": "0.00, 1.89"}]),
+    ]
+    path = _write_jsonl(tmp_path, "orig.jsonl", recs)
+    out = str(tmp_path / "converted.jsonl")
+    assert make_instructions.main(["--task", "convert_ek100", "--input", path, "--annotations", VAL,
+                                   "--source", "avion", "--out", out]) == 0
+    mcq, direct, det = [json.loads(line) for line in open(out)]
+    assert mcq["task"] == "mqa" and mcq["options"] == options and mcq["answer"] == "C"
+    assert mcq["answer_text"] == "take plate" and mcq["source"] == "avion"
+    assert mcq["conversations"][0]["value"] == "<image>\n" + prompts.mcq_prompt(options)
+    assert direct["conversations"][0]["value"] == "<image>\n" + prompts.direct_narration_prompt()
+    assert det["conversations"] == [
+        {"from": "human", "value": "<image>\n" + prompts.temporal_detection_prompt("take plate", 1.89)},
+        {"from": "gpt", "value": "0.00, 1.89"}]
+    assert (det["start_timestamp"], det["stop_timestamp"]) == (0.0, 4.12)
+    bad = dict(recs[0], conversations=[{"from": "human", "value": str(options)}, {"from": "gpt", "value": "F. x"}])
+    with pytest.raises(instructions.InstructionFormatError, match=r"line 1: field 'conversations': the gpt answer"):
+        instructions.convert_ek100_jsonl(_write_jsonl(tmp_path, "b1.jsonl", [bad]))
+    bad = dict(recs[0], conversations=[{"from": "human", "value": "['A. x', 'C. y']"},
+                                       {"from": "gpt", "value": "A. x"}])
+    with pytest.raises(instructions.InstructionFormatError, match=r"field 'options': option 1 'C. y' is not 'B. text'"):
+        instructions.convert_ek100_jsonl(_write_jsonl(tmp_path, "b2.jsonl", [bad]))
