@@ -83,7 +83,8 @@ def insert_time_instruction(human_value: str, duration: float, n_frames: int) ->
     """Put the time instruction right after "<image>\\n", with no separator before the task prompt."""
     head = IMAGE_PLACEHOLDER + "\n"
     if not human_value.startswith(head):
-        raise ValueError(f"human turn must start with {head!r} to insert the time instruction, got {human_value[:40]!r}")
+        raise ValueError(f"human turn must start with {head!r} to insert the time instruction, "
+                         f"got {human_value[:40]!r}")
     return head + time_instruction(duration, n_frames) + human_value[len(head):]
 
 

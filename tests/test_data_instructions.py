@@ -295,7 +295,8 @@ def test_original_ek100_mcq_direct_and_detection_records_convert(tmp_path, val_a
         dict(base, start_timestamp=0.0, end_timestamp=1.89, question_type="mc_GT_random_narration",
              conversations=[{"from": "human", "value": str(options)}, {"from": "gpt", "value": "C. take plate"}]),
         dict(base, start_timestamp=0.0, end_timestamp=1.89, question_type="direct_narration",
-             conversations=[{"from": "human", "value": "<image>\nstale prompt"}, {"from": "gpt", "value": "take plate"}]),
+             conversations=[{"from": "human", "value": "<image>\nstale prompt"},
+                            {"from": "gpt", "value": "take plate"}]),
         # generate_temporal_detection_data.py stores timestamps as strings.
         dict(base, start_timestamp="0.0", end_timestamp="4.12", question_type="temporal_detection",
              conversations=[{"from": "human", "value": prompts.temporal_detection_prompt("take plate", 1.89)},
