@@ -140,8 +140,8 @@ def read_segments(path: str, num_verbs: Optional[int] = None, num_nouns: Optiona
             if len(row) != len(header):
                 raise AnnotationError(f"{path}: line {line}: expected {len(header)} fields, got {len(row)}")
             values = dict(zip(SEGMENT_COLUMNS, row))
-            for field in ("narration_id", "participant_id", "video_id"):
-                if not values[field]:
+            for field in ("narration_id", "participant_id", "video_id", "narration"):
+                if not values[field].strip():
                     fail(field, "empty")
             times = {}
             for field in ("start_timestamp", "stop_timestamp"):

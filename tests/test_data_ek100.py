@@ -126,6 +126,7 @@ def _write(tmp_path, name, lines):
     (GOOD_ROW.replace(",open,3,", ",open,97,"), "verb_class", "unknown verb class 97"),
     (GOOD_ROW.replace(",door,3,", ",door,305,"), "noun_class", "unknown noun class 305"),
     (GOOD_ROW.replace("P01_01_0,P01,P01_01", ",P01,P01_01"), "narration_id", "empty"),
+    (GOOD_ROW.replace(",open door,", ", ,"), "narration", "empty"),
 ])
 def test_malformed_row_error_names_file_line_field(tmp_path, row, field, msg):
     path = _write(tmp_path, "bad.csv", [HEADER, GOOD_ROW.replace("P01_01_0", "P01_01_9"), row])
