@@ -1,0 +1,220 @@
+"""Eval sample sources -> EvalItems for this host's slice: MQA JSONL (+ videos), MQA TFRecords, generic MC JSONL.
+
+Every host takes the samples whose index i satisfies i % process_count == process_index (TFRecords: Dataset.shard),
+and reads frames lazily, only for its own slice.
+
+Generic multiple-choice JSONL (EgoSchema / MVBench / PerceptionTest style), one object per line:
+    {"id": "q1" (optional), "video": "path/to/clip.mp4" (relative paths are under --video_root),
+     "start": 0.0 (optional), "end": 12.5 (optional; default: the whole video),
+     "question": "What does the person do after ...?", "options": ["open the fridge", "cut a tomato", ...],
+     "answer": "B" | 1 | "cut a tomato"}
+Options may already carry letters ("A. open the fridge"). The prompt is the question, then one "X. text" per line,
+then an instruction to answer with the letter; generations are parsed with the reference parser, falling back to a
+bare leading letter.
+"""
+import dataclasses
+import glob as globlib
+import json
+import os
+from typing import Callable, Iterator, List, Optional
+
+import jax
+import numpy as np
+
+from data_prep import video as video_lib
+from llavaction_jax.eval.items import EvalItem
+from llavaction_jax.eval.scoring import LETTERS
+
+GENERIC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+
+
+@dataclasses.dataclass
+class Source:
+    """This host's items (iterate() streams them, frames still unread) and how many there are."""
+    iterate: Callable[[], Iterator[EvalItem]]
+    num_local: int
+
+    @classmethod
+    def from_list(cls, items: List[EvalItem]) -> "Source":
+        return cls(lambda: iter(items), len(items))
+
+
+def _host_slice():
+    return jax.process_index(), jax.process_count()
+
+
+def read_jsonl(path: str) -> List[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+def check_mqa_sample(sample: dict, where: str) -> None:
+    """The fields the evaluator needs from an MQA sample (contract format), with a clear error."""
+    for key in ("id", "conversations", "options"):
+        if key not in sample:
+            raise ValueError(f"{where}: MQA sample is missing field {key!r}")
+    options = sample["options"]
+    if not isinstance(options, list) or not options or len(options) > len(LETTERS):
+        raise ValueError(f"{where}: field 'options' must be a list of 1..26 'A. text' strings, got {options!r:.200}")
+    for i, option in enumerate(options):
+        if not isinstance(option, str) or not option.startswith(f"{LETTERS[i]}. "):
+            raise ValueError(f"{where}: option {i} must start with '{LETTERS[i]}. ', got {option!r}")
+    answer = sample.get("answer")
+    if answer not in (None, "") and answer not in LETTERS[:len(options)]:
+        raise ValueError(f"{where}: field 'answer' must be one of the option letters "
+                         f"{list(LETTERS[:len(options)])} (or empty when the truth is not an option), got {answer!r}")
+
+
+def mqa_jsonl_source(path: str, video_root: Optional[str], num_frames: int, image_size: int,
+                     video_layout: str = "original", chunk_len: int = 15, ext: str = "MP4",
+                     limit: Optional[int] = None) -> Source:
+    """EK100-MQA JSONL with frames read from `video_root` (layout as data_prep.video); no root = text only."""
+    rows = read_jsonl(path)[:limit]
+    pid, nproc = _host_slice()
+    reader = video_lib.VideoReader(video_root, video_layout, size=image_size, chunk_len=chunk_len, ext=ext) \
+        if video_root else None
+    items = []
+    for i, sample in enumerate(rows):
+        if i % nproc != pid:
+            continue
+        check_mqa_sample(sample, f"{path}: row {i + 1}")
+
+        def load(sample=sample):
+            frames, _ = reader.read_clip(sample["video_id"], float(sample["start_timestamp"]),
+                                         float(sample["stop_timestamp"]), num_frames,
+                                         participant_id=sample.get("participant_id"))
+            return frames
+        items.append(EvalItem(sample, load if reader is not None else None))
+    return Source.from_list(items)
+
+
+def tfrecord_source(pattern: str, num_frames: int, limit: Optional[int] = None) -> Source:
+    """MQA TFRecords (data_prep.records format; comma-separated globs). Frames stay JPEG until used."""
+    import tensorflow as tf
+    from data_prep import records as records_lib
+    files = sorted({f for p in pattern.split(",") if p for f in globlib.glob(p)})
+    if not files:
+        raise FileNotFoundError(f"no TFRecord files match {pattern!r}")
+    pid, nproc = _host_slice()
+    dataset = tf.data.TFRecordDataset(files)
+    if limit is not None:
+        dataset = dataset.take(limit)
+    dataset = dataset.shard(nproc, pid)
+    # One cheap pass to count (no parsing), then stream: a host never holds its whole slice of frames.
+    num_local = int(dataset.reduce(np.int64(0), lambda n, _: n + 1).numpy())
+
+    def iterate():
+        for i, raw in enumerate(dataset.as_numpy_iterator()):
+            example = records_lib.decode_example_py(raw)
+            sample = example["sample"]
+            check_mqa_sample(sample, f"{pattern}: record {i * nproc + pid}")
+            frames = example["frames"]
+            if len(frames) != num_frames:
+                raise ValueError(f"{pattern}: record {sample['id']!r} has {len(frames)} frames, "
+                                 f"config.data.num_frames is {num_frames}; re-export the records or change the config")
+            yield EvalItem(sample, lambda frames=frames: frames)
+    return Source(iterate, num_local)
+
+
+# ---- generic multiple choice ---------------------------------------------------------------------------------------
+
+def generic_to_sample(row: dict, where: str, index: int) -> dict:
+    """A generic MC row -> an MQA-format sample dict (+ "video", the clip's file)."""
+    for key in ("video", "question", "options", "answer"):
+        if key not in row:
+            raise ValueError(f"{where}: generic MC row is missing field {key!r}")
+    options = row["options"]
+    if not isinstance(options, list) or not 1 <= len(options) <= len(LETTERS):
+        raise ValueError(f"{where}: field 'options' must be a list of 1..26 strings, got {options!r:.200}")
+    texts = []
+    for i, option in enumerate(options):
+        if not isinstance(option, str) or not option.strip():
+            raise ValueError(f"{where}: option {i} must be a non-empty string, got {option!r}")
+        prefix = f"{LETTERS[i]}. "
+        texts.append(option[len(prefix):] if option.startswith(prefix) else option)
+    answer = row["answer"]
+    if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(texts):
+        letter = LETTERS[answer]
+    elif isinstance(answer, str) and answer in LETTERS[:len(texts)]:
+        letter = answer
+    elif isinstance(answer, str) and answer in texts:
+        letter = LETTERS[texts.index(answer)]
+    else:
+        raise ValueError(f"{where}: field 'answer' {answer!r} is neither an option index, an option letter "
+                         f"{list(LETTERS[:len(texts)])} nor one of the option texts")
+    letters_options = [f"{LETTERS[i]}. {t}" for i, t in enumerate(texts)]
+    question = "<image>\n" + row["question"].strip() + "\n" + "\n".join(letters_options) + "\n" + GENERIC_INSTRUCTION
+    start, end = row.get("start"), row.get("end")
+    return {
+        "id": str(row.get("id", index)), "video": row["video"], "video_id": os.path.basename(str(row["video"])),
+        "start_timestamp": None if start is None else float(start), "stop_timestamp": None if end is None else float(end),
+        "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": letters_options[
+            LETTERS.index(letter)]}],
+        "task": "mc_generic", "options": letters_options, "answer": letter,
+        "answer_text": texts[LETTERS.index(letter)], "source": str(row.get("source", "generic")),
+        "mode": "generic", "verb_class": -1, "noun_class": -1, "action_id": -1,
+    }
+
+
+def read_video_file(path: str, start: Optional[float], end: Optional[float], num_frames: int,
+                    size: int) -> np.ndarray:
+    """Uniform midpoint frames of [start, end] (seconds; None = the whole video) from a plain video file."""
+    info = video_lib.probe_container(path)
+    if not info.fps or info.num_frames <= 0:
+        raise video_lib.VideoError(path, "container reports no frame rate or no frames")
+    last = info.num_frames - 1
+    first_id = 0 if start is None else int(round(float(start) * info.fps))
+    last_id = last if end is None else min(int(round(float(end) * info.fps)), last)
+    if first_id > last_id:
+        raise video_lib.VideoError(path, f"clip [{start}, {end}] s is empty or starts after the last frame "
+                                         f"({last / info.fps:.3f} s)")
+    ids = video_lib.segment_frame_ids(first_id, last_id, num_frames)
+    decoded = video_lib.decode_container_frames(path, ids, info.fps)
+    return np.stack([video_lib.resize_frame(decoded[int(i)], size) for i in ids])
+
+
+def generic_mc_source(path: str, video_root: Optional[str], num_frames: int, image_size: int,
+                      limit: Optional[int] = None) -> Source:
+    rows = read_jsonl(path)[:limit]
+    pid, nproc = _host_slice()
+    items = []
+    for i, row in enumerate(rows):
+        if i % nproc != pid:
+            continue
+        sample = generic_to_sample(row, f"{path}: row {i + 1}", i)
+        video_path = sample["video"] if os.path.isabs(sample["video"]) or not video_root \
+            else os.path.join(video_root, sample["video"])
+
+        def load(sample=sample, video_path=video_path):
+            frames = read_video_file(video_path, sample["start_timestamp"], sample["stop_timestamp"],
+                                     num_frames, image_size)
+            if sample["start_timestamp"] is None or sample["stop_timestamp"] is None:
+                # The time instruction needs the clip's duration: fill it from the container.
+                info = video_lib.probe_container(video_path)
+                sample["start_timestamp"] = sample["start_timestamp"] or 0.0
+                if sample["stop_timestamp"] is None:
+                    sample["stop_timestamp"] = (info.num_frames - 1) / info.fps
+            return frames
+        items.append(EvalItem(sample, load, parser="letter_or_text"))
+    return Source.from_list(items)
+
+
+def is_generic_jsonl(path: str) -> bool:
+    """Generic MC rows have "question" and "video" fields; MQA samples have "conversations"."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                return "conversations" not in row and "question" in row and "video" in row
+    return False
