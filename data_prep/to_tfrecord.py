@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import sys
 import time
+import types
 
 
 MANIFEST = "manifest.json"
@@ -135,13 +136,17 @@ def encode_sample(index: int, sample: dict, cfg: dict) -> bytes:
     return encode_example(sample, jpegs, [float(t) for t in times])
 
 
-def convert_shard(task: dict) -> dict:
-    """Write one shard (temp file + os.replace) and its done marker; returns the marker dict."""
+def convert_shard(task: dict, progress=None) -> dict:
+    """Write one shard (temp file + os.replace) and its done marker; returns the marker dict.
+
+    ``progress``: anything with ``put(n)`` (a manager queue across processes); told about every finished sample.
+    """
     import tensorflow as tf
     cfg, out_dir, name, k = task["cfg"], task["out_dir"], task["name"], task["shard"]
     path = os.path.join(out_dir, name)
     tmp = f"{path}.tmp-{os.getpid()}"
     failures, count = [], 0
+    t0 = time.perf_counter()
     with tf.io.TFRecordWriter(tmp) as writer:
         for index, sample in task["samples"]:
             try:
@@ -149,13 +154,17 @@ def convert_shard(task: dict) -> dict:
             except Exception as e:   # noqa: BLE001 - any per-sample failure is reported, never fatal
                 failures.append({"index": index, "id": str(sample.get("id")), "video_id": sample.get("video_id"),
                                  "shard": k, "error": type(e).__name__, "reason": str(e)})
-                continue
-            writer.write(record)
-            count += 1
+            else:
+                writer.write(record)
+                count += 1
+            if progress is not None:
+                progress.put(1)
     os.replace(tmp, path)
     marker = {"shard": k, "file": name, "num_records": count, "num_skipped": len(failures),
               "sha256": sha256_file(path), "config_hash": task["config_hash"],
-              "samples_hash": task["samples_hash"], "failures": failures}
+              "samples_hash": task["samples_hash"], "failures": failures,
+              # Worker-side time for this shard (excludes process start-up); not part of the manifest.
+              "seconds": round(time.perf_counter() - t0, 4)}
     _atomic_write_text(_marker_path(out_dir, name), json.dumps(marker, sort_keys=True))
     return marker
 
@@ -233,23 +242,33 @@ def convert(samples: str, video_root: str, layout: str, out: str, num_frames: in
     pending = tasks[max_shards:] if max_shards is not None else []
     tasks = tasks[:max_shards] if max_shards is not None else tasks
 
-    bar = tqdm(total=sum(len(t["samples"]) for t in tasks), unit="clip", desc=f"{prefix} shards",
+    bar = tqdm(total=sum(len(t["samples"]) for t in tasks), unit="clip", desc=f"{prefix}",
                disable=not progress, file=sys.stderr)
     if workers <= 1:
         for task in tasks:
-            marker = convert_shard(task)
+            marker = convert_shard(task, types.SimpleNamespace(put=bar.update))
             markers[marker["shard"]] = marker
-            bar.update(len(task["samples"]))
     else:
         # spawn: workers start clean (no inherited TF/FFmpeg threads); a killed worker raises BrokenProcessPool
         # instead of hanging, and every shard finished before that stays valid for the rerun.
         ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = {pool.submit(convert_shard, t): t for t in tasks}
-            for fut in concurrent.futures.as_completed(futures):
-                marker = fut.result()
-                markers[marker["shard"]] = marker
-                bar.update(len(futures[fut]["samples"]))
+        with ctx.Manager() as manager, \
+                concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            queue = manager.Queue()
+
+            def drain():
+                while not queue.empty():
+                    bar.update(queue.get())
+
+            waiting = {pool.submit(convert_shard, t, queue) for t in tasks}
+            while waiting:
+                finished, waiting = concurrent.futures.wait(waiting, timeout=0.5,
+                                                            return_when=concurrent.futures.FIRST_COMPLETED)
+                drain()
+                for fut in finished:
+                    marker = fut.result()
+                    markers[marker["shard"]] = marker
+            drain()
     bar.close()
 
     done = sorted(markers)
@@ -278,10 +297,13 @@ def convert(samples: str, video_root: str, layout: str, out: str, num_frames: in
 
     elapsed = time.time() - t_start
     converted = sum(markers[t["shard"]]["num_records"] for t in tasks)
+    worker_s = sum(markers[t["shard"]]["seconds"] for t in tasks)
     manifest_summary = {
         "shards_written": len(tasks), "shards_resumed": len(resumed), "shards_pending": len(pending),
         "records": manifest["num_records"], "skipped": manifest["num_skipped"], "seconds": round(elapsed, 2),
         "clips_per_s": round(converted / elapsed, 2) if elapsed > 0 else None,
+        # Steady-state rate of one worker: records / summed shard times (no start-up, no waiting).
+        "clips_per_s_per_worker": round(converted / worker_s, 2) if worker_s > 0 else None,
     }
     if summary:
         print(f"[to_tfrecord] {out}: {manifest_summary['records']} records in {num_shards} shards, "

@@ -264,3 +264,19 @@ def test_cli_with_worker_processes_matches_in_process(data, converted):
     bad = subprocess.run(cmd[:-1] + ["--layout", "frames"], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and "needs --fps or --fps_csv" in bad.stderr
+
+
+def test_jitter_is_seeded_per_sample(data, converted):
+    out_a, out_b = data["base"] / "jit_a", data["base"] / "jit_b"
+    a = run(data, out_a, jitter=True, seed=1)
+    run(data, out_b, jitter=True, seed=1)
+    assert shard_bytes(out_a) == shard_bytes(out_b)                        # reproducible
+    assert a["config_hash"] != converted[1]["config_hash"]                 # jitter is part of the config
+    recs = {r["id"]: r for k in range(SHARDS) for r in read_shard(out_a / f"train-{k:05d}-of-{SHARDS:05d}.tfrecord")}
+    s = data["samples"][0]
+    start, stop = round(s["start_timestamp"] * FPS), round(s["stop_timestamp"] * FPS)
+    ids = [decode_frame_index(f) for f in recs[s["id"]]["frames"]]
+    mids = np.convolve(np.linspace(start, stop, NUM_FRAMES + 1), [0.5, 0.5], "valid")
+    assert ids != mids.astype(int).tolist()
+    assert np.all(np.abs(np.array(ids) - mids) <= (stop - start - 1) / NUM_FRAMES / 2 + 1)
+    np.testing.assert_allclose(recs[s["id"]]["frame_times"], np.array(ids) / FPS, rtol=1e-6)
