@@ -309,7 +309,8 @@ class VideoReader:
             if not fps:
                 raise VideoError(path, "no fps: chunk 0 has no frame rate and no fps was given")
             last = probe_container(os.path.join(path, f"{starts[-1]}.{self.ext}"))
-            n = int(round(starts[-1] * fps)) + last.num_frames
+            # The last chunk's first frame is the first frame whose time g/fps >= its start second.
+            n = int(np.ceil(starts[-1] * fps - 1e-9)) + last.num_frames
         else:
             if not os.path.isdir(path):
                 raise VideoError(path, "frame directory not found")

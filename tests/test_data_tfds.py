@@ -142,3 +142,11 @@ def test_missing_manual_dir_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="EPIC_100_validation.csv"):
         Ek100Mqa(config="tiny_random", data_dir=str(tmp_path / "d")).download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=str(empty)))
+
+
+def test_default_manual_dir_under_data_dir(manual_dir, tmp_path):
+    manual, splits = manual_dir
+    (tmp_path / "downloads").mkdir()
+    os.symlink(manual, tmp_path / "downloads" / "manual")      # TFDS default: <data_dir>/downloads/manual
+    ds = tfds.load("ek100_mqa/tiny_random", split="validation", data_dir=str(tmp_path))
+    assert len(list(ds)) == len(splits["EPIC_100_validation.csv"][1])
