@@ -121,6 +121,28 @@ def test_resize_and_frame_count_errors(tmp_path, data, mesh):
         next(pipeline.make_train_iterator(config(bad), mesh, data["tok"]))
 
 
+def test_text_only_sample_and_thread_cleanup(tmp_path, data, mesh):
+    import gc
+    import threading
+    sample = synthetic.make_sample(7, "t")
+    sample["conversations"][0]["value"] = "What is a knife for?"     # no <image>, no frames
+    path = str(tmp_path / "text.tfrecord")
+    with tf.io.TFRecordWriter(path) as w:
+        w.write(encode_example(sample, [], []))
+    it = pipeline.make_train_iterator(config(path), mesh, data["tok"])
+    b = host(next(it))
+    ids, labels = tokenize_conversation(data["tok"], sample["conversations"], 0, prompts.SYSTEM_PROMPT)
+    assert b["input_ids"][0, :len(ids)].tolist() == ids and b["labels"][0, :len(labels)].tolist() == labels
+    assert not (b["input_ids"] == 3).any() and b["pixel_values"].shape == (8, F, S, S, 3)
+
+    def stage_threads():
+        return sum(t.name == "input-host-stage" for t in threading.enumerate())
+    assert stage_threads() >= 1
+    del it, b
+    gc.collect()
+    assert stage_threads() == 0          # dropping the iterator stops its background reader
+
+
 def test_length_buckets_and_truncation(data, mesh):
     assert pipeline.pad_length(1, (128, 256), 256) == 128
     assert pipeline.pad_length(128, (128, 256), 256) == 128

@@ -14,6 +14,7 @@ Stages
    jax.Arrays over the mesh batch axes ('data', 'fsdp') via jax.make_array_from_process_local_data, and the
    uint8 frames are SigLIP-normalised on device ((x/255 - 0.5)/0.5, exact, by table lookup).
 """
+import functools
 import json
 import logging
 import math
@@ -328,6 +329,50 @@ class _Prefetcher:
                 self._thread.join(0.05)
 
 
+class _TrainProducer:
+    """Host side of the training stream (runs in the background thread)."""
+
+    def __init__(self, seed, indexes, schedule, text, builder, decode_fn, num_parallel):
+        self.seed, self.indexes, self.schedule = seed, indexes, schedule
+        self.text, self.builder, self.decode_fn, self.num_parallel = text, builder, decode_fn, num_parallel
+
+    def record_stream(self, k0):
+        """(k, raw record) for k = k0, k0+1, ... on this host."""
+        consumed = self.schedule.consumed(k0)
+        readers = [recordio.RecordReader(index) for index in self.indexes]
+        orders = {}
+        k = k0
+        try:
+            while True:
+                s = self.schedule.source(k)
+                n = len(self.indexes[s])
+                epoch, pos = divmod(int(consumed[s]), n)
+                if orders.get(s, (None,))[0] != epoch:
+                    orders[s] = (epoch, mixture.epoch_order(self.seed, s, epoch, n))
+                yield k, readers[s].read(int(orders[s][1][pos]))
+                consumed[s] += 1
+                k += 1
+        finally:
+            for reader in readers:
+                reader.close()
+
+    def host_batches(self, k0):
+        """(host batch, ids, examples consumed after it, rows truncated) for the stream starting at example k0."""
+        ds = _decoded_dataset(lambda: self.record_stream(k0), self.decode_fn, self.num_parallel)
+        rows, ids, k, truncated = [], [], k0, 0
+        for got, ex in ds.as_numpy_iterator():
+            if got != k:
+                raise RuntimeError(f"input stream out of order: got example {got}, expected {k}")
+            sid, tokens, labels, cut = self.text(ex["sample_json"].decode(), bool(ex["has_video"]))
+            rows.append((tokens, labels, ex["frames"], ex["actions"]))
+            ids.append(sid)
+            truncated += cut
+            k += 1
+            if len(rows) == self.builder.local_batch_size:
+                yield self.builder.host_batch(rows), ids, k, truncated
+                rows, ids, truncated = [], [], 0
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Training iterator
 # ---------------------------------------------------------------------------------------------------------------
@@ -364,45 +409,12 @@ class TrainIterator:
     def local_batch_size(self):
         return self.builder.local_batch_size
 
-    def _record_stream(self, k0):
-        """(k, raw record) for k = k0, k0+1, ... on this host."""
-        consumed = self.schedule.consumed(k0)
-        readers = [recordio.RecordReader(index) for index in self.indexes]
-        orders = {}
-        k = k0
-        try:
-            while True:
-                s = self.schedule.source(k)
-                n = len(self.indexes[s])
-                epoch, pos = divmod(int(consumed[s]), n)
-                if orders.get(s, (None,))[0] != epoch:
-                    orders[s] = (epoch, mixture.epoch_order(self.seed, s, epoch, n))
-                yield k, readers[s].read(int(orders[s][1][pos]))
-                consumed[s] += 1
-                k += 1
-        finally:
-            for reader in readers:
-                reader.close()
-
-    def _host_batches(self, k0):
-        """(host batch, ids, examples consumed after it) for the stream starting at example k0."""
-        ds = _decoded_dataset(lambda: self._record_stream(k0), self.decode_fn, self.num_parallel)
-        rows, ids, k, truncated = [], [], k0, 0
-        for got, ex in ds.as_numpy_iterator():
-            if got != k:
-                raise RuntimeError(f"input stream out of order: got example {got}, expected {k}")
-            sid, tokens, labels, cut = self.text(ex["sample_json"].decode(), bool(ex["has_video"]))
-            rows.append((tokens, labels, ex["frames"], ex["actions"]))
-            ids.append(sid)
-            truncated += cut
-            k += 1
-            if len(rows) == self.local_batch_size:
-                yield self.builder.host_batch(rows), ids, k, truncated
-                rows, ids, truncated = [], [], 0
-
     def _start(self, k0):
         self.close()
-        self._prefetch = _Prefetcher(lambda: self._host_batches(k0), self.prefetch_batches)
+        # The producer must not reference `self`: then dropping the iterator runs __del__, which stops the thread.
+        producer = _TrainProducer(self.seed, self.indexes, self.schedule, self.text, self.builder, self.decode_fn,
+                                  self.num_parallel)
+        self._prefetch = _Prefetcher(functools.partial(producer.host_batches, k0), self.prefetch_batches)
         self._examples = k0
 
     def close(self):
