@@ -21,6 +21,8 @@ DEFAULT_SHARDING_RULES = (
     ("vision_mlp", "tensor"),
     ("vision_heads", "tensor"),
     ("patches", None),
+    ("conv", None),               # SigLIP patch-conv kernel window/channel dims
+    ("action_slots", None),       # leading dim of the (1, H) action token
     ("action_classes", None),
     ("seq", None),
     ("norm", None),
@@ -108,6 +110,8 @@ def get_base_config():
       init_from="",                # Orbax params dir from `python -m llavaction_jax.convert import` ("" = random init)
       peak_flops_per_device=0.0,   # for MFU; 0 = look up the device kind (CPU: MFU reported as n/a)
       progress_bar=True,
+      synthetic_samples=0,         # > 0: train on that many random samples instead of config.data (smoke runs)
+      synthetic_seq_len=0,         # their padded length (0 = config.data.max_length)
   ))
 
   config.eval = ml_collections.ConfigDict(dict(

@@ -1,0 +1,103 @@
+"""Orbax checkpoints of the train state + the data iterator position + the config, with clear mismatch errors.
+
+Layout: <workdir>/checkpoints/<step>/{state, data, config}. Saves are async (the loop keeps training while
+the arrays are written) and atomic (Orbax writes to a tmp dir and renames on commit, so a save killed
+half-way is invisible to latest_step()).
+"""
+import json
+import os
+from typing import Any, Optional, Tuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from llavaction_jax.train.optimizer import path_str
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's arrays do not fit this model (another model size or config)."""
+
+
+def _shape_map(tree) -> dict:
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {path_str(p): tuple(getattr(leaf, "shape", ())) for p, leaf in flat}
+
+
+def check_compatible(saved_tree, target_tree, where: str, what: str = "parameter"):
+    """Raises CheckpointMismatchError naming the first missing/extra/mis-shaped leaf and both shapes."""
+    saved, target = _shape_map(saved_tree), _shape_map(target_tree)
+    for path, shape in target.items():
+        if path not in saved:
+            raise CheckpointMismatchError(
+                f"{where}: {what} '{path}' (shape {shape}) is missing from the checkpoint; it has e.g. "
+                f"{sorted(saved)[:5]}")
+        if tuple(saved[path]) != tuple(shape):
+            raise CheckpointMismatchError(
+                f"{where}: {what} '{path}' has shape {tuple(saved[path])} in the checkpoint but {shape} in "
+                f"this model (checkpoint from another model size/config?)")
+    extra = sorted(set(saved) - set(target))
+    if extra:
+        raise CheckpointMismatchError(f"{where}: checkpoint has {what}s this model lacks, e.g. {extra[:5]}")
+
+
+class Checkpointer:
+    """CheckpointManager wrapper: save(step, state, data_state, config_dict) / restore(step, abstract)."""
+
+    def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        self._mngr = ocp.CheckpointManager(
+            self.directory,
+            item_handlers=dict(state=ocp.StandardCheckpointHandler(), data=ocp.JsonCheckpointHandler(),
+                               config=ocp.JsonCheckpointHandler()),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+                cleanup_tmp_directories=True))
+
+    def latest_step(self) -> Optional[int]:
+        return self._mngr.latest_step()
+
+    def all_steps(self):
+        return list(self._mngr.all_steps())
+
+    def save(self, step: int, state, data_state: dict, config_dict: dict) -> bool:
+        saved = self._mngr.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+            config=ocp.args.JsonSave(config_dict)), force=True)
+        logging.info("checkpoint save at step %d started (%s)", step, self.directory)
+        return saved
+
+    def restore(self, step: int, abstract_state) -> Tuple[Any, dict]:
+        """State (placed in abstract_state's shardings) and the data iterator state of checkpoint `step`."""
+        where = f"checkpoint {self.directory}/{step}"
+        meta = self._mngr.item_metadata(step)
+        saved_state = meta["state"]
+        if saved_state is not None:
+            params_meta = saved_state.get("params") if hasattr(saved_state, "get") else None
+            if params_meta is not None:
+                check_compatible(params_meta, abstract_state["params"], where)
+            check_compatible(saved_state, abstract_state, where, what="state entry")
+        r = self._mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        return r["state"], r["data"]
+
+    def restore_config(self, step: int) -> dict:
+        return self._mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+    def wait(self):
+        self._mngr.wait_until_finished()
+
+    def close(self):
+        self._mngr.wait_until_finished()
+        self._mngr.close()
+
+
+def config_to_dict(config) -> dict:
+    """JSON-safe dict of an ml_collections config (tuples become lists)."""
+    return json.loads(config.to_json_best_effort())
+
+
+def abstract_like(tree, shardings):
+    """ShapeDtypeStructs with concrete shardings: the restore target."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

@@ -1,0 +1,273 @@
+"""The training loop: mesh, state (fresh / pretrained / resumed), jitted step, metrics, eval hook, checkpoints.
+
+`train(config, workdir, train_iter=None, eval_fn=None) -> summary dict` is the Python entry point (the CLI in
+__main__ wraps it). Any iterator with the input-pipeline interface works as `train_iter`: `next()` returns a
+dict of global jax.Arrays {input_ids, attention_mask, labels, pixel_values, actions}, `get_state()` returns
+a JSON-able dict and `set_state(d)` restores it (saved with every checkpoint, so resume sees the same data).
+`eval_fn(model, step) -> {name: float}` is called every config.train.eval_every steps with the nnx model.
+"""
+import os
+import signal
+import threading
+import time
+from typing import Callable, Iterator, Mapping, Optional
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from llavaction_jax import sharding as shd
+from llavaction_jax.train import checkpointing, metrics as metrics_lib, optimizer as opt_lib
+from llavaction_jax.train import state as state_lib
+from llavaction_jax.train import step as step_lib
+from llavaction_jax.train import synthetic
+
+# Metrics that must stay finite for a state to be worth keeping.
+_FINITE_KEYS = ("loss", "grad_norm", "update_norm")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A step produced a NaN/inf loss or gradient; training stops without saving."""
+
+
+class Preemption:
+    """SIGTERM sets a flag; the loop saves at the next step boundary and returns (no half-written state)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        logging.warning("SIGTERM received: saving a checkpoint at the next step boundary, then exiting")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def any_process(self) -> bool:
+        if jax.process_count() == 1:
+            return self.requested
+        flags = multihost_utils.process_allgather(np.array([self.requested], np.int32))
+        return bool(np.any(flags))
+
+
+def check_batch_layout(config, mesh):
+    """Clear errors for a global batch the mesh / accumulation cannot split evenly."""
+    batch = int(config.data.global_batch_size)
+    accum = int(config.train.get("grad_accum_steps", 1))
+    shards = int(mesh.shape["data"] * mesh.shape["fsdp"])
+    if batch <= 0 or accum <= 0:
+        raise ValueError(f"config.data.global_batch_size={batch} and config.train.grad_accum_steps={accum} "
+                         f"must be positive")
+    if batch % accum:
+        raise ValueError(f"config.data.global_batch_size={batch} is not divisible by "
+                         f"config.train.grad_accum_steps={accum}")
+    if (batch // accum) % shards:
+        raise ValueError(f"micro-batch size {batch // accum} (global_batch_size={batch} / grad_accum_steps={accum}) "
+                         f"is not divisible by the mesh batch shards data*fsdp = {mesh.shape['data']}*"
+                         f"{mesh.shape['fsdp']} = {shards} (mesh {dict(mesh.shape)})")
+
+
+def make_train_iterator(config, mesh) -> Iterator:
+    """The TFRecord input pipeline from config.data (train_files, tokenizer_path)."""
+    import glob
+    from llavaction_jax.input.pipeline import make_train_iterator as make_iter
+    from llavaction_jax.input.tokenizer import Tokenizer
+    patterns = [p for p in str(config.data.train_files).split(",") if p.strip()]
+    if not patterns:
+        raise ValueError("config.data.train_files is empty: give TFRecord globs (comma separated)")
+    for pattern in patterns:
+        if not glob.glob(pattern.strip()):
+            raise ValueError(f"config.data.train_files: no file matches {pattern!r} (empty dataset)")
+    if not config.data.tokenizer_path:
+        raise ValueError("config.data.tokenizer_path is empty: a dir with tokenizer.json is needed")
+    tok = Tokenizer.load(config.data.tokenizer_path, video_token_id=config.model.video_token_id)
+    return make_iter(config, mesh, tok, files=config.data.train_files, seed=int(config.seed))
+
+
+def _init_from(config) -> str:
+    return str(config.train.get("init_from", "") or config.get("init_from", "") or "")
+
+
+def _load_pretrained_params(path, setup, config):
+    """Params from an Orbax params dir written by `python -m llavaction_jax.convert import`."""
+    import llavaction_jax
+    if hasattr(llavaction_jax, "load_pretrained"):
+        model = llavaction_jax.load_pretrained(path, config.model, setup.mesh)
+        from flax import nnx
+        return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    import orbax.checkpoint as ocp
+    with ocp.StandardCheckpointer() as ckptr:
+        meta = ckptr.metadata(path)
+        tree = getattr(meta, "item_metadata", meta)
+        checkpointing.check_compatible(tree, setup.abstract_state["params"], f"init_from {path}")
+        return ckptr.restore(path, setup.abstract_state["params"])
+
+
+class _StepLog:
+    """Host-side record of fetched per-step metrics, the step timer and the window for averaged logging."""
+
+    def __init__(self):
+        self.losses = {}
+        self.window = []
+        self.times = []
+        self._last_fetch = None
+        self.last = {}
+
+    def add(self, step, m, fetch_time, first_of_run):
+        for k in _FINITE_KEYS:
+            if not np.isfinite(m[k]):
+                raise NonFiniteLossError(
+                    f"non-finite {k} at step {step}: " + metrics_lib.format_scalars(
+                        {k2: float(v) for k2, v in m.items()}) + " — stopping; no checkpoint is written for "
+                    f"this or later steps")
+        self.losses[step] = float(m["loss"])
+        if self._last_fetch is not None and not first_of_run:
+            self.times.append(fetch_time - self._last_fetch)
+        self._last_fetch = fetch_time
+        self.window.append({k: float(v) for k, v in m.items()})
+
+
+def train(config, workdir: str, train_iter: Optional[Iterator] = None,
+          eval_fn: Optional[Callable[[object, int], Mapping[str, float]]] = None, mesh=None) -> dict:
+    """Train until config.train.num_steps (resuming from workdir's latest checkpoint); returns a summary."""
+    os.makedirs(workdir, exist_ok=True)
+    tc = config.train
+    num_steps = int(tc.num_steps)
+    mesh = mesh if mesh is not None else shd.make_mesh(config.mesh)
+    check_batch_layout(config, mesh)
+    setup = state_lib.build_setup(config, mesh)
+    num_params = metrics_lib.count_params(setup.abstract_state["params"])
+    groups = opt_lib.summarize_groups(setup.abstract_state["params"], config.optim)
+    logging.info("mesh %s, %d params, groups %s", dict(mesh.shape), num_params, groups)
+
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(tc.keep_checkpoints),
+                                      async_save=bool(tc.async_checkpointing))
+    if train_iter is None and int(tc.get("synthetic_samples", 0)) > 0:
+        seq_len = int(tc.get("synthetic_seq_len", 0)) or int(config.data.max_length)
+        arrays = synthetic.synthetic_arrays(config, int(tc.synthetic_samples), seq_len, seed=int(config.seed))
+        train_iter = synthetic.ArrayBatchIterator(arrays, int(config.data.global_batch_size), mesh,
+                                                  seed=int(config.seed))
+    elif train_iter is None:
+        train_iter = make_train_iterator(config, mesh)
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state, data_state = ckpt.restore(latest, setup.abstract_state)
+        train_iter.set_state(data_state)
+        logging.info("resumed from %s/%d", ckpt.directory, latest)
+    elif _init_from(config):
+        params = _load_pretrained_params(_init_from(config), setup, config)
+        state = state_lib.init_state_from_params(setup, config, params)
+    else:
+        state = state_lib.init_state(setup, config)
+    start = int(jax.device_get(state["step"]))
+    config_dict = checkpointing.config_to_dict(config)
+
+    step_fn = step_lib.jit_train_step(setup, config)
+    peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind,
+                                             float(tc.get("peak_flops_per_device", 0.0)))
+    writer = metrics_lib.MetricWriter(workdir)
+    bar = None
+    if tc.get("progress_bar", True) and jax.process_index() == 0:
+        from tqdm import tqdm
+        bar = tqdm(total=num_steps, initial=start, desc="train", dynamic_ncols=True)
+
+    log = _StepLog()
+    pending = []                 # (step, device metrics) not yet fetched
+    saved_steps = []
+    tokens_per_step = None
+    preempted = exhausted = False
+
+    def drain(keep_last: bool):
+        items = pending[:-1] if keep_last else pending[:]
+        if not items:
+            return
+        host = jax.device_get([m for _, m in items])
+        now = time.perf_counter()
+        for (s, _), m in zip(items, host):
+            log.add(s, m, now, first_of_run=(s == start + 1))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(m['loss']):.4f}")
+        del pending[:len(items)]
+
+    def write_logs(step):
+        if not log.window:
+            return
+        scalars = {k: float(np.mean([w[k] for w in log.window])) for k in log.window[0]}
+        step_time = float(np.mean(log.times[-len(log.window):])) if log.times else None
+        scalars["step_time_s"] = step_time
+        if step_time:
+            scalars["tokens_per_s"] = scalars["tokens"] / step_time
+            flops = metrics_lib.train_flops_per_step(num_params, tokens_per_step)
+            scalars["mfu"] = metrics_lib.mfu(flops, step_time, jax.device_count(), peak)
+        writer.write(step, scalars)
+        log.last = scalars
+        log.window = []
+
+    def save(step):
+        if step in saved_steps or step == latest:
+            return
+        ckpt.save(step, state, train_iter.get_state(), config_dict)
+        saved_steps.append(step)
+
+    step = start
+    try:
+        with Preemption() as preemption:
+            while step < num_steps:
+                try:
+                    batch = next(train_iter)
+                except StopIteration:
+                    if step == start:
+                        raise ValueError("empty dataset: the train iterator produced no batch "
+                                         f"(config.data.train_files={config.data.train_files!r})") from None
+                    logging.warning("train data exhausted at step %d; stopping early", step)
+                    exhausted = True
+                    break
+                if tokens_per_step is None:
+                    tokens_per_step = int(np.prod(batch["input_ids"].shape))
+                state, m = step_fn(state, batch)
+                step += 1
+                pending.append((step, m))
+                drain(keep_last=True)
+                stop = preemption.any_process()
+                boundary_log = step % int(tc.log_every) == 0 or step == num_steps
+                boundary_ckpt = (int(tc.checkpoint_every) > 0 and step % int(tc.checkpoint_every) == 0)
+                boundary_eval = eval_fn is not None and int(tc.eval_every) > 0 and step % int(tc.eval_every) == 0
+                if boundary_log or boundary_ckpt or boundary_eval or stop:
+                    drain(keep_last=False)       # every step up to here is finite before anything is saved
+                if boundary_log:
+                    write_logs(step)
+                if boundary_ckpt or stop:
+                    save(step)
+                if boundary_eval:
+                    results = eval_fn(setup.merge(state["params"]), step)
+                    writer.write(step, {k: float(v) for k, v in dict(results).items()}, prefix="eval")
+                if stop:
+                    preempted = True
+                    break
+            drain(keep_last=False)
+            write_logs(step)
+            if step > start:
+                save(step)
+    finally:
+        # Let in-flight saves of good states finish; nothing is saved after a failure.
+        ckpt.close()
+        writer.close()
+        if bar is not None:
+            bar.close()
+
+    return {
+        "start_step": start, "final_step": step, "losses": [log.losses[s] for s in sorted(log.losses)],
+        "loss_steps": sorted(log.losses), "preempted": preempted, "data_exhausted": exhausted,
+        "saved_steps": saved_steps, "num_params": num_params, "param_groups": groups,
+        "last_metrics": log.last, "mean_step_time_s": float(np.mean(log.times)) if log.times else None,
+        "state": state, "setup": setup,
+    }

@@ -1,0 +1,106 @@
+"""Throughput / MFU bookkeeping and metric writers (TensorBoard via tensorboardX + console)."""
+import json
+import math
+import os
+import time
+from typing import Mapping, Optional
+
+import jax
+import numpy as np
+from absl import logging
+
+# Dense bf16 peak FLOP/s per JAX device (per TensorCore pair / chip as JAX exposes it).
+PEAK_FLOPS = (
+    ("v6", 918e12),      # TPU v6e (Trillium)
+    ("v5p", 459e12),
+    ("v5 lite", 197e12), ("v5e", 197e12),
+    ("v5", 459e12),      # "TPU v5" = v5p
+    ("v4", 275e12),
+    ("v3", 61.5e12),     # per core
+    ("h200", 989e12), ("h100", 989e12), ("gh200", 989e12),
+    ("a100", 312e12),
+    ("l4", 121e12),
+)
+
+
+def peak_flops_per_device(device_kind: str, override: float = 0.0) -> Optional[float]:
+    """Peak FLOP/s of one device, `override` if > 0; None when unknown (e.g. CPU)."""
+    if override and override > 0:
+        return float(override)
+    kind = device_kind.lower()
+    for key, flops in PEAK_FLOPS:
+        if key in kind:
+            return flops
+    return None
+
+
+def count_params(params) -> int:
+    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def train_flops_per_step(num_params: int, tokens_per_step: int) -> float:
+    """6 * N * tokens: forward (2N) + backward (4N) per token, attention FLOPs ignored."""
+    return 6.0 * num_params * tokens_per_step
+
+
+def mfu(flops_per_step: float, step_time_s: float, num_devices: int, peak: Optional[float]) -> Optional[float]:
+    if not peak or step_time_s <= 0:
+        return None
+    return flops_per_step / (step_time_s * num_devices * peak)
+
+
+class StepTimer:
+    """Wall time between consecutive host-visible step completions (excludes the compile step)."""
+
+    def __init__(self):
+        self._last = None
+
+    def lap(self) -> Optional[float]:
+        now = time.perf_counter()
+        dt = None if self._last is None else now - self._last
+        self._last = now
+        return dt
+
+    def reset(self):
+        self._last = None
+
+
+class MetricWriter:
+    """Writes scalars to TensorBoard, to <workdir>/metrics.jsonl (exact values) and the console; process 0 only."""
+
+    def __init__(self, workdir: Optional[str]):
+        self._tb = self._jsonl = None
+        if workdir and jax.process_index() == 0:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+
+    def write(self, step: int, scalars: Mapping[str, float], prefix: str = "train"):
+        if jax.process_index() != 0:
+            return
+        if self._tb is not None:
+            for k, v in scalars.items():
+                if v is not None and np.isfinite(v):
+                    self._tb.add_scalar(f"{prefix}/{k}", float(v), step)
+            self._tb.flush()
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps({"step": int(step), "prefix": prefix, **scalars}) + "\n")
+            self._jsonl.flush()
+        logging.info("%s step %d: %s", prefix, step, format_scalars(scalars))
+
+    def close(self):
+        if self._tb is not None:
+            self._tb.close()
+            self._jsonl.close()
+
+
+def format_scalars(scalars: Mapping[str, float]) -> str:
+    parts = []
+    for k, v in scalars.items():
+        if v is None:
+            parts.append(f"{k}=n/a")
+        elif isinstance(v, float) and (abs(v) < 1e-3 or abs(v) >= 1e5) and v != 0:
+            parts.append(f"{k}={v:.3e}")
+        else:
+            parts.append(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}")
+    return " ".join(parts)

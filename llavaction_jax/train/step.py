@@ -1,0 +1,147 @@
+"""The jitted train step: forward + loss + grads (optionally accumulated over micro-batches) + optimizer.
+
+A pure function of (state, batch) → (state, metrics) with explicit shardings and the state donated, so
+the same function runs on CPU, a GPU/TPU pod, and AOT-compiles for a TPU topology (llavaction_jax.aot).
+"""
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from llavaction_jax import sharding as shd
+from llavaction_jax.train import losses
+from llavaction_jax.train.optimizer import DEFAULT, FROZEN
+from llavaction_jax.train.state import Holder, TrainSetup, config_key
+
+BATCH_SPECS = {"input_ids": 2, "attention_mask": 2, "labels": 2, "pixel_values": 5, "actions": 2}
+
+
+def batch_shardings(mesh):
+    return {k: shd.batch_sharding(mesh) for k in BATCH_SPECS}
+
+
+def _split_trainable(params, labels):
+    """(trainable, frozen) trees with None where the other side holds the leaf."""
+    train = jax.tree.map(lambda p, l: None if l == FROZEN else p, params, labels)
+    frozen = jax.tree.map(lambda p, l: p if l == FROZEN else None, params, labels)
+    return train, frozen
+
+
+def _join(a, b):
+    return jax.tree.map(lambda x, y: y if x is None else x, a, b, is_leaf=lambda x: x is None)
+
+
+def _to_micro_batches(batch, accum: int, mesh):
+    """[B, ...] → [accum, B/accum, ...] taking every accum-th sample, so each micro-batch stays spread over
+    all batch shards (a contiguous split would put a micro-batch on a subset of devices)."""
+    spec = PartitionSpec(None, shd.BATCH_AXES)
+
+    def split(x):
+        b = x.shape[0]
+        x = x.reshape((b // accum, accum) + x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+    return jax.tree.map(split, batch)
+
+
+def make_loss_and_grads(setup: TrainSetup, config) -> Callable:
+    """fn(params, batch) -> (loss, aux sums, grads of the trainable params, n_tok, n_valid)."""
+    accum = int(config.train.get("grad_accum_steps", 1))
+    use_action = bool(config.model.action_token)
+    action_weight = float(config.train.action_loss_weight)
+    parts = tuple(float(p) for p in config.train.action_loss_parts)
+    labels = setup.labels
+
+    def grads_and_loss(params, batch):
+        """(loss, aux, grads of the trainable params, n_tok, n_valid) for one GLOBAL batch."""
+        n_tok = jnp.maximum(jnp.sum(batch["labels"][:, 1:] != losses.IGNORE_INDEX).astype(jnp.float32), 1.0)
+        n_valid = jnp.sum(losses.action_valid(batch["actions"])).astype(jnp.float32)
+
+        def loss_fn(train_params, frozen_params, mb):
+            model = setup.merge(_join(train_params, frozen_params))
+            out = model(mb["input_ids"], mb["pixel_values"], mb["attention_mask"])
+            lm_sum, _ = losses.lm_loss_sums(out.logits, mb["labels"])
+            aux = {"lm_sum": lm_sum}
+            # Dividing by the global counts makes micro-batch losses (and grads) add up to the full batch's.
+            loss = lm_sum / n_tok
+            if use_action:
+                sums, correct, _ = losses.action_loss_sums(out, mb["actions"])
+                loss = loss + action_weight * losses.combine_action_parts(sums, n_valid, parts)
+                for name in losses.ACTION_PARTS:
+                    aux[f"ce_{name}_sum"] = sums[name]
+                    aux[f"correct_{name}"] = correct[name]
+            return loss, aux
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        train_p, frozen_p = _split_trainable(params, labels)
+        frozen_p = jax.lax.stop_gradient(frozen_p)
+        if accum == 1:
+            (loss, aux), grads = grad_fn(train_p, frozen_p, batch)
+        else:
+            micro = _to_micro_batches(batch, accum, setup.mesh)
+
+            def body(carry, mb):
+                (l, a), g = grad_fn(train_p, frozen_p, mb)
+                acc_l, acc_a, acc_g = carry
+                return (acc_l + l, jax.tree.map(jnp.add, acc_a, a), jax.tree.map(jnp.add, acc_g, g)), None
+
+            zeros_g = jax.tree.map(jnp.zeros_like, train_p)
+            first = jax.tree.map(lambda x: x[0], micro)
+            aux_shapes = jax.eval_shape(lambda: grad_fn(train_p, frozen_p, first)[0][1])
+            zeros_a = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shapes)
+            (loss, aux, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros_a, zeros_g), micro)
+        return loss, aux, grads, n_tok, n_valid
+
+    return grads_and_loss
+
+
+def make_train_step(setup: TrainSetup, config) -> Callable:
+    """The un-jitted step function (see jit_train_step for the sharded, donated version)."""
+    use_action = bool(config.model.action_token)
+    parts = tuple(float(p) for p in config.train.action_loss_parts)
+    labels = setup.labels
+    grads_and_loss = make_loss_and_grads(setup, config)
+    # The LR reported is the default group's (or the only group's when 'default' is unused).
+    lr_fn = setup.schedules.get(DEFAULT) or next(iter(setup.schedules.values()))
+
+    def step(state, batch):
+        params = state["params"]
+        loss, aux, grads, n_tok, n_valid = grads_and_loss(params, batch)
+        frozen_p = _split_trainable(params, labels)[1]
+        grad_norm = optax.global_norm(grads)
+        grads = _join(grads, jax.tree.map(jnp.zeros_like, frozen_p))
+        updates, opt_state = setup.tx.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1,
+                     "rng": jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state["rng"]))[0])}
+        metrics = {"loss": loss, "lm_loss": aux["lm_sum"] / n_tok, "grad_norm": grad_norm,
+                   "update_norm": optax.global_norm(updates), "lr": lr_fn(state["step"]),
+                   "supervised_tokens": n_tok, "tokens": jnp.sum(batch["attention_mask"]).astype(jnp.float32)}
+        if use_action:
+            denom = jnp.maximum(n_valid, 1.0)
+            metrics["action_loss"] = losses.combine_action_parts(
+                {k: aux[f"ce_{k}_sum"] for k in losses.ACTION_PARTS}, n_valid, parts)
+            for name in losses.ACTION_PARTS:
+                metrics[f"ce_{name}"] = aux[f"ce_{name}_sum"] / denom
+                metrics[f"acc_{name}"] = aux[f"correct_{name}"] / denom
+            metrics["action_samples"] = n_valid
+        return new_state, metrics
+
+    return step
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_step(key: str, mesh, holder):
+    setup, config = holder.setup, holder.config
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(make_train_step(setup, config),
+                   in_shardings=(setup.shardings, batch_shardings(mesh)),
+                   out_shardings=(setup.shardings, replicated), donate_argnums=(0,))
+
+
+def jit_train_step(setup: TrainSetup, config):
+    """The sharded, state-donating step; one compiled program per (config, mesh) in a process."""
+    return _jitted_step(config_key(config), setup.mesh, Holder(setup=setup, config=config))
