@@ -5,11 +5,14 @@
 Writes synthetic MQA TFRecords (noise frames, the worst case for JPEG) into a temp dir, then times:
   1. decode only: tf.io.decode_jpeg of every frame, one thread, no pipeline;
   2. text only: ChatML tokenisation + labels of every sample (host numpy stage);
-  3. the full training iterator (index read -> tf.data parse/decode/normalise -> tokens -> global jax.Arrays),
-     after one warm-up batch.
+  3. the full training iterator (index read -> tf.data parse/decode -> tokens -> global jax.Arrays -> on-device
+     normalisation), after one warm-up batch.
+Each is measured `--rounds` times, alternating, and the best round is printed (the machine may be shared).
 """
 import argparse
+import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -37,7 +40,8 @@ def main():
     ap.add_argument("--samples", type=int, default=96)
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--batches", type=int, default=10)
+    ap.add_argument("--batches", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0))
 
@@ -61,45 +65,51 @@ def main():
     cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = -1, 1, 1
     mesh = make_mesh(cfg.mesh)
 
-    # 1. Bare JPEG decode of the same samples (one thread).
     index = recordio.RecordIndex(paths)
     reader = recordio.RecordReader(index)
-    jpegs = [decode_example_py(reader.read(i))["jpeg_frames"] for i in range(len(index))]
-    t0 = time.perf_counter()
-    for frames in jpegs:
-        for jpeg in frames:
-            tf.io.decode_jpeg(jpeg, channels=3)
-    decode_s = time.perf_counter() - t0
-    decode_rate = len(jpegs) / decode_s
-
-    # 2. Text stage alone.
+    records = [decode_example_py(reader.read(i)) for i in range(len(index))]
     text = pipeline.TextStage(cfg, tok)
-    raw_json = [decode_example_py(reader.read(i))["sample"] for i in range(len(index))]
-    import json
-    t0 = time.perf_counter()
-    for s in raw_json:
-        text(json.dumps(s), True)
-    text_rate = len(raw_json) / (time.perf_counter() - t0)
-
-    # 3. Full pipeline.
     it = pipeline.make_train_iterator(cfg, mesh, tok)
     t0 = time.perf_counter()
     jax.block_until_ready(next(it))
     first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(args.batches):
-        batch = next(it)
-    jax.block_until_ready(batch)
-    pipe_s = time.perf_counter() - t0
-    pipe_rate = args.batches * args.batch / pipe_s
 
+    def decode_rate():      # 1. bare JPEG decode of the same samples, one thread
+        t0 = time.perf_counter()
+        for rec in records:
+            for jpeg in rec["jpeg_frames"]:
+                tf.io.decode_jpeg(jpeg, channels=3)
+        return len(records) / (time.perf_counter() - t0)
+
+    def text_rate():        # 2. host text stage alone
+        blobs = [json.dumps(rec["sample"]) for rec in records]
+        t0 = time.perf_counter()
+        for blob in blobs:
+            text(blob, True)
+        return len(blobs) / (time.perf_counter() - t0)
+
+    def pipeline_rate():    # 3. the full training iterator
+        t0 = time.perf_counter()
+        for _ in range(args.batches):
+            batch = next(it)
+        jax.block_until_ready(batch)
+        return args.batches * args.batch / (time.perf_counter() - t0), batch
+
+    # Alternate the measurements and keep each one's best round: the machine may be shared.
+    rounds = [(decode_rate(), text_rate(), pipeline_rate()) for _ in range(args.rounds)]
+    dec = max(r[0] for r in rounds)
+    txt = max(r[1] for r in rounds)
+    pipe = max(r[2][0] for r in rounds)
+    batch = rounds[-1][2][1]
+    it.close()
     print(f"devices={jax.device_count()} cores={cores} frames={args.frames} image={args.image_size} "
-          f"video_tokens={n_video} seq={batch['input_ids'].shape[1]} batch={args.batch}")
-    print(f"jpeg decode only : {decode_rate:8.1f} samples/s on 1 thread  ({decode_rate * args.frames:.0f} frames/s)")
-    print(f"text stage only  : {text_rate:8.1f} samples/s on 1 thread")
-    print(f"full pipeline    : {pipe_rate:8.1f} samples/s  = {pipe_rate / cores:.1f} samples/s per core "
+          f"video_tokens={n_video} seq={batch['input_ids'].shape[1]} batch={args.batch} rounds={args.rounds}")
+    print(f"jpeg decode only : {dec:8.1f} samples/s on 1 thread  ({dec * args.frames:.0f} frames/s)")
+    print(f"text stage only  : {txt:8.1f} samples/s on 1 thread")
+    print(f"full pipeline    : {pipe:8.1f} samples/s  = {pipe / cores:.1f} samples/s per core "
           f"(first batch {first:.2f}s)")
-    print(f"pipeline / (decode on all {cores} cores) = {pipe_rate / (decode_rate * cores):.2f}")
+    print(f"pipeline per core / decode on 1 thread = {pipe / cores / dec:.2f}")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
