@@ -141,6 +141,9 @@ class _AliasedReader:
     def read(self, key, index=None):
         return self.reader.read(self._orig[key], index)
 
+    def release(self):
+        self.reader.release()
+
 
 def read_source(path: str, fmt: str, dtype=None, config_overrides=None):
     """Opens a safetensors checkpoint: (aliased reader, model config, notes, config.json dict)."""
@@ -221,6 +224,7 @@ def build_model(reader, fmt: str, model_cfg, mesh, rules=None, allow_missing: Se
 
         values[path] = jax.make_array_from_callback(sds.shape, sds.sharding, cb)
         cache.clear()
+        reader.release()     # keep at most one parameter's pages of the checkpoint mapped
     for path, var in flat.items():
         var.set_value(values[path])
     return nnx.merge(graphdef, params), plan
@@ -242,9 +246,9 @@ def save_orbax(dst: str, model, model_cfg, info: dict, source_dir: Optional[str]
         raise FileExistsError(f"{dst}/{PARAMS_DIR} already exists; choose an empty destination")
     os.makedirs(dst, exist_ok=True)
     params = nnx.state(model, nnx.Param)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(dst, PARAMS_DIR), params)
-        ckptr.wait_until_finished()
+    # Synchronous save: the async StandardCheckpointer stages a full host copy first (measured +0.5x model).
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
+        ckptr.save(os.path.join(dst, PARAMS_DIR), args=ocp.args.StandardSave(params))
     if jax.process_index() == 0:
         with open(os.path.join(dst, MODEL_CONFIG), "w") as f:
             f.write(model_config_to_json(model_cfg))
@@ -334,6 +338,7 @@ def import_checkpoint(src: str, dst: str, fmt: Optional[str] = None, dtype=None,
         model, plan = build_model(reader, fmt, model_cfg, mesh, allow_missing=allow_missing)
         # Keep the known-unused tensors (e.g. the dropped SigLIP layer) so a llava_qwen export is lossless.
         unused = [(k, reader.read(k)) for k in plan.expected_unused]
+        reader.release()
         info = dict(source=os.path.abspath(src), format=fmt, notes=notes + plan.notes,
                     expected_unused_keys=plan.expected_unused, param_dtype=model_cfg.param_dtype)
         save_orbax(dst, model, model_cfg, info, source_dir=src, unused=unused)

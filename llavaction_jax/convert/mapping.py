@@ -150,11 +150,15 @@ def match(rules: Sequence[Rule], param_shapes: Dict[str, Tuple[int, ...]],
 def read_param_slice(reader, rule: Rule, index: Sequence[slice], dtype, num_layers: int) -> np.ndarray:
     """Reads `index` (tuple of slices over the parameter, incl. the layer axis) from the checkpoint."""
     if rule.stacked:
-        start, stop, step = index[0].indices(num_layers)
+        layers = range(*index[0].indices(num_layers))
         rest = tuple(index[1:])
-        parts = [to_param(rule.hook, reader.read(rule.key.format(i=i), ckpt_index(rule.hook, rest)))
-                 for i in range(start, stop, step)]
-        out = np.stack(parts, axis=0)
+        out = None
+        for j, i in enumerate(layers):
+            part = to_param(rule.hook, reader.read(rule.key.format(i=i), ckpt_index(rule.hook, rest)))
+            if out is None:   # fill a preallocated stack: no list of parts + np.stack copy
+                out = np.empty((len(layers),) + part.shape, dtype)
+            out[j] = part
+        return out
     else:
         out = to_param(rule.hook, reader.read(rule.key, ckpt_index(rule.hook, tuple(index))))
     return np.ascontiguousarray(out.astype(dtype, copy=False))

@@ -99,9 +99,12 @@ class CheckpointReader:
         return np.asarray(sl[tuple(index)])
 
     def close(self):
+        """Unmaps the open shards: mapped pages that were read count as resident memory until then."""
         for h in self._handles.values():
             h.__exit__(None, None, None)
         self._handles = {}
+
+    release = close     # readers stay usable after close: the next read reopens the shard
 
     def __enter__(self):
         return self
