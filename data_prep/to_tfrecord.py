@@ -205,6 +205,8 @@ def convert(samples: str, video_root: str, layout: str, out: str, num_frames: in
         raise ValueError(f"need num_shards > 0, num_frames >= 0, size > 0 (got {num_shards}, {num_frames}, {size})")
     if not os.path.isfile(samples):
         raise FileNotFoundError(f"--samples {samples}: file not found")
+    if fps_csv is not None and not os.path.isfile(fps_csv):
+        raise FileNotFoundError(f"--fps_csv {fps_csv}: file not found")
     if layout == "frames" and fps is None and fps_csv is None:
         raise ValueError("--layout frames needs --fps or --fps_csv (JPEG frames carry no frame rate)")
     t_start = time.time()
@@ -214,8 +216,10 @@ def convert(samples: str, video_root: str, layout: str, out: str, num_frames: in
            "interp": interp, "fps": fps, "fps_csv": os.path.abspath(fps_csv) if fps_csv else None,
            "chunk_len": chunk_len, "ext": ext, "jpeg_quality": jpeg_quality, "jitter": jitter, "seed": seed,
            "end_tolerance": end_tolerance}
-    # The hash covers what changes record bytes (not the root path, so a moved dataset still resumes).
+    # The hash covers what changes record bytes (not the paths, so a moved dataset still resumes; the fps table
+    # by content). Video files are assumed immutable: replace a video -> delete the affected shards' markers.
     hashed = {k: v for k, v in cfg.items() if k not in ("video_root", "fps_csv")}
+    hashed["fps_csv_sha256"] = sha256_file(fps_csv) if fps_csv else None
     config_hash = _sha256_text(json.dumps(hashed, sort_keys=True))
 
     items, parse_failures, total_lines = read_samples(samples)

@@ -280,3 +280,23 @@ def test_jitter_is_seeded_per_sample(data, converted):
     assert ids != mids.astype(int).tolist()
     assert np.all(np.abs(np.array(ids) - mids) <= (stop - start - 1) / NUM_FRAMES / 2 + 1)
     np.testing.assert_allclose(recs[s["id"]]["frame_times"], np.array(ids) / FPS, rtol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["chunks", "frames"])
+def test_other_layouts_convert_with_right_frames(tmp_path, layout):
+    root = tmp_path / "videos"
+    frame_index_video(str(root), layout, "P03_04", 20 * FPS, fps=FPS, chunk_len=15)
+    csv = tmp_path / "EPIC_100_video_info.csv"
+    csv.write_text("video_id,duration,fps,resolution\nP03_04,20.0,30.0,64x64\n")
+    samples = [sample(i, video_id="P03_04", start=4.0 * i + 1.0, stop=4.0 * i + 3.5) for i in range(4)]
+    jsonl = tmp_path / "s.jsonl"
+    jsonl.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    m = to_tfrecord.convert(str(jsonl), str(root), layout, str(tmp_path / "out"), num_frames=NUM_FRAMES, size=SIZE,
+                            num_shards=2, workers=0, fps_csv=str(csv), progress=False)
+    assert m["num_records"] == 4 and m["num_skipped"] == 0
+    recs = read_shard(tmp_path / "out" / "train-00000-of-00002.tfrecord") + \
+        read_shard(tmp_path / "out" / "train-00001-of-00002.tfrecord")
+    for r in recs:
+        s = r["sample"]
+        ids = reference_ids(round(s["start_timestamp"] * FPS), round(s["stop_timestamp"] * FPS), NUM_FRAMES)
+        assert [decode_frame_index(f) for f in r["frames"]] == ids.tolist()   # sample 3 spans chunks 0 and 15
