@@ -172,6 +172,18 @@ def test_video_slots_are_never_truncated(data):
         text(json.dumps(sample), True)
     with pytest.raises(ValueError, match="no room for text"):
         pipeline.TextStage(config(max_length=30), data["tok"])
+    # Bad samples are reported with their id and what was expected.
+    timed = pipeline.TextStage(config(), data["tok"])
+    sample = synthetic.make_sample(6, "q")
+    sample["conversations"][0]["value"] = "Question first <image>"
+    with pytest.raises(ValueError, match="'q000006'.*must start with '<image>"):
+        timed(json.dumps(sample), True)
+    del sample["stop_timestamp"]
+    sample["conversations"][0]["value"] = "<image>\nok"
+    with pytest.raises(ValueError, match="'q000006'.*KeyError"):
+        timed(json.dumps(sample), True)
+    with pytest.raises(ValueError, match="not valid JSON"):
+        timed("{oops", True)
 
 
 def run_batches(it, n):

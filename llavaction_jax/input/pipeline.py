@@ -162,17 +162,17 @@ class TextStage:
         human = next((t for t in conversations if t.get("from", t.get("role")) in ("human", "user")), None)
         if human is None:
             raise ValueError(f"sample {sid!r}: no human turn in 'conversations'")
-        if has_video and self.add_time:
-            duration = float(sample["stop_timestamp"]) - float(sample["start_timestamp"])
-            human["value"] = prompts.insert_time_instruction(human["value"], duration, self.num_frames)
         try:
+            if has_video and self.add_time:
+                duration = float(sample["stop_timestamp"]) - float(sample["start_timestamp"])
+                human["value"] = prompts.insert_time_instruction(human["value"], duration, self.num_frames)
             if self.with_answer:
                 ids, labels = chat.tokenize_conversation(self.tok, conversations, n_video, self.system_prompt)
             else:
                 ids = chat.tokenize_prompt(self.tok, human["value"], n_video, self.system_prompt)
                 labels = [chat.IGNORE_INDEX] * len(ids)
-        except ValueError as e:
-            raise ValueError(f"sample {sid!r}: {e}") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"sample {sid!r}: {type(e).__name__}: {e}") from None
         truncated = len(ids) > self.max_length
         if truncated:
             ids, labels = self._truncate(sid, ids, labels)
