@@ -161,6 +161,13 @@ def test_length_buckets_and_truncation(data, mesh):
     assert (b["attention_mask"] == 1).all() and ((b["input_ids"] == 3).sum(axis=1) == NV).all()
     full, labels = expected_tokens(tok, data["samples"][long_it.last_ids[0]])
     assert len(full) > 256 and b["input_ids"][0].tolist() == full[:256] and b["labels"][0].tolist() == labels[:256]
+    # A too-long generation prompt keeps its assistant header: the question's end is cut instead.
+    prompts_stage = pipeline.TextStage(config(), tok, with_answer=False)
+    sample = data["samples"][long_it.last_ids[0]]
+    sid, ids, _, cut = prompts_stage(json.dumps(sample), True)
+    prompt, _ = expected_tokens(tok, sample, with_answer=False)
+    tail = [2, tok.newline_id, 1] + tok.encode("assistant\n")
+    assert cut and len(ids) == 256 and ids == prompt[:256 - len(tail)] + tail
 
 
 def test_video_slots_are_never_truncated(data):

@@ -179,16 +179,22 @@ class TextStage:
         return sid, ids, labels, truncated
 
     def _truncate(self, sid, ids, labels):
+        # Training rows lose their end (as the original's model_max_length cut). A generation prompt keeps its
+        # last `<|im_end|>\n<|im_start|>assistant\n` and loses the end of the question instead.
+        tail = 0 if self.with_answer else 3 + len(self.tok.encode("assistant\n"))
+        keep = self.max_length - tail
         video = np.flatnonzero(np.asarray(ids) == self.tok.video_token_id)
-        if len(video) and video[-1] >= self.max_length:
-            raise ValueError(f"sample {sid!r}: its video tokens end at position {video[-1] + 1} > "
-                             f"config.data.max_length={self.max_length}; video slots are never truncated, "
-                             "raise max_length or shorten the prompt before <image>")
+        if len(video) and video[-1] >= keep:
+            raise ValueError(f"sample {sid!r}: its video tokens end at position {video[-1] + 1}, past the "
+                             f"{keep} tokens config.data.max_length={self.max_length} leaves; video slots are "
+                             "never truncated: raise max_length or shorten the prompt before <image>")
         self.num_truncated += 1
         if self.num_truncated <= 10 or self.num_truncated % 1000 == 0:
             log.warning("sample %r: %d tokens > max_length=%d, text truncated (%d samples so far)",
                         sid, len(ids), self.max_length, self.num_truncated)
-        return ids[:self.max_length], labels[:self.max_length]
+        if tail:
+            return ids[:keep] + ids[-tail:], labels[:keep] + labels[-tail:]
+        return ids[:keep], labels[:keep]
 
 
 def pad_length(needed, buckets, max_length):
