@@ -291,3 +291,106 @@ def make_synthetic_dataset(rows: Sequence[dict], root: str, layout: str = "origi
                                        "num_rows": len(vrows), "num_files": len(paths)}
     summary["rows"] = all_rows   # input order, with the timestamps actually drawn
     return summary
+
+
+# ----------------------------------------------------------------------------- CLI: synthetic EK100 subset
+
+EK100_HEADER_PREFIX = ("narration_id", "participant_id", "video_id", "narration_timestamp", "start_timestamp",
+                       "stop_timestamp", "start_frame", "stop_frame", "narration", "verb", "verb_class", "noun",
+                       "noun_class")
+CLASS_CSVS = ("EPIC_100_verb_classes.csv", "EPIC_100_noun_classes_v2.csv")
+
+
+def _hms(seconds: float) -> str:
+    cs = int(round(seconds * 100))
+    return f"{cs // 360000:02d}:{cs // 6000 % 60:02d}:{cs // 100 % 60:02d}.{cs % 100:02d}"
+
+
+def synthesize_from_csv(csv_path: str, out_dir: str, layout: str = "original", max_rows: int | None = 32,
+                        video_ids: Sequence[str] | None = None, fps: float = 30.0, size: int = 64,
+                        chunk_len: int = 15, seed: int = 0, max_clip_seconds: float | None = 4.0,
+                        copy_class_csvs: bool = True) -> dict:
+    """Synthetic videos for (a subset of) an EK100 segment CSV, plus that CSV re-timed to match them.
+
+    Writes ``out_dir/videos/`` (``layout``), ``out_dir/annotations/<csv name>`` (same columns; timestamps and
+    frames rewritten to the compact timeline the videos use) and, with ``copy_class_csvs``, the verb/noun class
+    CSVs found next to ``csv_path`` -- i.e. a ready ``manual_dir`` for the ek100_mqa TFDS builder and input for
+    data_prep.make_mqa.
+    """
+    import csv as csv_mod
+    import json
+    import shutil
+    with open(csv_path, newline="") as f:
+        reader = csv_mod.reader(f)
+        header = next(reader, None)
+        if header is None or tuple(header[:13]) != EK100_HEADER_PREFIX:
+            raise ValueError(f"{csv_path}: line 1: expected an EK100 segment CSV header starting with "
+                             f"{','.join(EK100_HEADER_PREFIX)}, got {header}")
+        wanted = set(video_ids) if video_ids else None
+        lines = []
+        for line in reader:
+            if wanted is not None and line[2] not in wanted:
+                continue
+            lines.append(line)
+            if max_rows is not None and len(lines) >= max_rows:
+                break
+    if not lines:
+        raise ValueError(f"{csv_path}: no rows selected (video_ids={video_ids})")
+    rows = []
+    for n, line in enumerate(lines, start=2):
+        try:
+            rows.append({"id": line[0], "participant_id": line[1], "video_id": line[2], "start": line[4],
+                         "stop": line[5], "verb_class": int(line[10]), "noun_class": int(line[12])})
+        except (IndexError, ValueError):
+            raise ValueError(f"{csv_path}: selected row {n - 1} ({line[:1]}): malformed verb/noun class") from None
+    summary = make_synthetic_dataset(rows, os.path.join(out_dir, "videos"), layout, fps=fps, size=size,
+                                     chunk_len=chunk_len, seed=seed, compact=True,
+                                     max_clip_seconds=max_clip_seconds)
+    ann_dir = os.path.join(out_dir, "annotations")
+    os.makedirs(ann_dir, exist_ok=True)
+    with open(os.path.join(ann_dir, os.path.basename(csv_path)), "w", newline="") as f:
+        writer = csv_mod.writer(f)
+        writer.writerow(header)
+        for line, row in zip(lines, summary["rows"]):
+            start, stop = row["start_timestamp"], row["stop_timestamp"]
+            line = list(line)
+            line[3], line[4], line[5] = _hms(start), _hms(start), _hms(stop)
+            line[6], line[7] = str(int(round(start * fps)) + 1), str(int(round(stop * fps)) + 1)
+            writer.writerow(line)
+    if copy_class_csvs:
+        for name in CLASS_CSVS:
+            src = os.path.join(os.path.dirname(os.path.abspath(csv_path)), name)
+            if os.path.isfile(src):
+                shutil.copy(src, os.path.join(ann_dir, name))
+    with open(os.path.join(out_dir, "synthetic_summary.json"), "w") as f:
+        json.dump({k: v for k, v in summary.items() if k != "rows"} | {"num_rows": len(rows),
+                                                                       "source_csv": os.path.basename(csv_path)},
+                  f, indent=1)
+    return summary
+
+
+def main(argv=None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m data_prep.synthetic",
+                                description="Write synthetic EK100-style videos for rows of an EK100 CSV and the "
+                                            "CSV re-timed to match (a manual_dir for the ek100_mqa builder).")
+    p.add_argument("--csv", required=True, help="EK100 segment CSV, e.g. EPIC_100_validation.csv")
+    p.add_argument("--out", required=True)
+    p.add_argument("--layout", default="original", choices=list(LAYOUTS))
+    p.add_argument("--max_rows", type=int, default=32)
+    p.add_argument("--video_ids", default="", help="comma-separated video ids to keep (default: all)")
+    p.add_argument("--fps", type=float, default=30.0)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--chunk_len", type=int, default=15)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max_clip_seconds", type=float, default=4.0)
+    args = p.parse_args(argv)
+    summary = synthesize_from_csv(args.csv, args.out, args.layout, args.max_rows,
+                                  [v for v in args.video_ids.split(",") if v] or None, args.fps, args.size,
+                                  args.chunk_len, args.seed, args.max_clip_seconds)
+    print(f"wrote {len(summary['videos'])} videos ({args.layout}) for {len(summary['rows'])} rows to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

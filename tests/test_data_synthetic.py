@@ -1,6 +1,7 @@
 """data_prep.synthetic: frame-index codes and class-pattern videos that encode verb/noun in pixels."""
 import io
 import math
+import os
 
 import numpy as np
 import pytest
@@ -123,3 +124,28 @@ def test_compact_retimes_late_rows(tmp_path):
     assert summary["videos"]["P03_01"]["duration"] == pytest.approx(5.5)
     with pytest.raises(ValueError, match="missing field 'noun_class'"):
         make_synthetic_dataset([{"video_id": "P01_01", "start": 0, "stop": 1, "verb_class": 0}], str(tmp_path))
+
+
+def test_synthesize_from_ek100_csv_writes_matching_annotations(tmp_path):
+    import csv
+    from data_prep.synthetic import synthesize_from_csv
+    from tests.conftest import EK100_DIR
+    src = os.path.join(EK100_DIR, "EPIC_100_validation.csv")
+    summary = synthesize_from_csv(src, str(tmp_path), "chunks", max_rows=5, chunk_len=15, max_clip_seconds=3.0)
+    with open(tmp_path / "annotations" / "EPIC_100_validation.csv", newline="") as f:
+        lines = list(csv.reader(f))
+    with open(src, newline="") as f:
+        original = list(csv.reader(f))[:6]
+    assert lines[0] == original[0] and len(lines) == 6
+    assert [l[0] for l in lines[1:]] == [l[0] for l in original[1:]]
+    assert [l[8:] for l in lines[1:]] == [l[8:] for l in original[1:]]           # labels untouched
+    assert (tmp_path / "annotations" / "EPIC_100_verb_classes.csv").is_file()
+    r = VideoReader(str(tmp_path / "videos"), "chunks", size=None)
+    for line, row in zip(lines[1:], summary["rows"]):
+        start = row_times({"start": line[4], "stop": line[5]})
+        assert start == pytest.approx((row["start_timestamp"], row["stop_timestamp"]), abs=0.006)
+        frames, _ = r.read_clip(line[2], start[0], start[1], 4)
+        colour = NOUN_COLOURS[int(line[12]) % len(NOUN_COLOURS)]
+        assert all(_colour_mask(f, colour).sum() > 30 for f in frames)
+    with pytest.raises(ValueError, match="no rows selected"):
+        synthesize_from_csv(src, str(tmp_path / "none"), video_ids=["P99_99"])

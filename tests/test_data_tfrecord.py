@@ -300,3 +300,24 @@ def test_other_layouts_convert_with_right_frames(tmp_path, layout):
         s = r["sample"]
         ids = reference_ids(round(s["start_timestamp"] * FPS), round(s["stop_timestamp"] * FPS), NUM_FRAMES)
         assert [decode_frame_index(f) for f in r["frames"]] == ids.tolist()   # sample 3 spans chunks 0 and 15
+
+
+def test_mqa_jsonl_from_annotations_converts(tmp_path):
+    """EK100 CSV rows -> synthetic videos + re-timed CSV -> data_prep.mqa questions -> TFRecords."""
+    from data_prep import ek100, mqa
+    from data_prep.synthetic import NOUN_COLOURS, synthesize_from_csv
+    from tests.conftest import EK100_DIR
+    synthesize_from_csv(os.path.join(EK100_DIR, "EPIC_100_validation.csv"), str(tmp_path), "original", max_rows=8)
+    ann = ek100.load_annotations(str(tmp_path / "annotations" / "EPIC_100_validation.csv"), with_video_info=False)
+    questions = mqa.generate_questions(ann, None, mode="random", k=5, source="random", seed=0)
+    jsonl = tmp_path / "mqa.jsonl"
+    jsonl.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    m = to_tfrecord.convert(str(jsonl), str(tmp_path / "videos"), "original", str(tmp_path / "out"),
+                            num_frames=NUM_FRAMES, size=SIZE, num_shards=2, workers=0, progress=False)
+    assert m["num_records"] == len(questions) == 8 and m["num_skipped"] == 0
+    recs = {r["id"]: r for k in range(2) for r in read_shard(tmp_path / "out" / f"train-{k:05d}-of-00002.tfrecord")}
+    for q in questions:
+        r = recs[q["id"]]
+        assert r["sample"] == q and r["action_id"] == q["action_id"]
+        colour = NOUN_COLOURS[q["noun_class"] % len(NOUN_COLOURS)].astype(int)
+        assert all((np.abs(f.astype(int) - colour).max(axis=2) < 50).sum() > 4 for f in r["frames"])
