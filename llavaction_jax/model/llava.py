@@ -1,0 +1,150 @@
+"""LLaVA-Video / LLaVAction: SigLIP -> mlp2x_gelu projector -> per-frame 2D pool -> newline layout
+(+ action token) spliced into the Qwen2 input sequence at the video placeholder slots."""
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from llavaction_jax.model.layers import Build, Dense, as_dtype, constrain_batch, normal
+from llavaction_jax.model.layout import arrange_video_tokens, splice_video_tokens
+from llavaction_jax.model.pooling import pool2d
+from llavaction_jax.model.qwen2 import Qwen2Decoder
+from llavaction_jax.model.siglip import SiglipVisionTower
+from llavaction_jax.model.spec import ModelSpec, num_video_tokens
+
+
+@flax.struct.dataclass
+class ModelOutput:
+    logits: jax.Array                      # float32 [B, L, V]
+    verb_logits: jax.Array | None = None   # float32 [B, C_verb] (None without the action token)
+    noun_logits: jax.Array | None = None
+    action_logits: jax.Array | None = None
+
+
+class Projector(nnx.Module):
+    """mlp2x_gelu: Linear(Dv -> H), exact (erf) GELU, Linear(H -> H)."""
+
+    def __init__(self, b: Build, spec: ModelSpec, dtype):
+        dv, h = spec.vision.hidden_size, spec.text.hidden_size
+        self.linear_1 = Dense(b, dv, h, ("vision_embed", "mlp"), dtype=dtype)
+        self.linear_2 = Dense(b, h, h, ("mlp", "embed"), dtype=dtype)
+
+    def __call__(self, x):
+        return self.linear_2(jax.nn.gelu(self.linear_1(x), approximate=False))
+
+
+class ActionHeads(nnx.Module):
+    """LLaVAction action token (1, H) and the verb / noun / action linear heads (no bias)."""
+
+    def __init__(self, b: Build, spec: ModelSpec, dtype):
+        h = spec.text.hidden_size
+        verbs, nouns, actions = spec.action_types
+        self.token = b.param(normal(0.02), (1, h), ("action_slots", "norm"))
+        self.verb_head = Dense(b, h, verbs, ("embed", "action_classes"), use_bias=False, dtype=dtype)
+        self.noun_head = Dense(b, h, nouns, ("embed", "action_classes"), use_bias=False, dtype=dtype)
+        self.action_head = Dense(b, h, actions, ("embed", "action_classes"), use_bias=False, dtype=dtype)
+
+    def __call__(self, h):
+        f32 = jnp.float32
+        return (self.verb_head(h, out_dtype=f32), self.noun_head(h, out_dtype=f32),
+                self.action_head(h, out_dtype=f32))
+
+
+class LlavaActionModel(nnx.Module):
+    """See /work/contracts.md (Model). Construct under `jax.set_mesh(mesh)` for sharded params."""
+
+    def __init__(self, model_cfg, *, rngs: nnx.Rngs, sharding_rules=None):
+        spec = ModelSpec.from_config(model_cfg)
+        self.spec = spec
+        dtype = as_dtype(spec.dtype)
+        b = Build(rngs, as_dtype(spec.param_dtype), sharding_rules)
+        self.rules = b.rules
+        h = spec.text.hidden_size
+        self.vision = SiglipVisionTower(b, spec, dtype)
+        self.projector = Projector(b, spec, dtype)
+        # LLaVA-NeXT initialises image_newline with std 1/sqrt(H).
+        self.image_newline = b.param(normal(1.0 / math.sqrt(h)), (h,), ("norm",))
+        self.llm = Qwen2Decoder(b, spec, dtype)
+        if not spec.text.tie_word_embeddings:
+            self.lm_head = Dense(b, h, spec.text.vocab_size, ("embed", "vocab"), use_bias=False, dtype=dtype)
+        if spec.action_token:
+            self.action = ActionHeads(b, spec, dtype)
+
+    # ---- video ----------------------------------------------------------------------------------
+    def video_tokens(self, pixel_values):
+        """pixel_values [B, F, S, S, 3] -> the full video token sequence [B, num_video_tokens, H]."""
+        if pixel_values.ndim != 5:
+            raise ValueError(f"pixel_values must be [B, F, S, S, 3], got shape {pixel_values.shape}")
+        bsz, frames = pixel_values.shape[:2]
+        side = self.spec.vision.grid_side
+        feats = self.vision(pixel_values.reshape((bsz * frames,) + pixel_values.shape[2:]))
+        feats = self.projector(feats)                                    # projector BEFORE pooling
+        feats = pool2d(feats.reshape(bsz * frames, side, side, -1), self.spec.pool_mode, self.spec.pool_stride)
+        feats = feats.reshape((bsz, frames) + feats.shape[1:])
+        action = self.action.token[...] if self.spec.action_token else None
+        return arrange_video_tokens(feats, self.image_newline[...], self.spec.newline_position, action)
+
+    # ---- text + splice --------------------------------------------------------------------------
+    def _check_slots(self, input_ids, pixel_values):
+        """Eager-mode input validation (skipped under jit, where values are unknown)."""
+        if isinstance(input_ids, jax.core.Tracer):
+            return
+        ids = np.asarray(input_ids)
+        counts = (ids == self.spec.video_token_id).sum(axis=1)
+        expected = num_video_tokens(self.spec, pixel_values.shape[1]) if pixel_values is not None else 0
+        for row, count in enumerate(counts):
+            if count not in (0, expected):
+                raise ValueError(f"input_ids row {row}: {count} video slots (id {self.spec.video_token_id}); "
+                                 f"expected {expected} (num_video_tokens for the given pixel_values) or 0")
+        bad = (ids != self.spec.video_token_id) & ((ids < 0) | (ids >= self.spec.text.vocab_size))
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise ValueError(f"input_ids[{row}, {col}] = {ids[row, col]} is outside the vocabulary "
+                             f"[0, {self.spec.text.vocab_size})")
+
+    def embed_inputs(self, input_ids, pixel_values=None):
+        """Token embeddings with the video tokens scattered into the placeholder slots, and the slot mask."""
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [B, L], got shape {input_ids.shape}")
+        if pixel_values is not None and pixel_values.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"pixel_values batch {pixel_values.shape[0]} != input_ids batch {input_ids.shape[0]}")
+        self._check_slots(input_ids, pixel_values)
+        slots = input_ids == self.spec.video_token_id
+        # The placeholder id may be negative (-200 for llava_qwen): look up id 0 there instead.
+        embeds = self.llm.embed_tokens(jnp.where(slots | (input_ids < 0), 0, input_ids))
+        if pixel_values is not None:
+            embeds = splice_video_tokens(embeds, slots, self.video_tokens(pixel_values))
+        return constrain_batch(embeds, self.rules), slots
+
+    # ---- heads ----------------------------------------------------------------------------------
+    def lm_logits(self, hidden):
+        """float32 logits from final-norm hidden states (any leading shape)."""
+        if self.spec.text.tie_word_embeddings:
+            return self.llm.embed_tokens.attend(hidden, out_dtype=jnp.float32)
+        return self.lm_head(hidden, out_dtype=jnp.float32)
+
+    def action_logits(self, hidden, slots):
+        """Verb/noun/action logits from the hidden state at each sample's LAST video slot (the action token)."""
+        length = slots.shape[1]
+        last = length - 1 - jnp.argmax(slots[:, ::-1], axis=1)
+        h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
+        return self.action(h)
+
+    def hidden_states(self, input_ids, pixel_values=None, attention_mask=None):
+        """Final-norm hidden states [B, L, H] and the video slot mask (for chunked losses)."""
+        embeds, slots = self.embed_inputs(input_ids, pixel_values)
+        bsz, length = input_ids.shape
+        positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (bsz, length))
+        kv_lengths = None if attention_mask is None else attention_mask.astype(jnp.int32).sum(-1)
+        return self.llm(embeds, positions, kv_lengths), slots
+
+    def __call__(self, input_ids, pixel_values=None, attention_mask=None) -> ModelOutput:
+        hidden, slots = self.hidden_states(input_ids, pixel_values, attention_mask)
+        logits = self.lm_logits(hidden)
+        if not self.spec.action_token:
+            return ModelOutput(logits=logits)
+        verb, noun, action = self.action_logits(hidden, slots)
+        return ModelOutput(logits=logits, verb_logits=verb, noun_logits=noun, action_logits=action)

@@ -1,0 +1,132 @@
+"""Static, hashable description of the model built from config.model (ml_collections ConfigDict)."""
+import dataclasses
+import math
+
+POOL_MODES = ("bilinear", "average", "max")
+NEWLINE_POSITIONS = ("grid", "one_token", "frame", "no_token")
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+ATTENTION_IMPLS = (None, "xla", "cudnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionSpec:
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    image_size: int
+    patch_size: int
+    layer_norm_eps: float
+
+    @property
+    def grid_side(self) -> int:
+        # Conv2d(stride=P) floors: SigLIP 384/14 -> 27 (the last 6 pixel rows/cols are never seen).
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_side ** 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSpec:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float
+    rms_norm_eps: float
+    tie_word_embeddings: bool
+    max_position_embeddings: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    vision: VisionSpec
+    text: TextSpec
+    projector_type: str
+    pool_mode: str
+    pool_stride: int
+    newline_position: str
+    action_token: bool
+    action_types: tuple
+    video_token_id: int
+    dtype: str
+    param_dtype: str
+    scan_layers: bool
+    remat_policy: str
+    attention_impl: str | None
+
+    @classmethod
+    def from_config(cls, cfg) -> "ModelSpec":
+        if isinstance(cfg, ModelSpec):
+            return cfg
+        v, t = cfg.vision, cfg.text
+        hidden_act = v.get("hidden_act", "gelu_pytorch_tanh") if hasattr(v, "get") else "gelu_pytorch_tanh"
+        if hidden_act != "gelu_pytorch_tanh":
+            raise ValueError(f"model.vision.hidden_act={hidden_act!r}: only 'gelu_pytorch_tanh' (SigLIP) is supported")
+        if v.image_size < v.patch_size:
+            raise ValueError(f"model.vision.image_size={v.image_size} is smaller than patch_size={v.patch_size}")
+        if v.hidden_size % v.num_heads:
+            raise ValueError(f"model.vision.hidden_size={v.hidden_size} not divisible by num_heads={v.num_heads}")
+        if t.num_heads % t.num_kv_heads:
+            raise ValueError(f"model.text.num_heads={t.num_heads} not a multiple of num_kv_heads={t.num_kv_heads}")
+        if t.head_dim % 2:
+            raise ValueError(f"model.text.head_dim={t.head_dim} must be even for RoPE")
+        spec = cls(
+            vision=VisionSpec(int(v.hidden_size), int(v.intermediate_size), int(v.num_layers), int(v.num_heads),
+                              int(v.image_size), int(v.patch_size), float(v.layer_norm_eps)),
+            text=TextSpec(int(t.vocab_size), int(t.hidden_size), int(t.intermediate_size), int(t.num_layers),
+                          int(t.num_heads), int(t.num_kv_heads), int(t.head_dim), float(t.rope_theta),
+                          float(t.rms_norm_eps), bool(t.tie_word_embeddings), int(t.max_position_embeddings)),
+            projector_type=str(cfg.projector_type),
+            pool_mode=str(cfg.pool_mode),
+            pool_stride=int(cfg.pool_stride),
+            newline_position=str(cfg.newline_position),
+            action_token=bool(cfg.action_token),
+            action_types=tuple(int(c) for c in cfg.action_types),
+            video_token_id=int(cfg.video_token_id),
+            dtype=str(cfg.dtype),
+            param_dtype=str(cfg.param_dtype),
+            scan_layers=bool(cfg.scan_layers),
+            remat_policy=str(cfg.remat_policy),
+            attention_impl=None if cfg.attention_impl in (None, "none", "") else str(cfg.attention_impl),
+        )
+        checks = [("projector_type", spec.projector_type, ("mlp2x_gelu",)), ("pool_mode", spec.pool_mode, POOL_MODES),
+                  ("newline_position", spec.newline_position, NEWLINE_POSITIONS),
+                  ("remat_policy", spec.remat_policy, REMAT_POLICIES),
+                  ("attention_impl", spec.attention_impl, ATTENTION_IMPLS)]
+        for name, value, allowed in checks:
+            if value not in allowed:
+                raise ValueError(f"model.{name}={value!r}: expected one of {allowed}")
+        if spec.pool_stride < 1:
+            raise ValueError(f"model.pool_stride={spec.pool_stride}: expected >= 1")
+        if len(spec.action_types) != 3:
+            raise ValueError(f"model.action_types={spec.action_types}: expected (verb, noun, action) class counts")
+        return spec
+
+
+def pooled_side(side: int, mode: str, stride: int) -> int:
+    """Patch-grid side after 2D pooling: bilinear resizes to ceil(side/stride), avg/max pools floor."""
+    if mode == "bilinear":
+        return math.ceil(side / stride)
+    if mode in ("average", "max"):
+        return side // stride
+    raise ValueError(f"pool_mode={mode!r}: expected one of {POOL_MODES}")
+
+
+def num_video_tokens(model_cfg, num_frames: int) -> int:
+    """Number of input slots one video of `num_frames` frames occupies (pure python)."""
+    spec = ModelSpec.from_config(model_cfg)
+    side = pooled_side(spec.vision.grid_side, spec.pool_mode, spec.pool_stride)
+    per_frame = side * side
+    n = {
+        "grid": num_frames * side * (side + 1),
+        "frame": num_frames * (per_frame + 1),
+        "one_token": num_frames * per_frame + 1,
+        "no_token": num_frames * per_frame,
+    }[spec.newline_position]
+    return n + (1 if spec.action_token else 0)

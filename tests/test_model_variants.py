@@ -1,0 +1,81 @@
+"""scan vs unrolled layers, remat policies (forward and gradients), bf16 compute dtype."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import tiny
+from llavaction_jax.model import LlavaActionModel, num_video_tokens
+
+
+def _inputs(cfg, frames=1):
+    n = num_video_tokens(cfg, frames)
+    rng = np.random.RandomState(0)
+    ids = rng.randint(4, cfg.text.vocab_size, size=(2, n + 6)).astype(np.int32)
+    ids[:, 1:1 + n] = cfg.video_token_id
+    mask = np.ones_like(ids)
+    mask[1, -2:] = 0
+    pix = rng.randn(2, frames, 32, 32, 3).astype(np.float32)
+    return ids, pix, mask
+
+
+def _logits_loss_grads(model, ids, pix, mask):
+    def loss(m):
+        out = m(ids, pix, mask)
+        return jnp.mean(out.logits ** 2) + jnp.mean(out.verb_logits ** 2), out.logits
+    return nnx.jit(lambda m: nnx.value_and_grad(loss, has_aux=True)(m))(model)
+
+
+def test_scan_and_remat_policies_identical():
+    """Remat changes only what the backward pass recomputes: logits, loss and gradients must agree."""
+    results = {}
+    for scan, remat in [(True, "none"), (False, "none"), (True, "full"), (True, "dots_saveable"),
+                        (False, "dots_with_no_batch_dims_saveable")]:
+        cfg = tiny.get_config().model
+        cfg.scan_layers, cfg.remat_policy = scan, remat
+        model = LlavaActionModel(cfg, rngs=nnx.Rngs(0))
+        ids, pix, mask = _inputs(cfg)
+        (value, logits), grads = _logits_loss_grads(model, ids, pix, mask)
+        results[(scan, remat)] = (np.asarray(logits), float(value), nnx.to_pure_dict(grads))
+    ref_logits, ref_value, ref_grads = results[(True, "none")]
+    for key, (logits, value, grads) in results.items():
+        np.testing.assert_allclose(logits, ref_logits, atol=1e-6, rtol=0, err_msg=str(key))
+        assert abs(value - ref_value) <= 1e-6 * max(1.0, abs(ref_value)), key
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5, err_msg=str(key)),
+                     grads, ref_grads)
+
+
+def test_bfloat16_compute_close_to_float32():
+    cfg = tiny.get_config().model
+    ids, pix, mask = _inputs(cfg)
+    ref_model = LlavaActionModel(cfg, rngs=nnx.Rngs(0))
+    ref = ref_model(ids, pix, mask)
+    cfg.dtype = "bfloat16"
+    model = LlavaActionModel(cfg, rngs=nnx.Rngs(0))
+    assert model.llm.layers.mlp.up_proj.kernel[...].dtype == jnp.float32      # params stay float32
+    out = nnx.jit(lambda m: m(ids, pix, mask))(model)
+    assert out.logits.dtype == jnp.float32 and out.verb_logits.dtype == jnp.float32
+    scale = float(np.abs(np.asarray(ref.logits)).max())
+    err = float(np.abs(np.asarray(out.logits) - np.asarray(ref.logits)).max())
+    assert np.isfinite(np.asarray(out.logits)).all()
+    assert err <= 0.05 * scale, (err, scale)
+    # bf16 params too: compare against float32 compute on the same (upcast) bf16 values.
+    cfg.param_dtype = "bfloat16"
+    model16 = LlavaActionModel(cfg, rngs=nnx.Rngs(0))
+    assert model16.llm.layers.mlp.up_proj.kernel[...].dtype == jnp.bfloat16
+    out16 = nnx.jit(lambda m: m(ids, pix, mask))(model16)
+    state = nnx.state(ref_model)
+    nnx.replace_by_pure_dict(state, jax.tree.map(lambda a: jnp.asarray(a, jnp.float32),
+                                                 nnx.to_pure_dict(nnx.state(model16))))
+    nnx.update(ref_model, state)
+    ref16 = ref_model(ids, pix, mask)
+    scale = float(np.abs(np.asarray(ref16.logits)).max())
+    assert np.abs(np.asarray(out16.logits) - np.asarray(ref16.logits)).max() <= 0.05 * scale
+
+
+def test_bad_config_values_are_clear_errors():
+    cfg = tiny.get_config().model
+    cfg.remat_policy = "sometimes"
+    with pytest.raises(ValueError, match="remat_policy='sometimes'"):
+        LlavaActionModel(cfg, rngs=nnx.Rngs(0))
