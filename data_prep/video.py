@@ -116,8 +116,8 @@ def detect_layout(root: str, ext: str = "MP4") -> str:
                 return "chunks"
             if any(_FRAME_FILE_RE.match(f) for f in os.listdir(path)):
                 return "frames"
-    raise VideoError(root, f"cannot detect the layout: expected <pid>/videos/<vid>.{ext}, <pid>/<vid>.{ext}/<sec>.{ext} "
-                           f"or <pid>/<vid>/frame_XXXXXXXXXX.jpg under the root")
+    raise VideoError(root, f"cannot detect the layout: expected <pid>/videos/<vid>.{ext}, "
+                           f"<pid>/<vid>.{ext}/<sec>.{ext} or <pid>/<vid>/frame_XXXXXXXXXX.jpg under the root")
 
 
 # ----------------------------------------------------------------------------- image helpers
@@ -329,7 +329,8 @@ class VideoReader:
     # -- sampling
 
     def frame_ids(self, video_id: str, start: float, stop: float, num_frames: int, jitter: bool = False,
-                  rng: np.random.Generator | None = None, participant_id: str | None = None) -> tuple[np.ndarray, float]:
+                  rng: np.random.Generator | None = None,
+                  participant_id: str | None = None) -> tuple[np.ndarray, float]:
         """Validated global 0-based frame ids for a clip (see the module docstring for the end rule)."""
         path = self.video_path(video_id, participant_id)
         if not (np.isfinite(start) and np.isfinite(stop)):

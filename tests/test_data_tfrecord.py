@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from data_prep import to_tfrecord
-from data_prep.records import FEATURE_SPEC, decode_example_py, decode_jpeg, encode_example, encode_jpeg
+from data_prep.records import FEATURE_SPEC, decode_example_py, encode_example, encode_jpeg
 from data_prep.synthetic import decode_frame_index, frame_index_video
 from data_prep.video import VideoReader
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data_prep.synthetic import decode_frame_index, frame_index_video, write_mp4, frame_index_image
-from data_prep.video import (VideoError, VideoReader, load_video_fps, read_clip, resize_frame,
+from data_prep.video import (VideoError, VideoReader, detect_layout, load_video_fps, read_clip, resize_frame,
                              segment_frame_ids)
 
 FPS = 30
@@ -231,3 +231,13 @@ def test_missing_frame_file_raises(roots, tmp_path):
 def test_write_mp4_rejects_empty(tmp_path):
     with pytest.raises(ValueError, match="no frames"):
         write_mp4(str(tmp_path / "x.mp4"), [], FPS)
+
+
+def test_detect_layout(roots, tmp_path):
+    for layout in LAYOUTS:
+        assert detect_layout(str(roots / layout)) == layout
+    (tmp_path / "P01").mkdir()
+    with pytest.raises(VideoError, match="cannot detect the layout"):
+        detect_layout(str(tmp_path))
+    with pytest.raises(VideoError, match="video root directory not found"):
+        detect_layout(str(tmp_path / "nope"))
