@@ -33,6 +33,12 @@ from llavaction_jax.input import chat, mixture, recordio
 
 log = logging.getLogger(__name__)
 
+# tf.data only needs the CPU; keep TensorFlow off any GPU so it does not reserve memory JAX needs.
+try:
+    tf.config.set_visible_devices([], "GPU")
+except RuntimeError:   # TF already initialised its devices elsewhere in this process
+    pass
+
 STATE_VERSION = 1
 _PREFETCH = 4
 
