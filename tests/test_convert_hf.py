@@ -111,6 +111,11 @@ def test_round_trip_import_export_from_pretrained(hf_dir, tmp_path):
     assert os.path.isfile(tmp_path / "hf_out" / "tokenizer_config.json")
     with safe_open(os.path.join(path, "model.safetensors"), "np") as f:
         assert set(out["keys"]) == set(f.keys())
+    with pytest.raises(CheckpointMismatchError) as e:   # Orbax side: every mismatch listed with both shapes
+        api.load_pretrained(str(tmp_path / "orbax"), mesh=_one_device_mesh(),
+                            config_overrides={"text.intermediate_size": 96})
+    assert "llm/layers/mlp/up_proj/kernel: checkpoint shape (2, 64, 128) != expected (2, 64, 96)" in str(e.value)
+    assert "shape mismatches (3)" in str(e.value)
     reloaded = LlavaOnevisionForConditionalGeneration.from_pretrained(str(tmp_path / "hf_out")).eval()
     ids, pix = _inputs(1)
     with torch.no_grad():
@@ -195,3 +200,28 @@ def test_hf_has_no_action_heads_listed_as_missing(hf_dir):
     assert config.model.action_token
     flat = api.flat_params(nnx.state(model))
     assert np.asarray(flat["action/verb_head/kernel"].get_value()).std() > 0
+
+
+def test_export_from_training_checkpoint(hf_dir, tmp_path):
+    """A trainer checkpoint (<workdir>/checkpoints/<step>/{state,data,config}) exports to HF directly."""
+    from llavaction_jax.train.checkpointing import Checkpointer, config_to_dict
+    path, hf_model = hf_dir
+    mesh = _one_device_mesh()
+    api.import_checkpoint(path, str(tmp_path / "orbax"), "hf", mesh=mesh)
+    model, config = api.load_pretrained(str(tmp_path / "orbax"), mesh=mesh)
+    config.train.init_from = str(tmp_path / "orbax")
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    state = {"params": params, "opt_state": {"mu": jax.tree.map(jnp.zeros_like, params)},
+             "step": jnp.zeros((), jnp.int32), "rng": jnp.zeros((2,), jnp.uint32)}
+    ckpt = Checkpointer(str(tmp_path / "work" / "checkpoints"), async_save=False)
+    ckpt.save(7, state, {"epoch": 0}, config_to_dict(config))
+    ckpt.close()
+    assert api.detect_format(str(tmp_path / "work")) == "train"
+    api.export_checkpoint(str(tmp_path / "work"), str(tmp_path / "hf_out"), "hf", mesh=mesh)
+    assert os.path.isfile(tmp_path / "hf_out" / "tokenizer_config.json")    # reused from init_from
+    reloaded = LlavaOnevisionForConditionalGeneration.from_pretrained(str(tmp_path / "hf_out")).eval()
+    ids, pix = _inputs(4)
+    with torch.no_grad():
+        a = hf_model(input_ids=ids, pixel_values_videos=pix).logits.numpy()
+        b = reloaded(input_ids=ids, pixel_values_videos=pix).logits.numpy()
+    assert np.abs(a - b).max() <= 1e-5

@@ -1,6 +1,8 @@
 """Original LLaVA-NeXT / LLaVAction (llava_qwen) checkpoints: parity, lossless round trip, quirks, errors, CLI."""
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -203,3 +205,9 @@ def test_cli_import_export_and_bf16(hf_model, tmp_path, capsys):
         for k in ("model.embed_tokens.weight", "verb_head.weight", "model.mm_projector.0.weight"):
             assert f.get_slice(k).get_dtype() == "BF16"
             np.testing.assert_array_equal(f.get_tensor(k), bf16[k])
+
+
+def test_import_llavaction_jax_stays_cheap():
+    code = ("import sys, llavaction_jax; heavy = [m for m in ('jax', 'flax', 'orbax', 'torch') if m in sys.modules];"
+            " assert not heavy, heavy; assert callable(llavaction_jax.load_pretrained)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))

@@ -54,16 +54,37 @@ def detect_format(path: str) -> str:
         raise FileNotFoundError(f"{path}: not a directory")
     if os.path.isfile(os.path.join(path, MODEL_CONFIG)) and os.path.isdir(os.path.join(path, PARAMS_DIR)):
         return "orbax"
+    if train_step_dir(path):
+        return "train"
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path) or not has_safetensors(path):
         raise ValueError(f"{path}: not a recognised checkpoint: expected {MODEL_CONFIG} + {PARAMS_DIR}/ (Orbax "
-                         "from `convert import`), or config.json + model.safetensors[.index.json]")
+                         "from `convert import`), a training checkpoint (<step>/{state,config}), or config.json + "
+                         "model.safetensors[.index.json]")
     cj = _read_json(cfg_path)
     for name, mod in FORMATS.items():
         if mod.is_format(cj):
             return name
     raise ValueError(f"{cfg_path}: model_type={cj.get('model_type')!r} is neither llava_onevision (hf) nor a "
                      "llava_qwen config with mm_vision_tower")
+
+
+def train_step_dir(path: str) -> Optional[str]:
+    """The step dir of a training checkpoint (llavaction_jax.train: <workdir>/checkpoints/<step>/{state,config}).
+
+    Accepts the step dir itself, the checkpoints dir or the workdir; picks the latest committed step
+    (Orbax renames a step dir to its number only when the save committed).
+    """
+    def is_step(d):
+        return os.path.isdir(os.path.join(d, "state")) and os.path.isdir(os.path.join(d, "config"))
+    if is_step(path):
+        return path
+    for d in (path, os.path.join(path, "checkpoints")):
+        if os.path.isdir(d):
+            steps = [int(n) for n in os.listdir(d) if n.isdigit() and is_step(os.path.join(d, n))]
+            if steps:
+                return os.path.join(d, str(max(steps)))
+    return None
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -245,7 +266,9 @@ def save_orbax(dst: str, model, model_cfg, info: dict, source_dir: Optional[str]
     if os.path.exists(os.path.join(dst, PARAMS_DIR)):
         raise FileExistsError(f"{dst}/{PARAMS_DIR} already exists; choose an empty destination")
     os.makedirs(dst, exist_ok=True)
-    params = nnx.state(model, nnx.Param)
+    # A pure dict of the nnx Param State: the same tree the trainer keeps in state["params"], so either side
+    # can restore the other's checkpoints.
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     # Synchronous save: the async StandardCheckpointer stages a full host copy first (measured +0.5x model).
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
         ckptr.save(os.path.join(dst, PARAMS_DIR), args=ocp.args.StandardSave(params))
@@ -283,23 +306,84 @@ def load_orbax(path: str, dtype=None, mesh=None, config_overrides=None, rules=No
     if dtype is not None:
         model_cfg.param_dtype = np.dtype(dtype).name
     apply_overrides(model_cfg, config_overrides)
-    mesh = mesh or default_mesh()
+    model = _restore_params(os.path.join(path, PARAMS_DIR), model_cfg, mesh or default_mesh(), rules,
+                            f"{MODEL_CONFIG} (+ overrides)")
+    return model, model_cfg
+
+
+def _restore_params(params_dir: str, model_cfg, mesh, rules, config_source: str, subtree: Optional[str] = None):
+    """Restores the pure-dict Param tree at `params_dir` (or its `subtree` entry) into a sharded model."""
+    ocp = _orbax()
     abstract = shd.abstract_model(model_cfg, mesh, rules)
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-    with ocp.StandardCheckpointer() as ckptr:
-        try:
-            restored = ckptr.restore(os.path.join(path, PARAMS_DIR), params)
-        except (ValueError, KeyError) as e:
-            raise CheckpointMismatchError(f"{path}/{PARAMS_DIR}: does not match the model built from "
-                                          f"{MODEL_CONFIG} (+ overrides): {e}") from e
-    return nnx.merge(graphdef, restored), model_cfg
+    target = nnx.to_pure_dict(params)
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+        saved = ckptr.metadata(params_dir)
+        saved = getattr(saved, "item_metadata", saved)
+        saved = getattr(saved, "tree", saved)
+        if subtree is not None:
+            if subtree not in saved:
+                raise CheckpointMismatchError(f"{params_dir}: no '{subtree}' entry (has {sorted(saved)})")
+            saved = saved[subtree]
+        _check_tree(saved, target, params_dir, config_source)
+        item = target if subtree is None else {subtree: target}
+        restored = ckptr.restore(params_dir, args=ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=subtree is not None))
+    if subtree is not None:
+        restored = restored[subtree]
+    nnx.replace_by_pure_dict(params, restored)
+    return nnx.merge(graphdef, params)
+
+
+def _check_tree(saved, target, where: str, config_source: str):
+    """One error listing every missing / unexpected / mis-shaped parameter of an Orbax params tree."""
+    def flat(tree):
+        leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
+        return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p): tuple(x.shape)
+                for p, x in leaves}
+    have, want = flat(saved), flat(target)
+    problems = [f"{p}: checkpoint shape {have[p]} != expected {want[p]}" for p in sorted(set(have) & set(want))
+                if have[p] != want[p]]
+    missing = sorted(set(want) - set(have))
+    unexpected = sorted(set(have) - set(want))
+    if problems or missing or unexpected:
+        parts = [f"{where}: parameters do not match the model built from {config_source}:"]
+        if problems:
+            parts.append(f"  shape mismatches ({len(problems)}):\n    " + "\n    ".join(problems))
+        if missing:
+            parts.append(f"  missing ({len(missing)}): " + ", ".join(missing))
+        if unexpected:
+            parts.append(f"  unexpected ({len(unexpected)}): " + ", ".join(unexpected))
+        raise CheckpointMismatchError("\n".join(parts))
+
+
+def load_train_checkpoint(path: str, dtype=None, mesh=None, config_overrides=None, rules=None):
+    """(model, model_cfg) from the params of a training checkpoint (optimizer state is not read)."""
+    step_dir = train_step_dir(path)
+    cfg_file = os.path.join(step_dir, "config", "metadata")
+    if not os.path.isfile(cfg_file):
+        raise FileNotFoundError(f"{step_dir}: no config item ({cfg_file})")
+    saved = _read_json(cfg_file)
+    if "model" not in saved:
+        raise ValueError(f"{cfg_file}: no 'model' section")
+    model_cfg = base_config.model_config()
+    apply_overrides(model_cfg, saved["model"])
+    if dtype is not None:
+        model_cfg.param_dtype = np.dtype(dtype).name
+    apply_overrides(model_cfg, config_overrides)
+    if rules is None and saved.get("sharding_rules"):
+        rules = [tuple(r) for r in saved["sharding_rules"]]
+    model = _restore_params(os.path.abspath(os.path.join(step_dir, "state")), model_cfg,
+                            mesh or default_mesh(), rules, f"{cfg_file} (+ overrides)", subtree="params")
+    return model, model_cfg
 
 
 # ----------------------------------------------------------------------------------------------- public API
 
 def load_pretrained(path: str, dtype=None, mesh=None, config_overrides=None, allow_missing: Sequence[str] = (),
                     rules=None):
-    """Loads an HF dir, a llava_qwen dir or an Orbax dir from `convert import` (auto-detected).
+    """Loads an HF dir, a llava_qwen dir, an Orbax dir from `convert import` or a training checkpoint.
 
     Returns (model, config): config is the full base config (configs/base.py) whose `model` section comes
     from the checkpoint (its own config.json wins over defaults) + `config_overrides` (dotted keys).
@@ -311,6 +395,8 @@ def load_pretrained(path: str, dtype=None, mesh=None, config_overrides=None, all
     fmt = detect_format(path)
     if fmt == "orbax":
         model, model_cfg = load_orbax(path, dtype, mesh, config_overrides, rules)
+    elif fmt == "train":
+        model, model_cfg = load_train_checkpoint(path, dtype, mesh, config_overrides, rules)
     else:
         raw, reader, model_cfg, notes, _ = read_source(path, fmt, dtype, config_overrides)
         with raw:
@@ -447,10 +533,23 @@ def _with_unused(tensors, unused_path, model_cfg):
 def export_checkpoint(src: str, dst: str, fmt: str, mesh=None, extra_tensors: Optional[str] = None,
                       max_shard_bytes: int = 2 << 30, allow_layout_change: bool = False,
                       config_overrides=None) -> dict:
-    """Orbax dir (from `import_checkpoint` or training) -> `fmt` safetensors checkpoint directory."""
-    if detect_format(src) != "orbax":
+    """Orbax dir (from `import_checkpoint`) or training checkpoint -> `fmt` safetensors checkpoint directory.
+
+    A training checkpoint's workdir may hold the Orbax dir it was initialised from as `init_from` in its
+    config; its source config / tokenizer files / dropped SigLIP layer are then reused too.
+    """
+    kind = detect_format(src)
+    mesh = mesh or default_mesh()
+    if kind == "orbax":
+        model, model_cfg = load_orbax(src, mesh=mesh, config_overrides=config_overrides)
+        source_dir = src
+    elif kind == "train":
+        model, model_cfg = load_train_checkpoint(src, mesh=mesh, config_overrides=config_overrides)
+        saved = _read_json(os.path.join(train_step_dir(src), "config", "metadata"))
+        init_from = str((saved.get("train") or {}).get("init_from") or saved.get("init_from") or "")
+        source_dir = init_from if init_from and os.path.isfile(os.path.join(init_from, MODEL_CONFIG)) else None
+    else:
         raise ValueError(f"{src}: export reads an Orbax directory written by `convert import` "
-                         f"({MODEL_CONFIG} + {PARAMS_DIR}/)")
-    model, model_cfg = load_orbax(src, mesh=mesh or default_mesh(), config_overrides=config_overrides)
-    return export_model(model, model_cfg, dst, fmt, source_dir=src, extra_tensors=extra_tensors,
+                         f"({MODEL_CONFIG} + {PARAMS_DIR}/) or a training checkpoint, not a {kind!r} checkpoint")
+    return export_model(model, model_cfg, dst, fmt, source_dir=source_dir, extra_tensors=extra_tensors,
                         max_shard_bytes=max_shard_bytes, allow_layout_change=allow_layout_change)
