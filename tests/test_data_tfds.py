@@ -133,13 +133,20 @@ def test_avion_config_uses_predictions_and_reports_bad_videos(manual_dir, tmp_pa
     # reloading from disk keeps the skip list
     again = tfds.builder_from_directory(builder.data_dir)
     assert len(again.info.metadata["skipped"]["train"]) == 2
+    assert again.info.metadata["missing_splits"] == {}
+    # without train predictions the validation split still builds; the train split is reported missing
+    os.remove(broken / "predictions" / "avion_pred_ids_train.json")
+    b3 = Ek100Mqa(config="tiny_avion", data_dir=str(tmp_path / "data3"))
+    b3.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(broken)))
+    assert list(b3.info.splits) == ["validation"]
+    assert "avion_pred_ids_train.json" in b3.info.metadata["missing_splits"]["train"]
 
 
 def test_missing_manual_dir_is_a_clear_error(tmp_path):
     empty = tmp_path / "manual"
     empty.mkdir()
     (empty / "x").write_text("")
-    with pytest.raises(FileNotFoundError, match="EPIC_100_validation.csv"):
+    with pytest.raises(FileNotFoundError, match="nothing to build.*no annotations/EPIC_100_validation.csv"):
         Ek100Mqa(config="tiny_random", data_dir=str(tmp_path / "d")).download_and_prepare(
             download_config=tfds.download.DownloadConfig(manual_dir=str(empty)))
 

@@ -13,7 +13,8 @@ Configs ``{8,16,32}f_{avion,tim,random}`` (384 px frames, 5 options) plus ``tiny
 (4 frames, 32 px) for smoke tests. The validation split uses the benchmark mode (top-5 predictions with the GT
 injected; random distractors for ``random``), the train split the reference's train mode (4 distractors from
 the top-10 non-GT predictions). Questions come from data_prep.mqa (the same generator as make_mqa).
-A clip whose video cannot be read is skipped, logged, and listed in ``info.metadata["skipped"][split]``.
+A clip whose video cannot be read is skipped, logged, and listed in ``info.metadata["skipped"][split]``; a split
+whose annotation CSV or (avion/tim) prediction file is absent is not built (logged, ``info.metadata["missing_splits"]``).
 
     import data_prep.tfds_ek100_mqa  # registers the builder
     ds = tfds.load("ek100_mqa/16f_tim", split="validation", data_dir=DATA_DIR,
@@ -113,16 +114,32 @@ class Ek100Mqa(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         manual = dl_manager.manual_dir
-        ann_dir = manual / "annotations"
-        splits = {}
+        cfg = self.builder_config
+        splits, missing = {}, {}
         for split, csv_name in SPLIT_CSVS.items():
-            if (manual / "mqa" / f"{split}_{self.builder_config.source}.jsonl").exists() or \
-                    (ann_dir / csv_name).exists():
+            if (manual / "mqa" / f"{split}_{cfg.source}.jsonl").exists():
                 splits[split] = self._generate_examples(manual, split)
+            elif not (manual / "annotations" / csv_name).exists():
+                missing[split] = f"no annotations/{csv_name}"
+            elif cfg.source != "random" and not self._prediction_files(manual, split):
+                # A split without its action-model predictions is left out (logged and recorded), so that e.g.
+                # a validation-only manual_dir still builds.
+                names = [n.format(source=cfg.source) for n in PRED_FILES[split]]
+                missing[split] = f"no predictions/{' or '.join(names)}"
+            else:
+                splits[split] = self._generate_examples(manual, split)
+        for split, why in missing.items():
+            logging.warning("ek100_mqa/%s: not building the %s split: %s", cfg.name, split, why)
+        self.info.metadata["missing_splits"] = missing
         if not splits:
-            raise FileNotFoundError(f"{manual}: no annotations/{SPLIT_CSVS['validation']} (or mqa/*.jsonl) found.\n"
+            raise FileNotFoundError(f"{manual}: nothing to build for {cfg.name!r} ({missing}).\n"
                                     f"{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
         return splits
+
+    def _prediction_files(self, manual, split: str) -> list:
+        """Existing prediction files for this config's source and the split, in preference order."""
+        paths = [manual / "predictions" / n.format(source=self.builder_config.source) for n in PRED_FILES[split]]
+        return [p for p in paths if p.exists()]
 
     def _questions(self, manual, split: str) -> list[dict]:
         cfg = self.builder_config
@@ -137,9 +154,9 @@ class Ek100Mqa(tfds.core.GeneratorBasedBuilder):
         mode = "random" if cfg.source == "random" else ("train" if split == "train" else "benchmark")
         depth = mqa.required_prediction_depth(mode, cfg.num_options)
         if depth:
-            names = [n.format(source=cfg.source) for n in PRED_FILES[split]]
-            found = [manual / "predictions" / n for n in names if (manual / "predictions" / n).exists()]
+            found = self._prediction_files(manual, split)
             if not found:
+                names = [n.format(source=cfg.source) for n in PRED_FILES[split]]
                 raise FileNotFoundError(f"{manual / 'predictions'}: config {cfg.name!r} needs one of {names} "
                                         f"for the {split} split")
             preds = predictions.load_predictions(os.fspath(found[0]), ann, depth)
