@@ -104,9 +104,17 @@ def _state_from_params(setup: TrainSetup, params, seed):
             "rng": jax.random.key_data(jax.random.key(seed))}
 
 
+# The config entries that determine the compiled init / train-step programs (logging, checkpoint and data
+# settings do not).
+_PROGRAM_TRAIN_KEYS = ("num_steps", "grad_accum_steps", "action_loss_weight", "action_loss_parts")
+
+
 def config_key(config) -> str:
-    """Canonical JSON of a config: equal keys build identical programs (used to reuse compiled functions)."""
-    return json.dumps(config.to_dict(), sort_keys=True, default=str)
+    """Canonical JSON of what shapes the programs: equal keys build identical programs (compiled once)."""
+    d = config.to_dict()
+    key = {k: d.get(k) for k in ("model", "optim", "mesh", "sharding_rules", "seed")}
+    key["train"] = {k: d["train"].get(k) for k in _PROGRAM_TRAIN_KEYS}
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 # Compiled functions are reused for the same (config, mesh) within a process: a resumed or repeated train()

@@ -1,0 +1,79 @@
+"""Checkpoint safety in-process: data-exhaustion save, NaN stops without touching the good checkpoint,
+a checkpoint of another model size fails with a clear message."""
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from llavaction_jax import sharding as shd
+from llavaction_jax.train import checkpointing, loop, synthetic
+
+from tests.test_train_step import _arrays, _config, _mesh
+
+
+class _Limited:
+    """Stops after `n` batches (a finite dataset)."""
+
+    def __init__(self, inner, n):
+        self.inner, self.left = inner, n
+
+    def __next__(self):
+        if self.left == 0:
+            raise StopIteration
+        self.left -= 1
+        return next(self.inner)
+
+    def get_state(self):
+        return self.inner.get_state()
+
+    def set_state(self, state):
+        self.inner.set_state(state)
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory):
+    cfg = _config()
+    cfg.train.checkpoint_every = 1
+    mesh = _mesh(cfg)
+    workdir = str(tmp_path_factory.mktemp("good"))
+    it = _Limited(synthetic.ArrayBatchIterator(_arrays(cfg), 8, mesh, seed=0), 2)
+    summary = loop.train(cfg, workdir, train_iter=it, mesh=mesh)
+    return cfg, mesh, workdir, summary
+
+
+def test_data_exhaustion_stops_and_saves(good_run):
+    cfg, mesh, workdir, summary = good_run
+    assert summary["data_exhausted"] and summary["final_step"] == 2
+    assert checkpointing.Checkpointer(workdir + "/checkpoints").all_steps() == [1, 2]
+
+
+def test_nan_loss_stops_without_overwriting_good_checkpoint(good_run, tmp_path):
+    cfg, mesh, workdir, _ = good_run
+    shutil.copytree(workdir, tmp_path / "w")
+    arrays = _arrays(cfg)
+    arrays["pixel_values"][:] = np.nan
+    it = synthetic.ArrayBatchIterator(arrays, 8, mesh, seed=0)
+    with pytest.raises(loop.NonFiniteLossError, match=r"non-finite loss at step 3.*no checkpoint is written"):
+        loop.train(cfg, str(tmp_path / "w"), train_iter=it, mesh=mesh)
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "w" / "checkpoints"))
+    assert ckpt.all_steps() == [1, 2]
+    from llavaction_jax.train import state as state_lib
+    setup = state_lib.build_setup(cfg, mesh)
+    restored, data_state = ckpt.restore(2, setup.abstract_state)
+    saved, _ = checkpointing.Checkpointer(workdir + "/checkpoints").restore(2, setup.abstract_state)
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(saved)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored["params"]))
+    assert data_state == {"epoch": 1, "pos": 8, "seed": 0}     # 2 batches of 8 from 8 samples
+
+
+def test_checkpoint_from_another_model_size_is_a_clear_error(good_run, tmp_path):
+    cfg, mesh, workdir, _ = good_run
+    shutil.copytree(workdir, tmp_path / "w")
+    other = _config()
+    other.model.text.hidden_size = 32
+    with pytest.raises(checkpointing.CheckpointMismatchError,
+                       match=r"parameter '[a-z_/]+' has shape \(.*64.*\) in the checkpoint but \(.*32.*\) in this model"):
+        loop.train(other, str(tmp_path / "w"), train_iter=iter([]), mesh=mesh)
