@@ -111,6 +111,12 @@ def test_round_trip_import_export_from_pretrained(hf_dir, tmp_path):
     assert os.path.isfile(tmp_path / "hf_out" / "tokenizer_config.json")
     with safe_open(os.path.join(path, "model.safetensors"), "np") as f:
         assert set(out["keys"]) == set(f.keys())
+    # The sharded export (index.json + 3 shards) imports back to the same parameters.
+    again, _ = api.load_pretrained(str(tmp_path / "hf_out"), mesh=_one_device_mesh())
+    first, _ = api.load_pretrained(str(tmp_path / "orbax"), mesh=_one_device_mesh())
+    a, b = api.flat_params(nnx.state(first)), api.flat_params(nnx.state(again))
+    for p in a:
+        np.testing.assert_array_equal(np.asarray(a[p].get_value()), np.asarray(b[p].get_value()), err_msg=p)
     with pytest.raises(CheckpointMismatchError) as e:   # Orbax side: every mismatch listed with both shapes
         api.load_pretrained(str(tmp_path / "orbax"), mesh=_one_device_mesh(),
                             config_overrides={"text.intermediate_size": 96})
@@ -185,6 +191,10 @@ def test_bf16_checkpoint_stays_bf16(tmp_path):
     with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
     assert json.load(open(tmp_path / "out" / "config.json"))["dtype"] == "bfloat16"
+    as_f32, config = api.load_pretrained(str(tmp_path / "orbax"), dtype="float32", mesh=_one_device_mesh())
+    emb32 = api.flat_params(nnx.state(as_f32))["llm/embed_tokens/embedding"].get_value()
+    assert config.model.param_dtype == "float32" and emb32.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(emb32), want)
 
 
 def test_hf_has_no_action_heads_listed_as_missing(hf_dir):
@@ -225,3 +235,30 @@ def test_export_from_training_checkpoint(hf_dir, tmp_path):
         a = hf_model(input_ids=ids, pixel_values_videos=pix).logits.numpy()
         b = reloaded(input_ids=ids, pixel_values_videos=pix).logits.numpy()
     assert np.abs(a - b).max() <= 1e-5
+
+
+def test_config_variants_and_key_aliases():
+    """vision_feature_layer=-2 uses N-1 layers (the rest are expected unused); hub/v5 key names are accepted."""
+    from configs import base
+    from llavaction_jax.convert import hf
+    cj = {"model_type": "llava_onevision", "video_token_index": 151647, "vision_feature_layer": -2,
+          "vision_feature_select_strategy": "full",
+          "text_config": {"model_type": "qwen2", "vocab_size": 300, "hidden_size": 64, "intermediate_size": 96,
+                          "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+                          "rope_theta": 5e5, "tie_word_embeddings": True},
+          "vision_config": {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2}}
+    m = base.model_config()
+    notes = hf.parse_config(cj, {}, m)
+    assert (m.vision.num_layers, m.vision.intermediate_size, m.vision.image_size) == (2, 3072, 224)
+    assert (m.text.rope_theta, m.text.head_dim, m.text.tie_word_embeddings, m.video_token_id) == (5e5, 16, True,
+                                                                                                  151647)
+    assert notes and "2..2 are unused" in notes[0]
+    unused = hf.expected_unused(m)
+    assert unused("vision_tower.encoder.layers.2.mlp.fc1.weight")
+    assert not unused("vision_tower.encoder.layers.1.mlp.fc1.weight")
+    assert hf.canonical_key("vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight") == \
+        "vision_tower.encoder.layers.0.mlp.fc1.weight"
+    assert hf.canonical_key("model.language_model.norm.weight") == "language_model.model.norm.weight"
+    assert hf.canonical_key("lm_head.weight") == "language_model.lm_head.weight"
+    with pytest.raises(ValueError, match="vision_feature_select_strategy='default'"):
+        hf.parse_config(dict(cj, vision_feature_select_strategy="default"), {}, base.model_config())

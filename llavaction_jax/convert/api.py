@@ -497,6 +497,9 @@ def export_model(model, model_cfg, dst: str, fmt: str, source_dir: Optional[str]
             notes.append(f"no dropped SigLIP layer provided (source {UNUSED_TENSORS} / --extra_tensors): wrote "
                          f"only the {model_cfg.vision.num_layers} vision layers the model uses")
     if jax.process_index() == 0:
+        for stale in ("model.safetensors", "model.safetensors.index.json"):
+            if os.path.exists(os.path.join(dst, stale)):
+                raise FileExistsError(f"{dst} already holds a checkpoint ({stale}); export into an empty dir")
         weight_map = write_sharded(tensors, dst, max_shard_bytes)
         with open(os.path.join(dst, "config.json"), "w") as f:
             json.dump(cfg_json, f, indent=2, sort_keys=True)
