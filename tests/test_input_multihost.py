@@ -63,9 +63,10 @@ def test_two_hosts_read_every_sample_exactly_once(tmp_path):
     from tests.test_input_tokenizer import ek100_texts
 
     samples = {}
+    # Odd samples are long: with 4 files, host 1 (files 1, 3) needs a longer bucket than host 0.
     for name, shards in (("by_file", 4), ("by_record", 3)):
         _, written = synthetic.write_shards(str(tmp_path / name), 24, shards, F, S,
-                                            extra_words_fn=lambda i: (i % 5) * 10)
+                                            extra_words_fn=lambda i: 30 if i % 2 else 0)
         samples[name] = {s["id"]: s for s in written}
     _, eval_samples = synthetic.write_shards(str(tmp_path / "eval"), 19, 3, F, S, prefix="eval", id_prefix="e")
     texts = ek100_texts(300) + [c["value"] for s in samples["by_file"].values() for c in s["conversations"]]
@@ -88,6 +89,16 @@ def test_two_hosts_read_every_sample_exactly_once(tmp_path):
         assert p.returncode == 0, log[-3000:]
     hosts = [json.load(open(tmp_path / f"host{pid}.json")) for pid in range(2)]
 
+    from llavaction_jax.input import pipeline
+    from llavaction_jax.input.tokenizer import Tokenizer
+    cfg = _config("")
+    text = pipeline.TextStage(cfg, Tokenizer.load(str(tmp_path / "tok"), video_token_id=3))
+
+    def bucket(sample_ids, table):
+        longest = max(len(text(json.dumps(table[sid]), True)[1]) for sid in sample_ids)
+        return pipeline.pad_length(longest, cfg.data.length_buckets, cfg.data.max_length)
+
+    differing = 0
     for name in ("by_file", "by_record"):
         seen = [[sid for b in h[name]["batches"] for sid in b["ids"]] for h in hosts]
         assert hosts[0][name]["local_batch"] == 4
@@ -97,10 +108,15 @@ def test_two_hosts_read_every_sample_exactly_once(tmp_path):
         assert hosts[0][name]["state"] == hosts[1][name]["state"]      # the resume state is host-independent
         for b0, b1 in zip(hosts[0][name]["batches"], hosts[1][name]["batches"]):
             assert b0["shape"] == b1["shape"]                          # hosts agreed on the padded length
+            own = bucket(b0["ids"], samples[name]), bucket(b1["ids"], samples[name])
+            assert b0["shape"][1] == max(own)
+            differing += own[0] != own[1]
             # Global rows 0-3 come from host 0, rows 4-7 from host 1.
             want = [[samples[name][sid][k] for k in ("verb_class", "noun_class", "action_id")]
                     for sid in b0["ids"] + b1["ids"]]
             assert b0["actions"] == b1["actions"] == want
+
+    assert differing > 0          # the agreement was really needed in some batch
 
     evals = [[sid for b in h["eval"] for sid in b["ids"] if sid is not None] for h in hosts]
     assert len(hosts[0]["eval"]) == len(hosts[1]["eval"]) == 3
