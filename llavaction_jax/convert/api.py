@@ -1,7 +1,8 @@
 """Import / export / load: checkpoint directories <-> sharded nnx models and Orbax parameter checkpoints.
 
 Formats: "hf" (transformers LlavaOnevision), "llava_qwen" (original LLaVA-NeXT / LLaVAction) and "orbax"
-(what `import_checkpoint` writes: params/ (Orbax StandardSave of the nnx Param State), model_config.json,
+(what `import_checkpoint` writes: params/ (Orbax save of the nnx Param State as a pure dict, the same tree
+as the trainer's state["params"]), model_config.json,
 convert_info.json, source_config.json, optional unused_tensors.safetensors and the tokenizer files).
 Tensors are read one at a time (one device shard at a time) and placed straight into their NamedSharding;
 export pulls one layer of one parameter at a time off the devices.
@@ -9,7 +10,6 @@ export pulls one layer of one parameter at a time off the devices.
 import json
 import logging
 import os
-import re
 import shutil
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -21,8 +21,7 @@ from flax import nnx
 from configs import base as base_config
 from llavaction_jax import sharding as shd
 from llavaction_jax.convert import hf, llava_qwen
-from llavaction_jax.convert.mapping import (CheckpointMismatchError, Plan, iter_ckpt_tensors, match,
-                                            read_param_slice)
+from llavaction_jax.convert.mapping import CheckpointMismatchError, iter_ckpt_tensors, match, read_param_slice
 from llavaction_jax.convert.safetensors_io import CheckpointReader, has_safetensors, write_sharded
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ def _read_json(path: str) -> dict:
 
 
 def detect_format(path: str) -> str:
-    """'orbax', 'hf' or 'llava_qwen' for a checkpoint directory (clear error otherwise)."""
+    """'orbax', 'train', 'hf' or 'llava_qwen' for a checkpoint directory (clear error otherwise)."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: not a directory")
     if os.path.isfile(os.path.join(path, MODEL_CONFIG)) and os.path.isdir(os.path.join(path, PARAMS_DIR)):
