@@ -129,18 +129,19 @@ def test_text_only_sample_and_thread_cleanup(tmp_path, data, mesh):
     path = str(tmp_path / "text.tfrecord")
     with tf.io.TFRecordWriter(path) as w:
         w.write(encode_example(sample, [], []))
+    def stage_threads():
+        return sum(t.name == "input-host-stage" for t in threading.enumerate())
+    gc.collect()
+    before = stage_threads()
     it = pipeline.make_train_iterator(config(path), mesh, data["tok"])
     b = host(next(it))
     ids, labels = tokenize_conversation(data["tok"], sample["conversations"], 0, prompts.SYSTEM_PROMPT)
     assert b["input_ids"][0, :len(ids)].tolist() == ids and b["labels"][0, :len(labels)].tolist() == labels
     assert not (b["input_ids"] == 3).any() and b["pixel_values"].shape == (8, F, S, S, 3)
-
-    def stage_threads():
-        return sum(t.name == "input-host-stage" for t in threading.enumerate())
-    assert stage_threads() >= 1
+    assert stage_threads() == before + 1
     del it, b
     gc.collect()
-    assert stage_threads() == 0          # dropping the iterator stops its background reader
+    assert stage_threads() == before     # dropping the iterator stops its background reader
 
 
 def test_length_buckets_and_truncation(data, mesh):
