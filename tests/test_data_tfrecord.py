@@ -2,8 +2,10 @@
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -250,16 +252,31 @@ def test_max_shards_and_tampered_shard(data, converted):
     assert shard_bytes(out) == shard_bytes(full_out)
 
 
-def test_cli_with_worker_processes_matches_in_process(data, converted):
+def test_cli_killed_with_sigkill_then_rerun_matches_in_process(data, converted):
+    """Real kill: SIGKILL the CLI and its worker processes once the first shard is done, then rerun the CLI."""
     full_out, _ = converted
     out = data["base"] / "cli"
     cmd = [sys.executable, "-m", "data_prep.to_tfrecord", "--samples", str(data["jsonl"]), "--video_root",
            str(data["root"]), "--layout", "original", "--num_frames", str(NUM_FRAMES), "--size", str(SIZE),
            "--num_shards", str(SHARDS), "--workers", "2", "--out", str(out), "--no_progress"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not glob.glob(str(out / ".*.done.json")) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)     # the CLI, its manager and its workers (one session)
+        proc.wait()
+    finished = len(glob.glob(str(out / ".*.done.json")))
+    assert finished >= 1 and not (out / "manifest.json").exists()
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert f"{finished} resumed" in res.stdout
     assert shard_bytes(out) == shard_bytes(full_out)
+    assert not glob.glob(str(out / "*.tmp-*"))
     assert json.loads((out / "manifest.json").read_text())["num_skipped"] == 6
     bad = subprocess.run(cmd[:-1] + ["--layout", "frames"], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=300)
