@@ -268,8 +268,9 @@ def save_orbax(dst: str, model, model_cfg, info: dict, source_dir: Optional[str]
     # A pure dict of the nnx Param State: the same tree the trainer keeps in state["params"], so either side
     # can restore the other's checkpoints.
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    # Synchronous save: the async StandardCheckpointer stages a full host copy first (measured +0.5x model).
-    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
+    # Synchronous save with at most 1 GB in flight: host staging copies then stay small next to the model
+    # (measured on a 1.9 GiB checkpoint: +1.4 GiB peak with the defaults, +0.8 GiB with this).
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler(save_concurrent_gb=1)) as ckptr:
         ckptr.save(os.path.join(dst, PARAMS_DIR), args=ocp.args.StandardSave(params))
     if jax.process_index() == 0:
         with open(os.path.join(dst, MODEL_CONFIG), "w") as f:
