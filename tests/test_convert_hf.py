@@ -262,3 +262,24 @@ def test_config_variants_and_key_aliases():
     assert hf.canonical_key("lm_head.weight") == "language_model.lm_head.weight"
     with pytest.raises(ValueError, match="vision_feature_select_strategy='default'"):
         hf.parse_config(dict(cj, vision_feature_select_strategy="default"), {}, base.model_config())
+
+
+def test_trainer_init_from_converted_checkpoint(hf_dir, tmp_path):
+    """train.init_from = an Orbax dir from `convert import`: params land in the trainer's shardings."""
+    from configs import tiny
+    from llavaction_jax.train import loop, state as state_lib
+    path, _ = hf_dir
+    api.import_checkpoint(path, str(tmp_path / "orbax"), "hf", mesh=_one_device_mesh())
+    ref, imported = api.load_pretrained(str(tmp_path / "orbax"), mesh=_one_device_mesh())
+    config = tiny.get_config()
+    config.model = imported.model
+    mesh = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    setup = state_lib.build_setup(config, mesh)
+    params = loop._load_pretrained_params(str(tmp_path / "orbax"), setup, config)
+    state = state_lib.init_state_from_params(setup, config, params)
+    want = nnx.to_pure_dict(nnx.state(ref, nnx.Param))
+    got = state["params"]
+    for (p, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(p))
+    kernel = got["llm"]["layers"]["mlp"]["gate_proj"]["kernel"]
+    assert kernel.sharding.spec == P(None, "fsdp", "tensor")
