@@ -211,3 +211,25 @@ def test_import_llavaction_jax_stays_cheap():
     code = ("import sys, llavaction_jax; heavy = [m for m in ('jax', 'flax', 'orbax', 'torch') if m in sys.modules];"
             " assert not heavy, heavy; assert callable(llavaction_jax.load_pretrained)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+def test_llava_qwen_to_hf_export(hf_model, tmp_path):
+    """A grid-layout LLaVAction checkpoint exports to HF only when asked; action params are dropped and listed."""
+    write_llava_qwen(tmp_path / "src", hf_model, newline="grid", action=True)
+    api.import_checkpoint(str(tmp_path / "src"), str(tmp_path / "orbax"), "llava_qwen", mesh=_mesh())
+    with pytest.raises(ValueError, match="allow_layout_change"):
+        api.export_checkpoint(str(tmp_path / "orbax"), str(tmp_path / "a"), "hf", mesh=_mesh())
+    with pytest.raises(ValueError, match="video_token_id=ID"):
+        api.export_checkpoint(str(tmp_path / "orbax"), str(tmp_path / "b"), "hf", mesh=_mesh(),
+                              allow_layout_change=True)
+    out = api.export_checkpoint(str(tmp_path / "orbax"), str(tmp_path / "c"), "hf", mesh=_mesh(),
+                                allow_layout_change=True, config_overrides={"video_token_id": 251})
+    assert out["dropped_params"] == ["action/action_head/kernel", "action/noun_head/kernel", "action/token",
+                                     "action/verb_head/kernel"]
+    reloaded = LlavaOnevisionForConditionalGeneration.from_pretrained(str(tmp_path / "c")).eval()
+    assert reloaded.config.video_token_index == 251
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        a = hf_model(input_ids=ids).logits.numpy()
+        b = reloaded(input_ids=ids).logits.numpy()
+    assert np.abs(a - b).max() <= 1e-5

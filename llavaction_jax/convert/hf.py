@@ -151,7 +151,8 @@ def export_config(model_cfg, source_config: dict, dtype_name: str) -> dict:
         video = 151647
         if video >= t.vocab_size:
             raise ValueError(f"video_token_id is {model_cfg.video_token_id} (a sentinel) and the vocab "
-                             f"({t.vocab_size}) has no row 151647: pass --video_token_index")
+                             f"({t.vocab_size}) has no row 151647: set a real token id "
+                             "(config_overrides video_token_id=ID; CLI --override video_token_id=ID)")
     src = dict(source_config or {}) if (source_config or {}).get("model_type") == "llava_onevision" else {}
     image = int(src.get("image_token_index", video - 1))
     text_config = dict(src.get("text_config") or {})
