@@ -233,3 +233,64 @@ def test_llava_qwen_to_hf_export(hf_model, tmp_path):
         a = hf_model(input_ids=ids).logits.numpy()
         b = reloaded(input_ids=ids).logits.numpy()
     assert np.abs(a - b).max() <= 1e-5
+
+
+def _real_llava_qwen_shapes(h, inter, layers, heads, kv, vocab, actions, v_layers=27):
+    """Key -> PyTorch shape of a real LLaVA-Video/LLaVAction llava_qwen checkpoint (SigLIP so400m)."""
+    hd = h // heads
+    s = {"model.embed_tokens.weight": (vocab, h), "model.norm.weight": (h,), "lm_head.weight": (vocab, h),
+         "model.image_newline": (h,), "model.action_supervision": (1, h),
+         "model.mm_projector.0.weight": (h, 1152), "model.mm_projector.0.bias": (h,),
+         "model.mm_projector.2.weight": (h, h), "model.mm_projector.2.bias": (h,)}
+    for name, c in zip(("verb_head", "noun_head", "action_head"), actions):
+        s[f"{name}.weight"] = (c, h)
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        s.update({p + "self_attn.q_proj.weight": (heads * hd, h), p + "self_attn.q_proj.bias": (heads * hd,),
+                  p + "self_attn.k_proj.weight": (kv * hd, h), p + "self_attn.k_proj.bias": (kv * hd,),
+                  p + "self_attn.v_proj.weight": (kv * hd, h), p + "self_attn.v_proj.bias": (kv * hd,),
+                  p + "self_attn.o_proj.weight": (h, heads * hd), p + "mlp.gate_proj.weight": (inter, h),
+                  p + "mlp.up_proj.weight": (inter, h), p + "mlp.down_proj.weight": (h, inter),
+                  p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,)})
+    vp = "model.vision_tower.vision_tower.vision_model."
+    s.update({vp + "embeddings.patch_embedding.weight": (1152, 3, 14, 14), vp + "embeddings.patch_embedding.bias":
+              (1152,), vp + "embeddings.position_embedding.weight": (729, 1152), vp + "post_layernorm.weight": (1152,),
+              vp + "post_layernorm.bias": (1152,)})
+    for i in range(v_layers):
+        p = vp + f"encoder.layers.{i}."
+        for n in ("layer_norm1", "layer_norm2"):
+            s[p + n + ".weight"] = s[p + n + ".bias"] = (1152,)
+        for n in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            s[p + f"self_attn.{n}.weight"], s[p + f"self_attn.{n}.bias"] = (1152, 1152), (1152,)
+        s[p + "mlp.fc1.weight"], s[p + "mlp.fc1.bias"] = (4304, 1152), (4304,)
+        s[p + "mlp.fc2.weight"], s[p + "mlp.fc2.bias"] = (1152, 4304), (1152,)
+    return s
+
+
+def test_real_7b_checkpoint_layout_maps_onto_llavaction_7b_config():
+    """Header-level check (no tensors): LLaVAction-7B's keys/shapes + config.json give configs/llavaction_7b."""
+    from configs import base, llavaction_7b
+    from llavaction_jax.convert import llava_qwen
+    from llavaction_jax.convert.mapping import match
+    shapes = _real_llava_qwen_shapes(3584, 18944, 28, 28, 4, 152064, (97, 300, 3806))
+    cj = {"model_type": "llava_qwen", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+          "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 151647, "rope_theta": 1e6,
+          "rms_norm_eps": 1e-6, "max_position_embeddings": 32768, "tie_word_embeddings": True,
+          "mm_vision_tower": "google/siglip-so400m-patch14-384", "mm_projector_type": "mlp2x_gelu",
+          "mm_patch_merge_type": "spatial_unpad", "mm_spatial_pool_mode": "bilinear", "mm_newline_position": "grid",
+          "vision_supervision": "one_token", "action_types": "97,300,3806"}
+    m = base.model_config()
+    notes = llava_qwen.parse_config(cj, shapes, m)
+    want = llavaction_7b.get_config().model
+    assert m.text.to_dict() == want.text.to_dict()
+    assert m.vision.to_dict() == want.vision.to_dict()
+    assert (m.action_token, tuple(m.action_types), m.newline_position, m.pool_mode) == (
+        True, (97, 300, 3806), "grid", "bilinear")
+    assert len(notes) == 2                       # vocab 151647 -> 152064, tied -> untied
+    mesh = shd.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+    abstract = api.flat_params(nnx.state(shd.abstract_model(m, mesh), nnx.Param))
+    plan = match(llava_qwen.rules(m), {p: v.get_value().shape for p, v in abstract.items()}, shapes,
+                 llava_qwen.expected_unused(m), "LLaVAction-7B")
+    assert len(plan.expected_unused) == 16 and all(".encoder.layers.26." in k for k in plan.expected_unused)
+    assert sum(int(np.prod(v.get_value().shape)) for v in abstract.values()) == sum(
+        int(np.prod(s)) for k, s in shapes.items() if ".encoder.layers.26." not in k)
