@@ -158,9 +158,10 @@ def read_param_slice(reader, rule: Rule, index: Sequence[slice], dtype, num_laye
             if out is None:   # fill a preallocated stack: no list of parts + np.stack copy
                 out = np.empty((len(layers),) + part.shape, dtype)
             out[j] = part
+        if out is None:
+            raise ValueError(f"{rule.param}: empty layer slice {index[0]} of {num_layers} layers")
         return out
-    else:
-        out = to_param(rule.hook, reader.read(rule.key, ckpt_index(rule.hook, tuple(index))))
+    out = to_param(rule.hook, reader.read(rule.key, ckpt_index(rule.hook, tuple(index))))
     return np.ascontiguousarray(out.astype(dtype, copy=False))
 
 

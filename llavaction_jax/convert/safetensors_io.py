@@ -6,7 +6,7 @@ tensor (or one device shard of a tensor) at a time. bf16 stays bf16 (numpy frame
 """
 import json
 import os
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 from safetensors import safe_open
@@ -162,7 +162,3 @@ def write_sharded(tensors: Iterable[Tuple[str, np.ndarray]], out_dir: str, max_s
                       f, indent=2)
     return weight_map
 
-
-def iter_all(reader: CheckpointReader, keys: Iterable[str]) -> Iterator[Tuple[str, np.ndarray]]:
-    for k in keys:
-        yield k, reader.read(k)
