@@ -1,5 +1,6 @@
 """KV-cache greedy generation == repeated full forwards (batch of 2, different prompt lengths, video)."""
 import numpy as np
+import pytest
 from flax import nnx
 
 from configs import tiny
@@ -57,9 +58,9 @@ def test_kv_cache_generation_matches_full_forward():
 
 
 def test_generate_text_only_and_jit_reuse():
-    """Text-only prompts (pixel_values None) and repeated calls with the same shapes reuse the compile."""
+    """Text-only prompts (pixel_values None), unrolled layers, and repeated calls reuse the compile."""
     cfg = tiny.get_config().model
-    cfg.action_token = False
+    cfg.action_token, cfg.scan_layers = False, False
     model = LlavaActionModel(cfg, rngs=nnx.Rngs(0))
     prompts = [[1, 5, 6, 7, 8], [1, 5]]
     ids = np.array([[1, 5, 6, 7, 8], [1, 5, 0, 0, 0]], np.int32)
@@ -72,3 +73,5 @@ def test_generate_text_only_and_jit_reuse():
     again = generate(model, ids, None, mask, 4, eos_id=[want[0][1], -2])   # other eos ids: no recompile
     assert _generate._cache_size() == size
     assert np.asarray(again)[0].tolist() == want[0][:2] + [0, 0]
+    with pytest.raises(ValueError, match="row 1 is not right-padded"):
+        generate(model, ids, None, np.array([[1, 1, 1, 1, 1], [0, 1, 1, 0, 0]]), 4, eos_id=2)

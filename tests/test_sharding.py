@@ -1,6 +1,5 @@
 """Mesh construction, logical->mesh rules, sharded init and sharded == single-device forward."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx

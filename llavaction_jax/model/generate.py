@@ -62,6 +62,7 @@ def generate(model, input_ids, pixel_values, attention_mask, max_new_tokens, eos
         raise ValueError(f"attention_mask {attention_mask.shape} != input_ids {input_ids.shape}")
     if not isinstance(input_ids, jax.core.Tracer):
         model._check_slots(input_ids, pixel_values)
+        model.check_right_padded(attention_mask)
         if (attention_mask.sum(-1) == 0).any():
             raise ValueError("generate: every prompt needs at least one real token (attention_mask row of zeros)")
     graphdef, state = nnx.split(model)

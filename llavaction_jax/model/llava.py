@@ -133,8 +133,20 @@ class LlavaActionModel(nnx.Module):
         h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
         return self.action(h)
 
+    @staticmethod
+    def check_right_padded(attention_mask):
+        """Eager-mode check that each mask row is 1...1 0...0 (attention uses per-sample key lengths)."""
+        if attention_mask is None or isinstance(attention_mask, jax.core.Tracer):
+            return
+        mask = np.asarray(attention_mask).astype(bool)
+        bad = (mask[:, 1:] & ~mask[:, :-1]).any(axis=1)
+        if bad.any():
+            raise ValueError(f"attention_mask row {int(np.argmax(bad))} is not right-padded (a 1 follows a 0); "
+                             "the model expects real tokens first, padding last")
+
     def hidden_states(self, input_ids, pixel_values=None, attention_mask=None):
         """Final-norm hidden states [B, L, H] and the video slot mask (for chunked losses)."""
+        self.check_right_padded(attention_mask)
         embeds, slots = self.embed_inputs(input_ids, pixel_values)
         bsz, length = input_ids.shape
         positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (bsz, length))
