@@ -45,7 +45,9 @@ def main(argv=None):
     exp.add_argument("src")
     exp.add_argument("dst")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Our notes (quirks applied, unused keys) at INFO; Orbax's per-save chatter stays at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("llavaction_jax").setLevel(logging.INFO)
 
     from llavaction_jax.convert import api
     if args.command == "import":
