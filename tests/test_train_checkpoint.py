@@ -77,3 +77,39 @@ def test_checkpoint_from_another_model_size_is_a_clear_error(good_run, tmp_path)
     with pytest.raises(checkpointing.CheckpointMismatchError,
                        match=r"parameter '[a-z_/]+' has shape \(.*64.*\) in the checkpoint but \(.*32.*\) in this model"):
         loop.train(other, str(tmp_path / "w"), train_iter=iter([]), mesh=mesh)
+
+
+def test_eval_hook_is_called_with_the_model(tmp_path):
+    cfg = _config()
+    cfg.train.update(eval_every=1, checkpoint_every=1)
+    mesh = _mesh(cfg)
+    calls = []
+
+    def eval_fn(model, step):
+        calls.append(step)
+        return {"norm_scale_sum": float(np.sum(np.asarray(model.llm.norm.scale[...])))}
+
+    it = _Limited(synthetic.ArrayBatchIterator(_arrays(cfg), 8, mesh, seed=0), 2)
+    summary = loop.train(cfg, str(tmp_path), train_iter=it, eval_fn=eval_fn, mesh=mesh)
+    assert calls == [1, 2]
+    import json
+    with open(tmp_path / "metrics.jsonl") as f:
+        evals = [r for r in map(json.loads, f) if r["prefix"] == "eval"]
+    assert [r["step"] for r in evals] == [1, 2]
+    final = float(np.sum(jax.device_get(summary["state"]["params"]["llm"]["norm"]["scale"])))
+    assert evals[-1]["norm_scale_sum"] == pytest.approx(final)
+
+
+def test_init_from_a_train_checkpoint(good_run, tmp_path):
+    cfg, mesh, workdir, _ = good_run
+    from llavaction_jax.train import state as state_lib
+    setup = state_lib.build_setup(cfg, mesh)
+    params = loop._load_pretrained_params(workdir + "/checkpoints/2", setup, cfg)
+    saved, _ = checkpointing.Checkpointer(workdir + "/checkpoints").restore(2, setup.abstract_state)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(saved["params"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    cfg = _config()
+    cfg.train.update(init_from=workdir + "/checkpoints/2", checkpoint_every=1)
+    it = _Limited(synthetic.ArrayBatchIterator(_arrays(cfg), 8, mesh, seed=0), 1)
+    summary = loop.train(cfg, str(tmp_path), train_iter=it, mesh=mesh)
+    assert summary["start_step"] == 0 and summary["final_step"] == 1 and np.isfinite(summary["losses"][0])

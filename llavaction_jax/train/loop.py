@@ -97,18 +97,15 @@ def _init_from(config) -> str:
 
 
 def _load_pretrained_params(path, setup, config):
-    """Params from an Orbax params dir written by `python -m llavaction_jax.convert import`."""
+    """Params (pure dict, in the train shardings and param dtype) from `llavaction_jax.load_pretrained`:
+    an Orbax dir of `python -m llavaction_jax.convert import`, an HF/llava_qwen dir or a train checkpoint."""
     import llavaction_jax
-    if hasattr(llavaction_jax, "load_pretrained"):
-        model = llavaction_jax.load_pretrained(path, config.model, setup.mesh)
-        from flax import nnx
-        return nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    import orbax.checkpoint as ocp
-    with ocp.StandardCheckpointer() as ckptr:
-        meta = ckptr.metadata(path)
-        tree = getattr(meta, "item_metadata", meta)
-        checkpointing.check_compatible(tree, setup.abstract_state["params"], f"init_from {path}")
-        return ckptr.restore(path, setup.abstract_state["params"])
+    from flax import nnx
+    model, _ = llavaction_jax.load_pretrained(path, dtype=config.model.param_dtype, mesh=setup.mesh,
+                                              rules=config.get("sharding_rules"))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    checkpointing.check_compatible(params, setup.abstract_state["params"], f"init_from {path}")
+    return jax.device_put(params, setup.shardings["params"])
 
 
 class _StepLog:

@@ -154,8 +154,8 @@ def init_state(setup: TrainSetup, config):
 def init_state_from_params(setup: TrainSetup, config, params):
     """Train state around given (already placed) parameters, e.g. a converted pretrained checkpoint."""
     from llavaction_jax.train.checkpointing import check_compatible
-    check_compatible(params, setup.abstract_state["params"], f"init_from {config.train.init_from}")
-    params = jax.tree.map(lambda x, a: jnp.asarray(x, a.dtype), params, setup.abstract_state["params"])
+    check_compatible(params, setup.abstract_state["params"], "init_from params")
+    params = jax.tree.map(lambda x, a: x.astype(a.dtype), params, setup.abstract_state["params"])
     with jax.set_mesh(setup.mesh):
         return jax.jit(lambda p: _state_from_params(setup, p, int(config.seed)),
                        in_shardings=(setup.shardings["params"],), out_shardings=setup.shardings,
