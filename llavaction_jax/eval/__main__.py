@@ -1,0 +1,78 @@
+"""CLI: evaluate a checkpoint on EK100-MQA (JSONL + videos, or TFRecords) or a generic video multiple-choice JSONL.
+
+python -m llavaction_jax.eval --checkpoint DIR --data X.jsonl|'shards-*.tfrecord' [--video_root ROOT] --out OUT
+
+--checkpoint: a training workdir (llavaction_jax.train) or a converted / HF checkpoint dir (see eval/checkpoint.py).
+--data: MQA JSONL (frames read from --video_root with data_prep.video, layout --video_layout), MQA TFRecords
+  (comma-separated globs; frames inside), or a generic MC JSONL ({"video", "start", "end", "question", "options",
+  "answer"} per line; detected automatically; relative video paths are under --video_root).
+Writes OUT/predictions.jsonl, OUT/summary.json, OUT/report.html (+ PNGs) on process 0. Multi-process: every
+process runs the same command (jax.distributed is initialised from the environment or the flags below).
+"""
+import argparse
+import json
+import os
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m llavaction_jax.eval", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="training workdir or converted/HF checkpoint dir")
+    p.add_argument("--data", required=True, help="MQA .jsonl, generic MC .jsonl, or TFRecord glob(s)")
+    p.add_argument("--out", required=True, help="output dir for predictions, summary and report")
+    p.add_argument("--video_root", default=None, help="root of the videos for JSONL data")
+    p.add_argument("--video_layout", default="original", choices=("original", "chunks", "frames"))
+    p.add_argument("--chunk_len", type=int, default=15, help="chunk length (s) of the 'chunks' layout")
+    p.add_argument("--tokenizer", default=None, help="dir with tokenizer.json (default: from the checkpoint)")
+    p.add_argument("--methods", default=None, help="comma list of letters,generate (default: config.eval.methods)")
+    p.add_argument("--batch_size", type=int, default=None, help="global eval batch size (default: config)")
+    p.add_argument("--max_new_tokens", type=int, default=None)
+    p.add_argument("--num_frames", type=int, default=None, help="frames per clip (default: config.data.num_frames)")
+    p.add_argument("--no_time_instruction", action="store_true", help="do not insert the time instruction")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
+    p.add_argument("--coordinator_address", default=None)
+    p.add_argument("--num_processes", type=int, default=None)
+    p.add_argument("--process_id", type=int, default=None)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from llavaction_jax import distributed
+    distributed.initialize_from_env(args.coordinator_address, args.num_processes, args.process_id)
+    import jax
+    from llavaction_jax.eval import samples
+    from llavaction_jax.eval.checkpoint import load_for_eval
+    from llavaction_jax.eval.report import summary_rows
+    from llavaction_jax.eval.run import evaluate_source
+
+    model, tok, config, mesh = load_for_eval(args.checkpoint, tokenizer=args.tokenizer)
+    if args.num_frames is not None:
+        config.data.num_frames = args.num_frames
+    if args.no_time_instruction:
+        config.data.add_time_instruction = False
+    if args.max_new_tokens is not None:
+        config.eval.max_new_tokens = args.max_new_tokens
+    frames, size = int(config.data.num_frames), int(config.model.vision.image_size)
+    if args.data.endswith(".jsonl"):
+        if not os.path.isfile(args.data):
+            raise SystemExit(f"--data {args.data}: file not found")
+        if samples.is_generic_jsonl(args.data):
+            source = samples.generic_mc_source(args.data, args.video_root, frames, size, limit=args.limit)
+        else:
+            source = samples.mqa_jsonl_source(args.data, args.video_root, frames, size, args.video_layout,
+                                              args.chunk_len, limit=args.limit)
+    else:
+        source = samples.tfrecord_source(args.data, frames, limit=args.limit)
+    methods = tuple(m for m in args.methods.split(",") if m) if args.methods else None
+    _, summary, paths = evaluate_source(model, tok, config, mesh, source, out_dir=args.out, methods=methods,
+                                        batch_size=args.batch_size)
+    if jax.process_index() == 0:
+        for a, b, c in summary_rows(summary):
+            print(f"{a + (f' [{b}]' if b else ''):<70} {c}")
+        print(json.dumps({k: v for k, v in paths.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""predict CLI and eval CLI on a converted-format (Orbax) checkpoint of a random tiny model."""
+import json
+import os
+
+import pytest
+from flax import nnx
+
+from configs import tiny
+from data_prep import synthetic
+from llavaction_jax import predict
+from llavaction_jax import sharding as shd
+from llavaction_jax.convert import api as convert_api
+from llavaction_jax.eval import __main__ as eval_cli
+from llavaction_jax.input.tokenizer import train_tiny_tokenizer
+
+OPTIONS = ["take plate", "open fridge", "wash knife"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    config = tiny.get_config()
+    ckpt = str(root / "ckpt")
+    texts = [f"A. {o}, B. {o}" for o in OPTIONS] * 10 + ["You are a helpful assistant. assistant user system"] * 5
+    tok = train_tiny_tokenizer(texts, str(root / "tok"), vocab_size=config.model.text.vocab_size)
+    mesh = shd.make_mesh(config.mesh)
+    model = shd.create_sharded_model(config.model, mesh, seed=0)
+    convert_api.save_orbax(ckpt, model, config.model, {"source": "random tiny model for tests"})
+    tok.save(ckpt)
+    video = synthetic.frame_index_video(str(root / "videos"), "original", "P01_01", num_frames=45, fps=15.0,
+                                        size=32)[0]
+    return ckpt, video, root
+
+
+def test_predict_cli_options(checkpoint, capsys):
+    ckpt, video, _ = checkpoint
+    assert predict.main(["--checkpoint", ckpt, "--video", video, "--start", "0.5", "--end", "2.5",
+                         "--num_frames", "4", "--options", *OPTIONS]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "options: A. take plate, B. open fridge, C. wash knife"
+    answer = [line for line in out if line.startswith("answer: ")]
+    assert len(answer) == 1 and answer[0][len("answer: "):] in ("A. take plate", "B. open fridge", "C. wash knife")
+    assert any(line.startswith("generated: ") for line in out)
+
+
+def test_predict_cli_question(checkpoint, capsys):
+    ckpt, video, _ = checkpoint
+    assert predict.main(["--checkpoint", ckpt, "--video", video, "--num_frames", "4", "--max_new_tokens", "3",
+                         "--question", "What am I doing?"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith("answer: ")
+
+
+def test_predict_rejects_bad_input(checkpoint):
+    ckpt, video, root = checkpoint
+    with pytest.raises(SystemExit):
+        predict.main(["--checkpoint", ckpt, "--video", video, "--options", "a", "--question", "q"])
+    with pytest.raises(Exception, match="not found"):
+        predict.main(["--checkpoint", ckpt, "--video", str(root / "missing.mp4"), "--num_frames", "4",
+                      "--options", "a", "b"])
+
+
+def test_eval_cli_on_mqa_jsonl(checkpoint, tmp_path, capsys):
+    """MQA JSONL + video root (data_prep.video 'original' layout) through the eval CLI."""
+    ckpt, _, root = checkpoint
+    vroot = str(tmp_path / "videos")
+    rows = [{"id": f"P02_01_{i}", "video_id": "P02_01", "verb_class": i % 2, "noun_class": i % 3,
+             "start_timestamp": 0.5 + 1.5 * i, "stop_timestamp": 1.5 + 1.5 * i} for i in range(3)]
+    synthetic.make_synthetic_dataset(rows, vroot, layout="original", fps=10.0, size=32)
+    data = tmp_path / "mqa.jsonl"
+    with open(data, "w") as f:
+        for i, r in enumerate(rows):
+            opts = [f"{chr(65 + j)}. {o}" for j, o in enumerate(OPTIONS)]
+            f.write(json.dumps({
+                "id": r["id"], "video_id": "P02_01", "participant_id": "P02", "start_timestamp": r["start_timestamp"],
+                "stop_timestamp": r["stop_timestamp"], "options": opts, "answer": "ABC"[i], "source": "random",
+                "mode": "benchmark", "verb_class": r["verb_class"], "noun_class": r["noun_class"], "action_id": i,
+                "option_actions": ["0:0", "1:1", "0:2"],
+                "conversations": [{"from": "human", "value": "<image>\n" + ", ".join(opts)},
+                                  {"from": "gpt", "value": opts[i]}]}) + "\n")
+    out = str(tmp_path / "out")
+    assert eval_cli.main(["--checkpoint", ckpt, "--data", str(data), "--video_root", vroot, "--out", out,
+                          "--num_frames", "4", "--max_new_tokens", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "MQA accuracy [letters]" in printed and "MQA accuracy [generate]" in printed
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert summary["num_samples"] == 3 and summary["letters"]["by_source"]["random"]["n"] == 3
+    preds = [json.loads(line) for line in open(os.path.join(out, "predictions.jsonl"))]
+    assert [p["id"] for p in preds] == [r["id"] for r in rows]
+    for p in preds:
+        assert {"letter_pred", "gen_pred", "raw_generation", "letter_correct", "gen_correct", "options",
+                "answer"} <= set(p)
+    html = open(os.path.join(out, "report.html")).read()
+    assert 'src="samples.png"' in html and os.path.getsize(os.path.join(out, "samples.png")) > 1000
