@@ -1,0 +1,53 @@
+"""Demo smoke test: the whole pipeline on a drastically reduced setting (one copy per row, 2 train steps).
+
+The demo's real claim (>= 80% MQA accuracy in <= 10 minutes on 2 CPU cores) is measured by running
+`python -m llavaction_jax.demo --workdir DIR`, not here.
+"""
+import json
+import os
+
+import pytest
+
+from configs import demo as demo_config
+from llavaction_jax import demo
+
+
+def test_select_rows_splits_per_action():
+    segments, _ = demo.load_rows()
+    train, held_out = demo.select_rows(segments, (0, 3), (3, 137), eval_fraction=0.25, seed=0)
+    assert {s.verb_class for s in train + held_out} <= {0, 3} and {s.noun_class for s in train} <= {3, 137}
+    assert not {s.narration_id for s in train} & {s.narration_id for s in held_out}
+    # Every held-out action also has training rows.
+    assert {s.vn for s in held_out} <= {s.vn for s in train}
+    assert len(train) + len(held_out) == sum(1 for s in segments if s.verb_class in (0, 3) and s.noun_class in (3, 137))
+    with pytest.raises(ValueError, match="no annotation row"):
+        demo.select_rows(segments, (96,), (299,), 0.25, 0)
+
+
+def test_demo_smoke(tmp_path):
+    config = demo_config.get_config()
+    config.demo.train_copies = 1
+    config.demo.eval_copies = 1
+    config.train.num_steps = 2
+    config.eval.max_new_tokens = 4
+    result = demo.run(config, str(tmp_path), quiet=True)
+    summary = json.load(open(tmp_path / "demo_summary.json"))
+    assert summary["train"]["final_step"] == 2
+    data = summary["data"]
+    assert data["num_actions"] == 14
+    assert data["train"]["num_clips"] == data["real_rows"]["train"]
+    # Eval: one benchmark and one random question per held-out clip, all evaluated by both methods.
+    assert data["eval"]["num_questions"] == 2 * data["eval"]["num_clips"]
+    ev = summary["eval_summary"]
+    assert ev["num_samples"] == data["eval"]["num_questions"]
+    assert set(ev["letters"]["by_source"]) == {"random", "synthetic-tim"}
+    assert 0.0 <= result["accuracy_letters"] <= 1.0 and ev["chance"] == pytest.approx(0.2)
+    for key in ("predictions", "summary", "report.html", "samples.png"):
+        assert os.path.getsize(summary["eval_files"][key]) > 0
+    hf = summary["hf_check"]
+    if "skipped" not in hf:
+        # The exported HF checkpoint reloads in transformers with the same logits.
+        assert hf["text_only"]["max_abs_diff"] < 1e-4 and hf["text_only"]["same_argmax"]
+        assert hf["video_hf_layout"]["max_abs_diff"] < 1e-4
+        assert hf["video_hf_layout"]["video_tokens"] == 4 * 2 * 2 + 1
+    assert set(summary["stages_s"]) >= {"tokenizer", "eval (letters + generation)"}
