@@ -333,11 +333,22 @@ def test_two_process_import_and_export(hf_dir, tmp_path):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     args = [str(port), path, str(ref), str(tmp_path / "orbax"), str(tmp_path / "out"), repo]
-    procs = [subprocess.Popen([sys.executable, str(worker), str(i)] + args, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outs = [p.communicate(timeout=240)[0] for p in procs]
-    for i, (p, o) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0 and f"worker {i} ok" in o, o[-3000:]
+    # Logs go to files: a full stdout pipe would block one worker inside a collective and hang the other.
+    logs = [open(tmp_path / f"worker{i}.log", "w") for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, str(worker), str(i)] + args, env=env, stdout=logs[i],
+                              stderr=subprocess.STDOUT) for i in range(2)]
+    try:
+        for p in procs:
+            p.wait(timeout=240)
+    finally:
+        for p, log in zip(procs, logs):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            log.close()
+    for i, p in enumerate(procs):
+        out = (tmp_path / f"worker{i}.log").read_text()
+        assert p.returncode == 0 and f"worker {i} ok" in out, out[-3000:]
     with safe_open(os.path.join(path, "model.safetensors"), "np") as a, \
             safe_open(str(tmp_path / "out" / "model.safetensors"), "np") as b:
         assert set(a.keys()) == set(b.keys())

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-STEPS = 12
+STEPS = 30      # long enough that SIGTERM (sent at step 2) lands mid-run even on a loaded machine
 OVERRIDES = ["--config.train.synthetic_samples=24", "--config.train.synthetic_seq_len=64",
              f"--config.train.num_steps={STEPS}", "--config.train.log_every=1", "--config.train.progress_bar=False",
              "--config.mesh.data=-1"]

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llavaction_jax.model.layers import Build, Dense, Embed, RMSNorm, attention, run_layers
+from llavaction_jax.model.layers import Build, Dense, Embed, RMSNorm, attention, constrain_batch, run_layers
 from llavaction_jax.model.spec import ModelSpec
 
 
@@ -108,6 +108,7 @@ class Qwen2Decoder(nnx.Module):
         self.head_dim, self.rope_theta = t.head_dim, t.rope_theta
         self.scan, self.remat = spec.scan_layers, spec.remat_policy
         self.dtype = dtype
+        self.rules = b.rules
 
     def __call__(self, embeds, positions, kv_lengths=None, *, return_kv=False):
         """Full-sequence pass. embeds [B, T, H]; positions [B, T]; kv_lengths [B] (right padding).
@@ -118,7 +119,8 @@ class Qwen2Decoder(nnx.Module):
 
         def body(layer, h, _):
             h, kv = layer(h, cos, sin, kv_lengths)
-            return h, (kv if return_kv else None)
+            # Keep the residual stream batch-sharded between layers (GSPMD may drift otherwise).
+            return constrain_batch(h, self.rules), (kv if return_kv else None)
 
         h, kv = run_layers(self.layers, embeds.astype(self.dtype), None, body, scan=self.scan,
                            remat_policy=self.remat)

@@ -3,7 +3,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llavaction_jax.model.layers import Build, Dense, Embed, LayerNorm, attention, normal, run_layers, zeros
+from llavaction_jax.model.layers import (Build, Dense, Embed, LayerNorm, attention, constrain_batch, normal,
+                                         run_layers, zeros)
 from llavaction_jax.model.spec import ModelSpec
 
 
@@ -90,9 +91,10 @@ class VisionEncoder(nnx.Module):
         self.layers = VisionEncoderLayers(b, spec, dtype)
         self.scan = spec.scan_layers
         self.remat = spec.remat_policy
+        self.rules = b.rules
 
     def __call__(self, x):
-        x, _ = run_layers(self.layers, x, None, lambda layer, h, _: (layer(h), None),
+        x, _ = run_layers(self.layers, x, None, lambda layer, h, _: (constrain_batch(layer(h), self.rules), None),
                           scan=self.scan, remat_policy=self.remat)
         return x
 
