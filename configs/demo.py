@@ -27,11 +27,14 @@ def get_config(arg=None):
     config.data.length_buckets = (192, 256)
     config.data.global_batch_size = 16
     config.data.shuffle_buffer = 256
-    config.optim.lr = 3e-3
-    config.optim.vision_lr = 1e-2
+    # 3e-4 for every module: at 3e-3 (the tiny test config's rate) the decoder never learns to read the video
+    # tokens (action heads stuck at the class prior after 2000 steps); at 3e-4 the heads reach 100% on the training
+    # clips by step ~500.
+    config.optim.lr = 3e-4
+    config.optim.vision_lr = 3e-4
     config.optim.warmup_ratio = 0.05
     config.optim.weight_decay = 0.0
-    config.train.num_steps = 600
+    config.train.num_steps = 800
     config.train.log_every = 50
     config.train.checkpoint_every = 0
     config.train.keep_checkpoints = 1
@@ -45,7 +48,7 @@ def get_config(arg=None):
         # The renderer draws noun -> colour/shape and verb -> motion direction, so the chosen classes must have
         # distinct looks: verbs 0..7 move in 8 directions, the nouns below differ in colour or shape.
         verbs=(0, 1, 3, 4),               # take, put, open, close
-        nouns=(3, 137, 23, 2, 12, 8),     # cupboard, pie, tupperware, plate, fridge, drawer
+        nouns=(3, 137, 23, 2, 12, 8),     # cupboard, pie, box, plate, fridge, drawer
         eval_fraction=0.25,               # of the real rows, held out (their clips are only used for eval)
         train_copies=8,                   # rendered copies of each train row (new background + timing each)
         eval_copies=2,
@@ -59,6 +62,9 @@ def get_config(arg=None):
         eval_modes=("benchmark", "random"),
         prediction_top1=0.6,              # synthetic action-model predictions (confusable distractors)
         accuracy_target=0.8,
+        # The method the target is checked on: "generate" is the reference's protocol (greedy answer, then the
+        # original parser matches its text to an option); "letters" (next-token logits of A..E) is reported too.
+        target_method="generate",
         seed=0,
     ))
     return config

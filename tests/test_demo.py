@@ -42,6 +42,9 @@ def test_demo_smoke(tmp_path):
     assert ev["num_samples"] == data["eval"]["num_questions"]
     assert set(ev["letters"]["by_source"]) == {"random", "synthetic-tim"}
     assert 0.0 <= result["accuracy_letters"] <= 1.0 and ev["chance"] == pytest.approx(0.2)
+    # The target is checked on the reference protocol (generation + the original parser).
+    assert summary["target_method"] == "generate"
+    assert summary["target_met"] == (result["accuracy_generate"] >= summary["target"])
     for key in ("predictions", "summary", "report.html", "samples.png"):
         assert os.path.getsize(summary["eval_files"][key]) > 0
     hf = summary["hf_check"]
