@@ -11,4 +11,5 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
-EK100_DIR = os.environ.get("EK100_DIR", os.path.join(os.path.dirname(REPO_ROOT), "shared", "ek100"))
+# Real EK100 annotation CSVs (CC BY-NC 4.0, credited in tests/data/ek100/README.md); EK100_DIR overrides.
+EK100_DIR = os.environ.get("EK100_DIR", os.path.join(REPO_ROOT, "tests", "data", "ek100"))
