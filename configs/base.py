@@ -116,5 +116,6 @@ def get_base_config():
 
   config.eval = ml_collections.ConfigDict(dict(
       batch_size=8, max_new_tokens=32, methods=("letters", "generate"),
+      max_samples=0,               # periodic eval during training: first N records of data.eval_files (0 = all)
   ))
   return config

@@ -36,3 +36,37 @@ def test_resume_on_tfrecords_sees_the_same_batches(data_config, tmp_path):
     rest = loop.train(cfg, str(tmp_path / "part"), mesh=mesh)      # restores the model AND the reader position
     assert rest["start_step"] == 2
     assert part["losses"] + rest["losses"] == full["losses"]
+
+
+def test_periodic_eval_on_tfrecords_logs_and_writes_reports(data_config, tmp_path):
+    import json
+    import os
+    from llavaction_jax.eval.run import periodic_eval_fn
+    cfg = data_config.copy_and_resolve_references()
+    cfg.data.eval_files = cfg.data.train_files
+    cfg.eval.update(max_samples=6, batch_size=4, max_new_tokens=4)
+    cfg.train.update(eval_every=2, num_steps=3, checkpoint_every=0)
+    mesh = _mesh(cfg)
+    workdir = str(tmp_path / "run")
+    loop.train(cfg, workdir, eval_fn=periodic_eval_fn(cfg, mesh, workdir), mesh=mesh)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        evals = [r for r in map(json.loads, f) if r["prefix"] == "eval"]
+    assert [r["step"] for r in evals] == [2]                  # every 2 steps: step 2 only in a 3-step run
+    with open(os.path.join(workdir, "eval", "step_2", "predictions.jsonl")) as f:
+        preds = [json.loads(line) for line in f]
+    assert len(preds) == 6
+    # The logged scalars are the accuracies of exactly these predictions.
+    assert evals[0]["letters_accuracy"] == pytest.approx(np.mean([p["letter_correct"] for p in preds]))
+    assert evals[0]["generate_accuracy"] == pytest.approx(np.mean([p["gen_correct"] for p in preds]))
+    assert os.path.getsize(os.path.join(workdir, "eval", "step_2", "report.html")) > 0
+
+
+def test_periodic_eval_needs_eval_files(data_config):
+    from llavaction_jax.eval.run import periodic_eval_fn
+    cfg = data_config.copy_and_resolve_references()
+    cfg.data.eval_files = ""
+    with pytest.raises(ValueError, match="needs config.data.eval_files"):
+        periodic_eval_fn(cfg, _mesh(cfg), "/nonexistent")
+    cfg.data.eval_files = "/nonexistent/eval-*.tfrecord"
+    with pytest.raises(FileNotFoundError, match="no TFRecord files match"):
+        periodic_eval_fn(cfg, _mesh(cfg), "/nonexistent")

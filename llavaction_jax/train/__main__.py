@@ -1,5 +1,8 @@
 """CLI: python -m llavaction_jax.train --config configs/tiny.py --workdir DIR [--config.optim.lr=2e-5 ...]
 
+With config.train.eval_every > 0 it evaluates config.data.eval_files (MQA TFRecords) every that many steps:
+scalars to metrics.jsonl/TensorBoard (prefix "eval"), predictions + report under <workdir>/eval/step_<N>.
+
 Multi-process runs (TPU pods, SLURM GPU clusters, or --coordinator_address/--num_processes/--process_id)
 are initialised from the environment before any device is touched.
 """
@@ -22,8 +25,15 @@ def main(argv):
     del argv
     from llavaction_jax import distributed
     distributed.initialize_from_env(_COORD.value, _NPROC.value, _PID.value)
+    from llavaction_jax import sharding as shd
     from llavaction_jax.train.loop import train
-    summary = train(_CONFIG.value, _WORKDIR.value)
+    config = _CONFIG.value
+    mesh = shd.make_mesh(config.mesh)
+    eval_fn = None
+    if int(config.train.eval_every) > 0:
+        from llavaction_jax.eval.run import periodic_eval_fn
+        eval_fn = periodic_eval_fn(config, mesh, _WORKDIR.value)
+    summary = train(config, _WORKDIR.value, eval_fn=eval_fn, mesh=mesh)
     report = {k: summary[k] for k in ("start_step", "final_step", "preempted", "data_exhausted", "saved_steps")}
     report["last_loss"] = summary["losses"][-1] if summary["losses"] else None
     logging.info("training finished: %s", json.dumps(report))
