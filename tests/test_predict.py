@@ -92,3 +92,30 @@ def test_eval_cli_on_mqa_jsonl(checkpoint, tmp_path, capsys):
                 "answer"} <= set(p)
     html = open(os.path.join(out, "report.html")).read()
     assert 'src="samples.png"' in html and os.path.getsize(os.path.join(out, "samples.png")) > 1000
+
+
+def test_eval_cli_frames_layout_needs_and_takes_fps(checkpoint, tmp_path, capsys):
+    """Extracted JPEG frames carry no frame rate: --fps (or --fps_csv) gives it; without it the error says so."""
+    ckpt, _, _ = checkpoint
+    vroot = str(tmp_path / "frames")
+    rows = [{"id": "P03_01_0", "video_id": "P03_01", "verb_class": 0, "noun_class": 1,
+             "start_timestamp": 0.5, "stop_timestamp": 2.0}]
+    synthetic.make_synthetic_dataset(rows, vroot, layout="frames", fps=10.0, size=32)
+    opts = [f"{chr(65 + j)}. {o}" for j, o in enumerate(OPTIONS)]
+    data = tmp_path / "mqa.jsonl"
+    data.write_text(json.dumps({
+        "id": "P03_01_0", "video_id": "P03_01", "participant_id": "P03", "start_timestamp": 0.5,
+        "stop_timestamp": 2.0, "options": opts, "answer": "A", "source": "random", "mode": "benchmark",
+        "verb_class": 0, "noun_class": 1, "action_id": 1,
+        "conversations": [{"from": "human", "value": "<image>\n" + ", ".join(opts)},
+                          {"from": "gpt", "value": opts[0]}]}) + "\n")
+    base = ["--checkpoint", ckpt, "--data", str(data), "--video_root", vroot, "--video_layout", "frames",
+            "--num_frames", "4", "--max_new_tokens", "2", "--methods", "letters"]
+    with pytest.raises(Exception, match="fps"):
+        eval_cli.main(base + ["--out", str(tmp_path / "no_fps")])
+    csv_path = tmp_path / "video_info.csv"
+    csv_path.write_text("video_id,duration,fps,resolution\nP03_01,5.0,10.0,32x32\n")
+    for flag in (["--fps", "10"], ["--fps_csv", str(csv_path)]):
+        out = tmp_path / ("out" + flag[0])
+        assert eval_cli.main(base + flag + ["--out", str(out)]) == 0
+        assert json.load(open(out / "summary.json"))["num_samples"] == 1

@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video_root", default=None, help="root of the videos for JSONL data")
     p.add_argument("--video_layout", default="original", choices=("original", "chunks", "frames"))
     p.add_argument("--chunk_len", type=int, default=15, help="chunk length (s) of the 'chunks' layout")
+    p.add_argument("--fps", type=float, default=None, help="frame rate of every video (the 'frames' layout needs "
+                   "this or --fps_csv)")
+    p.add_argument("--fps_csv", default=None, help="EPIC_100_video_info.csv: per-video frame rates")
     p.add_argument("--tokenizer", default=None, help="dir with tokenizer.json (default: from the checkpoint)")
     p.add_argument("--methods", default=None, help="comma list of letters,generate (default: config.eval.methods)")
     p.add_argument("--batch_size", type=int, default=None, help="global eval batch size (default: config)")
@@ -60,8 +63,12 @@ def main(argv=None) -> int:
         if samples.is_generic_jsonl(args.data):
             source = samples.generic_mc_source(args.data, args.video_root, frames, size, limit=args.limit)
         else:
+            fps_table = None
+            if args.fps_csv:
+                from data_prep.video import load_video_fps
+                fps_table = load_video_fps(args.fps_csv)
             source = samples.mqa_jsonl_source(args.data, args.video_root, frames, size, args.video_layout,
-                                              args.chunk_len, limit=args.limit)
+                                              args.chunk_len, limit=args.limit, fps=args.fps, fps_table=fps_table)
     else:
         source = samples.tfrecord_source(args.data, frames, limit=args.limit)
     methods = tuple(m for m in args.methods.split(",") if m) if args.methods else None

@@ -16,7 +16,7 @@ import dataclasses
 import glob as globlib
 import json
 import os
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List, Mapping, Optional
 
 import jax
 import numpy as np
@@ -78,12 +78,17 @@ def check_mqa_sample(sample: dict, where: str) -> None:
 
 def mqa_jsonl_source(path: str, video_root: Optional[str], num_frames: int, image_size: int,
                      video_layout: str = "original", chunk_len: int = 15, ext: str = "MP4",
-                     limit: Optional[int] = None) -> Source:
-    """EK100-MQA JSONL with frames read from `video_root` (layout as data_prep.video); no root = text only."""
+                     limit: Optional[int] = None, fps: Optional[float] = None,
+                     fps_table: Optional[Mapping[str, float]] = None) -> Source:
+    """EK100-MQA JSONL with frames read from `video_root` (layout as data_prep.video); no root = text only.
+
+    fps / fps_table (video_id -> fps, e.g. EPIC_100_video_info.csv) as data_prep.video.VideoReader: the extracted
+    `frames` layout has no container to read a rate from and needs one of them.
+    """
     rows = read_jsonl(path)[:limit]
     pid, nproc = _host_slice()
-    reader = video_lib.VideoReader(video_root, video_layout, size=image_size, chunk_len=chunk_len, ext=ext) \
-        if video_root else None
+    reader = video_lib.VideoReader(video_root, video_layout, size=image_size, chunk_len=chunk_len, ext=ext,
+                                   fps=fps, fps_table=fps_table) if video_root else None
     items = []
     for i, sample in enumerate(rows):
         if i % nproc != pid:
