@@ -42,6 +42,16 @@ zeros = jax.nn.initializers.zeros
 ones = jax.nn.initializers.ones
 
 
+def matmul_2d(x, kernel, out_dtype):
+    """x [..., I] @ kernel [I, O] as one 2D matmul over the flattened leading dims.
+
+    Same values as einsum("...i,io->...o"), but XLA:CPU runs the 2D form (and, above all, its weight
+    gradient, which otherwise contracts two dims) about 2x faster; accelerators are indifferent.
+    """
+    y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel, preferred_element_type=out_dtype)
+    return y.reshape(x.shape[:-1] + (kernel.shape[-1],))
+
+
 class Dense(nnx.Module):
     """x @ kernel (+ bias). Kernel stored [in, out]; with `stack=L` every param gets a leading layer axis."""
 
@@ -54,8 +64,7 @@ class Dense(nnx.Module):
 
     def __call__(self, x, out_dtype=None):
         kernel = self.kernel[...].astype(self.dtype)
-        y = jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel,
-                       preferred_element_type=out_dtype or self.dtype)
+        y = matmul_2d(x.astype(self.dtype), kernel, out_dtype or self.dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(y.dtype)
         return y
@@ -107,7 +116,7 @@ class Embed(nnx.Module):
 
     def attend(self, x, out_dtype=jnp.float32):
         table = self.embedding[...].astype(self.dtype)
-        return jnp.einsum("...d,vd->...v", x.astype(self.dtype), table, preferred_element_type=out_dtype)
+        return matmul_2d(x.astype(self.dtype), table.T, out_dtype)
 
 
 def attention(q, k, v, *, implementation, is_causal, kv_lengths=None):
