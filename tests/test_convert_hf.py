@@ -308,6 +308,12 @@ for path, var in api.flat_params(nnx.state(model)).items():
         np.testing.assert_array_equal(np.asarray(shard.data), want[path][shard.index], err_msg=path)
 gate = api.flat_params(nnx.state(model))["llm/layers/mlp/gate_proj/kernel"].get_value()
 assert gate.shape == (2, 64, 128) and gate.addressable_shards[0].data.shape == (2, 16, 128)   # embed / 4 hosts
+if pid == 0:
+    # Process 0 writes model_config.json etc. after the collective save; make it slow so that a process
+    # returning from import before those files exist would fail its export (the race this test guards).
+    import time
+    _copy = api.copy_tokenizer_files
+    api.copy_tokenizer_files = lambda *a, **k: (time.sleep(3), _copy(*a, **k))[1]
 api.import_checkpoint(src, orbax_dir, "hf", mesh=mesh)
 api.export_checkpoint(orbax_dir, out, "hf", mesh=mesh)
 jax.distributed.shutdown()

@@ -257,6 +257,14 @@ def _orbax():
     return ocp
 
 
+def _wait_for_process_0(tag: str) -> None:
+    """Multi-process: nobody returns before process 0 has written its files (a caller on another host may open
+    the directory next, e.g. import then export)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"llavaction_jax.convert.{tag}")
+
+
 def save_orbax(dst: str, model, model_cfg, info: dict, source_dir: Optional[str] = None,
                unused: Sequence[Tuple[str, np.ndarray]] = ()) -> None:
     """Writes the Orbax parameter checkpoint directory (see module docstring)."""
@@ -286,6 +294,7 @@ def save_orbax(dst: str, model, model_cfg, info: dict, source_dir: Optional[str]
                 if os.path.isfile(os.path.join(source_dir, name)):
                     shutil.copyfile(os.path.join(source_dir, name), os.path.join(dst, out))
             copy_tokenizer_files(source_dir, dst)
+    _wait_for_process_0(f"save_orbax:{dst}")
 
 
 def copy_tokenizer_files(src: str, dst: str):
@@ -511,6 +520,7 @@ def export_model(model, model_cfg, dst: str, fmt: str, source_dir: Optional[str]
     else:
         # Other processes take part in the per-tensor all-gathers but write nothing.
         weight_map = {k: "" for k, _ in tensors}
+    _wait_for_process_0(f"export:{dst}")
     for n in notes:
         log.info("%s", n)
     return dict(format=fmt, keys=sorted(weight_map), dropped_params=dropped if fmt == hf.NAME else [],
