@@ -65,10 +65,10 @@ def periodic_eval_fn(config, mesh, workdir: str, tokenizer=None):
         from llavaction_jax.input.tokenizer import Tokenizer
         tokenizer = Tokenizer.load(config.data.tokenizer_path, video_token_id=int(config.model.video_token_id))
     limit = int(config.eval.get("max_samples", 0)) or None
-    samples.tfrecord_source(files, int(config.data.num_frames), limit=limit)    # fail now, not at the first eval
+    # Built once (bad globs fail now, not at the first eval); every call re-reads the records from disk.
+    source = samples.tfrecord_source(files, int(config.data.num_frames), limit=limit)
 
     def eval_fn(model, step):
-        source = samples.tfrecord_source(files, int(config.data.num_frames), limit=limit)
         _, summary, _ = evaluate_source(model, tokenizer, config, mesh, source,
                                         out_dir=os.path.join(workdir, "eval", f"step_{step}"),
                                         title=f"EK100-MQA evaluation at step {step}")
