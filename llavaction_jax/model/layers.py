@@ -119,18 +119,6 @@ class Embed(nnx.Module):
         return matmul_2d(x.astype(self.dtype), table.T, out_dtype)
 
 
-def attention(q, k, v, *, implementation, is_causal, kv_lengths=None):
-    """q [B,T,N,D], k/v [B,S,K,D] (GQA when K < N). Softmax runs in float32 inside jax.nn.dot_product_attention.
-
-    Padding is expressed as per-sample key lengths (right padding), which both the XLA and cuDNN
-    implementations support.
-    """
-    if kv_lengths is not None:
-        kv_lengths = kv_lengths.astype(jnp.int32)
-    return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal, key_value_seq_lengths=kv_lengths,
-                                        implementation=implementation)
-
-
 def run_layers(layers: nnx.Module, carry, xs, body, *, scan: bool, remat_policy: str):
     """Apply `body(layer, carry, x) -> (carry, y)` over a module whose params are stacked on axis 0.
 

@@ -54,7 +54,7 @@ class ActionHeads(nnx.Module):
 
 
 class LlavaActionModel(nnx.Module):
-    """See /work/contracts.md (Model). Construct under `jax.set_mesh(mesh)` for sharded params."""
+    """Construct under `jax.set_mesh(mesh)` for sharded params; see hidden_states / __call__ for the inputs."""
 
     def __init__(self, model_cfg, *, rngs: nnx.Rngs, sharding_rules=None):
         spec = ModelSpec.from_config(model_cfg)
@@ -144,17 +144,23 @@ class LlavaActionModel(nnx.Module):
             raise ValueError(f"attention_mask row {int(np.argmax(bad))} is not right-padded (a 1 follows a 0); "
                              "the model expects real tokens first, padding last")
 
-    def hidden_states(self, input_ids, pixel_values=None, attention_mask=None):
-        """Final-norm hidden states [B, L, H] and the video slot mask (for chunked losses)."""
+    def hidden_states(self, input_ids, pixel_values=None, attention_mask=None, segment_ids=None, positions=None):
+        """Final-norm hidden states [B, L, H] and the video slot mask (for chunked losses).
+
+        Packed rows pass segment_ids [B, L] (1, 2, ... per sample, 0 = padding) and positions [B, L] that
+        restart at 0 in every segment (RoPE per sample); attention then stays inside each segment.
+        """
         self.check_right_padded(attention_mask)
         embeds, slots = self.embed_inputs(input_ids, pixel_values)
         bsz, length = input_ids.shape
-        positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (bsz, length))
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (bsz, length))
         kv_lengths = None if attention_mask is None else attention_mask.astype(jnp.int32).sum(-1)
-        return self.llm(embeds, positions, kv_lengths), slots
+        return self.llm(embeds, positions, kv_lengths, segment_ids), slots
 
-    def __call__(self, input_ids, pixel_values=None, attention_mask=None) -> ModelOutput:
-        hidden, slots = self.hidden_states(input_ids, pixel_values, attention_mask)
+    def __call__(self, input_ids, pixel_values=None, attention_mask=None, segment_ids=None,
+                 positions=None) -> ModelOutput:
+        hidden, slots = self.hidden_states(input_ids, pixel_values, attention_mask, segment_ids, positions)
         logits = self.lm_logits(hidden)
         if not self.spec.action_token:
             return ModelOutput(logits=logits)

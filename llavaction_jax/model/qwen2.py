@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llavaction_jax.model.layers import Build, Dense, Embed, RMSNorm, attention, constrain_batch, run_layers
+from llavaction_jax.model.attention import attention
+from llavaction_jax.model.layers import Build, Dense, Embed, RMSNorm, constrain_batch, run_layers
 from llavaction_jax.model.spec import ModelSpec
 
 
@@ -46,13 +47,13 @@ class DecoderAttention(nnx.Module):
         self.o_proj = Dense(b, t.num_heads * t.head_dim, t.hidden_size, ("heads", "embed"), use_bias=False,
                             stack=n, dtype=dtype)
 
-    def __call__(self, x, cos, sin, kv_lengths, cache=None, cache_pos=None):
+    def __call__(self, x, cos, sin, kv_lengths, cache=None, cache_pos=None, segment_ids=None):
         bsz, length, _ = x.shape
         q = apply_rope(self.q_proj(x).reshape(bsz, length, self.num_heads, self.head_dim), cos, sin)
         k = apply_rope(self.k_proj(x).reshape(bsz, length, self.num_kv_heads, self.head_dim), cos, sin)
         v = self.v_proj(x).reshape(bsz, length, self.num_kv_heads, self.head_dim)
         if cache is None:
-            out = attention(q, k, v, implementation=self.impl, is_causal=True, kv_lengths=kv_lengths)
+            out = attention(q, k, v, impl=self.impl, causal=True, kv_lengths=kv_lengths, segment_ids=segment_ids)
             new_kv = (k, v)
         else:
             k_cache, v_cache = cache
@@ -60,8 +61,8 @@ class DecoderAttention(nnx.Module):
             rows = jnp.arange(bsz)
             k_cache = k_cache.at[rows, cache_pos].set(k[:, 0].astype(k_cache.dtype))
             v_cache = v_cache.at[rows, cache_pos].set(v[:, 0].astype(v_cache.dtype))
-            out = attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), implementation=self.impl,
-                            is_causal=False, kv_lengths=cache_pos + 1)
+            out = attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), impl=self.impl, causal=False,
+                            kv_lengths=cache_pos + 1)
             new_kv = (k_cache, v_cache)
         return self.o_proj(out.reshape(bsz, length, -1)), new_kv
 
@@ -91,8 +92,8 @@ class DecoderLayers(nnx.Module):
         self.post_attention_layernorm = RMSNorm(b, t.hidden_size, t.rms_norm_eps, stack=t.num_layers, dtype=dtype)
         self.mlp = DecoderMLP(b, spec, dtype)
 
-    def __call__(self, x, cos, sin, kv_lengths, cache=None, cache_pos=None):
-        attn, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, kv_lengths, cache, cache_pos)
+    def __call__(self, x, cos, sin, kv_lengths, cache=None, cache_pos=None, segment_ids=None):
+        attn, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, kv_lengths, cache, cache_pos, segment_ids)
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), new_kv
 
@@ -110,15 +111,16 @@ class Qwen2Decoder(nnx.Module):
         self.dtype = dtype
         self.rules = b.rules
 
-    def __call__(self, embeds, positions, kv_lengths=None, *, return_kv=False):
-        """Full-sequence pass. embeds [B, T, H]; positions [B, T]; kv_lengths [B] (right padding).
+    def __call__(self, embeds, positions, kv_lengths=None, segment_ids=None, *, return_kv=False):
+        """Full-sequence pass. embeds [B, T, H]; positions [B, T]; kv_lengths [B] (right padding);
+        segment_ids [B, T] (packing: attention stays within a segment, 0 = padding).
 
         With return_kv, also returns stacked per-layer (k, v), each [layers, B, T, K, D], to seed a cache.
         """
         cos, sin = rope_tables(positions, self.head_dim, self.rope_theta)
 
         def body(layer, h, _):
-            h, kv = layer(h, cos, sin, kv_lengths)
+            h, kv = layer(h, cos, sin, kv_lengths, segment_ids=segment_ids)
             # Keep the residual stream batch-sharded between layers (GSPMD may drift otherwise).
             return constrain_batch(h, self.rules), (kv if return_kv else None)
 

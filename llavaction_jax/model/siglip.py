@@ -3,8 +3,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from llavaction_jax.model.layers import (Build, Dense, Embed, LayerNorm, attention, constrain_batch, normal,
-                                         run_layers, zeros)
+from llavaction_jax.model.attention import attention
+from llavaction_jax.model.layers import Build, Dense, Embed, LayerNorm, constrain_batch, normal, run_layers, zeros
 from llavaction_jax.model.spec import ModelSpec
 
 
@@ -55,7 +55,7 @@ class VisionAttention(nnx.Module):
         bsz, t, d = x.shape
         heads = lambda y: y.reshape(bsz, t, self.num_heads, d // self.num_heads)
         out = attention(heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x)),
-                        implementation=self.impl, is_causal=False)
+                        impl=self.impl, causal=False)
         return self.out_proj(out.reshape(bsz, t, d))
 
 
