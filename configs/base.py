@@ -26,6 +26,14 @@ DEFAULT_SHARDING_RULES = (
     ("action_classes", None),
     ("seq", None),
     ("norm", None),
+    # Activations (logical constraints at every layer boundary; params use the names above). The residual
+    # stream stays whole on 'tensor' (Megatron style: heads / mlp / vocab activations are split, the
+    # o_proj / down_proj outputs are all-reduced); map 'seq' to a mesh axis for sequence sharding.
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
 )
 
 
@@ -64,7 +72,11 @@ def model_config(**overrides):
       dtype="float32",             # compute dtype
       param_dtype="float32",
       scan_layers=True,
-      remat_policy="none",         # none | full | dots_saveable | dots_with_no_batch_dims_saveable
+      # Decoder / vision-tower remat policies (llavaction_jax/model/remat.py POLICIES): none | full |
+      # save_qkv_proj | save_dot_except_mlp | save_all_named |
+      # offload_dot_except_mlp | dots_saveable | dots_with_no_batch_dims_saveable. "" = same as the decoder.
+      remat_policy="none",
+      vision_remat_policy="",
       attention_impl="xla",        # xla | cudnn (jax.nn.dot_product_attention implementation)
   ))
   c.update(overrides)

@@ -5,13 +5,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llavaction_jax import sharding as shd
+from llavaction_jax.model import remat
 
-REMAT = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
 
 
 class Build:
@@ -132,7 +127,7 @@ def run_layers(layers: nnx.Module, carry, xs, body, *, scan: bool, remat_policy:
         return body(nnx.merge(graphdef, layer_state), c, x)
 
     if remat_policy != "none":
-        step = jax.checkpoint(step, policy=REMAT[remat_policy], prevent_cse=not scan)
+        step = jax.checkpoint(step, policy=remat.POLICIES[remat_policy], prevent_cse=not scan)
     if scan:
         return jax.lax.scan(step, carry, (state, xs))
     num = jax.tree.leaves(state)[0].shape[0]
@@ -144,13 +139,16 @@ def run_layers(layers: nnx.Module, carry, xs, body, *, scan: bool, remat_policy:
     return carry, ys
 
 
-def constrain_batch(x, rules):
-    """Shard dim 0 of an activation over the batch mesh axes when running under a mesh."""
+def constrain(x, logical_axes, rules):
+    """Pin an activation's sharding from its logical axes (e.g. ('batch', 'seq', 'act_embed')) under a mesh.
+
+    Shape-aware like the parameters (a mesh axis that does not divide a dimension is dropped), so the same
+    call serves every mesh; without a mesh it is the identity.
+    """
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return x
-    axes = ("batch",) + (None,) * (x.ndim - 1)
-    spec = shd.logical_to_mesh_spec(axes, rules, x.shape, mesh)
+    spec = shd.logical_to_mesh_spec(logical_axes, rules, x.shape, mesh)
     return jax.lax.with_sharding_constraint(x, spec)
 
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from llavaction_jax.model.layers import Build, Dense, as_dtype, constrain_batch, normal
+from llavaction_jax.model.layers import Build, Dense, as_dtype, constrain, normal
 from llavaction_jax.model.layout import arrange_video_tokens, splice_video_tokens
 from llavaction_jax.model.pooling import pool2d
 from llavaction_jax.model.qwen2 import Qwen2Decoder
@@ -117,7 +117,7 @@ class LlavaActionModel(nnx.Module):
         embeds = self.llm.embed_tokens(jnp.where(slots | (input_ids < 0), 0, input_ids))
         if pixel_values is not None:
             embeds = splice_video_tokens(embeds, slots, self.video_tokens(pixel_values))
-        return constrain_batch(embeds, self.rules), slots
+        return constrain(embeds, ("batch", "seq", "act_embed"), self.rules), slots
 
     # ---- heads ----------------------------------------------------------------------------------
     def lm_logits(self, hidden):

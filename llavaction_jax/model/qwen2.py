@@ -12,7 +12,8 @@ import numpy as np
 from flax import nnx
 
 from llavaction_jax.model.attention import attention
-from llavaction_jax.model.layers import Build, Dense, Embed, RMSNorm, constrain_batch, run_layers
+from llavaction_jax.model import remat
+from llavaction_jax.model.layers import Build, Dense, Embed, RMSNorm, constrain, run_layers
 from llavaction_jax.model.spec import ModelSpec
 
 
@@ -39,6 +40,7 @@ class DecoderAttention(nnx.Module):
         n = t.num_layers
         self.num_heads, self.num_kv_heads, self.head_dim = t.num_heads, t.num_kv_heads, t.head_dim
         self.impl = spec.attention_impl
+        self.rules = b.rules
         self.q_proj = Dense(b, t.hidden_size, t.num_heads * t.head_dim, ("embed", "heads"), stack=n, dtype=dtype)
         self.k_proj = Dense(b, t.hidden_size, t.num_kv_heads * t.head_dim, ("embed", "kv_heads"), stack=n,
                             dtype=dtype)
@@ -49,9 +51,12 @@ class DecoderAttention(nnx.Module):
 
     def __call__(self, x, cos, sin, kv_lengths, cache=None, cache_pos=None, segment_ids=None):
         bsz, length, _ = x.shape
-        q = apply_rope(self.q_proj(x).reshape(bsz, length, self.num_heads, self.head_dim), cos, sin)
-        k = apply_rope(self.k_proj(x).reshape(bsz, length, self.num_kv_heads, self.head_dim), cos, sin)
-        v = self.v_proj(x).reshape(bsz, length, self.num_kv_heads, self.head_dim)
+        heads = lambda y, n, axis: constrain(y.reshape(bsz, length, n, self.head_dim),
+                                             ("batch", "seq", axis, "head_dim"), self.rules)
+        q = remat.name(heads(self.q_proj(x), self.num_heads, "act_heads"), "query_proj")
+        k = remat.name(heads(self.k_proj(x), self.num_kv_heads, "act_kv_heads"), "key_proj")
+        v = remat.name(heads(self.v_proj(x), self.num_kv_heads, "act_kv_heads"), "value_proj")
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is None:
             out = attention(q, k, v, impl=self.impl, causal=True, kv_lengths=kv_lengths, segment_ids=segment_ids)
             new_kv = (k, v)
@@ -64,7 +69,9 @@ class DecoderAttention(nnx.Module):
             out = attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), impl=self.impl, causal=False,
                             kv_lengths=cache_pos + 1)
             new_kv = (k_cache, v_cache)
-        return self.o_proj(out.reshape(bsz, length, -1)), new_kv
+        out = remat.name(constrain(out, ("batch", "seq", "act_heads", "head_dim"), self.rules), "attention_out")
+        out = self.o_proj(out.reshape(bsz, length, -1))
+        return remat.name(constrain(out, ("batch", "seq", "act_embed"), self.rules), "out_proj"), new_kv
 
 
 class DecoderMLP(nnx.Module):
@@ -77,9 +84,12 @@ class DecoderMLP(nnx.Module):
                              dtype=dtype)
         self.down_proj = Dense(b, t.intermediate_size, t.hidden_size, ("mlp", "embed"), use_bias=False, stack=n,
                                dtype=dtype)
+        self.rules = b.rules
 
     def __call__(self, x):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        wide = lambda y, tag: remat.name(constrain(y, ("batch", "seq", "act_mlp"), self.rules), tag)
+        h = jax.nn.silu(wide(self.gate_proj(x), "mlp_gate")) * wide(self.up_proj(x), "mlp_up")
+        return remat.name(constrain(self.down_proj(h), ("batch", "seq", "act_embed"), self.rules), "mlp_out")
 
 
 class DecoderLayers(nnx.Module):
@@ -121,8 +131,8 @@ class Qwen2Decoder(nnx.Module):
 
         def body(layer, h, _):
             h, kv = layer(h, cos, sin, kv_lengths, segment_ids=segment_ids)
-            # Keep the residual stream batch-sharded between layers (GSPMD may drift otherwise).
-            return constrain_batch(h, self.rules), (kv if return_kv else None)
+            # Pin the residual stream at every layer boundary (GSPMD may drift otherwise).
+            return constrain(h, ("batch", "seq", "act_embed"), self.rules), (kv if return_kv else None)
 
         h, kv = run_layers(self.layers, embeds.astype(self.dtype), None, body, scan=self.scan,
                            remat_policy=self.remat)

@@ -4,7 +4,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llavaction_jax.model.attention import attention
-from llavaction_jax.model.layers import Build, Dense, Embed, LayerNorm, constrain_batch, normal, run_layers, zeros
+from llavaction_jax.model import remat
+from llavaction_jax.model.layers import Build, Dense, Embed, LayerNorm, constrain, normal, run_layers, zeros
 from llavaction_jax.model.spec import ModelSpec
 
 
@@ -46,6 +47,7 @@ class VisionAttention(nnx.Module):
         d, n = v.hidden_size, v.num_layers
         self.num_heads = v.num_heads
         self.impl = spec.attention_impl
+        self.rules = b.rules
         self.q_proj = Dense(b, d, d, ("vision_embed", "vision_heads"), stack=n, dtype=dtype)
         self.k_proj = Dense(b, d, d, ("vision_embed", "vision_heads"), stack=n, dtype=dtype)
         self.v_proj = Dense(b, d, d, ("vision_embed", "vision_heads"), stack=n, dtype=dtype)
@@ -53,10 +55,14 @@ class VisionAttention(nnx.Module):
 
     def __call__(self, x):
         bsz, t, d = x.shape
-        heads = lambda y: y.reshape(bsz, t, self.num_heads, d // self.num_heads)
-        out = attention(heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x)),
-                        impl=self.impl, causal=False)
-        return self.out_proj(out.reshape(bsz, t, d))
+        axes = ("batch", "patches", "act_heads", "head_dim")
+        heads = lambda y, tag: remat.name(constrain(y.reshape(bsz, t, self.num_heads, d // self.num_heads), axes,
+                                                    self.rules), tag)
+        out = attention(heads(self.q_proj(x), "query_proj"), heads(self.k_proj(x), "key_proj"),
+                        heads(self.v_proj(x), "value_proj"), impl=self.impl, causal=False)
+        out = remat.name(constrain(out, axes, self.rules), "attention_out")
+        out = self.out_proj(out.reshape(bsz, t, d))
+        return remat.name(constrain(out, ("batch", "patches", "act_embed"), self.rules), "out_proj")
 
 
 class VisionMLP(nnx.Module):
@@ -66,9 +72,12 @@ class VisionMLP(nnx.Module):
                          stack=v.num_layers, dtype=dtype)
         self.fc2 = Dense(b, v.intermediate_size, v.hidden_size, ("vision_mlp", "vision_embed"),
                          stack=v.num_layers, dtype=dtype)
+        self.rules = b.rules
 
     def __call__(self, x):
-        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=True))   # gelu_pytorch_tanh
+        h = remat.name(constrain(self.fc1(x), ("batch", "patches", "act_mlp"), self.rules), "mlp_up")
+        out = self.fc2(jax.nn.gelu(h, approximate=True))   # gelu_pytorch_tanh
+        return remat.name(constrain(out, ("batch", "patches", "act_embed"), self.rules), "mlp_out")
 
 
 class VisionEncoderLayers(nnx.Module):
@@ -90,12 +99,12 @@ class VisionEncoder(nnx.Module):
     def __init__(self, b: Build, spec: ModelSpec, dtype):
         self.layers = VisionEncoderLayers(b, spec, dtype)
         self.scan = spec.scan_layers
-        self.remat = spec.remat_policy
+        self.remat = spec.vision_remat_policy
         self.rules = b.rules
 
     def __call__(self, x):
-        x, _ = run_layers(self.layers, x, None, lambda layer, h, _: (constrain_batch(layer(h), self.rules), None),
-                          scan=self.scan, remat_policy=self.remat)
+        body = lambda layer, h, _: (constrain(layer(h), ("batch", "patches", "act_embed"), self.rules), None)
+        x, _ = run_layers(self.layers, x, None, body, scan=self.scan, remat_policy=self.remat)
         return x
 
 

@@ -2,9 +2,10 @@
 import dataclasses
 import math
 
+from llavaction_jax.model.remat import POLICIES as REMAT_POLICIES
+
 POOL_MODES = ("bilinear", "average", "max")
 NEWLINE_POSITIONS = ("grid", "one_token", "frame", "no_token")
-REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 ATTENTION_IMPLS = (None, "xla", "cudnn")
 
 
@@ -57,7 +58,8 @@ class ModelSpec:
     dtype: str
     param_dtype: str
     scan_layers: bool
-    remat_policy: str
+    remat_policy: str            # decoder layers
+    vision_remat_policy: str     # vision tower layers
     attention_impl: str | None
 
     @classmethod
@@ -93,11 +95,14 @@ class ModelSpec:
             param_dtype=str(cfg.param_dtype),
             scan_layers=bool(cfg.scan_layers),
             remat_policy=str(cfg.remat_policy),
+            # "" = the decoder's policy (configs written before the two were separate).
+            vision_remat_policy=str(cfg.get("vision_remat_policy") or cfg.remat_policy),
             attention_impl=None if cfg.attention_impl in (None, "none", "") else str(cfg.attention_impl),
         )
         checks = [("projector_type", spec.projector_type, ("mlp2x_gelu",)), ("pool_mode", spec.pool_mode, POOL_MODES),
                   ("newline_position", spec.newline_position, NEWLINE_POSITIONS),
-                  ("remat_policy", spec.remat_policy, REMAT_POLICIES),
+                  ("remat_policy", spec.remat_policy, tuple(REMAT_POLICIES)),
+                  ("vision_remat_policy", spec.vision_remat_policy, tuple(REMAT_POLICIES)),
                   ("attention_impl", spec.attention_impl, ATTENTION_IMPLS)]
         for name, value, allowed in checks:
             if value not in allowed:

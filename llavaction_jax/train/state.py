@@ -104,17 +104,13 @@ def _state_from_params(setup: TrainSetup, params, seed):
             "rng": jax.random.key_data(jax.random.key(seed))}
 
 
-# The config entries that determine the compiled init / train-step programs (logging, checkpoint and data
-# settings do not).
-_PROGRAM_TRAIN_KEYS = ("num_steps", "grad_accum_steps", "action_loss_weight", "action_loss_parts")
-
-
 def config_key(config) -> str:
-    """Canonical JSON of what shapes the programs: equal keys build identical programs (compiled once)."""
-    d = config.to_dict()
-    key = {k: d.get(k) for k in ("model", "optim", "mesh", "sharding_rules", "seed")}
-    key["train"] = {k: d["train"].get(k) for k in _PROGRAM_TRAIN_KEYS}
-    return json.dumps(key, sort_keys=True, default=str)
+    """Canonical JSON of the WHOLE config: equal keys build identical programs (compiled once per process).
+
+    The whole config, not a hand-picked list of fields: a field left out of the key would let two different
+    configs share one compiled program (the setup in the cache entry is the first one's).
+    """
+    return json.dumps(config.to_dict(), sort_keys=True, default=str)
 
 
 # Compiled functions are reused for the same (config, mesh) within a process: a resumed or repeated train()
