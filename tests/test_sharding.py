@@ -128,3 +128,53 @@ def test_state_shardings_cover_optimizer_state():
     flat = dict(nnx.to_flat_state(shardings))
     mu = [v.get_value() for p, v in flat.items() if "mu" in p and "gate_proj" in p]
     assert mu and mu[0].spec == P(None, "fsdp", "tensor")
+
+
+def _activation_constraints(rules, mesh_shape=(2, 2, 2), text_tokens=6):
+    """Counter of (mesh spec, shape) over the sharding constraints in the lowered tiny-model forward."""
+    import collections
+    import re
+    import jax.numpy as jnp
+    cfg = tiny.get_config()
+    mesh = shd.make_mesh(dict(zip(shd.MESH_AXES, mesh_shape)))
+    graphdef, state = nnx.split(shd.abstract_model(cfg.model, mesh, rules))
+    n = num_video_tokens(cfg.model, 1)
+    ids = jax.ShapeDtypeStruct((4, n + text_tokens), jnp.int32, sharding=shd.batch_sharding(mesh))
+    pix = jax.ShapeDtypeStruct((4, 1, 32, 32, 3), jnp.float32, sharding=shd.batch_sharding(mesh))
+    with jax.set_mesh(mesh):
+        text = jax.jit(lambda st, i, p: nnx.merge(graphdef, st)(i, p).logits).lower(state, ids, pix).as_text()
+    found = re.findall(r"sdy.sharding_constraint[^<]*<@mesh, (\[[^\]]*\])>[^:]*: tensor<([^>]*)>", text)
+    return collections.Counter(found)
+
+
+def test_activation_shardings_golden():
+    """Every layer boundary is pinned: batch over (data, fsdp), heads / mlp over tensor, the residual stream
+    whole on tensor. Tiny model, batch 4, 13 text tokens, 16 patches per frame."""
+    bt, bth = '[{"data", "fsdp"}, {}, {}]', '[{"data", "fsdp"}, {}, {"tensor"}]'
+    heads = '[{"data", "fsdp"}, {}, {"tensor"}, {}]'
+    assert _activation_constraints(base.DEFAULT_SHARDING_RULES) == {
+        (heads, "4x13x4x16xf32"): 2,     # decoder q, attention_out
+        (heads, "4x13x2x16xf32"): 2,     # decoder k, v (GQA: 2 kv heads over tensor=2)
+        (bth, "4x13x128xf32"): 2,        # decoder mlp gate, up
+        (bt, "4x13x64xf32"): 4,          # embeddings, o_proj out, mlp out, layer boundary
+        (heads, "4x16x4x8xf32"): 4,      # vision q, k, v, attention_out
+        (bth, "4x16x64xf32"): 1,         # vision fc1
+        (bt, "4x16x32xf32"): 3,          # vision out_proj, mlp out, layer boundary
+    }
+
+
+def test_activation_rules_follow_the_table():
+    """Sequence sharding over 'tensor' by one rule (heads then stay whole: an axis is used once per array);
+    an old table without the activation names stays valid (they are replicated)."""
+    rules = tuple((k, "tensor" if k == "seq" else v) for k, v in base.DEFAULT_SHARDING_RULES)
+    got = _activation_constraints(rules, (1, 4, 2), text_tokens=7)             # 14 tokens
+    seq, seq_heads = '[{"data", "fsdp"}, {"tensor"}, {}]', '[{"data", "fsdp"}, {"tensor"}, {}, {}]'
+    assert got[(seq, "4x14x64xf32")] == 4 and got[(seq_heads, "4x14x4x16xf32")] == 2
+    assert got[(seq_heads, "4x14x2x16xf32")] == 2 and got[(seq, "4x14x128xf32")] == 2
+    assert got[('[{"data", "fsdp"}, {}, {"tensor"}, {}]', "4x16x4x8xf32")] == 4       # vision: 'patches', not 'seq'
+    assert not any(name.startswith("act_") for name, _ in FSDP_RULES)
+    old = _activation_constraints(FSDP_RULES, (1, 8, 1))
+    assert old == {('[{"data", "fsdp"}, {}, {}, {}]', "4x13x4x16xf32"): 2, ('[{"data", "fsdp"}, {}, {}, {}]', "4x13x2x16xf32"): 2,
+                   ('[{"data", "fsdp"}, {}, {}]', "4x13x128xf32"): 2, ('[{"data", "fsdp"}, {}, {}]', "4x13x64xf32"): 4,
+                   ('[{"data", "fsdp"}, {}, {}, {}]', "4x16x4x8xf32"): 4, ('[{"data", "fsdp"}, {}, {}]', "4x16x64xf32"): 1,
+                   ('[{"data", "fsdp"}, {}, {}]', "4x16x32xf32"): 3}
