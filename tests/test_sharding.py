@@ -173,7 +173,7 @@ def test_activation_rules_follow_the_table():
     assert got[(seq_heads, "4x14x2x16xf32")] == 2 and got[(seq, "4x14x128xf32")] == 2
     assert got[('[{"data", "fsdp"}, {}, {"tensor"}, {}]', "4x16x4x8xf32")] == 4       # vision: 'patches', not 'seq'
     assert not any(name.startswith("act_") for name, _ in FSDP_RULES)
-    old = _activation_constraints(FSDP_RULES, (1, 8, 1))
+    old = _activation_constraints(FSDP_RULES, (1, 4, 2))
     assert old == {('[{"data", "fsdp"}, {}, {}, {}]', "4x13x4x16xf32"): 2, ('[{"data", "fsdp"}, {}, {}, {}]', "4x13x2x16xf32"): 2,
                    ('[{"data", "fsdp"}, {}, {}]', "4x13x128xf32"): 2, ('[{"data", "fsdp"}, {}, {}]', "4x13x64xf32"): 4,
                    ('[{"data", "fsdp"}, {}, {}, {}]', "4x16x4x8xf32"): 4, ('[{"data", "fsdp"}, {}, {}]', "4x16x64xf32"): 1,
