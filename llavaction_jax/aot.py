@@ -1,10 +1,21 @@
-"""Compile the real train step for a TPU topology on this (CPU) machine and report memory and FLOPs.
+"""Plan a run before renting chips: compile the real train step for a TPU topology on this (CPU) machine.
 
-python -m llavaction_jax.aot --config configs/llavaction_7b.py --topology v5p:2x2x2 [--config.x=y ...]
+python -m llavaction_jax.aot --config configs/llavaction_7b.py [--topology v5p:2x2x2] [--config.x=y ...]
 
 Uses libtpu's topology description (no TPU needed): the mesh comes from config.mesh over the topology's
-devices, the state and batch are abstract (ShapeDtypeStructs with shardings), and XLA's memory analysis
-of the compiled program says whether one step fits in each chip's HBM.
+devices, the state and batch are abstract (ShapeDtypeStructs with shardings), and XLA's memory analysis of the
+compiled program says whether one step fits in each chip's HBM (a program the TPU compiler refuses for lack of
+memory is reported as DOES NOT FIT with the bytes it asked for).
+
+FLOPs. XLA's cost analysis counts a loop body once (scanned layers, gradient-accumulation steps) and cannot see
+into Pallas kernels (splash attention). So the executed FLOPs come from small unrolled variants of the same
+step (1 or 2 vision / decoder layers, one micro-batch), extrapolated linearly to the real layer counts and
+multiplied by the accumulation steps, plus the attention kernels' FLOPs counted from their calls in those
+variants. Model FLOPs are 6 * params * tokens plus causal attention (training = 3x forward) over the tokens a
+sample really has (video tokens + `text_tokens`), so padding, remat and masked attention blocks show up as the
+executed / model ratio.
+
+Exit status: 0 fits, 3 does not fit, 2 a usage error (bad topology, mesh, config).
 """
 import os
 
@@ -15,8 +26,12 @@ for _k, _v in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"
                ("TPU_ACCELERATOR_TYPE", "v5litepod-4"), ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
     os.environ.setdefault(_k, _v)
 
+import collections
+import copy
 import dataclasses
 import json
+import re
+import sys
 import time
 from typing import Optional
 
@@ -24,6 +39,11 @@ GiB = 1024 ** 3
 # HBM per JAX device (a chip; v4/v5p megacore chips are one device each by default).
 HBM_BYTES = (("v6", 32 * GiB), ("v5 lite", 16 * GiB), ("v5e", 16 * GiB), ("v5", 95 * GiB), ("v4", 32 * GiB),
              ("v3", 16 * GiB), ("v2", 8 * GiB))
+# Typical EK100-MQA text per sample (system prompt, time instruction, question with 5 options, answer).
+DEFAULT_TEXT_TOKENS = 160
+# Matmuls per (query block, key block) pair in each splash kernel: fwd QK^T + PV; dq: S, dP, dQ;
+# dkv: S, dP, dV, dK; a fused backward does both (dq folded into dkv).
+_KERNEL_MATMULS = {"fwd": 2, "dq": 3, "dkv": 4, "fused_bwd": 5}
 
 
 def hbm_bytes(device_kind: str) -> Optional[int]:
@@ -53,30 +73,70 @@ class AotReport:
     total_bytes: int
     hbm_bytes: Optional[int]
     fits: Optional[bool]
-    flops_per_device: Optional[float]
-    model_flops: float
+    flops_per_device: Optional[float]   # XLA's own count of the compiled step (loop bodies once, no kernels)
+    model_flops: float                  # 6 * params * tokens + attention, over the sample's real tokens
     compile_s: float
+    required_bytes: Optional[int] = None    # what the compiler asked for when it refused (DOES NOT FIT)
+    executed_flops: Optional[float] = None  # whole step, all devices (see the module docstring)
+    kernel_flops: Optional[float] = None    # the part of executed_flops inside attention kernels
+    sample_tokens: int = 0
+    peak_flops_per_device: Optional[float] = None
+
+    @property
+    def flops_ratio(self) -> Optional[float]:
+        return self.executed_flops / self.model_flops if self.executed_flops and self.model_flops else None
+
+    @property
+    def ideal_step_s(self) -> Optional[float]:
+        if not self.executed_flops or not self.peak_flops_per_device:
+            return None
+        return self.executed_flops / (self.num_devices * self.peak_flops_per_device)
+
+    @property
+    def headroom(self) -> Optional[float]:
+        """Free fraction of HBM left by one step (negative when it does not fit)."""
+        if not self.hbm_bytes:
+            return None
+        used = self.total_bytes if self.required_bytes is None else self.required_bytes
+        return 1.0 - used / self.hbm_bytes
+
+    def verdict(self) -> str:
+        return "unknown HBM size" if self.fits is None else ("FITS" if self.fits else "DOES NOT FIT")
 
     def lines(self):
         g = lambda b: f"{b / GiB:8.2f} GiB"
         hbm = g(self.hbm_bytes) if self.hbm_bytes else "unknown"
-        verdict = ("FITS" if self.fits else "DOES NOT FIT") if self.fits is not None else "unknown HBM size"
-        return [
+        out = [
             f"topology {self.topology}: {self.num_devices} x {self.device_kind}, mesh {self.mesh}",
-            f"batch {self.global_batch} (grad accumulation {self.grad_accum_steps}), seq_len {self.seq_len}, "
-            f"{self.num_frames} frames, {self.num_params / 1e6:,.2f} M params",
-            "per-device memory:",
-            f"  arguments   {g(self.argument_bytes)}  (params + optimizer state + batch)",
-            f"  outputs     {g(self.output_bytes)}  (aliased with donated arguments: {g(self.alias_bytes)})",
-            f"  temporaries {g(self.temp_bytes)}",
-            f"  code        {g(self.code_bytes)}",
-            f"  total       {g(self.total_bytes)}  of {hbm} HBM -> {verdict}",
-            (f"FLOPs per step (XLA cost analysis; scanned loop bodies count once): {self.flops_per_device:.4g} "
-             f"per device, {self.flops_per_device * self.num_devices:.4g} total" if self.flops_per_device
-             else "FLOPs per step (XLA): n/a"),
-            f"FLOPs per step (6 * params * tokens): {self.model_flops:.4g}",
-            f"compile time {self.compile_s:.1f} s",
+            f"batch {self.global_batch} (grad accumulation {self.grad_accum_steps}: micro-batch "
+            f"{self.global_batch // max(self.grad_accum_steps, 1)}), seq_len {self.seq_len}, {self.num_frames} "
+            f"frames, {self.num_params / 1e6:,.2f} M params",
         ]
+        if self.required_bytes is not None:
+            out += [f"per-device memory: the TPU compiler needs {g(self.required_bytes).strip()} of {hbm.strip()} "
+                    f"HBM -> DOES NOT FIT"]
+        else:
+            out += [
+                "per-device memory:",
+                f"  arguments   {g(self.argument_bytes)}  (params + optimizer state + batch)",
+                f"  outputs     {g(self.output_bytes)}  (aliased with donated arguments: {g(self.alias_bytes)})",
+                f"  temporaries {g(self.temp_bytes)}",
+                f"  code        {g(self.code_bytes)}",
+                f"  total       {g(self.total_bytes)}  of {hbm} HBM -> {self.verdict()}"
+                + (f" ({self.headroom:.0%} headroom)" if self.headroom is not None else ""),
+            ]
+        out.append(f"model FLOPs per step (6 * params * tokens + attention, {self.sample_tokens} tokens/sample): "
+                   f"{self.model_flops:.4g}")
+        if self.executed_flops:
+            out.append(f"executed FLOPs per step: {self.executed_flops:.4g} (attention kernels "
+                       f"{self.kernel_flops:.3g}); executed / model = {self.flops_ratio:.3f}")
+            if self.ideal_step_s:
+                out.append(f"ideal step time at peak ({self.peak_flops_per_device / 1e12:.0f} TFLOP/s per device): "
+                           f"{self.ideal_step_s:.3f} s; implied MFU at best {1 / self.flops_ratio:.1%}")
+        else:
+            out.append("executed FLOPs per step: n/a")
+        out.append(f"compile time {self.compile_s:.1f} s")
+        return out
 
 
 def topology_devices(topology: str, num_slices: int = 1):
@@ -90,74 +150,234 @@ def topology_devices(topology: str, num_slices: int = 1):
     return list(topo.devices)
 
 
-def compile_train_step(config, devices, topology: str = "") -> AotReport:
-    """AOT-compile the train step of `config` for `devices`; the report has XLA's memory analysis."""
-    import jax
-    from llavaction_jax import sharding as shd
-    from llavaction_jax.model import num_video_tokens
-    from llavaction_jax.train import loop, metrics as metrics_lib
-    from llavaction_jax.train import state as state_lib, step as step_lib
+_SIZE = re.compile(r"([\d.]+)\s*([KMGTP]?)i?B?\b")
+_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4, "P": 1024 ** 5}
 
-    mesh = shd.make_mesh(config.mesh, devices=devices)
-    loop.check_batch_layout(config, mesh)
-    setup = state_lib.build_setup(config, mesh)
-    batch_size, seq_len = int(config.data.global_batch_size), int(config.data.max_length)
+
+def required_bytes_from_error(message: str) -> Optional[int]:
+    """The bytes a RESOURCE_EXHAUSTED compile asked for ('... required ... (5.21T) exceeds ... (15.75G)' or
+    'Used 1.76T of 95.74G hbm'): the first size in the message."""
+    for m in re.finditer(r"\(([\d.]+)([KMGTP])\)|Used ([\d.]+)([KMGTP])", message):
+        value, unit = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+        return int(float(value) * _UNITS[unit])
+    return None
+
+
+def _abstract_batch(config, mesh, batch_size, seq_len):
+    import jax
+    from llavaction_jax.train import step as step_lib
     frames, side = int(config.data.num_frames), int(config.model.vision.image_size)
-    if num_video_tokens(config.model, frames) >= seq_len:
-        raise ValueError(f"config.data.max_length={seq_len} leaves no room for the "
-                         f"{num_video_tokens(config.model, frames)} video tokens of {frames} frames")
     bs = step_lib.batch_shardings(mesh)
-    sds = lambda shape, dtype, key: jax.ShapeDtypeStruct(shape, dtype, sharding=bs[key])
-    batch = {"input_ids": sds((batch_size, seq_len), jax.numpy.int32, "input_ids"),
-             "attention_mask": sds((batch_size, seq_len), jax.numpy.int32, "attention_mask"),
-             "labels": sds((batch_size, seq_len), jax.numpy.int32, "labels"),
-             "pixel_values": sds((batch_size, frames, side, side, 3), jax.numpy.float32, "pixel_values"),
-             "actions": sds((batch_size, 3), jax.numpy.int32, "actions")}
+    i32, f32 = jax.numpy.int32, jax.numpy.float32
+    shapes = {"input_ids": ((batch_size, seq_len), i32), "attention_mask": ((batch_size, seq_len), i32),
+              "labels": ((batch_size, seq_len), i32), "pixel_values": ((batch_size, frames, side, side, 3), f32),
+              "actions": ((batch_size, 3), i32)}
+    return {k: jax.ShapeDtypeStruct(s, d, sharding=bs[k]) for k, (s, d) in shapes.items()}
+
+
+def _compile(config, mesh, batch_size, seq_len):
+    """(setup, compiled or None, error message or None, seconds)."""
+    import jax
+    from llavaction_jax.train import state as state_lib, step as step_lib
+    setup = state_lib.build_setup(config, mesh)
+    batch = _abstract_batch(config, mesh, batch_size, seq_len)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    fn = jax.jit(step_lib.make_train_step(setup, config), in_shardings=(setup.shardings, bs),
+    fn = jax.jit(step_lib.make_train_step(setup, config), in_shardings=(setup.shardings, step_lib.batch_shardings(mesh)),
                  out_shardings=(setup.shardings, replicated), donate_argnums=(0,))
     t0 = time.perf_counter()
     with jax.set_mesh(mesh):
-        compiled = fn.lower(setup.abstract_state, batch).compile()
-    compile_s = time.perf_counter() - t0
-    mem = compiled.memory_analysis()
+        lowered = fn.lower(setup.abstract_state, batch)
+        try:
+            compiled = lowered.compile()
+        except Exception as e:   # jax.errors.JaxRuntimeError; only out-of-memory is a verdict
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            return setup, None, str(e), time.perf_counter() - t0
+    return setup, compiled, None, time.perf_counter() - t0
+
+
+def _xla_flops(compiled) -> float:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost["flops"]) if cost and "flops" in cost else None
-    total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-             + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
+    return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def kernel_calls(hlo_text: str) -> collections.Counter:
+    """Attention-kernel custom calls in compiled HLO, by kind (fwd / dq / dkv / fused_bwd)."""
+    calls = collections.Counter()
+    for line in hlo_text.splitlines():
+        if "custom-call(" not in line:
+            continue
+        name = line.strip().split(" ", 1)[0].lstrip("%")
+        if "splash" not in name and "flash" not in name:
+            continue
+        if "fwd" in name:
+            calls["fwd"] += 1
+        elif "dkv" in name:
+            calls["dkv"] += 1
+        elif "dq" in name:
+            calls["dq"] += 1
+        elif "bwd" in name:
+            calls["fused_bwd"] += 1
+    if calls["dkv"] and not calls["dq"]:   # dq fused into the dkv kernel
+        calls["fused_bwd"] += calls.pop("dkv")
+    return calls
+
+
+def _round_up(n, m):
+    return -(-n // m) * m
+
+
+def _attention_call_flops(kind, batch, heads, length, head_dim, causal, block):
+    """FLOPs of one kernel call over all devices: the key blocks it visits for each query block."""
+    nb = -(-length // block)
+    visited = nb * (nb + 1) / 2 if causal else nb * nb
+    return 2.0 * _KERNEL_MATMULS[kind] * batch * heads * visited * block * block * head_dim
+
+
+def executed_flops(config, devices, seq_len):
+    """(executed FLOPs of one whole step over all devices, the attention-kernel part) or (None, None).
+
+    Unrolled variants with (vision, decoder) layers (1, 1), (2, 1), (1, 2) and one micro-batch give
+    f = c + a * vision_layers + b * decoder_layers exactly (each layer adds the same work).
+    """
+    from llavaction_jax import sharding as shd
+    from llavaction_jax.model import attention as attn_lib
+    accum = int(config.train.grad_accum_steps)
+    micro = int(config.data.global_batch_size) // accum
+    mesh = shd.make_mesh(config.mesh, devices=devices)
+    counts = {}
+    for lv, lt in ((1, 1), (2, 1), (1, 2)):
+        cfg = copy.deepcopy(config)
+        cfg.model.vision.num_layers, cfg.model.text.num_layers = lv, lt
+        cfg.model.scan_layers = False
+        cfg.train.grad_accum_steps = 1
+        cfg.data.global_batch_size = micro
+        _, compiled, error, _ = _compile(cfg, mesh, micro, seq_len)
+        if compiled is None:
+            return None, None
+        counts[(lv, lt)] = (_xla_flops(compiled) * len(devices), kernel_calls(compiled.as_text()))
+    (f11, k11), (f21, k21), (f12, k12) = counts[(1, 1)], counts[(2, 1)], counts[(1, 2)]
+    lv, lt = int(config.model.vision.num_layers), int(config.model.text.num_layers)
+    xla = f11 + (f21 - f11) * (lv - 1) + (f12 - f11) * (lt - 1)
+    v, t = config.model.vision, config.model.text
+    block = int(getattr(attn_lib, "SPLASH_BLOCK", 512))
+    frames = int(config.data.num_frames)
+    patches = (int(v.image_size) // int(v.patch_size)) ** 2
+    kernels = 0.0
+    for kind in _KERNEL_MATMULS:
+        per_vision_layer = k21[kind] - k11[kind]
+        per_text_layer = k12[kind] - k11[kind]
+        kernels += lv * per_vision_layer * _attention_call_flops(
+            kind, micro * frames, int(v.num_heads), _round_up(patches, block), int(v.hidden_size) // int(v.num_heads),
+            False, block)
+        kernels += lt * per_text_layer * _attention_call_flops(
+            kind, micro, int(t.num_heads), _round_up(seq_len, block), int(t.head_dim), True, block)
+    return (xla + kernels) * accum, kernels * accum
+
+
+def model_flops(config, params, sample_tokens):
+    """6 * N * tokens per sample + attention, N counted where it works: the vision tower and projector run on
+    every patch of every frame, the decoder and LM head on the text positions, the action heads once (an
+    untied input embedding is a lookup, not a matmul, and is left out).
+
+    Attention (not in 6N): causal decoder 2 * T^2 * heads * head_dim per layer forward, bidirectional vision
+    4 * P^2 * width per frame and layer; training = 3x forward.
+    """
+    import math
+    import jax
+    count = lambda tree: sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+    v, t = config.model.vision, config.model.text
+    frames = int(config.data.num_frames)
+    patches = (int(v.image_size) // int(v.patch_size)) ** 2
+    per_patch = count(params["vision"]) + count(params["projector"])
+    per_sample = count(params.get("action", {}))     # the action heads read one position per sample
+    per_token = count(params) - per_patch - per_sample
+    if not bool(t.tie_word_embeddings):
+        per_token -= int(t.vocab_size) * int(t.hidden_size)
+    dense = 6.0 * (per_token * sample_tokens + per_patch * patches * frames + per_sample)
+    attention = 3.0 * (int(t.num_layers) * 2.0 * sample_tokens ** 2 * int(t.num_heads) * int(t.head_dim)
+                       + int(v.num_layers) * frames * 4.0 * patches ** 2 * int(v.hidden_size))
+    return (dense + attention) * int(config.data.global_batch_size)
+
+
+def compile_train_step(config, devices, topology: str = "", *, count_flops: bool = True,
+                       text_tokens: int = DEFAULT_TEXT_TOKENS) -> AotReport:
+    """AOT-compile the train step of `config` for `devices`; memory verdict, FLOPs and the ideal step time."""
+    from llavaction_jax import sharding as shd
+    from llavaction_jax.model import num_video_tokens
+    from llavaction_jax.train import loop, metrics as metrics_lib
+
+    mesh = shd.make_mesh(config.mesh, devices=devices)
+    loop.check_batch_layout(config, mesh)
+    batch_size, seq_len = int(config.data.global_batch_size), int(config.data.max_length)
+    frames = int(config.data.num_frames)
+    video = num_video_tokens(config.model, frames)
+    if video >= seq_len:
+        raise ValueError(f"config.data.max_length={seq_len} leaves no room for the {video} video tokens of "
+                         f"{frames} frames")
+    setup, compiled, error, compile_s = _compile(config, mesh, batch_size, seq_len)
     kind = devices[0].device_kind
     hbm = hbm_bytes(kind)
+    num_params = metrics_lib.count_params(setup.abstract_state["params"])
+    sample_tokens = min(video + int(text_tokens), seq_len)
+    mem_fields = dict(argument_bytes=0, output_bytes=0, alias_bytes=0, temp_bytes=0, code_bytes=0, total_bytes=0)
+    required, flops = None, None
+    if compiled is None:
+        required = required_bytes_from_error(error) or 0
+        fits = False
+    else:
+        mem = compiled.memory_analysis()
+        total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+                 + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
+        mem_fields = dict(argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
+                          alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
+                          code_bytes=mem.generated_code_size_in_bytes, total_bytes=total)
+        fits = None if hbm is None else total <= hbm
+        flops = _xla_flops(compiled) or None
+    executed, kernels = executed_flops(config, devices, seq_len) if count_flops else (None, None)
     return AotReport(
         topology=topology, device_kind=kind, num_devices=len(devices), mesh=dict(mesh.shape),
         global_batch=batch_size, grad_accum_steps=int(config.train.grad_accum_steps), seq_len=seq_len,
-        num_frames=frames, num_params=metrics_lib.count_params(setup.abstract_state["params"]),
-        argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
-        alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
-        code_bytes=mem.generated_code_size_in_bytes, total_bytes=total, hbm_bytes=hbm,
-        fits=None if hbm is None else total <= hbm, flops_per_device=flops,
-        model_flops=metrics_lib.train_flops_per_step(
-            metrics_lib.count_params(setup.abstract_state["params"]), batch_size * seq_len),
-        compile_s=compile_s)
+        num_frames=frames, num_params=num_params, hbm_bytes=hbm, fits=fits, flops_per_device=flops,
+        model_flops=model_flops(config, setup.abstract_state["params"], sample_tokens), compile_s=compile_s,
+        required_bytes=required, executed_flops=executed, kernel_flops=kernels, sample_tokens=sample_tokens,
+        peak_flops_per_device=metrics_lib.peak_flops_per_device(kind), **mem_fields)
 
 
 def main(argv):
     del argv
-    devices = topology_devices(_TOPOLOGY.value, _SLICES.value)
-    report = compile_train_step(_CONFIG.value, devices, _TOPOLOGY.value)
+    config = _CONFIG.value
+    topology = _TOPOLOGY.value or config.get("aot", {}).get("topology", "")
+    if not topology:
+        print("error: no topology: pass --topology (e.g. v5p:2x2x2) or set config.aot.topology", file=sys.stderr)
+        return 2
+    try:
+        devices = topology_devices(topology, _SLICES.value)
+        report = compile_train_step(config, devices, topology, count_flops=_FLOPS.value,
+                                    text_tokens=_TEXT_TOKENS.value)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for line in report.lines():
         print(line, flush=True)
     if _JSON.value:
         with open(_JSON.value, "w") as f:
-            json.dump(dataclasses.asdict(report), f, indent=1)
+            json.dump(dict(dataclasses.asdict(report), flops_ratio=report.flops_ratio,
+                           ideal_step_s=report.ideal_step_s, headroom=report.headroom), f, indent=1)
+    return 0 if report.fits is not False else 3
 
 
 if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
     _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file (path[:arg]).")
-    _TOPOLOGY = flags.DEFINE_string("topology", "v5e:2x2", "TPU topology, e.g. v5e:2x2, v5p:2x2x2, v6e:4x4.")
+    _TOPOLOGY = flags.DEFINE_string("topology", "", "TPU topology, e.g. v5e:2x2, v5p:2x2x2, v6e:4x4 "
+                                    "(default: config.aot.topology).")
     _SLICES = flags.DEFINE_integer("num_slices", 1, "Number of slices (multi-slice / DCN).")
     _JSON = flags.DEFINE_string("json_out", "", "Also write the report as JSON here.")
+    _FLOPS = flags.DEFINE_boolean("flops", True, "Count executed FLOPs (three small extra compiles).")
+    _TEXT_TOKENS = flags.DEFINE_integer("text_tokens", DEFAULT_TEXT_TOKENS,
+                                        "Text tokens of a typical sample, for the model FLOPs.")
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    app.run(lambda argv: sys.exit(main(argv)))

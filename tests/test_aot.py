@@ -1,7 +1,9 @@
 """AOT compilation of the real train step for a TPU topology from this CPU machine (needs libtpu)."""
+import jax
 import pytest
 
 from configs import tiny
+from llavaction_jax.model import num_video_tokens
 
 pytest.importorskip("libtpu", reason="libtpu is not installed (pip install libtpu==0.0.42.1)")
 
@@ -16,7 +18,7 @@ def test_tiny_train_step_compiles_for_v5e_2x2():
     cfg.train.grad_accum_steps = 2
     devices = aot.topology_devices("v5e:2x2")
     assert len(devices) == 4 and "v5 lite" in devices[0].device_kind.lower()
-    report = aot.compile_train_step(cfg, devices, "v5e:2x2")
+    report = aot.compile_train_step(cfg, devices, "v5e:2x2", count_flops=False)
     assert report.mesh == {"data": 2, "fsdp": 2, "tensor": 1}
     assert report.hbm_bytes == 16 * GiB and report.fits
     assert report.argument_bytes > 0 and report.temp_bytes > 0
@@ -24,17 +26,96 @@ def test_tiny_train_step_compiles_for_v5e_2x2():
     assert 0 < report.alias_bytes <= report.output_bytes
     assert report.total_bytes == (report.argument_bytes + report.output_bytes - report.alias_bytes
                                   + report.temp_bytes + report.code_bytes)
-    assert report.flops_per_device > 0
-    assert report.model_flops == 6 * report.num_params * 8 * 256
+    assert report.flops_per_device > 0 and report.executed_flops is None
+    # 6 N T over the sample's real tokens (video + 160 text), N where it works, + attention (3x forward).
+    m, v, t = cfg.model, cfg.model.vision, cfg.model.text
+    video = num_video_tokens(m, 4)
+    tokens = video + aot.DEFAULT_TEXT_TOKENS
+    assert report.sample_tokens == tokens
+    per_patch = aot_count(report, "vision") + aot_count(report, "projector")
+    actions = aot_count(report, "action")
+    assert actions == 64 * sum(m.action_types) + 64          # three heads (no bias) + the (1, H) token
+    per_token = report.num_params - per_patch - actions - t.vocab_size * t.hidden_size
+    dense = 6 * (per_token * tokens + per_patch * 16 * 4 + actions)
+    attention = 3 * (2 * 2 * tokens ** 2 * 4 * 16 + 2 * 4 * 4 * 16 ** 2 * 32)
+    assert report.model_flops == pytest.approx(8 * (dense + attention), rel=1e-12)
     text = "\n".join(report.lines())
     assert "FITS" in text and "temporaries" in text
+
+
+def aot_count(report, subtree):
+    import math
+    from llavaction_jax import sharding as shd
+    from llavaction_jax.train import state as state_lib
+    cfg = tiny.get_config()
+    cfg.mesh.update(data=2, fsdp=2, tensor=1)
+    setup = state_lib.build_setup(cfg, shd.make_mesh(cfg.mesh, devices=aot.topology_devices("v5e:2x2")))
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(setup.abstract_state["params"][subtree]))
+
+
+def test_executed_flops_extrapolate_exactly():
+    """Three small unrolled variants extrapolate to exactly what XLA counts for the whole step unrolled (scan
+    and accumulation bodies are counted once by XLA, so the scanned program's own count is far lower)."""
+    cfg = tiny.get_config()
+    cfg.mesh.update(data=4, fsdp=1, tensor=1)
+    cfg.model.vision.num_layers, cfg.model.text.num_layers = 3, 4
+    cfg.data.max_length = 192
+    cfg.train.grad_accum_steps = 2
+    devices = aot.topology_devices("v5e:2x2")
+    executed, kernels = aot.executed_flops(cfg, devices, 192)
+    assert kernels == 0                                      # no attention kernels on the xla path
+    unrolled = tiny.get_config()
+    unrolled.mesh.update(data=4, fsdp=1, tensor=1)
+    unrolled.model.vision.num_layers, unrolled.model.text.num_layers = 3, 4
+    unrolled.model.scan_layers = False
+    unrolled.data.global_batch_size = 4
+    from llavaction_jax import sharding as shd
+    _, compiled, _, _ = aot._compile(unrolled, shd.make_mesh(unrolled.mesh, devices=devices), 4, 192)
+    # Within 1% (XLA's count of fused elementwise work varies a little between programs).
+    assert executed == pytest.approx(2 * 4 * aot._xla_flops(compiled), rel=1e-2)
+    scanned = tiny.get_config()
+    scanned.mesh.update(data=4, fsdp=1, tensor=1)
+    scanned.model.vision.num_layers, scanned.model.text.num_layers = 3, 4
+    scanned.data.max_length, scanned.train.grad_accum_steps = 192, 2
+    _, compiled, _, _ = aot._compile(scanned, shd.make_mesh(scanned.mesh, devices=devices), 8, 192)
+    assert 4 * aot._xla_flops(compiled) < 0.5 * executed      # what the old report printed
+
+
+def test_does_not_fit_is_a_verdict_not_a_traceback():
+    """The TPU compiler refuses the program (RESOURCE_EXHAUSTED): the CLI prints the bytes and exits 3."""
+    import subprocess
+    import sys
+    cmd = [sys.executable, "-m", "llavaction_jax.aot", "--config", "configs/tiny.py", "--topology", "v5e:2x2",
+           "--config.data.global_batch_size=4096", "--config.data.max_length=8192",
+           "--config.data.length_buckets=(8192,)", "--noflops"]
+    root = __import__("os").path.dirname(__import__("os").path.dirname(__file__))
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    line = next(l for l in proc.stdout.splitlines() if "DOES NOT FIT" in l)
+    needed = float(line.split("needs")[1].split("GiB")[0])
+    assert needed > 1000 and "of 16.00 GiB HBM" in line
+    assert aot.required_bytes_from_error("... HLO temporaries (5.21T) exceeds available HBM (15.75G)") == \
+        int(5.21 * 1024 ** 4)
+    assert aot.required_bytes_from_error("Used 1.76T of 95.74G hbm") == int(1.76 * 1024 ** 4)
+
+
+def test_bad_topology_is_a_usage_error():
+    import subprocess
+    import sys
+    root = __import__("os").path.dirname(__import__("os").path.dirname(__file__))
+    proc = subprocess.run([sys.executable, "-m", "llavaction_jax.aot", "--config", "configs/tiny.py",
+                           "--topology", "v9z:1x1", "--noflops"], cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "error: cannot describe TPU topology 'v9z:1x1'" in proc.stderr
 
 
 def test_mesh_that_does_not_match_the_topology_is_an_error():
     cfg = tiny.get_config()
     cfg.mesh.update(data=3, fsdp=1, tensor=1)
     with pytest.raises(ValueError, match="needs 3 devices but 4 are available"):
-        aot.compile_train_step(cfg, aot.topology_devices("v5e:2x2"), "v5e:2x2")
+        aot.compile_train_step(cfg, aot.topology_devices("v5e:2x2"), "v5e:2x2", count_flops=False)
 
 
 def test_report_says_when_it_does_not_fit():
