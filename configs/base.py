@@ -126,8 +126,27 @@ def get_base_config():
       synthetic_seq_len=0,         # their padded length (0 = config.data.max_length)
   ))
 
+  # The TPU topology this config is sized for (python -m llavaction_jax.aot compiles for it by default).
+  config.aot = ml_collections.ConfigDict(dict(topology=""))
+
   config.eval = ml_collections.ConfigDict(dict(
       batch_size=8, max_new_tokens=32, methods=("letters", "generate"),
       max_samples=0,               # periodic eval during training: first N records of data.eval_files (0 = all)
   ))
+  return config
+
+
+def use_topology(config, topologies, arg):
+  """Size `config` for one entry of `topologies` {name: (TPU topology, mesh sizes, grad_accum_steps)}.
+
+  `arg` is the name (``--config configs/x.py:NAME``); None or "" takes the first entry. The global batch stays
+  config.data.global_batch_size; grad_accum_steps micro-batches of it make one step.
+  """
+  name = arg or next(iter(topologies))
+  if name not in topologies:
+    raise ValueError(f"config arg {name!r}: expected one of {sorted(topologies)}")
+  topology, mesh, accum = topologies[name]
+  config.aot.topology = topology
+  config.mesh.update(**mesh)
+  config.train.grad_accum_steps = accum
   return config

@@ -80,6 +80,7 @@ class AotReport:
     executed_flops: Optional[float] = None  # whole step, all devices (see the module docstring)
     kernel_flops: Optional[float] = None    # the part of executed_flops inside attention kernels
     sample_tokens: int = 0
+    flops_seq_len: int = 0                  # the padded length the executed FLOPs are counted at
     peak_flops_per_device: Optional[float] = None
 
     @property
@@ -128,8 +129,8 @@ class AotReport:
         out.append(f"model FLOPs per step (6 * params * tokens + attention, {self.sample_tokens} tokens/sample): "
                    f"{self.model_flops:.4g}")
         if self.executed_flops:
-            out.append(f"executed FLOPs per step: {self.executed_flops:.4g} (attention kernels "
-                       f"{self.kernel_flops:.3g}); executed / model = {self.flops_ratio:.3f}")
+            out.append(f"executed FLOPs per step at seq_len {self.flops_seq_len}: {self.executed_flops:.4g} (attention "
+                       f"kernels {self.kernel_flops:.3g}); executed / model = {self.flops_ratio:.3f}")
             if self.ideal_step_s:
                 out.append(f"ideal step time at peak ({self.peak_flops_per_device / 1e12:.0f} TFLOP/s per device): "
                            f"{self.ideal_step_s:.3f} s; implied MFU at best {1 / self.flops_ratio:.1%}")
@@ -335,13 +336,17 @@ def compile_train_step(config, devices, topology: str = "", *, count_flops: bool
                           code_bytes=mem.generated_code_size_in_bytes, total_bytes=total)
         fits = None if hbm is None else total <= hbm
         flops = _xla_flops(compiled) or None
-    executed, kernels = executed_flops(config, devices, seq_len) if count_flops else (None, None)
+    # FLOPs at the length a typical sample is padded to (memory above at max_length, the worst case).
+    from llavaction_jax.input.pipeline import pad_length
+    flops_len = pad_length(sample_tokens, config.data.length_buckets, seq_len)
+    executed, kernels = executed_flops(config, devices, flops_len) if count_flops else (None, None)
     return AotReport(
         topology=topology, device_kind=kind, num_devices=len(devices), mesh=dict(mesh.shape),
         global_batch=batch_size, grad_accum_steps=int(config.train.grad_accum_steps), seq_len=seq_len,
         num_frames=frames, num_params=num_params, hbm_bytes=hbm, fits=fits, flops_per_device=flops,
         model_flops=model_flops(config, setup.abstract_state["params"], sample_tokens), compile_s=compile_s,
         required_bytes=required, executed_flops=executed, kernel_flops=kernels, sample_tokens=sample_tokens,
+        flops_seq_len=flops_len if count_flops else 0,
         peak_flops_per_device=metrics_lib.peak_flops_per_device(kind), **mem_fields)
 
 
