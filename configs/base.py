@@ -65,7 +65,7 @@ def model_config(**overrides):
       param_dtype="float32",
       scan_layers=True,
       remat_policy="none",         # none | full | dots_saveable | dots_with_no_batch_dims_saveable
-      attention_impl="xla",        # xla | cudnn (jax.nn.dot_product_attention implementation)
+      attention_impl="auto",       # auto (splash on TPU, cudnn on GPU, blockwise on CPU) | xla | blockwise | splash | cudnn
   ))
   c.update(overrides)
   return c

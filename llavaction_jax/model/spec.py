@@ -5,7 +5,7 @@ import math
 POOL_MODES = ("bilinear", "average", "max")
 NEWLINE_POSITIONS = ("grid", "one_token", "frame", "no_token")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
-ATTENTION_IMPLS = (None, "xla", "cudnn")
+ATTENTION_IMPLS = (None, "auto", "xla", "blockwise", "splash", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
