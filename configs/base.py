@@ -72,12 +72,17 @@ def model_config(**overrides):
       dtype="float32",             # compute dtype
       param_dtype="float32",
       scan_layers=True,
+<<<<<<< HEAD
       # Decoder / vision-tower remat policies (llavaction_jax/model/remat.py POLICIES): none | full |
       # save_qkv_proj | save_dot_except_mlp | save_all_named |
       # offload_dot_except_mlp | dots_saveable | dots_with_no_batch_dims_saveable. "" = same as the decoder.
       remat_policy="none",
       vision_remat_policy="",
       attention_impl="xla",        # xla | cudnn (jax.nn.dot_product_attention implementation)
+=======
+      remat_policy="none",         # none | full | dots_saveable | dots_with_no_batch_dims_saveable
+      attention_impl="auto",       # auto (splash on TPU, cudnn on GPU, blockwise on CPU) | xla | blockwise | splash | cudnn
+>>>>>>> wt-attn
   ))
   c.update(overrides)
   return c

@@ -6,7 +6,7 @@ from llavaction_jax.model.remat import POLICIES as REMAT_POLICIES
 
 POOL_MODES = ("bilinear", "average", "max")
 NEWLINE_POSITIONS = ("grid", "one_token", "frame", "no_token")
-ATTENTION_IMPLS = (None, "xla", "cudnn")
+ATTENTION_IMPLS = (None, "auto", "xla", "blockwise", "splash", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
