@@ -91,6 +91,11 @@ def get_base_config():
       system_prompt="You are a helpful assistant.",
       shuffle_buffer=1024,
       global_batch_size=8,
+      # Training rows hold several samples (segment ids, RoPE restarting per sample), first-fit in stream
+      # order up to max_length tokens and max_videos_per_row videos; batches then carry pixel_values
+      # [B, max_videos_per_row, F, S, S, 3] and actions [B, max_videos_per_row, 3] (llavaction_jax.input.packing).
+      packing=False,
+      max_videos_per_row=2,
   ))
 
   config.optim = ml_collections.ConfigDict(dict(

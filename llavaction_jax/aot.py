@@ -106,13 +106,19 @@ def compile_train_step(config, devices, topology: str = "") -> AotReport:
     if num_video_tokens(config.model, frames) >= seq_len:
         raise ValueError(f"config.data.max_length={seq_len} leaves no room for the "
                          f"{num_video_tokens(config.model, frames)} video tokens of {frames} frames")
-    bs = step_lib.batch_shardings(mesh)
+    bs = step_lib.batch_shardings(mesh, config)
     sds = lambda shape, dtype, key: jax.ShapeDtypeStruct(shape, dtype, sharding=bs[key])
+    # Packed rows (config.data.packing): P videos / action labels per row, plus segment ids and positions.
+    videos = (int(config.data.max_videos_per_row),) if "segment_ids" in bs else ()
     batch = {"input_ids": sds((batch_size, seq_len), jax.numpy.int32, "input_ids"),
              "attention_mask": sds((batch_size, seq_len), jax.numpy.int32, "attention_mask"),
              "labels": sds((batch_size, seq_len), jax.numpy.int32, "labels"),
-             "pixel_values": sds((batch_size, frames, side, side, 3), jax.numpy.float32, "pixel_values"),
-             "actions": sds((batch_size, 3), jax.numpy.int32, "actions")}
+             "pixel_values": sds((batch_size,) + videos + (frames, side, side, 3), jax.numpy.float32,
+                                 "pixel_values"),
+             "actions": sds((batch_size,) + videos + (3,), jax.numpy.int32, "actions")}
+    if videos:
+        batch.update(segment_ids=sds((batch_size, seq_len), jax.numpy.int32, "segment_ids"),
+                     positions=sds((batch_size, seq_len), jax.numpy.int32, "positions"))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     fn = jax.jit(step_lib.make_train_step(setup, config), in_shardings=(setup.shardings, bs),
                  out_shardings=(setup.shardings, replicated), donate_argnums=(0,))
