@@ -179,6 +179,19 @@ def test_exact_resume_with_packing(data, mesh, packed_run):
     unpacked.close()
 
 
+def _few_rows(run, count=2):
+    """`count` multi-sample rows of the first packed batch (one with a text-only sample when there is one),
+    cut to their used length: small shapes keep the model tests fast."""
+    b, ids = run[0]["batch"], run[0]["ids"]
+    multi = [r for r, row_ids in enumerate(ids) if len(row_ids) > 1]
+    with_text = [r for r in multi if any(sid.startswith("t") for sid in ids[r])]
+    rows = (with_text[:1] + [r for r in multi if r not in with_text[:1]])[:count]
+    assert len(rows) == count
+    end = int(max((b["segment_ids"][r] > 0).sum() for r in rows))
+    sub = {k: (v[rows, :end] if v.ndim == 2 else v[rows]) for k, v in b.items()}   # all 2-D keys are [B, L]
+    return sub, [ids[r] for r in rows]
+
+
 def _unpacked_equivalent(b, ids):
     """The packed batch's samples one per row (unpacked layout, padded to the packed length), in row order."""
     length = b["input_ids"].shape[1]
@@ -212,7 +225,7 @@ def _token_ce(logits, labels):
 
 
 def test_packed_equals_unpacked_on_the_tiny_model(data, packed_run):
-    b, ids = packed_run[0]["batch"], packed_run[0]["ids"]
+    b, ids = _few_rows(packed_run, 3)
     rows, single = _unpacked_equivalent(b, ids)
     model = LlavaActionModel(tiny.get_config().model, rngs=nnx.Rngs(0))
     graph, params = nnx.split(model)
@@ -220,7 +233,7 @@ def test_packed_equals_unpacked_on_the_tiny_model(data, packed_run):
     packed = run(params, b["input_ids"], b["pixel_values"], b["attention_mask"], b["segment_ids"],
                  b["positions"])
     alone = run(params, single["input_ids"], single["pixel_values"], single["attention_mask"], None, None)
-    assert packed.verb_logits.shape == (8, P, 97) and alone.verb_logits.shape == (len(rows), 97)
+    assert packed.verb_logits.shape == (3, P, 97) and alone.verb_logits.shape == (len(rows), 97)
     ce_packed = _token_ce(packed.logits, b["labels"])
     ce_alone = _token_ce(alone.logits, single["labels"])
     seg_of_target = b["segment_ids"][:, 1:]
@@ -245,12 +258,39 @@ def test_packed_equals_unpacked_on_the_tiny_model(data, packed_run):
         assert float(c_p[name]) == float(c_a[name])
 
 
+FILL = dict(input_ids=0, attention_mask=0, labels=IGNORE_INDEX, segment_ids=0, positions=0, pixel_values=-1.0,
+            actions=-1)
+
+
+def _pad_rows(batch, rows):
+    """Empty rows (all padding, segment 0, no video) appended up to `rows`."""
+    return {k: np.concatenate([v, np.full((rows - len(v),) + v.shape[1:], FILL[k], v.dtype)])
+            for k, v in batch.items()}
+
+
+def _one_per_row(single):
+    """The samples alone, one per row, in the packed schema (video in slot 0)."""
+    n, length = single["input_ids"].shape
+    has_video = (single["input_ids"] == 3).any(1)
+    pix = np.full((n, P, F, S, S, 3), -1.0, np.float32)
+    pix[:, 0] = single["pixel_values"]
+    actions = np.full((n, P, 3), -1, np.int32)
+    actions[has_video, 0] = single["actions"][has_video]
+    return dict(input_ids=single["input_ids"], attention_mask=single["attention_mask"], labels=single["labels"],
+                segment_ids=single["attention_mask"], positions=np.arange(length)[None] * single["attention_mask"],
+                pixel_values=pix, actions=actions)
+
+
 def test_train_step_on_packed_batch_matches_unpacked(data, packed_run):
-    """The jitted train step takes packed batches (segment_ids / positions / per-video actions) and its loss
-    and gradients equal those of the same samples unpacked."""
+    """The jitted train step passes segment_ids / positions and the per-video actions: loss, metrics and
+    gradients of the packed rows equal those of the same samples one per row. Both batches have the same
+    shapes (the packed one padded with empty rows) so the step compiles once; the model test above compares
+    packed rows with the plain unpacked layout."""
     from llavaction_jax import sharding as shd
-    b, ids = packed_run[0]["batch"], packed_run[0]["ids"]
+    b, ids = _few_rows(packed_run, 2)
     _, single = _unpacked_equivalent(b, ids)
+    alone = _one_per_row(single)
+    b = _pad_rows(b, len(alone["input_ids"]))
     cfg = config(data["files"])
     cfg.train.action_loss_weight = 0.5
     mesh = shd.make_mesh(cfg.mesh, devices=jax.devices()[:1])
@@ -258,7 +298,7 @@ def test_train_step_on_packed_batch_matches_unpacked(data, packed_run):
     step = step_lib.jit_train_step(setup, cfg)
     assert sorted(step_lib.batch_shardings(mesh, cfg)) == sorted(b)
     results = []
-    for batch in (b, single):
+    for batch in (b, alone):
         state = state_lib.init_state(setup, cfg)
         _, m = step(state, {k: jax.device_put(v, shd.batch_sharding(mesh)) for k, v in batch.items()})
         results.append({k: float(v) for k, v in m.items()})
