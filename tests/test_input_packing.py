@@ -73,6 +73,34 @@ def segments(seg_row):
     return out
 
 
+def test_pack_rows_exact_layout():
+    """Hand-made samples: every label supervised (a pretraining-style sample), so the IGNORE at each
+    segment's first position can only come from the packer."""
+    frames = [np.full((F, S, S, 3), v, np.uint8) for v in (10, 20)]
+    a = packing.Sample("a", [5, 6, 7], [5, 6, 7], frames[0], np.array([1, 2, 3], np.int32), True)
+    t = packing.Sample("t", [8, 9], [8, 9], np.zeros((F, S, S, 3), np.uint8), np.array([-1] * 3, np.int32), False)
+    c = packing.Sample("c", [4, 3, 2, 1], [4, 3, 2, 1], frames[1], np.array([4, 5, 6], np.int32), True)
+    d = packing.Sample("d", [7] * 6, [7] * 6, frames[1], np.array([7, 8, 9], np.int32), True)
+    packer = packing.RowPacker(2, 10, 2)
+    for s in (a, t, c, d):
+        assert packer.add(s)
+    # a, t, c fill row 0 (9 tokens, 2 videos); d (6 tokens) only fits row 1. A third video fits nowhere.
+    assert [[s.sid for s in row] for row in packer.rows] == [["a", "t", "c"], ["d"]]
+    assert not packer.add(packing.Sample("e", [1] * 5, [1] * 5, frames[0], np.zeros(3, np.int32), True))
+    assert packer.add(packing.Sample("f", [1] * 4, [1] * 4, frames[0], np.zeros(3, np.int32), False))
+    out = packing.pack_rows(packer.rows, 12, 0, 2, (F, S, S, 3))
+    I = IGNORE_INDEX
+    assert out["input_ids"].tolist() == [[5, 6, 7, 8, 9, 4, 3, 2, 1, 0, 0, 0], [7] * 6 + [1] * 4 + [0, 0]]
+    assert out["labels"].tolist() == [[I, 6, 7, I, 9, I, 3, 2, 1, I, I, I], [I] + [7] * 5 + [I, 1, 1, 1, I, I]]
+    assert out["segment_ids"].tolist() == [[1, 1, 1, 2, 2, 3, 3, 3, 3, 0, 0, 0], [1] * 6 + [2] * 4 + [0, 0]]
+    assert out["positions"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2, 3, 0, 0, 0], list(range(6)) + [0, 1, 2, 3, 0, 0]]
+    assert out["attention_mask"].tolist() == [[1] * 9 + [0] * 3, [1] * 10 + [0] * 2]
+    assert out["actions"].tolist() == [[[1, 2, 3], [4, 5, 6]], [[7, 8, 9], [-1, -1, -1]]]
+    assert [int(out["frames"][r, p].max()) for r in range(2) for p in range(2)] == [10, 20, 20, 0]
+    with pytest.raises(ValueError, match="exceed the packing capacity 10"):
+        packer.add(packing.Sample("g", [1] * 11, [1] * 11, frames[0], np.zeros(3, np.int32), False))
+
+
 @pytest.fixture(scope="module")
 def packed_run(data, mesh):
     """Three packed batches (host numpy), their per-row ids and the iterator state after each."""
@@ -163,7 +191,8 @@ def test_exact_resume_with_packing(data, mesh, packed_run):
     it = pipeline.make_train_iterator(cfg, mesh, data["tok"], seed=1)
     state = packed_run[0]["state"]
     assert state["packing"] is True and len(state["examples_per_process"]) == 1
-    json.dumps(state)
+    with pytest.raises(ValueError, match="examples_per_process for 2 processes"):
+        it.set_state(dict(state, examples_per_process=state["examples_per_process"] * 2))
     it.set_state(json.loads(json.dumps(state)))
     for want in packed_run[1:]:
         got = host(next(it))
