@@ -1,7 +1,6 @@
 """Sequence packing (config.data.packing): packed batch structure, equivalence with the same samples unpacked
 (LM loss per sample and action heads on the tiny model, and the train step), exact resume."""
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +56,8 @@ def config(files, packed=True, **data):
     cfg.data.update(train_files=files, max_length=MAX_LEN, length_buckets=(256, 384, MAX_LEN),
                     mixture_weights=(0.75, 0.25), packing=packed, max_videos_per_row=P)
     cfg.data.update(data)
+    # One layer each: the model tests compare layouts, not depth, and compile time grows with it.
+    cfg.model.vision.num_layers = cfg.model.text.num_layers = 1
     return cfg
 
 
@@ -256,7 +257,7 @@ def _token_ce(logits, labels):
 def test_packed_equals_unpacked_on_the_tiny_model(data, packed_run):
     b, ids = _few_rows(packed_run, 3)
     rows, single = _unpacked_equivalent(b, ids)
-    model = LlavaActionModel(tiny.get_config().model, rngs=nnx.Rngs(0))
+    model = LlavaActionModel(config(data["files"]).model, rngs=nnx.Rngs(0))
     graph, params = nnx.split(model)
     run = jax.jit(lambda p, *args: nnx.merge(graph, p)(*args))
     packed = run(params, b["input_ids"], b["pixel_values"], b["attention_mask"], b["segment_ids"],
