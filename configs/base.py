@@ -72,17 +72,13 @@ def model_config(**overrides):
       dtype="float32",             # compute dtype
       param_dtype="float32",
       scan_layers=True,
-<<<<<<< HEAD
       # Decoder / vision-tower remat policies (llavaction_jax/model/remat.py POLICIES): none | full |
       # save_qkv_proj | save_dot_except_mlp | save_all_named |
       # offload_dot_except_mlp | dots_saveable | dots_with_no_batch_dims_saveable. "" = same as the decoder.
       remat_policy="none",
       vision_remat_policy="",
-      attention_impl="xla",        # xla | cudnn (jax.nn.dot_product_attention implementation)
-=======
-      remat_policy="none",         # none | full | dots_saveable | dots_with_no_batch_dims_saveable
-      attention_impl="auto",       # auto (splash on TPU, cudnn on GPU, blockwise on CPU) | xla | blockwise | splash | cudnn
->>>>>>> wt-attn
+      # auto (splash on TPU, cudnn on GPU, blockwise elsewhere) | xla | blockwise | splash | cudnn
+      attention_impl="auto",
   ))
   c.update(overrides)
   return c
@@ -108,6 +104,11 @@ def get_base_config():
       system_prompt="You are a helpful assistant.",
       shuffle_buffer=1024,
       global_batch_size=8,
+      # Training rows hold several samples (segment ids, RoPE restarting per sample), first-fit in stream
+      # order up to max_length tokens and max_videos_per_row videos; batches then carry pixel_values
+      # [B, max_videos_per_row, F, S, S, 3] and actions [B, max_videos_per_row, 3] (llavaction_jax.input.packing).
+      packing=False,
+      max_videos_per_row=2,
   ))
 
   config.optim = ml_collections.ConfigDict(dict(

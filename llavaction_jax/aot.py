@@ -168,12 +168,21 @@ def _abstract_batch(config, mesh, batch_size, seq_len):
     import jax
     from llavaction_jax.train import step as step_lib
     frames, side = int(config.data.num_frames), int(config.model.vision.image_size)
-    bs = step_lib.batch_shardings(mesh)
-    i32, f32 = jax.numpy.int32, jax.numpy.float32
-    shapes = {"input_ids": ((batch_size, seq_len), i32), "attention_mask": ((batch_size, seq_len), i32),
-              "labels": ((batch_size, seq_len), i32), "pixel_values": ((batch_size, frames, side, side, 3), f32),
-              "actions": ((batch_size, 3), i32)}
-    return {k: jax.ShapeDtypeStruct(s, d, sharding=bs[k]) for k, (s, d) in shapes.items()}
+    bs = step_lib.batch_shardings(mesh, config)
+    sds = lambda shape, dtype, key: jax.ShapeDtypeStruct(shape, dtype, sharding=bs[key])
+    # Packed rows (config.data.packing): P videos / action labels per row, plus segment ids and positions.
+    videos = (int(config.data.max_videos_per_row),) if "segment_ids" in bs else ()
+    i32 = jax.numpy.int32
+    batch = {"input_ids": sds((batch_size, seq_len), i32, "input_ids"),
+             "attention_mask": sds((batch_size, seq_len), i32, "attention_mask"),
+             "labels": sds((batch_size, seq_len), i32, "labels"),
+             "pixel_values": sds((batch_size,) + videos + (frames, side, side, 3), jax.numpy.float32,
+                                 "pixel_values"),
+             "actions": sds((batch_size,) + videos + (3,), i32, "actions")}
+    if videos:
+        batch.update(segment_ids=sds((batch_size, seq_len), i32, "segment_ids"),
+                     positions=sds((batch_size, seq_len), i32, "positions"))
+    return batch
 
 
 def _compile(config, mesh, batch_size, seq_len):
@@ -183,7 +192,8 @@ def _compile(config, mesh, batch_size, seq_len):
     setup = state_lib.build_setup(config, mesh)
     batch = _abstract_batch(config, mesh, batch_size, seq_len)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    fn = jax.jit(step_lib.make_train_step(setup, config), in_shardings=(setup.shardings, step_lib.batch_shardings(mesh)),
+    batch_shardings = {k: v.sharding for k, v in batch.items()}
+    fn = jax.jit(step_lib.make_train_step(setup, config), in_shardings=(setup.shardings, batch_shardings),
                  out_shardings=(setup.shardings, replicated), donate_argnums=(0,))
     t0 = time.perf_counter()
     with jax.set_mesh(mesh):

@@ -9,7 +9,9 @@ Stages
    (data_prep.records.FEATURE_SPEC), decodes the JPEG frames (uint8) and resizes them if needed.
 4. Host stage (background thread): ChatML tokens + labels (chat.py; time instruction via data_prep.prompts),
    truncation of text beyond max_length (counted, warned; video slots are never cut), right padding to the
-   smallest length bucket that fits the row, stacking into numpy batches.
+   smallest length bucket that fits the row, stacking into numpy batches. With config.data.packing the
+   training rows are packed instead (packing.py: greedy first-fit in stream order, several samples per row
+   with segment_ids / per-segment positions, up to config.data.max_videos_per_row videos per row).
 5. Caller's thread: all hosts agree on the padded length (the max of their buckets), the batch becomes global
    jax.Arrays over the mesh batch axes ('data', 'fsdp') via jax.make_array_from_process_local_data, and the
    uint8 frames are SigLIP-normalised on device ((x/255 - 0.5)/0.5, exact, by table lookup).
@@ -29,7 +31,7 @@ from jax.experimental import multihost_utils
 
 from data_prep import prompts
 from data_prep.records import FEATURE_SPEC
-from llavaction_jax.input import chat, mixture, recordio
+from llavaction_jax.input import chat, mixture, packing, recordio
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +220,13 @@ def agreed_pad_length(local_length):
     return int(np.max(multihost_utils.process_allgather(np.asarray([local_length], np.int64))))
 
 
+def _examples_per_process(k):
+    """Every host's stream position (one tiny allgather, in the caller's thread like the pad length)."""
+    if jax.process_count() == 1:
+        return [int(k)]
+    return [int(x) for x in np.asarray(multihost_utils.process_allgather(np.asarray([k], np.int64))).reshape(-1)]
+
+
 def _batch_sharding(mesh):
     from llavaction_jax.sharding import batch_sharding
     return batch_sharding(mesh)
@@ -226,8 +235,14 @@ def _batch_sharding(mesh):
 class _BatchBuilder:
     """Host rows -> padded numpy batch (background thread) -> global jax.Arrays (caller's thread)."""
 
-    def __init__(self, config, mesh, tok, global_batch_size):
+    def __init__(self, config, mesh, tok, global_batch_size, packed=False):
         self.tok = tok
+        self.packed = bool(packed)
+        self.max_videos = int(config.data.get("max_videos_per_row", 1))
+        if self.packed and self.max_videos < 1:
+            raise ValueError(f"config.data.max_videos_per_row={self.max_videos}: a packed row needs >= 1 video slot")
+        self.frame_shape = (int(config.data.num_frames), int(config.model.vision.image_size),
+                            int(config.model.vision.image_size), 3)
         self.buckets = tuple(config.data.length_buckets)
         self.max_length = int(config.data.max_length)
         self.sharding = _batch_sharding(mesh)
@@ -262,13 +277,23 @@ class _BatchBuilder:
             "actions": np.stack([r[3] for r in rows]).astype(np.int32, copy=False),
         }
 
+    def new_packer(self):
+        return packing.RowPacker(self.local_batch_size, self.max_length, self.max_videos)
+
+    def host_batch_packed(self, rows):
+        """rows: per batch row, a list of packing.Sample -> numpy dict (packing.pack_rows) padded to the bucket."""
+        length = pad_length(max(sum(len(s.ids) for s in row) for row in rows), self.buckets, self.max_length)
+        return packing.pack_rows(rows, length, self.tok.pad_id, self.max_videos, self.frame_shape)
+
     def to_global(self, host):
         """Pads to the length all hosts agree on, builds the global arrays, normalises frames on device."""
         length = agreed_pad_length(host["input_ids"].shape[1])
         extra = length - host["input_ids"].shape[1]
         if extra:
-            fill = {"input_ids": self.tok.pad_id, "attention_mask": 0, "labels": chat.IGNORE_INDEX}
-            host = dict(host, **{k: np.pad(host[k], ((0, 0), (0, extra)), constant_values=v) for k, v in fill.items()})
+            fill = {"input_ids": self.tok.pad_id, "attention_mask": 0, "labels": chat.IGNORE_INDEX,
+                    "segment_ids": 0, "positions": 0}
+            host = dict(host, **{k: np.pad(host[k], ((0, 0), (0, extra)), constant_values=v)
+                                 for k, v in fill.items() if k in host})
 
         def put(x):
             global_shape = (self.global_batch_size,) + x.shape[1:]
@@ -370,6 +395,9 @@ class _TrainProducer:
 
     def host_batches(self, k0):
         """(host batch, ids, examples consumed after it, rows truncated) for the stream starting at example k0."""
+        if self.builder.packed:
+            yield from self.packed_host_batches(k0)
+            return
         ds = _decoded_dataset(lambda: self.record_stream(k0), self.decode_fn, self.num_parallel)
         rows, ids, k, truncated = [], [], k0, 0
         for got, ex in ds.as_numpy_iterator():
@@ -383,6 +411,32 @@ class _TrainProducer:
             if len(rows) == self.builder.local_batch_size:
                 yield self.builder.host_batch(rows), ids, k, truncated
                 rows, ids, truncated = [], [], 0
+
+    def packed_host_batches(self, k0):
+        """Packed batches: (host batch, per-row ids, first example NOT in the batch, samples truncated).
+
+        The sample that fits no row closes the batch and opens the next one; a batch therefore depends only on
+        the example it starts at, and resuming at the returned position rebuilds the next batch exactly.
+        """
+        ds = _decoded_dataset(lambda: self.record_stream(k0), self.decode_fn, self.num_parallel)
+        packer, k = self.builder.new_packer(), k0
+        for got, ex in ds.as_numpy_iterator():
+            if got != k:
+                raise RuntimeError(f"input stream out of order: got example {got}, expected {k}")
+            has_video = bool(ex["has_video"])
+            sid, tokens, labels, cut = self.text(ex["sample_json"].decode(), has_video)
+            sample = packing.Sample(sid, tokens, labels, ex["frames"], ex["actions"], has_video, bool(cut))
+            if not packer.add(sample):
+                host, ids, truncated = self._packed(packer)
+                yield host, ids, k, truncated
+                packer = self.builder.new_packer()
+                packer.add(sample)      # an empty packer takes any sample of <= max_length tokens
+            k += 1
+
+    def _packed(self, packer):
+        host = self.builder.host_batch_packed(packer.rows)
+        ids = [[s.sid for s in row] for row in packer.rows]
+        return host, ids, sum(s.truncated for row in packer.rows for s in row)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -408,11 +462,14 @@ class TrainIterator:
         self.weights = mixture.normalise_weights(tuple(config.data.mixture_weights), len(self.sources))
         self.schedule = mixture.MixtureSchedule(self.weights, self.seed)
         self.text = TextStage(config, tok, with_answer=True)
-        self.builder = _BatchBuilder(config, mesh, tok, global_batch_size or config.data.global_batch_size)
+        self.packed = bool(config.data.get("packing", False))
+        self.builder = _BatchBuilder(config, mesh, tok, global_batch_size or config.data.global_batch_size,
+                                     packed=self.packed)
         self.decode_fn = make_decode_fn(int(config.data.num_frames), int(config.model.vision.image_size))
         self.num_parallel = num_parallel or tf.data.AUTOTUNE
         self.prefetch_batches = prefetch_batches
-        self.last_ids = []
+        self.last_ids = []          # packed: one list of sample ids per local row
+        self._per_process = None    # packed: every host's stream position (hosts consume different counts)
         self.num_truncated = 0      # rows with text cut to max_length among the batches returned so far
         self._prefetch = None
         self._start(0)
@@ -450,6 +507,8 @@ class TrainIterator:
         host, ids, k, truncated = self._prefetch.get()
         batch = self.builder.to_global(host)
         self._examples = k
+        if self.packed:
+            self._per_process = _examples_per_process(k)
         self.last_ids = ids
         self.num_truncated += truncated
         return batch
@@ -460,7 +519,21 @@ class TrainIterator:
         return [int(c) // len(index) for c, index in zip(consumed, self.indexes)]
 
     def get_state(self):
-        """Small JSON-serialisable state; identical on every host (it only depends on (seed, k))."""
+        """Small JSON-serialisable state; identical on every host (it only depends on (seed, k)).
+
+        Packed: hosts consume different numbers of examples per batch, so the state lists every host's k
+        (gathered with each batch) and each host resumes at its own.
+        """
+        if self.packed:
+            per_process = self._per_process or [int(self._examples)] * jax.process_count()
+            return {
+                "version": STATE_VERSION,
+                "seed": self.seed,
+                "packing": True,
+                "examples_per_process": [int(k) for k in per_process],
+                "draws_per_source": [[int(c) for c in self.schedule.consumed(k)] for k in per_process],
+                "weights": [float(w) for w in self.weights],
+            }
         return {
             "version": STATE_VERSION,
             "seed": self.seed,
@@ -474,18 +547,36 @@ class TrainIterator:
             raise ValueError(f"input state version {state.get('version')} != {STATE_VERSION}: {state}")
         if int(state["seed"]) != self.seed:
             raise ValueError(f"input state was saved with seed {state['seed']}, this iterator has {self.seed}")
-        k = int(state["examples"])
+        pi, pc = jax.process_index(), jax.process_count()
+        if "examples_per_process" in state:
+            per_process = [int(k) for k in state["examples_per_process"]]
+            if len(per_process) != pc:
+                raise ValueError(f"input state has examples_per_process for {len(per_process)} processes, "
+                                 f"this run has {pc}: a packed stream resumes only on the same process count")
+            if not self.packed and len(set(per_process)) > 1:
+                raise ValueError("input state comes from a packed run (config.data.packing) whose hosts stopped "
+                                 f"at different examples {per_process}; resume it with packing on")
+            saved_draws = state["draws_per_source"][pi]
+        else:       # an unpacked state: every host is at the same k
+            per_process = [int(state["examples"])] * pc
+            saved_draws = state["draws_per_source"]
+        k = per_process[pi]
         draws = [int(c) for c in self.schedule.consumed(k)]
-        if draws != [int(c) for c in state["draws_per_source"]] or not np.allclose(state["weights"], self.weights):
+        if draws != [int(c) for c in saved_draws] or not np.allclose(state["weights"], self.weights):
             raise ValueError("input state does not match this iterator's sources/mixture weights: "
-                             f"saved draws {state['draws_per_source']} weights {state['weights']}, "
+                             f"saved draws {saved_draws} weights {state['weights']}, "
                              f"here {draws} {list(self.weights)}")
         self._start(k)
+        self._per_process = per_process if self.packed else None
 
 
 def make_train_iterator(config, mesh, tok, files=None, seed=None, global_batch_size=None, num_parallel=None,
                         prefetch_batches=2):
-    """Training batches: dict of global jax.Arrays (input_ids, attention_mask, labels, pixel_values, actions)."""
+    """Training batches: dict of global jax.Arrays (input_ids, attention_mask, labels, pixel_values, actions).
+
+    With config.data.packing also segment_ids and positions [B, L]; pixel_values is then [B, P, F, S, S, 3]
+    and actions [B, P, 3] (P = config.data.max_videos_per_row; see llavaction_jax.input.packing).
+    """
     return TrainIterator(config, mesh, tok, files=files, seed=seed, global_batch_size=global_batch_size,
                          num_parallel=num_parallel, prefetch_batches=prefetch_batches)
 

@@ -19,7 +19,7 @@ from llavaction_jax.model.spec import ModelSpec, num_video_tokens
 @flax.struct.dataclass
 class ModelOutput:
     logits: jax.Array                      # float32 [B, L, V]
-    verb_logits: jax.Array | None = None   # float32 [B, C_verb] (None without the action token)
+    verb_logits: jax.Array | None = None   # float32 [B, C_verb]; packed rows [B, P, C_verb] (None w/o action token)
     noun_logits: jax.Array | None = None
     action_logits: jax.Array | None = None
 
@@ -75,9 +75,18 @@ class LlavaActionModel(nnx.Module):
 
     # ---- video ----------------------------------------------------------------------------------
     def video_tokens(self, pixel_values):
-        """pixel_values [B, F, S, S, 3] -> the full video token sequence [B, num_video_tokens, H]."""
+        """pixel_values [B, F, S, S, 3] -> the full video token sequence [B, num_video_tokens, H].
+
+        Packed rows: [B, P, F, S, S, 3] (P videos per row) -> [B, P * num_video_tokens, H], video after video,
+        so the k-th video slot of the row gets the k-th token.
+        """
+        if pixel_values.ndim == 6:
+            bsz, per_row = pixel_values.shape[:2]
+            tokens = self.video_tokens(pixel_values.reshape((bsz * per_row,) + pixel_values.shape[2:]))
+            return tokens.reshape((bsz, per_row * tokens.shape[1], tokens.shape[2]))
         if pixel_values.ndim != 5:
-            raise ValueError(f"pixel_values must be [B, F, S, S, 3], got shape {pixel_values.shape}")
+            raise ValueError(f"pixel_values must be [B, F, S, S, 3] or packed [B, P, F, S, S, 3], "
+                             f"got shape {pixel_values.shape}")
         bsz, frames = pixel_values.shape[:2]
         side = self.spec.vision.grid_side
         feats = self.vision(pixel_values.reshape((bsz * frames,) + pixel_values.shape[2:]))
@@ -94,11 +103,16 @@ class LlavaActionModel(nnx.Module):
             return
         ids = np.asarray(input_ids)
         counts = (ids == self.spec.video_token_id).sum(axis=1)
-        expected = num_video_tokens(self.spec, pixel_values.shape[1]) if pixel_values is not None else 0
+        packed = pixel_values is not None and pixel_values.ndim == 6
+        frames = pixel_values.shape[-4] if pixel_values is not None else 0
+        expected = num_video_tokens(self.spec, frames) if pixel_values is not None else 0
+        per_row = pixel_values.shape[1] if packed else 1
         for row, count in enumerate(counts):
-            if count not in (0, expected):
+            ok = count in (0, expected) or (packed and count % expected == 0 and count <= per_row * expected)
+            if not ok:
+                what = f"a multiple <= {per_row} x {expected}" if packed else f"{expected}"
                 raise ValueError(f"input_ids row {row}: {count} video slots (id {self.spec.video_token_id}); "
-                                 f"expected {expected} (num_video_tokens for the given pixel_values) or 0")
+                                 f"expected {what} (num_video_tokens for the given pixel_values) or 0")
         bad = (ids != self.spec.video_token_id) & ((ids < 0) | (ids >= self.spec.text.vocab_size))
         if bad.any():
             row, col = np.argwhere(bad)[0]
@@ -126,8 +140,19 @@ class LlavaActionModel(nnx.Module):
             return self.llm.embed_tokens.attend(hidden, out_dtype=jnp.float32)
         return self.lm_head(hidden, out_dtype=jnp.float32)
 
-    def action_logits(self, hidden, slots):
-        """Verb/noun/action logits from the hidden state at each sample's LAST video slot (the action token)."""
+    def action_logits(self, hidden, slots, video_tokens_per_video=None, videos_per_row=None):
+        """Verb/noun/action logits from the hidden state at each sample's LAST video slot (the action token).
+
+        Packed rows (videos_per_row=P): video p's action token is the row's ((p+1)*N)-th slot (N video tokens
+        per video) -> logits [B, P, C]; a video slot the row does not use reads position 0 (its label is -1).
+        """
+        if videos_per_row is not None:
+            rank = jnp.cumsum(slots.astype(jnp.int32), axis=1) - 1
+            target = (jnp.arange(videos_per_row, dtype=jnp.int32) + 1) * video_tokens_per_video - 1
+            at = slots[:, None, :] & (rank[:, None, :] == target[None, :, None])     # [B, P, L]
+            pos = jnp.argmax(at, axis=-1)
+            h = jnp.take_along_axis(hidden, pos[..., None], axis=1)                   # [B, P, H]
+            return self.action(h)
         length = slots.shape[1]
         last = length - 1 - jnp.argmax(slots[:, ::-1], axis=1)
         h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
@@ -164,5 +189,9 @@ class LlavaActionModel(nnx.Module):
         logits = self.lm_logits(hidden)
         if not self.spec.action_token:
             return ModelOutput(logits=logits)
-        verb, noun, action = self.action_logits(hidden, slots)
+        if pixel_values is not None and pixel_values.ndim == 6:
+            n = num_video_tokens(self.spec, pixel_values.shape[2])
+            verb, noun, action = self.action_logits(hidden, slots, n, pixel_values.shape[1])
+        else:
+            verb, noun, action = self.action_logits(hidden, slots)
         return ModelOutput(logits=logits, verb_logits=verb, noun_logits=noun, action_logits=action)

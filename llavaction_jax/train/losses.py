@@ -27,17 +27,21 @@ def lm_loss(logits, labels):
 
 
 def action_valid(actions):
-    """Samples with an EK100 action label ([verb, noun, action] all >= 0)."""
+    """Samples with an EK100 action label ([verb, noun, action] all >= 0); actions [B, 3] or packed [B, P, 3]."""
     return jnp.all(actions >= 0, axis=-1)
 
 
 def action_loss_sums(out, actions):
-    """Per-head (CE sum, correct count) over valid samples, and the number of valid samples."""
+    """Per-head (CE sum, correct count) over valid samples, and the number of valid samples.
+
+    Packed batches: actions [B, P, 3] with logits [B, P, C], one (row, video) pair per sample; unused video
+    slots carry -1 and drop out like unlabelled samples.
+    """
     valid = action_valid(actions)
     sums, correct = {}, {}
     for i, name in enumerate(ACTION_PARTS):
         logits = getattr(out, f"{name}_logits").astype(jnp.float32)
-        target = jnp.where(valid, actions[:, i], 0)
+        target = jnp.where(valid, actions[..., i], 0)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, target)
         sums[name] = jnp.sum(jnp.where(valid, ce, 0.0))
         correct[name] = jnp.sum(jnp.where(valid, jnp.argmax(logits, -1) == target, False)).astype(jnp.float32)

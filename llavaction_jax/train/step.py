@@ -17,10 +17,19 @@ from llavaction_jax.train.optimizer import DEFAULT, FROZEN
 from llavaction_jax.train.state import Holder, TrainSetup, config_key
 
 BATCH_SPECS = {"input_ids": 2, "attention_mask": 2, "labels": 2, "pixel_values": 5, "actions": 2}
+# config.data.packing: several samples per row (llavaction_jax.input.packing) -> two more [B, L] inputs, and
+# P = max_videos_per_row videos / action labels per row.
+PACKED_BATCH_SPECS = dict(BATCH_SPECS, pixel_values=6, actions=3, segment_ids=2, positions=2)
 
 
-def batch_shardings(mesh):
-    return {k: shd.batch_sharding(mesh) for k in BATCH_SPECS}
+def batch_specs(config=None):
+    """Key -> rank of the train batch for `config` (packed when config.data.packing)."""
+    packed = config is not None and bool(config.data.get("packing", False))
+    return PACKED_BATCH_SPECS if packed else BATCH_SPECS
+
+
+def batch_shardings(mesh, config=None):
+    return {k: shd.batch_sharding(mesh) for k in batch_specs(config)}
 
 
 def _split_trainable(params, labels):
@@ -62,7 +71,8 @@ def make_loss_and_grads(setup: TrainSetup, config) -> Callable:
 
         def loss_fn(train_params, frozen_params, mb):
             model = setup.merge(_join(train_params, frozen_params))
-            out = model(mb["input_ids"], mb["pixel_values"], mb["attention_mask"])
+            out = model(mb["input_ids"], mb["pixel_values"], mb["attention_mask"],
+                        mb.get("segment_ids"), mb.get("positions"))
             lm_sum, _ = losses.lm_loss_sums(out.logits, mb["labels"])
             aux = {"lm_sum": lm_sum}
             # Dividing by the global counts makes micro-batch losses (and grads) add up to the full batch's.
@@ -137,8 +147,10 @@ def make_train_step(setup: TrainSetup, config) -> Callable:
 def _jitted_step(key: str, mesh, holder):
     setup, config = holder.setup, holder.config
     replicated = NamedSharding(mesh, PartitionSpec())
+    # One sharding for every batch leaf (a pytree prefix): packed and unpacked batches (e.g. synthetic data
+    # under a packing config) run through the same function.
     return jax.jit(make_train_step(setup, config),
-                   in_shardings=(setup.shardings, batch_shardings(mesh)),
+                   in_shardings=(setup.shardings, shd.batch_sharding(mesh)),
                    out_shardings=(setup.shardings, replicated), donate_argnums=(0,))
 
 
