@@ -273,7 +273,7 @@ def _splash_local(q, k, v, q_seg, kv_seg, *, causal, block, interpret):
 
 
 def _batch_axes(mesh, bsz):
-    """The largest prefix-free choice of ('data', 'fsdp') mesh axes whose size divides the batch."""
+    """Mesh axes to split the batch over: ('data', 'fsdp') if their product divides it, else the one that does."""
     present = [a for a in BATCH_AXES if a in mesh.axis_names]
     for axes in (tuple(present), *((a,) for a in present)):
         if axes and bsz % math.prod(mesh.shape[a] for a in axes) == 0:
