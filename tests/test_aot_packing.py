@@ -12,7 +12,7 @@ def test_packed_train_step_compiles_for_v5e_2x2():
     cfg = tiny.get_config()
     cfg.mesh.update(data=2, fsdp=2, tensor=1)
     cfg.data.update(packing=True, max_videos_per_row=2)
-    report = aot.compile_train_step(cfg, aot.topology_devices("v5e:2x2"), "v5e:2x2")
+    report = aot.compile_train_step(cfg, aot.topology_devices("v5e:2x2"), "v5e:2x2", count_flops=False)
     assert report.fits and report.flops_per_device > 0
     # Deterministic per-device argument bytes: the state plus the PACKED batch (2 video slots per row,
     # segment_ids, positions). The same config unpacked compiles to 3902464 bytes of arguments.

@@ -122,13 +122,16 @@ def test_splash_heads_not_divisible_by_tensor_axis_are_replicated():
     _sharded_vs_reference("splash", (2, 2, 2), heads=4, kv_heads=1)
 
 
-def test_auto_on_cpu_is_blockwise_and_decode_is_xla():
+def test_auto_on_cpu_is_blockwise_and_decode_is_xla(monkeypatch):
     mesh = shd.make_mesh(dict(data=2, fsdp=2, tensor=2))
     with jax.set_mesh(mesh):
         assert attn._platform() == "cpu"
     q, k, v, _ = _inputs(2, 20, 4, 2)
-    causal = jax.make_jaxpr(lambda q, k, v: attn.attention(q, k, v, impl="auto", causal=True))(q, k, v)
-    assert "custom_vjp_call" in str(causal)  # the blockwise flash VJP, not XLA's dot_product_attention
+    full = lambda q, k, v: attn.attention(q, k, v, impl="auto", causal=True)
+    # Small scores (20 x 20 <= AUTO_XLA_MAX_SCORES): XLA's path; larger ones: the blockwise flash VJP.
+    assert "custom_vjp_call" not in str(jax.make_jaxpr(full)(q, k, v))
+    monkeypatch.setattr(attn, "AUTO_XLA_MAX_SCORES", 20 * 20 - 1)
+    assert "custom_vjp_call" in str(jax.make_jaxpr(full)(q, k, v))
     np.testing.assert_allclose(attn.attention(q, k, v, impl="auto", causal=True),
                                attn.attention(q, k, v, impl="xla", causal=True), **TOL)
     # One query against a KV cache: xla (no custom VJP, no kernel).

@@ -16,8 +16,9 @@ Implementations:
   * splash: the Pallas TPU splash-attention kernel, shard_mapped over the batch and head mesh axes
     (on a non-TPU platform it runs in the Pallas interpreter: slow, for tests).
   * cudnn: cuDNN fused attention (GPU, bf16/fp16, no segment_ids).
-  * auto: splash on TPU, cuDNN on GPU where it applies (blockwise otherwise), blockwise on CPU; single-query
-    decode steps and cross-length calls use xla (tiny scores). The platform is the one of the mesh the
+  * auto: splash on TPU, cuDNN on GPU where it applies (blockwise otherwise), blockwise on CPU once the
+    scores get large (T * S > AUTO_XLA_MAX_SCORES; below that XLA's fused path is faster and small);
+    single-query decode steps and cross-length calls use xla (tiny scores). The platform is the one of the mesh the
     program is traced under (an AOT compile for a TPU topology on a CPU host picks splash).
 """
 import functools
@@ -31,6 +32,8 @@ import numpy as np
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 BATCH_AXES = ("data", "fsdp")
 HEAD_AXIS = "tensor"
+# On CPU (and other platforms without a kernel), `auto` materialises scores up to 1024 x 1024 per head.
+AUTO_XLA_MAX_SCORES = 1024 * 1024
 
 
 def _reference_mask(bsz, tq, tk, causal, kv_lengths, segment_ids):
@@ -325,6 +328,8 @@ def auto_attention(q, k, v, *, causal, kv_lengths=None, segment_ids=None):
     if (platform in ("gpu", "cuda") and segment_ids is None and q.dtype in (jnp.bfloat16, jnp.float16)
             and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128):
         return cudnn_attention(q, k, v, causal=causal, kv_lengths=kv_lengths)
+    if platform not in ("gpu", "cuda") and q.shape[1] * k.shape[1] <= AUTO_XLA_MAX_SCORES:
+        return xla_attention(q, k, v, causal=causal, kv_lengths=kv_lengths, segment_ids=segment_ids)
     return blockwise_attention(q, k, v, causal=causal, kv_lengths=kv_lengths, segment_ids=segment_ids)
 
 
