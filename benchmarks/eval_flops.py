@@ -78,7 +78,8 @@ def measure(model_cfg, *, batch: int, frames: int, text_tokens: int, max_new: in
         raise ValueError(f"max_new must be >= 2 (one decode step at least), got {max_new}")
     model_cfg = model_cfg.copy_and_resolve_references()
     model_cfg.scan_layers = False                  # XLA would count a scanned layer body once
-    model = LlavaActionModel(model_cfg, rngs=nnx.Rngs(seed))
+    # FLOPs depend on shapes only: an abstract model (no parameter init) is enough to compile.
+    model = nnx.eval_shape(lambda: LlavaActionModel(model_cfg, rngs=nnx.Rngs(seed)))
     graphdef, state = nnx.split(model)
     ids, pix, mask = prompt_batch(model_cfg, batch, frames, text_tokens)
     eos, pad = jnp.asarray([-1], jnp.int32), jnp.int32(0)
