@@ -54,19 +54,24 @@ def test_full_mode_is_lm_loss_sums():
     assert np.all(full[2][0][3, :L - 4] == 0.0) and np.all(full[2][0][3, L - 4:L - 1] != 0.0) and np.all(full[2][0][3, L - 1] == 0.0)
 
 
-@pytest.mark.parametrize("chunk_size", [8, 7, 45, 100, 1])
-def test_chunked_equals_full(chunk_size):
+@pytest.fixture(scope="module")
+def full_reference():
     hidden, w, labels = _inputs()
-    _assert_same(_value_and_grads("chunked", hidden, w, labels, chunk_size=chunk_size),
-                 _value_and_grads("full", hidden, w, labels))
+    return _value_and_grads("full", hidden, w, labels)
 
 
-@pytest.mark.parametrize("max_supervised,chunk_size", [(40, 8), (64, 5), (8, 8), (39, 45), (38, 3)])
-def test_supervised_equals_full_including_fallback(max_supervised, chunk_size):
+@pytest.mark.parametrize("chunk_size", [7, 100, 1])
+def test_chunked_equals_full(chunk_size, full_reference):
+    """7 does not divide L = 45; 100 > L is one chunk; 1 is one position per chunk."""
+    hidden, w, labels = _inputs()
+    _assert_same(_value_and_grads("chunked", hidden, w, labels, chunk_size=chunk_size), full_reference)
+
+
+@pytest.mark.parametrize("max_supervised,chunk_size", [(40, 8), (39, 45), (8, 8), (38, 3)])
+def test_supervised_equals_full_including_fallback(max_supervised, chunk_size, full_reference):
     """K >= 39 gathers (row 2 has exactly 39 targets); K = 8 or 38 < 39 takes the exact chunked fallback."""
     hidden, w, labels = _inputs()
-    _assert_same(_value_and_grads("supervised", hidden, w, labels, chunk_size, max_supervised),
-                 _value_and_grads("full", hidden, w, labels))
+    _assert_same(_value_and_grads("supervised", hidden, w, labels, chunk_size, max_supervised), full_reference)
 
 
 def test_supervised_with_no_supervised_token_at_all():
@@ -127,3 +132,15 @@ def test_train_step_loss_and_grads_same_for_every_setting():
         np.testing.assert_allclose(got[:3], want[:3], rtol=2e-6, err_msg=name)
         for g, r in zip(jax.tree.leaves(got[3]), leaves):
             np.testing.assert_allclose(g, r, rtol=0, atol=1e-6 * max(1.0, float(np.abs(r).max())), err_msg=name)
+
+
+def test_compiled_memory_full_vs_chunked_vs_supervised():
+    """XLA memory_analysis of loss + grads (deterministic): "full" holds [B, L, V] f32 logits and more; "chunked" and
+    "supervised" (both cond branches compiled) stay under 3 chunks' worth of [B, C, V] f32 logits."""
+    from benchmarks.lm_loss_memory import measure
+    b, length, h, v, chunk = 2, 2048, 64, 8192, 256
+    temp = {mode: measure(mode, batch=b, length=length, hidden=h, vocab=v, chunk_size=chunk, max_supervised=256)[0]
+            for mode in losses.LM_LOSS_MODES}
+    full_logits, chunk_logits = b * length * v * 4, b * chunk * v * 4
+    assert temp["full"] > 2 * full_logits
+    assert temp["chunked"] < 3 * chunk_logits and temp["supervised"] < 3 * chunk_logits
