@@ -86,12 +86,15 @@ def test_supervised_with_no_supervised_token_at_all():
 def test_bad_mode_and_knobs():
     hidden, w, labels = _inputs()
     fn = lambda x: jnp.dot(x, w)
+    ok = dict(mode="supervised", chunk_size=8, max_supervised=8)
     with pytest.raises(ValueError, match=r"config.train.lm_loss must be one of .* got 'sparse'"):
-        losses.lm_loss_sums_from_hidden(fn, hidden, labels, mode="sparse")
+        losses.lm_loss_sums_from_hidden(fn, hidden, labels, **{**ok, "mode": "sparse"})
     with pytest.raises(ValueError, match="lm_loss_chunk_size must be >= 1, got 0"):
-        losses.lm_loss_sums_from_hidden(fn, hidden, labels, chunk_size=0)
+        losses.lm_loss_sums_from_hidden(fn, hidden, labels, **{**ok, "chunk_size": 0})
     with pytest.raises(ValueError, match="lm_loss_max_supervised must be >= 1, got 0"):
-        losses.lm_loss_sums_from_hidden(fn, hidden, labels, mode="supervised", max_supervised=0)
+        losses.lm_loss_sums_from_hidden(fn, hidden, labels, **{**ok, "max_supervised": 0})
+    with pytest.raises(ValueError, match=r"hidden must be \[B, L, H\] and labels \[B, L\]"):
+        losses.lm_loss_sums_from_hidden(fn, hidden, labels[:, 1:], **ok)
 
 
 def _step_config(lm_loss, chunk_size=512, max_supervised=1024):

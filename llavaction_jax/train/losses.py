@@ -90,8 +90,11 @@ def _supervised_ce_sum(logits_fn, hidden, targets, max_supervised, chunk_size):
 LM_LOSS_MODES = ("full", "chunked", "supervised")
 
 
-def lm_loss_sums_from_hidden(logits_fn, hidden, labels, *, mode="chunked", chunk_size=512, max_supervised=1024):
+def lm_loss_sums_from_hidden(logits_fn, hidden, labels, *, mode, chunk_size, max_supervised):
     """(sum of token CE, number of supervised tokens) from final-norm hidden states [B, L, H].
+
+    mode / chunk_size / max_supervised are config.train.lm_loss / lm_loss_chunk_size / lm_loss_max_supervised
+    (defaults and the reason for the default mode: configs/base.py).
 
     logits_fn maps hidden [..., H] to logits [..., V] (model.lm_logits). Same values as
     lm_loss_sums(logits_fn(hidden), labels) for every mode; they differ in memory and FLOPs:
