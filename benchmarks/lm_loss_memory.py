@@ -6,6 +6,12 @@
 The function is d(loss)/d(hidden, lm_head) for bf16 final-norm hidden states [B, L, H] and an f32 LM head [H, V]
 cast to bf16 (the 7B config's compute). The supervised program holds both lax.cond branches (gathered and the
 chunked fallback), so its temp bytes cover either.
+
+Measured (temp bytes): CPU full 40,096,937,984 / chunked 5,225,120,064 / supervised 5,357,253,504; TPU v5p AOT
+full 19,931,758,304 / chunked 1,717,365,152 / supervised 1,975,346,144. The whole 7B train step
+(`python -m llavaction_jax.aot --config configs/llavaction_7b.py --topology v5p:2x2x2
+--config.data.global_batch_size=8 --config.train.lm_loss=...`, 1 sample of 16384 tokens per chip):
+temporaries 73.86 GiB (full) vs 68.42 GiB (supervised).
 """
 import argparse
 import os
