@@ -125,6 +125,11 @@ def get_base_config():
       num_steps=1000, grad_accum_steps=1, log_every=10, eval_every=0,
       checkpoint_every=100, keep_checkpoints=3, async_checkpointing=True,
       action_loss_weight=0.05, action_loss_parts=(0.5, 0.5, 0.1),
+      # LM loss from the hidden states: "supervised" runs the LM head only at <= lm_loss_max_supervised
+      # supervised positions per row (answers are ~100 of 16k tokens: ~16x fewer LM-head FLOPs than "chunked")
+      # in chunks of lm_loss_chunk_size (peak one [B, C, V] f32 chunk, like "chunked"), and falls back exactly
+      # to "chunked" for a batch with a longer row; "full" materialises [B, L, V] f32 logits (reference only).
+      lm_loss="supervised", lm_loss_chunk_size=512, lm_loss_max_supervised=1024,
       init_from="",                # Orbax params dir from `python -m llavaction_jax.convert import` ("" = random init)
       peak_flops_per_device=0.0,   # for MFU; 0 = look up the device kind (CPU: MFU reported as n/a)
       progress_bar=True,

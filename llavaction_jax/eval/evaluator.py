@@ -2,7 +2,8 @@
 
 Each host evaluates its own slice of the samples: it builds its local part of every global batch, the jitted
 forward / generate run SPMD over the whole mesh, and the host reads back only the rows it owns (matched by a row-id
-array that travels through the same sharding). All hosts run the same number of batches (short hosts pad), and the
+array that travels through the same sharding). Letters and generation share ONE prefill per batch
+(model.generate.prefill_and_generate). All hosts run the same number of batches (short hosts pad), and the
 per-host prediction records are gathered ONCE at the end (JSON bytes through process_allgather).
 """
 import json
@@ -12,7 +13,6 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
@@ -21,7 +21,7 @@ from llavaction_jax import sharding as sharding_lib
 from llavaction_jax.eval import scoring
 from llavaction_jax.eval.items import EvalItem, normalize_frames, parse_generation
 from llavaction_jax.input.chat import tokenize_prompt
-from llavaction_jax.model import generate as model_generate
+from llavaction_jax.model.generate import prefill_and_generate
 from llavaction_jax.model import num_video_tokens
 
 # Prompt lengths are padded up to a multiple of this, so a handful of shapes get compiled.
@@ -41,21 +41,13 @@ def _round_up(n: int, multiple: int) -> int:
     return int(math.ceil(n / multiple) * multiple)
 
 
-@nnx.jit
-def _letter_forward(model, input_ids, pixel_values, attention_mask, letter_ids):
-    """Letter logits [B, K] (+ action-head argmaxes [B, 3] when the model has the action token and a video).
-
-    Only the last real position goes through the LM head (no [B, L, V] logits for a 150k vocabulary)."""
-    hidden, slots = model.hidden_states(input_ids, pixel_values, attention_mask)
-    last = scoring.last_real_position(attention_mask)
-    h_last = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
-    letters = jnp.take(model.lm_logits(h_last), letter_ids, axis=1).astype(jnp.float32)
-    heads = None
-    if model.spec.action_token and pixel_values is not None:
-        verb, noun, action = model.action_logits(hidden, slots)
-        heads = jnp.stack([jnp.argmax(verb, -1), jnp.argmax(noun, -1), jnp.argmax(action, -1)],
-                          axis=1).astype(jnp.int32)
-    return letters, heads
+@jax.jit
+def _letters_and_heads(next_logits, letter_ids, action_logits):
+    """Letter logits [B, K] from the prefill's next-token logits (+ action-head argmaxes [B, 3] or None)."""
+    letters = jnp.take(next_logits, letter_ids, axis=1).astype(jnp.float32)
+    if action_logits is None:
+        return letters, None
+    return letters, jnp.stack([jnp.argmax(x, -1) for x in action_logits], axis=1).astype(jnp.int32)
 
 
 class Evaluator:
@@ -167,15 +159,20 @@ class Evaluator:
         g_pix = put(pix) if pix is not None else None
         row_ids = put(np.arange(bs, dtype=np.int32))
 
+        # One prefill per batch: letter scores (and action heads) read its last-position logits, generation
+        # continues from its KV cache; letters alone skip the cache (a plain forward).
+        want_letters, want_tokens = "letters" in self.methods, "generate" in self.methods
+        heads = want_letters and bool(self.model.spec.action_token) and g_pix is not None
+        res = prefill_and_generate(
+            self.model, g_ids, g_pix, g_mask, self.max_new_tokens if want_tokens else 0,
+            self.tokenizer.eos_id, self.tokenizer.pad_id, action_heads=heads)
         outputs = {}
-        if "letters" in self.methods:
-            letters, heads = _letter_forward(self.model, g_ids, g_pix, g_mask, self.letter_ids)
-            outputs["letters"] = letters
-            if heads is not None:
-                outputs["heads"] = heads
-        if "generate" in self.methods:
-            outputs["tokens"] = model_generate(self.model, g_ids, g_pix, g_mask, self.max_new_tokens,
-                                               self.tokenizer.eos_id, self.tokenizer.pad_id)
+        if want_letters:
+            outputs["letters"], head_preds = _letters_and_heads(res.next_logits, self.letter_ids, res.action_logits)
+            if head_preds is not None:
+                outputs["heads"] = head_preds
+        if want_tokens:
+            outputs["tokens"] = res.tokens
         local = self._host_rows(outputs, row_ids, bs)
         return [self._record(chunk[r], r, local) for r in range(n_real)]
 

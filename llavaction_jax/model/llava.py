@@ -158,6 +158,14 @@ class LlavaActionModel(nnx.Module):
         h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
         return self.action(h)
 
+    def video_action_logits(self, hidden, slots, pixel_values):
+        """action_logits for the batch layout of `pixel_values`: [B, F, ...] one video per row -> [B, C];
+        packed [B, P, F, ...] -> [B, P, C]."""
+        if pixel_values is not None and pixel_values.ndim == 6:
+            n = num_video_tokens(self.spec, pixel_values.shape[2])
+            return self.action_logits(hidden, slots, n, pixel_values.shape[1])
+        return self.action_logits(hidden, slots)
+
     @staticmethod
     def check_right_padded(attention_mask):
         """Eager-mode check that each mask row is 1...1 0...0 (attention uses per-sample key lengths)."""
@@ -189,9 +197,5 @@ class LlavaActionModel(nnx.Module):
         logits = self.lm_logits(hidden)
         if not self.spec.action_token:
             return ModelOutput(logits=logits)
-        if pixel_values is not None and pixel_values.ndim == 6:
-            n = num_video_tokens(self.spec, pixel_values.shape[2])
-            verb, noun, action = self.action_logits(hidden, slots, n, pixel_values.shape[1])
-        else:
-            verb, noun, action = self.action_logits(hidden, slots)
+        verb, noun, action = self.video_action_logits(hidden, slots, pixel_values)
         return ModelOutput(logits=logits, verb_logits=verb, noun_logits=noun, action_logits=action)

@@ -12,6 +12,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from llavaction_jax import sharding as shd
+from llavaction_jax.model.llava import ModelOutput
 from llavaction_jax.train import losses
 from llavaction_jax.train.optimizer import DEFAULT, FROZEN
 from llavaction_jax.train.state import Holder, TrainSetup, config_key
@@ -63,6 +64,8 @@ def make_loss_and_grads(setup: TrainSetup, config) -> Callable:
     action_weight = float(config.train.action_loss_weight)
     parts = tuple(float(p) for p in config.train.action_loss_parts)
     labels = setup.labels
+    lm_kwargs = dict(mode=str(config.train.lm_loss), chunk_size=int(config.train.lm_loss_chunk_size),
+                     max_supervised=int(config.train.lm_loss_max_supervised))
 
     def grads_and_loss(params, batch):
         """(loss, aux, grads of the trainable params, n_tok, n_valid) for one GLOBAL batch."""
@@ -71,9 +74,13 @@ def make_loss_and_grads(setup: TrainSetup, config) -> Callable:
 
         def loss_fn(train_params, frozen_params, mb):
             model = setup.merge(_join(train_params, frozen_params))
-            out = model(mb["input_ids"], mb["pixel_values"], mb["attention_mask"],
-                        mb.get("segment_ids"), mb.get("positions"))
-            lm_sum, _ = losses.lm_loss_sums(out.logits, mb["labels"])
+            # LM loss from the hidden states (never [B, L, V] logits unless lm_loss="full"); the action
+            # heads read the same hidden states at the action token(s).
+            hidden, slots = model.hidden_states(mb["input_ids"], mb["pixel_values"], mb["attention_mask"],
+                                                mb.get("segment_ids"), mb.get("positions"))
+            lm_sum, _ = losses.lm_loss_sums_from_hidden(model.lm_logits, hidden, mb["labels"], **lm_kwargs)
+            out = (ModelOutput(None, *model.video_action_logits(hidden, slots, mb["pixel_values"]))
+                   if use_action else None)
             aux = {"lm_sum": lm_sum}
             # Dividing by the global counts makes micro-batch losses (and grads) add up to the full batch's.
             loss = lm_sum / n_tok
