@@ -240,10 +240,14 @@ def _round_up(n, m):
 
 
 def _attention_call_flops(kind, batch, heads, length, head_dim, causal, block):
-    """FLOPs of one kernel call over all devices: the key blocks it visits for each query block."""
-    nb = -(-length // block)
+    """FLOPs of one splash call over all devices: the key blocks it visits for each query block.
+
+    Blocks as in model/attention.py: min(block, length rounded up to 128 lanes), the length padded to them.
+    """
+    b = min(block, _round_up(length, 128))
+    nb = -(-length // b)
     visited = nb * (nb + 1) / 2 if causal else nb * nb
-    return 2.0 * _KERNEL_MATMULS[kind] * batch * heads * visited * block * block * head_dim
+    return 2.0 * _KERNEL_MATMULS[kind] * batch * heads * visited * b * b * head_dim
 
 
 def executed_flops(config, devices, seq_len):
@@ -272,7 +276,7 @@ def executed_flops(config, devices, seq_len):
     lv, lt = int(config.model.vision.num_layers), int(config.model.text.num_layers)
     xla = f11 + (f21 - f11) * (lv - 1) + (f12 - f11) * (lt - 1)
     v, t = config.model.vision, config.model.text
-    block = int(getattr(attn_lib, "SPLASH_BLOCK", 512))
+    block = int(attn_lib.SPLASH_BLOCK)
     frames = int(config.data.num_frames)
     patches = (int(v.image_size) // int(v.patch_size)) ** 2
     kernels = 0.0
@@ -280,10 +284,9 @@ def executed_flops(config, devices, seq_len):
         per_vision_layer = k21[kind] - k11[kind]
         per_text_layer = k12[kind] - k11[kind]
         kernels += lv * per_vision_layer * _attention_call_flops(
-            kind, micro * frames, int(v.num_heads), _round_up(patches, block), int(v.hidden_size) // int(v.num_heads),
-            False, block)
+            kind, micro * frames, int(v.num_heads), patches, int(v.hidden_size) // int(v.num_heads), False, block)
         kernels += lt * per_text_layer * _attention_call_flops(
-            kind, micro, int(t.num_heads), _round_up(seq_len, block), int(t.head_dim), True, block)
+            kind, micro, int(t.num_heads), seq_len, int(t.head_dim), True, block)
     return (xla + kernels) * accum, kernels * accum
 
 

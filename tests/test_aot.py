@@ -59,12 +59,14 @@ def test_executed_flops_extrapolate_exactly():
     cfg = tiny.get_config()
     cfg.mesh.update(data=4, fsdp=1, tensor=1)
     cfg.model.vision.num_layers, cfg.model.text.num_layers = 3, 4
+    cfg.model.attention_impl = "xla"                         # every FLOP visible to XLA
     cfg.data.max_length = 192
     cfg.train.grad_accum_steps = 2
     devices = aot.topology_devices("v5e:2x2")
     executed, kernels = aot.executed_flops(cfg, devices, 192)
     assert kernels == 0                                      # no attention kernels on the xla path
     unrolled = tiny.get_config()
+    unrolled.model.attention_impl = "xla"
     unrolled.mesh.update(data=4, fsdp=1, tensor=1)
     unrolled.model.vision.num_layers, unrolled.model.text.num_layers = 3, 4
     unrolled.model.scan_layers = False
@@ -74,6 +76,7 @@ def test_executed_flops_extrapolate_exactly():
     # Within 1% (XLA's count of fused elementwise work varies a little between programs).
     assert executed == pytest.approx(2 * 4 * aot._xla_flops(compiled), rel=1e-2)
     scanned = tiny.get_config()
+    scanned.model.attention_impl = "xla"
     scanned.mesh.update(data=4, fsdp=1, tensor=1)
     scanned.model.vision.num_layers, scanned.model.text.num_layers = 3, 4
     scanned.data.max_length, scanned.train.grad_accum_steps = 192, 2
@@ -87,7 +90,8 @@ def test_does_not_fit_is_a_verdict_not_a_traceback():
     import sys
     cmd = [sys.executable, "-m", "llavaction_jax.aot", "--config", "configs/tiny.py", "--topology", "v5e:2x2",
            "--config.data.global_batch_size=4096", "--config.data.max_length=8192",
-           "--config.data.length_buckets=(8192,)", "--noflops"]
+           "--config.data.length_buckets=(8192,)", "--config.model.attention_impl=xla",
+           "--config.train.lm_loss=full", "--noflops"]
     root = __import__("os").path.dirname(__import__("os").path.dirname(__file__))
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 3, proc.stderr[-2000:]
@@ -98,6 +102,23 @@ def test_does_not_fit_is_a_verdict_not_a_traceback():
     assert aot.required_bytes_from_error("... HLO temporaries (5.21T) exceeds available HBM (15.75G)") == \
         int(5.21 * 1024 ** 4)
     assert aot.required_bytes_from_error("Used 1.76T of 95.74G hbm") == int(1.76 * 1024 ** 4)
+
+
+def test_splash_kernel_flops_are_counted_from_their_calls():
+    """On a TPU target auto runs splash, whose custom calls XLA counts as ~0 FLOPs: the planner adds each
+    call's block work (tiny: 16 patches and 192 tokens, one 128-row block each)."""
+    cfg = tiny.get_config()
+    cfg.mesh.update(data=4, fsdp=1, tensor=1)
+    cfg.data.max_length = 192
+    executed, kernels = aot.executed_flops(cfg, aot.topology_devices("v5e:2x2"), 192)
+    v, t = cfg.model.vision, cfg.model.text
+    # Per layer (remat none): one forward (2 matmuls per block pair), dq (3) and dkv (4) call, 2 FLOPs a MAC.
+    # Vision: 8 samples x 4 frames, 16 patches -> one 128-row block; decoder: 192 tokens -> one 256-row block.
+    per_call = 2 * (2 + 3 + 4)
+    vision = v.num_layers * per_call * (8 * 4) * v.num_heads * 128 * 128 * (v.hidden_size // v.num_heads)
+    text = t.num_layers * per_call * 8 * t.num_heads * 256 * 256 * t.head_dim
+    assert kernels == vision + text
+    assert 0 < kernels < executed
 
 
 def test_bad_topology_is_a_usage_error():

@@ -34,6 +34,8 @@ BATCH_AXES = ("data", "fsdp")
 HEAD_AXIS = "tensor"
 # On CPU (and other platforms without a kernel), `auto` materialises scores up to 1024 x 1024 per head.
 AUTO_XLA_MAX_SCORES = 1024 * 1024
+# Splash query/key block (rows and keys per kernel tile), capped at the 128-rounded length.
+SPLASH_BLOCK = 512
 
 
 def _reference_mask(bsz, tq, tk, causal, kv_lengths, segment_ids):
@@ -284,7 +286,7 @@ def _batch_axes(mesh, bsz):
     return None
 
 
-def splash_attention(q, k, v, *, causal, kv_lengths=None, segment_ids=None, block=512, interpret=None):
+def splash_attention(q, k, v, *, causal, kv_lengths=None, segment_ids=None, block=SPLASH_BLOCK, interpret=None):
     """Splash attention (Pallas TPU), shard_mapped over the current mesh: batch over ('data', 'fsdp') and
     heads over 'tensor' (replicated over 'tensor' when the query or kv heads do not divide it). Right padding
     and packing become the kernel's SegmentIds: a query sees a key only when both carry the same id and
