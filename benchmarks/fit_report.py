@@ -50,7 +50,7 @@ def row(config, arg, r):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default="", help="run only entries whose config name contains this")
+    p.add_argument("--only", default="", help="run only entries whose config:slice contains this")
     p.add_argument("--json_out", default="")
     p.add_argument("--noflops", action="store_true", help="memory only (skips the FLOP-counting compiles)")
     args = p.parse_args()
@@ -60,7 +60,7 @@ def main():
           "headroom | executed / model FLOPs | ideal step s | MFU bound |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for config, arg in ENTRIES:
-        if args.only and args.only not in config:
+        if args.only and args.only not in f"{config}:{arg}":
             continue
         r = run(config, arg, extra)
         results[f"{config}:{arg}"] = r

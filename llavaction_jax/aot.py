@@ -240,11 +240,10 @@ def _round_up(n, m):
 
 
 def _attention_call_flops(kind, batch, heads, length, head_dim, causal, block):
-    """FLOPs of one splash call over all devices: the key blocks it visits for each query block.
-
-    Blocks as in model/attention.py: min(block, length rounded up to 128 lanes), the length padded to them.
-    """
-    b = min(block, _round_up(length, 128))
+    """FLOPs of one splash call over all devices: the key blocks it visits for each query block (tiles as
+    model/attention.py splash_block chooses them, the length padded to the tile)."""
+    from llavaction_jax.model.attention import splash_block
+    b = splash_block(length, block)
     nb = -(-length // b)
     visited = nb * (nb + 1) / 2 if causal else nb * nb
     return 2.0 * _KERNEL_MATMULS[kind] * batch * heads * visited * b * b * head_dim
