@@ -112,10 +112,9 @@ def test_splash_kernel_flops_are_counted_from_their_calls():
     cfg.data.max_length = 192
     executed, kernels = aot.executed_flops(cfg, aot.topology_devices("v5e:2x2"), 192)
     v, t = cfg.model.vision, cfg.model.text
-    # Per layer (remat none): one forward (2 matmuls per block pair) and one fused backward (5: S, dP, dV, dK,
-    # dQ) call, 2 FLOPs a MAC. Vision: 8 samples x 4 frames, 16 patches -> one 128-row tile; decoder: 192
-    # tokens -> one 256-row tile.
-    per_call = 2 * (2 + 5)
+    # Per layer (remat none): one forward (2 matmuls per block pair), dq (3) and dkv (4) call, 2 FLOPs a MAC.
+    # Vision: 8 samples x 4 frames, 16 patches -> one 128-row tile; decoder: 192 tokens -> one 256-row tile.
+    per_call = 2 * (2 + 3 + 4)
     vision = v.num_layers * per_call * (8 * 4) * v.num_heads * 128 * 128 * (v.hidden_size // v.num_heads)
     text = t.num_layers * per_call * 8 * t.num_heads * 256 * 256 * t.head_dim
     assert kernels == vision + text

@@ -274,9 +274,10 @@ def _splash_local(q, k, v, q_seg, kv_seg, *, causal, block, interpret):
     kh = jnp.swapaxes(_pad_axis(k, sp, axis=1), 1, 2)
     vh = jnp.swapaxes(_pad_axis(v, sp, axis=1), 1, 2)
     head_mask = sa.CausalMask((tp, sp)) if causal else sa.FullMask((tp, sp))
-    # Fused backward (dq accumulated in the dkv kernel): 5 matmuls per block pair instead of 7.
+    # Separate dq and dkv backward kernels (7 matmuls per block pair). The fused one (5) keeps a partial dq
+    # per key block, [S / bk, B, N, T, D]: 1.7x the step's temporaries at 8k tokens, so it is not used.
     sizes = sa.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq, block_kv_dkv=bk,
-                          block_kv_dkv_compute=bk, use_fused_bwd_kernel=True)
+                          block_kv_dkv_compute=bk, block_q_dq=bq, block_kv_dq=bk)
     # Query heads h use kv head h // (N / K) inside the kernel (GQA without repeating K/V).
     kernel = sa.make_splash_mha(sa.MultiHeadMask([head_mask] * nh), block_sizes=sizes, head_shards=1,
                                 q_seq_shards=1, interpret=interpret)
