@@ -254,10 +254,10 @@ def _platform():
 
 
 def splash_block(length, block=SPLASH_BLOCK):
-    """Tile (rows or keys) of a splash call: multiples of 128 lanes. A sequence up to 2 * block long is one
+    """Tile (rows or keys) of a splash call: multiples of 128 lanes. A sequence up to 1.5 * block long is one
     tile (SigLIP's 729 patches: one 768 tile instead of 2 x 512 with 295 padded rows); longer ones use block."""
     padded = _round_up(length, 128)
-    return padded if padded <= 2 * block else block
+    return padded if padded <= block + block // 2 else block
 
 
 def _splash_local(q, k, v, q_seg, kv_seg, *, causal, block, interpret):
