@@ -1,6 +1,6 @@
 """TFRecord ``tf.train.Example`` layout for one EK100 MQA / instruction sample (no JAX).
 
-Features (see /work/contracts.md "Data records"):
+Features (FEATURE_SPEC below is the one definition):
   id, video_id, sample_json: bytes     start_timestamp, stop_timestamp: float
   frames: bytes list (JPEG, S x S x 3 RGB)   frame_times: float list (seconds in the video)
   num_frames, verb_class, noun_class, action_id: int64

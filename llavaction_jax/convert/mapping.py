@@ -1,7 +1,7 @@
 """Declarative checkpoint <-> parameter-tree mapping (one `Rule` per parameter) and its small hooks.
 
-A format module (llava_qwen.py, hf.py) lists `Rule`s: nnx parameter path ('/'-joined, see
-/work/contracts.md), checkpoint key (with '{i}' for the layer index of stacked/scanned layers) and a
+A format module (llava_qwen.py, hf.py) lists `Rule`s: nnx parameter path ('/'-joined, e.g.
+'llm/layers/self_attn/q_proj/kernel'), checkpoint key (with '{i}' for the layer index of stacked/scanned layers) and a
 layout hook. The hooks are pure index/axis permutations, so a device shard of a parameter can be read
 straight from the matching slice of the checkpoint tensor (no full tensor in host memory).
 """

@@ -1,4 +1,4 @@
-"""LLaVA-Video / LLaVAction model in Flax NNX (see /work/contracts.md, section Model)."""
+"""LLaVA-Video / LLaVAction model in Flax NNX (inputs and outputs: LlavaActionModel.hidden_states / __call__)."""
 from llavaction_jax.model.generate import generate
 from llavaction_jax.model.layout import arrange_video_tokens, splice_video_tokens
 from llavaction_jax.model.llava import ActionHeads, LlavaActionModel, ModelOutput, Projector
