@@ -325,7 +325,8 @@ def convert(samples: str, video_root: str, layout: str, out: str, num_frames: in
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_prep.to_tfrecord", description=__doc__.split("\n\n")[0])
-    p.add_argument("--samples", required=True, help="JSONL samples (one dict per line: id, video_id, start/stop timestamps, conversations)")
+    p.add_argument("--samples", required=True,
+                   help="JSONL samples (one dict per line: id, video_id, start/stop timestamps, conversations)")
     p.add_argument("--video_root", required=True)
     p.add_argument("--layout", required=True, choices=["original", "chunks", "frames"])
     p.add_argument("--out", required=True)
