@@ -13,7 +13,6 @@ for a function containing the decode loop (every row generates all max_new token
 """
 import argparse
 import functools
-import importlib.util
 import os
 import sys
 
@@ -26,13 +25,7 @@ from flax import nnx                         # noqa: E402
 
 from llavaction_jax.model import LlavaActionModel, num_video_tokens    # noqa: E402
 from llavaction_jax.model.generate import _generate, _prefill_and_generate   # noqa: E402
-
-
-def load_config(path):
-    spec = importlib.util.spec_from_file_location("bench_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from benchmarks.model_throughput import load_config                        # noqa: E402
 
 
 def _flops(jitted, *args, **kwargs) -> float:

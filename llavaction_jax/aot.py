@@ -151,8 +151,7 @@ def topology_devices(topology: str, num_slices: int = 1):
     return list(topo.devices)
 
 
-_SIZE = re.compile(r"([\d.]+)\s*([KMGTP]?)i?B?\b")
-_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4, "P": 1024 ** 5}
+_UNITS = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4, "P": 1024 ** 5}
 
 
 def required_bytes_from_error(message: str) -> Optional[int]:
@@ -235,10 +234,6 @@ def kernel_calls(hlo_text: str) -> collections.Counter:
     return calls
 
 
-def _round_up(n, m):
-    return -(-n // m) * m
-
-
 def _attention_call_flops(kind, batch, heads, length, head_dim, causal, block):
     """FLOPs of one splash call over all devices: the key blocks it visits for each query block (tiles as
     model/attention.py splash_block chooses them, the length padded to the tile)."""
@@ -267,7 +262,7 @@ def executed_flops(config, devices, seq_len):
         cfg.model.scan_layers = False
         cfg.train.grad_accum_steps = 1
         cfg.data.global_batch_size = micro
-        _, compiled, error, _ = _compile(cfg, mesh, micro, seq_len)
+        _, compiled, _, _ = _compile(cfg, mesh, micro, seq_len)
         if compiled is None:
             return None, None
         counts[(lv, lt)] = (_xla_flops(compiled) * len(devices), kernel_calls(compiled.as_text()))

@@ -264,8 +264,8 @@ def _splash_local(q, k, v, q_seg, kv_seg, *, causal, block, interpret):
     """Per-shard splash call: q [B, T, N, D], k/v [B, S, K, D], q_seg [B, T], kv_seg [B, S] (0 = invisible)."""
     from jax.experimental.pallas.ops.tpu import splash_attention as sa
 
-    bsz, tq, nh, dim = q.shape
-    tk, nkv = k.shape[1], k.shape[2]
+    tq, nh, dim = q.shape[1:]
+    tk = k.shape[1]
     bq, bk = splash_block(tq, block), splash_block(tk, block)
     tp, sp = _round_up(tq, bq), _round_up(tk, bk)
     q_seg, kv_seg = _pad_axis(q_seg, tp, axis=1), _pad_axis(kv_seg, sp, axis=1)
