@@ -23,7 +23,7 @@ import jax.numpy as jnp                      # noqa: E402
 import numpy as np                           # noqa: E402
 from flax import nnx                         # noqa: E402
 
-from llavaction_jax.model import LlavaActionModel, num_video_tokens    # noqa: E402
+from llavaction_jax.model import build as model_build, num_video_tokens    # noqa: E402
 from llavaction_jax.model.generate import _generate, _prefill_and_generate   # noqa: E402
 from benchmarks.model_throughput import load_config                        # noqa: E402
 
@@ -72,7 +72,7 @@ def measure(model_cfg, *, batch: int, frames: int, text_tokens: int, max_new: in
     model_cfg = model_cfg.copy_and_resolve_references()
     model_cfg.scan_layers = False                  # XLA would count a scanned layer body once
     # FLOPs depend on shapes only: an abstract model (no parameter init) is enough to compile.
-    model = nnx.eval_shape(lambda: LlavaActionModel(model_cfg, rngs=nnx.Rngs(seed)))
+    model = nnx.eval_shape(lambda: model_build.new_model(model_cfg, seed=seed))
     graphdef, state = nnx.split(model)
     ids, pix, mask = prompt_batch(model_cfg, batch, frames, text_tokens)
     eos, pad = jnp.asarray([-1], jnp.int32), jnp.int32(0)

@@ -19,7 +19,7 @@ import jax.numpy as jnp                      # noqa: E402
 import numpy as np                           # noqa: E402
 from flax import nnx                         # noqa: E402
 
-from llavaction_jax.model import LlavaActionModel, generate, num_video_tokens   # noqa: E402
+from llavaction_jax.model import build as model_build, generate, num_video_tokens   # noqa: E402
 
 
 def load_config(path):
@@ -67,7 +67,7 @@ def main():
         cfg.remat_policy = args.remat
     cfg.attention_impl = "xla" if jax.default_backend() == "cpu" else cfg.attention_impl
 
-    model = LlavaActionModel(cfg, rngs=nnx.Rngs(0))
+    model = model_build.new_model(cfg, seed=0)
     n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     n_video = num_video_tokens(cfg, args.frames)
     length = n_video + args.text_len

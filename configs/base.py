@@ -6,82 +6,9 @@ the model defaults here (see llavaction_jax.convert).
 """
 import ml_collections
 
-# One table from logical axis names (on every parameter / activation) to mesh axes (MaxText style).
-# None = replicated along that logical axis.
-DEFAULT_SHARDING_RULES = (
-    ("batch", ("data", "fsdp")),
-    ("layers", None),
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("head_dim", None),
-    ("vision_embed", "fsdp"),
-    ("vision_mlp", "tensor"),
-    ("vision_heads", "tensor"),
-    ("patches", None),
-    ("conv", None),               # SigLIP patch-conv kernel window/channel dims
-    ("action_slots", None),       # leading dim of the (1, H) action token
-    ("action_classes", None),
-    ("seq", None),
-    ("norm", None),
-    # Activations (logical constraints at every layer boundary; params use the names above). The residual
-    # stream stays whole on 'tensor' (Megatron style: heads / mlp / vocab activations are split, the
-    # o_proj / down_proj outputs are all-reduced); map 'seq' to a mesh axis for sequence sharding.
-    ("act_embed", None),
-    ("act_heads", "tensor"),
-    ("act_kv_heads", "tensor"),
-    ("act_mlp", "tensor"),
-    ("act_vocab", "tensor"),
-)
-
-
-def vision_config(**overrides):
-  """SigLIP vision tower. num_layers counts the layers USED (checkpoint layers - 1, LLaVA-NeXT drops the last)."""
-  c = ml_collections.ConfigDict(dict(
-      hidden_size=1152, intermediate_size=4304, num_layers=26, num_heads=16,
-      image_size=384, patch_size=14, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh",
-  ))
-  c.update(overrides)
-  return c
-
-
-def text_config(**overrides):
-  """Qwen2 decoder."""
-  c = ml_collections.ConfigDict(dict(
-      vocab_size=151936, hidden_size=896, intermediate_size=4864, num_layers=24, num_heads=14,
-      num_kv_heads=2, head_dim=64, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
-      max_position_embeddings=32768,
-  ))
-  c.update(overrides)
-  return c
-
-
-def model_config(**overrides):
-  c = ml_collections.ConfigDict(dict(
-      vision=vision_config(),
-      text=text_config(),
-      projector_type="mlp2x_gelu",
-      pool_mode="bilinear",        # bilinear (14x14) | average (13x13) | max
-      pool_stride=2,
-      newline_position="grid",     # grid | one_token | frame | no_token
-      action_token=False,          # LLaVAction extra (1, H) token + verb/noun/action heads
-      action_types=(97, 300, 3806),
-      video_token_id=151647,       # placeholder id in input_ids, expanded to num_video_tokens slots
-      dtype="float32",             # compute dtype
-      param_dtype="float32",
-      scan_layers=True,
-      # Decoder / vision-tower remat policies (llavaction_jax/model/remat.py POLICIES): none | full |
-      # save_qkv_proj | save_dot_except_mlp | save_all_named |
-      # offload_dot_except_mlp | dots_saveable | dots_with_no_batch_dims_saveable. "" = same as the decoder.
-      remat_policy="none",
-      vision_remat_policy="",
-      # auto (splash on TPU, cudnn on GPU, blockwise elsewhere) | xla | blockwise | splash | cudnn
-      attention_impl="auto",
-  ))
-  c.update(overrides)
-  return c
+# Model-section defaults and the logical-axis rule table live with the library code they configure.
+from llavaction_jax.model.config import model_config, text_config, vision_config  # noqa: F401 (used by configs/*)
+from llavaction_jax.sharding import DEFAULT_SHARDING_RULES
 
 
 def get_base_config():
@@ -102,7 +29,6 @@ def get_base_config():
       length_buckets=(256, 512, 1024, 2048, 4096),
       add_time_instruction=True,
       system_prompt="You are a helpful assistant.",
-      shuffle_buffer=1024,
       global_batch_size=8,
       # Training rows hold several samples (segment ids, RoPE restarting per sample), first-fit in stream
       # order up to max_length tokens and max_videos_per_row videos; batches then carry pixel_values
@@ -135,6 +61,9 @@ def get_base_config():
       progress_bar=True,
       synthetic_samples=0,         # > 0: train on that many random samples instead of config.data (smoke runs)
       synthetic_seq_len=0,         # their padded length (0 = config.data.max_length)
+      # JAX persistent compilation cache ("" = off): a restarted or requeued run reads its compiled step
+      # from here instead of compiling again (minutes for a 7B step on a pod).
+      compilation_cache_dir="",
   ))
 
   # The TPU topology this config is sized for (python -m llavaction_jax.aot compiles for it by default).

@@ -26,7 +26,6 @@ def get_config(arg=None):
     config.data.max_length = 256
     config.data.length_buckets = (192, 256)
     config.data.global_batch_size = 16
-    config.data.shuffle_buffer = 256
     # 3e-4 for every module. At 3e-3 (the tiny test config's rate) the decoder barely learns to read the video
     # tokens: trained on the action loss alone its heads stay at the class prior, and in full training they were
     # still at 64% noun / 55% verb on the training clips after 2000 steps. At 3e-4 they reach 100% by step ~500.

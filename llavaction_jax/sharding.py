@@ -1,7 +1,7 @@
 """Device mesh and logical-axis sharding for the LLaVAction model.
 
 Every parameter carries `logical_axes` metadata (e.g. ('layers', 'embed', 'mlp')). One rule table
-(config.sharding_rules, default configs.base.DEFAULT_SHARDING_RULES) maps logical names to mesh axes
+(config.sharding_rules, default DEFAULT_SHARDING_RULES below) maps logical names to mesh axes
 ('data', 'fsdp', 'tensor'). The mapping is shape-aware: a dimension that does not divide by the mesh
 axis size, or a mesh axis already used by an earlier dimension, falls back to replication, so the same
 rules serve a tiny test model on 8 fake devices and a 72B model on a pod.
@@ -14,7 +14,35 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from configs.base import DEFAULT_SHARDING_RULES
+# The default table from logical axis names (on every parameter / activation) to mesh axes (MaxText style).
+# None = replicated along that logical axis.
+DEFAULT_SHARDING_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("layers", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("vision_embed", "fsdp"),
+    ("vision_mlp", "tensor"),
+    ("vision_heads", "tensor"),
+    ("patches", None),
+    ("conv", None),               # SigLIP patch-conv kernel window/channel dims
+    ("action_slots", None),       # leading dim of the (1, H) action token
+    ("action_classes", None),
+    ("seq", None),
+    ("norm", None),
+    # Activations (logical constraints at every layer boundary; params use the names above). The residual
+    # stream stays whole on 'tensor' (Megatron style: heads / mlp / vocab activations are split, the
+    # o_proj / down_proj outputs are all-reduced); map 'seq' to a mesh axis for sequence sharding.
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 # Mesh axes that split the batch dimension of inputs and activations.
@@ -119,46 +147,6 @@ def state_shardings(tree, mesh: Mesh, rules=None):
             return x.replace(NamedSharding(mesh, variable_spec(x, rules, mesh)))
         return NamedSharding(mesh, PartitionSpec())
     return jax.tree.map(f, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
-
-
-def _build(model_cfg, seed, rules):
-    # Local import: the model package imports this module for the rule resolution.
-    from llavaction_jax.model import LlavaActionModel
-    return LlavaActionModel(model_cfg, rngs=nnx.Rngs(seed), sharding_rules=rules)
-
-
-def abstract_model(model_cfg, mesh: Mesh, rules=None, seed: int = 0):
-    """The model with ShapeDtypeStruct leaves carrying concrete NamedShardings (no memory allocated).
-
-    `graphdef, abstract_state = nnx.split(abstract_model(...))` gives Orbax restore targets.
-    """
-    rules = normalize_rules(rules)
-    with jax.set_mesh(mesh):
-        abstract = nnx.eval_shape(lambda: _build(model_cfg, seed, rules))
-
-    def concrete(x):
-        if isinstance(x, nnx.Variable):
-            value = x.get_value()
-            sharding = NamedSharding(mesh, variable_spec(x, rules, mesh))
-            return x.replace(jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=sharding))
-        return x
-    graphdef, state = nnx.split(abstract)
-    state = jax.tree.map(concrete, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    return nnx.merge(graphdef, state)
-
-
-def create_sharded_model(model_cfg, mesh: Mesh, seed: int = 0, rules=None):
-    """Initialise the model inside one jit whose outputs are already in their final shardings."""
-    rules = normalize_rules(rules)
-    graphdef, abstract_state = nnx.split(abstract_model(model_cfg, mesh, rules, seed))
-    out_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
-
-    def init():
-        return nnx.state(_build(model_cfg, seed, rules))
-
-    with jax.set_mesh(mesh):
-        state = jax.jit(init, out_shardings=out_shardings)()
-    return nnx.merge(graphdef, state)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -8,6 +8,21 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Every test that builds the same program (e.g. each train() call of a resume test: the train step is owned
+# by its TrainSetup, so a new run compiles anew) reads it from JAX's persistent compilation cache, one per
+# test session, in this process only (subprocess tests start cold).
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+import jax  # noqa: E402
+
+_CACHE_DIR = tempfile.mkdtemp(prefix="jax_cache_")
+atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)   # only programs worth a disk entry
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)

@@ -14,6 +14,7 @@ from safetensors.torch import save_file as torch_save_file
 from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config,
                           SiglipVisionConfig)
 
+from llavaction_jax.model import build as model_build
 from llavaction_jax import sharding as shd
 from llavaction_jax.convert import api
 from llavaction_jax.convert.mapping import CheckpointMismatchError
@@ -160,7 +161,7 @@ def test_sharded_import_matches_unsharded(hf_dir):
     mesh = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     sharded, config = api.load_pretrained(path, mesh=mesh)
     single, _ = api.load_pretrained(path, mesh=_one_device_mesh())
-    abstract = shd.abstract_model(config.model, mesh)
+    abstract = model_build.abstract_model(config.model, mesh)
     want = api.flat_params(nnx.state(abstract))
     got = api.flat_params(nnx.state(sharded))
     ref = api.flat_params(nnx.state(single))

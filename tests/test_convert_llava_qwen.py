@@ -15,6 +15,7 @@ from safetensors.numpy import save_file
 from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config,
                           SiglipVisionConfig)
 
+from llavaction_jax.model import build as model_build
 from llavaction_jax import sharding as shd
 from llavaction_jax.convert import api
 from llavaction_jax.convert.__main__ import main as cli_main
@@ -288,7 +289,7 @@ def test_real_7b_checkpoint_layout_maps_onto_llavaction_7b_config():
         True, (97, 300, 3806), "grid", "bilinear")
     assert len(notes) == 2                       # vocab 151647 -> 152064, tied -> untied
     mesh = shd.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
-    abstract = api.flat_params(nnx.state(shd.abstract_model(m, mesh), nnx.Param))
+    abstract = api.flat_params(nnx.state(model_build.abstract_model(m, mesh), nnx.Param))
     plan = match(llava_qwen.rules(m), {p: v.get_value().shape for p, v in abstract.items()}, shapes,
                  llava_qwen.expected_unused(m), "LLaVAction-7B")
     assert len(plan.expected_unused) == 16 and all(".encoder.layers.26." in k for k in plan.expected_unused)

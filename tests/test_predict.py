@@ -7,6 +7,7 @@ from flax import nnx
 
 from configs import tiny
 from data_prep import synthetic
+from llavaction_jax.model import build as model_build
 from llavaction_jax import predict
 from llavaction_jax import sharding as shd
 from llavaction_jax.convert import api as convert_api
@@ -24,7 +25,7 @@ def checkpoint(tmp_path_factory):
     texts = [f"A. {o}, B. {o}" for o in OPTIONS] * 10 + ["You are a helpful assistant. assistant user system"] * 5
     tok = train_tiny_tokenizer(texts, str(root / "tok"), vocab_size=config.model.text.vocab_size)
     mesh = shd.make_mesh(config.mesh)
-    model = shd.create_sharded_model(config.model, mesh, seed=0)
+    model = model_build.sharded_model(config.model, mesh, seed=0)
     convert_api.save_orbax(ckpt, model, config.model, {"source": "random tiny model for tests"})
     tok.save(ckpt)
     video = synthetic.frame_index_video(str(root / "videos"), "original", "P01_01", num_frames=45, fps=15.0,

@@ -6,6 +6,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from configs import base, tiny
+from llavaction_jax.model import build as model_build
 from llavaction_jax import sharding as shd
 from llavaction_jax.model import LlavaActionModel, num_video_tokens
 
@@ -56,7 +57,7 @@ def _mid_config():
                                               ((2, 4, 1), FSDP_RULES)])
 def test_no_large_param_fully_replicated(mesh_shape, rules):
     mesh = shd.make_mesh(dict(zip(shd.MESH_AXES, mesh_shape)))
-    abstract = shd.abstract_model(_mid_config(), mesh, rules)
+    abstract = model_build.abstract_model(_mid_config(), mesh, rules)
     large = 0
     for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
         x = var.get_value()
@@ -84,7 +85,7 @@ def test_sharded_forward_equals_single_device():
     single = LlavaActionModel(cfg, rngs=nnx.Rngs(0))
     want = nnx.jit(lambda m, a, b, c: m(a, b, c))(single, ids, pix, mask)
 
-    model = shd.create_sharded_model(cfg, mesh, seed=0)
+    model = model_build.sharded_model(cfg, mesh, seed=0)
     embed = model.llm.embed_tokens.embedding[...]
     assert embed.sharding.spec == P("tensor", "fsdp")          # vocab -> tensor, embed -> fsdp
     assert model.llm.layers.mlp.gate_proj.kernel[...].sharding.spec == P(None, "fsdp", "tensor")
@@ -137,7 +138,7 @@ def _activation_constraints(rules, mesh_shape=(2, 2, 2), text_tokens=6):
     import jax.numpy as jnp
     cfg = tiny.get_config()
     mesh = shd.make_mesh(dict(zip(shd.MESH_AXES, mesh_shape)))
-    graphdef, state = nnx.split(shd.abstract_model(cfg.model, mesh, rules))
+    graphdef, state = nnx.split(model_build.abstract_model(cfg.model, mesh, rules))
     n = num_video_tokens(cfg.model, 1)
     ids = jax.ShapeDtypeStruct((4, n + text_tokens), jnp.int32, sharding=shd.batch_sharding(mesh))
     pix = jax.ShapeDtypeStruct((4, 1, 32, 32, 3), jnp.float32, sharding=shd.batch_sharding(mesh))

@@ -18,8 +18,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from configs import base as base_config
 from llavaction_jax import sharding as shd
+from llavaction_jax.model import build as model_build, config as model_config_lib
 from llavaction_jax.convert import hf, llava_qwen
 from llavaction_jax.convert.mapping import CheckpointMismatchError, iter_ckpt_tensors, match, read_param_slice
 from llavaction_jax.convert.safetensors_io import CheckpointReader, has_safetensors, write_sharded
@@ -112,7 +112,7 @@ def model_config_to_json(model_cfg) -> str:
 
 
 def model_config_from_json(text: str) -> ml_collections.ConfigDict:
-    cfg = base_config.model_config()
+    cfg = model_config_lib.model_config()
     data = json.loads(text)
     # JSON has no tuples: restore them where the defaults have tuples (e.g. action_types).
     apply_overrides(cfg, data)
@@ -120,6 +120,8 @@ def model_config_from_json(text: str) -> ml_collections.ConfigDict:
 
 
 def full_config(model_cfg) -> ml_collections.ConfigDict:
+    """The base training/eval config (configs/base.py) around a checkpoint's model section."""
+    from configs import base as base_config   # the top layer's defaults, for callers that want a whole config
     config = base_config.get_base_config()
     config.model = model_cfg
     return config
@@ -171,7 +173,7 @@ def read_source(path: str, fmt: str, dtype=None, config_overrides=None):
     raw = CheckpointReader(path)
     reader = _AliasedReader(raw, mod.canonical_key)
     cj = _read_json(os.path.join(path, "config.json"))
-    model_cfg = base_config.model_config()
+    model_cfg = model_config_lib.model_config()
     shapes = {k: reader.shape(k) for k in reader.keys()}
     try:
         notes = mod.parse_config(cj, shapes, model_cfg)
@@ -194,25 +196,11 @@ def default_mesh():
     return shd.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
 
 
-def _init_subset(model_cfg, mesh, rules, paths, abstract_flat, seed=0):
-    """Model-initialised values for a few parameters only (XLA prunes the other initialisers)."""
-    from llavaction_jax.model import LlavaActionModel
-
-    def init():
-        model = LlavaActionModel(model_cfg, rngs=nnx.Rngs(seed), sharding_rules=rules)
-        flat = flat_params(nnx.state(model, nnx.Param))
-        return {p: flat[p].get_value() for p in paths}
-
-    out_sh = {p: abstract_flat[p].get_value().sharding for p in paths}
-    with jax.set_mesh(mesh):
-        return jax.jit(init, out_shardings=out_sh)()
-
-
 def build_model(reader, fmt: str, model_cfg, mesh, rules=None, allow_missing: Sequence[str] = (),
                 seed: int = 0):
     """Sharded model whose parameters are streamed from `reader`; returns (model, plan)."""
     mod = FORMATS[fmt]
-    abstract = shd.abstract_model(model_cfg, mesh, rules, seed)
+    abstract = model_build.abstract_model(model_cfg, mesh, rules, seed)
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
     if jax.tree.leaves(rest):
         raise ValueError(f"model has non-Param state the converter cannot fill: {list(flat_params(rest))}")
@@ -225,7 +213,9 @@ def build_model(reader, fmt: str, model_cfg, mesh, rules=None, allow_missing: Se
     if missing:
         log.warning("%s: initialising parameters absent from the checkpoint (allow_missing): %s",
                     reader.path, missing)
-    init_values = _init_subset(model_cfg, mesh, rules, missing, flat, seed) if missing else {}
+    init_values = (model_build.init_param_subset(model_cfg, mesh, rules, missing,
+                                                 {p: flat[p].get_value().sharding for p in missing}, seed)
+                   if missing else {})
     values = {}
     for path, var in flat.items():
         if path in init_values:
@@ -308,7 +298,6 @@ def copy_tokenizer_files(src: str, dst: str):
 
 def load_orbax(path: str, dtype=None, mesh=None, config_overrides=None, rules=None):
     """(model, model_cfg) from an Orbax directory written by `save_orbax`, placed on `mesh`."""
-    ocp = _orbax()
     path = os.path.abspath(path)
     with open(os.path.join(path, MODEL_CONFIG)) as f:
         model_cfg = model_config_from_json(f.read())
@@ -323,7 +312,7 @@ def load_orbax(path: str, dtype=None, mesh=None, config_overrides=None, rules=No
 def _restore_params(params_dir: str, model_cfg, mesh, rules, config_source: str, subtree: Optional[str] = None):
     """Restores the pure-dict Param tree at `params_dir` (or its `subtree` entry) into a sharded model."""
     ocp = _orbax()
-    abstract = shd.abstract_model(model_cfg, mesh, rules)
+    abstract = model_build.abstract_model(model_cfg, mesh, rules)
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
     target = nnx.to_pure_dict(params)
     with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
@@ -376,7 +365,7 @@ def load_train_checkpoint(path: str, dtype=None, mesh=None, config_overrides=Non
     saved = _read_json(cfg_file)
     if "model" not in saved:
         raise ValueError(f"{cfg_file}: no 'model' section")
-    model_cfg = base_config.model_config()
+    model_cfg = model_config_lib.model_config()
     apply_overrides(model_cfg, saved["model"])
     if dtype is not None:
         model_cfg.param_dtype = np.dtype(dtype).name

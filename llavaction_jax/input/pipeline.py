@@ -83,11 +83,6 @@ def host_index(patterns, process_index, process_count, by_record=False):
 PIXEL_LUT = (np.arange(256, dtype=np.float32) / np.float32(255.0) - np.float32(0.5)) / np.float32(0.5)
 
 
-def normalise_pixels(frames_uint8):
-    """Host (numpy) version of the device normalisation: uint8 -> float32 in [-1, 1]."""
-    return PIXEL_LUT[np.asarray(frames_uint8, np.uint8)]
-
-
 def make_decode_fn(num_frames, image_size):
     """raw tf.train.Example bytes -> dict of tensors; frames decoded to uint8 [F, S, S, 3] (zeros if text-only)."""
     def decode_frame(jpeg):

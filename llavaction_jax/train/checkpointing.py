@@ -9,7 +9,6 @@ import os
 from typing import Any, Optional, Tuple
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -85,9 +84,6 @@ class Checkpointer:
     def restore_config(self, step: int) -> dict:
         return self._mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
-    def wait(self):
-        self._mngr.wait_until_finished()
-
     def close(self):
         self._mngr.wait_until_finished()
         self._mngr.close()
@@ -96,8 +92,3 @@ class Checkpointer:
 def config_to_dict(config) -> dict:
     """JSON-safe dict of an ml_collections config (tuples become lists)."""
     return json.loads(config.to_json_best_effort())
-
-
-def abstract_like(tree, shardings):
-    """ShapeDtypeStructs with concrete shardings: the restore target."""
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

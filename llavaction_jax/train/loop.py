@@ -140,6 +140,8 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
     num_steps = int(tc.num_steps)
     mesh = mesh if mesh is not None else shd.make_mesh(config.mesh)
     check_batch_layout(config, mesh)
+    if config.train.get("compilation_cache_dir"):
+        jax.config.update("jax_compilation_cache_dir", str(config.train.compilation_cache_dir))
     setup = state_lib.build_setup(config, mesh)
     num_params = metrics_lib.count_params(setup.abstract_state["params"])
     groups = opt_lib.summarize_groups(setup.abstract_state["params"], config.optim)

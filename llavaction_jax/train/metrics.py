@@ -2,7 +2,6 @@
 import json
 import math
 import os
-import time
 from typing import Mapping, Optional
 
 import jax
@@ -47,22 +46,6 @@ def mfu(flops_per_step: float, step_time_s: float, num_devices: int, peak: Optio
     if not peak or step_time_s <= 0:
         return None
     return flops_per_step / (step_time_s * num_devices * peak)
-
-
-class StepTimer:
-    """Wall time between consecutive host-visible step completions (excludes the compile step)."""
-
-    def __init__(self):
-        self._last = None
-
-    def lap(self) -> Optional[float]:
-        now = time.perf_counter()
-        dt = None if self._last is None else now - self._last
-        self._last = now
-        return dt
-
-    def reset(self):
-        self._last = None
 
 
 class MetricWriter:

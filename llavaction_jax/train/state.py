@@ -5,17 +5,15 @@ State pytree (what jit donates and Orbax saves): {"params": pure dict of arrays 
 non-Param model variables live outside it, in `TrainSetup`, and the step function merges them back.
 """
 import dataclasses
-import functools
 import json
 from typing import Any, Callable, Dict
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from llavaction_jax import sharding as shd
+from llavaction_jax.model import build as model_build
 from llavaction_jax.train import optimizer as opt_lib
 
 
@@ -30,6 +28,10 @@ class TrainSetup:
     labels: Any                  # group label per parameter (pure-dict structure)
     abstract_state: Any          # ShapeDtypeStructs with concrete shardings
     shardings: Any               # NamedSharding per state leaf
+    # The compiled functions of this setup (init, train step), one per config (see `compiled`). Owned here,
+    # not in a process-wide cache: a new setup compiles anew (JAX's persistent compilation cache, when
+    # enabled, makes that a disk read; see train.compilation_cache_dir).
+    _compiled: Dict[str, Callable] = dataclasses.field(default_factory=dict, repr=False)
 
     def merge(self, params):
         """nnx model from a pure params dict (works inside jit)."""
@@ -37,10 +39,20 @@ class TrainSetup:
         nnx.replace_by_pure_dict(template, params)
         return nnx.merge(self.graphdef, template, self.rest)
 
+    def compiled(self, name: str, config, make: Callable[[], Callable]) -> Callable:
+        """The jitted function `name` for `config`, made by `make()` the first time it is asked for.
+
+        Keyed by the WHOLE config (config_key), not a hand-picked list of fields: two configs that differ
+        anywhere (e.g. train.lm_loss) never share a program.
+        """
+        key = f"{name}:{config_key(config)}"
+        if key not in self._compiled:
+            self._compiled[key] = make()
+        return self._compiled[key]
+
 
 def _build_model(config, seed):
-    from llavaction_jax.model import LlavaActionModel
-    return LlavaActionModel(config.model, rngs=nnx.Rngs(seed), sharding_rules=config.get("sharding_rules"))
+    return model_build.new_model(config.model, seed=seed, rules=config.get("sharding_rules"))
 
 
 def _path_keys(path):
@@ -69,7 +81,7 @@ def _match_param_shardings(abstract_tree, param_shardings, param_shapes, mesh):
 def build_setup(config, mesh) -> TrainSetup:
     """Abstract model → shardings of every state leaf, and the optimizer for these parameters."""
     seed = int(config.seed)
-    abstract_model = shd.abstract_model(config.model, mesh, config.get("sharding_rules"), seed)
+    abstract_model = model_build.abstract_model(config.model, mesh, config.get("sharding_rules"), seed)
     graphdef, abs_params, abs_rest = nnx.split(abstract_model, nnx.Param, ...)
     params_abs = nnx.to_pure_dict(abs_params)
     tx, schedules = opt_lib.make_optimizer(config.optim, int(config.train.num_steps), params_abs)
@@ -105,44 +117,21 @@ def _state_from_params(setup: TrainSetup, params, seed):
 
 
 def config_key(config) -> str:
-    """Canonical JSON of the WHOLE config: equal keys build identical programs (compiled once per process).
-
-    The whole config, not a hand-picked list of fields: a field left out of the key would let two different
-    configs share one compiled program (the setup in the cache entry is the first one's).
-    """
+    """Canonical JSON of the whole config: equal keys build identical programs."""
     return json.dumps(config.to_dict(), sort_keys=True, default=str)
-
-
-# Compiled functions are reused for the same (config, mesh) within a process: a resumed or repeated train()
-# call (tests, the demo, eval after train) does not compile the same model twice.
-@functools.lru_cache(maxsize=8)
-def _jitted_init(key: str, mesh, setup_holder):
-    setup, config = setup_holder.setup, setup_holder.config
-    seed = int(config.seed)
-
-    def init():
-        params = nnx.to_pure_dict(nnx.split(_build_model(config, seed), nnx.Param, ...)[1])
-        return _state_from_params(setup, params, seed)
-
-    return jax.jit(init, out_shardings=setup.shardings)
-
-
-class Holder:
-    """Carries unhashable objects through lru_cache without being part of the key."""
-
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-    def __hash__(self):
-        return 0
-
-    def __eq__(self, other):
-        return isinstance(other, Holder)
 
 
 def init_state(setup: TrainSetup, config):
     """Fresh random parameters (same values on any mesh: threefry is partitionable) + fresh optimizer state."""
-    fn = _jitted_init(config_key(config), setup.mesh, Holder(setup=setup, config=config))
+    seed = int(config.seed)
+
+    def make():
+        def init():
+            params = nnx.to_pure_dict(nnx.split(_build_model(config, seed), nnx.Param, ...)[1])
+            return _state_from_params(setup, params, seed)
+        return jax.jit(init, out_shardings=setup.shardings)
+
+    fn = setup.compiled("init", config, make)
     with jax.set_mesh(setup.mesh):
         return fn()
 

@@ -3,7 +3,6 @@
 A pure function of (state, batch) → (state, metrics) with explicit shardings and the state donated, so
 the same function runs on CPU, a GPU/TPU pod, and AOT-compiles for a TPU topology (llavaction_jax.aot).
 """
-import functools
 from typing import Callable
 
 import jax
@@ -15,7 +14,7 @@ from llavaction_jax import sharding as shd
 from llavaction_jax.model.llava import ModelOutput
 from llavaction_jax.train import losses
 from llavaction_jax.train.optimizer import DEFAULT, FROZEN
-from llavaction_jax.train.state import Holder, TrainSetup, config_key
+from llavaction_jax.train.state import TrainSetup
 
 BATCH_SPECS = {"input_ids": 2, "attention_mask": 2, "labels": 2, "pixel_values": 5, "actions": 2}
 # config.data.packing: several samples per row (llavaction_jax.input.packing) -> two more [B, L] inputs, and
@@ -150,17 +149,13 @@ def make_train_step(setup: TrainSetup, config) -> Callable:
     return step
 
 
-@functools.lru_cache(maxsize=8)
-def _jitted_step(key: str, mesh, holder):
-    setup, config = holder.setup, holder.config
-    replicated = NamedSharding(mesh, PartitionSpec())
-    # One sharding for every batch leaf (a pytree prefix): packed and unpacked batches (e.g. synthetic data
-    # under a packing config) run through the same function.
-    return jax.jit(make_train_step(setup, config),
-                   in_shardings=(setup.shardings, shd.batch_sharding(mesh)),
-                   out_shardings=(setup.shardings, replicated), donate_argnums=(0,))
-
-
 def jit_train_step(setup: TrainSetup, config):
-    """The sharded, state-donating step; one compiled program per (config, mesh) in a process."""
-    return _jitted_step(config_key(config), setup.mesh, Holder(setup=setup, config=config))
+    """The sharded, state-donating step, compiled once per (setup, config) and owned by the setup."""
+    def make():
+        replicated = NamedSharding(setup.mesh, PartitionSpec())
+        # One sharding for every batch leaf (a pytree prefix): packed and unpacked batches (e.g. synthetic
+        # data under a packing config) run through the same function.
+        return jax.jit(make_train_step(setup, config),
+                       in_shardings=(setup.shardings, shd.batch_sharding(setup.mesh)),
+                       out_shardings=(setup.shardings, replicated), donate_argnums=(0,))
+    return setup.compiled("train_step", config, make)
