@@ -52,7 +52,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default="", help="run only entries whose config:slice contains this")
     p.add_argument("--json_out", default="")
-    p.add_argument("--noflops", action="store_true", help="memory only (skips the FLOP-counting compiles)")
+    p.add_argument("--noflops", action="store_true", help="memory only (skips the FLOP count)")
     args = p.parse_args()
     extra = ["--noflops"] if args.noflops else []
     results = {}

@@ -7,13 +7,13 @@ devices, the state and batch are abstract (ShapeDtypeStructs with shardings), an
 compiled program says whether one step fits in each chip's HBM (a program the TPU compiler refuses for lack of
 memory is reported as DOES NOT FIT with the bytes it asked for).
 
-FLOPs. XLA's cost analysis counts a loop body once (scanned layers, gradient-accumulation steps) and cannot see
-into Pallas kernels (splash attention). So the executed FLOPs come from small unrolled variants of the same
-step (1 or 2 vision / decoder layers, one micro-batch), extrapolated linearly to the real layer counts and
-multiplied by the accumulation steps, plus the attention kernels' FLOPs counted from their calls in those
-variants. Model FLOPs are 6 * params * tokens plus causal attention (training = 3x forward) over the tokens a
-sample really has (video tokens + `text_tokens`), so padding, remat and masked attention blocks show up as the
-executed / model ratio.
+FLOPs. XLA's cost analysis counts a loop body once (scanned layers, gradient-accumulation steps, and the
+loops the TPU partitioner adds itself) and cannot see into Pallas kernels (splash attention). So the executed
+FLOPs come from the step's jaxpr (llavaction_jax.flop_count): every matmul where it runs, backward and
+rematerialised forwards included, scan bodies times their length, plus each attention-kernel call priced by
+the blocks it visits. Model FLOPs are 6 * params * tokens plus causal attention (training = 3x forward) over
+the tokens a sample really has (video tokens + `text_tokens`), so padding, remat and masked attention blocks
+show up as the executed / model ratio.
 
 Exit status: 0 fits, 3 does not fit, 2 a usage error (bad topology, mesh, config).
 """
@@ -26,10 +26,9 @@ for _k, _v in (("TPU_SKIP_MDS_QUERY", "1"), ("TPU_WORKER_HOSTNAMES", "localhost"
                ("TPU_ACCELERATOR_TYPE", "v5litepod-4"), ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
     os.environ.setdefault(_k, _v)
 
-import collections
-import copy
 import dataclasses
 import json
+import math
 import re
 import sys
 import time
@@ -212,31 +211,9 @@ def _xla_flops(compiled) -> float:
     return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
-def kernel_calls(hlo_text: str) -> collections.Counter:
-    """Attention-kernel custom calls in compiled HLO, by kind (fwd / dq / dkv / fused_bwd)."""
-    calls = collections.Counter()
-    for line in hlo_text.splitlines():
-        if "custom-call(" not in line:
-            continue
-        name = line.strip().split(" ", 1)[0].lstrip("%")
-        if "splash" not in name and "flash" not in name:
-            continue
-        if "fwd" in name:
-            calls["fwd"] += 1
-        elif "dkv" in name:
-            calls["dkv"] += 1
-        elif "dq" in name:
-            calls["dq"] += 1
-        elif "bwd" in name:
-            calls["fused_bwd"] += 1
-    if calls["dkv"] and not calls["dq"]:   # dq fused into the dkv kernel
-        calls["fused_bwd"] += calls.pop("dkv")
-    return calls
-
-
 def _attention_call_flops(kind, batch, heads, length, head_dim, causal, block):
-    """FLOPs of one splash call over all devices: the key blocks it visits for each query block (tiles as
-    model/attention.py splash_block chooses them, the length padded to the tile)."""
+    """FLOPs of one splash call: the key blocks it visits for each query block (tiles as model/attention.py
+    splash_block chooses them, the length padded to the tile)."""
     from llavaction_jax.model.attention import splash_block
     b = splash_block(length, block)
     nb = -(-length // b)
@@ -244,44 +221,42 @@ def _attention_call_flops(kind, batch, heads, length, head_dim, causal, block):
     return 2.0 * _KERNEL_MATMULS[kind] * batch * heads * visited * b * b * head_dim
 
 
-def executed_flops(config, devices, seq_len):
-    """(executed FLOPs of one whole step over all devices, the attention-kernel part) or (None, None).
+def kernel_flops(kernel_calls, decoder_len, block):
+    """FLOPs of the attention-kernel calls flop_count found: each priced from its own (per-shard) query shape
+    [(B,) N, T, D] (its first floating-point operand); the decoder's calls (T = its padded length) are causal, the vision tower's are not."""
+    from llavaction_jax.flop_count import attention_kernel_kind
+    from llavaction_jax.model.attention import splash_block
+    causal_len = -(-decoder_len // splash_block(decoder_len, block)) * splash_block(decoder_len, block)
+    total = 0.0
+    for (name, shapes), calls in kernel_calls.items():
+        kind = attention_kernel_kind(name)
+        if kind is None:
+            raise ValueError(f"no FLOP model for Pallas kernel {name!r}")
+        q = next(s for s in shapes if len(s) >= 3)
+        batch = math.prod(q[:-3]) if len(q) > 3 else 1
+        heads, length, head_dim = q[-3:]
+        total += calls * _attention_call_flops(kind, batch, heads, length, head_dim, length == causal_len, block)
+    return total
 
-    Unrolled variants with (vision, decoder) layers (1, 1), (2, 1), (1, 2) and one micro-batch give
-    f = c + a * vision_layers + b * decoder_layers exactly (each layer adds the same work).
+
+def executed_flops(config, devices, seq_len):
+    """(executed FLOPs of one whole step over all devices, the attention-kernel part).
+
+    The real step (scanned layers, every micro-batch) is traced at `seq_len` and its jaxpr counted by
+    llavaction_jax.flop_count: matmuls where they run (backward and rematerialised forwards included, a
+    shard_map body once per device), plus the attention kernels priced by their calls. Nothing is compiled.
     """
-    from llavaction_jax import sharding as shd
+    import jax
+    from llavaction_jax import flop_count, sharding as shd
     from llavaction_jax.model import attention as attn_lib
-    accum = int(config.train.grad_accum_steps)
-    micro = int(config.data.global_batch_size) // accum
+    from llavaction_jax.train import state as state_lib, step as step_lib
     mesh = shd.make_mesh(config.mesh, devices=devices)
-    counts = {}
-    for lv, lt in ((1, 1), (2, 1), (1, 2)):
-        cfg = copy.deepcopy(config)
-        cfg.model.vision.num_layers, cfg.model.text.num_layers = lv, lt
-        cfg.model.scan_layers = False
-        cfg.train.grad_accum_steps = 1
-        cfg.data.global_batch_size = micro
-        _, compiled, _, _ = _compile(cfg, mesh, micro, seq_len)
-        if compiled is None:
-            return None, None
-        counts[(lv, lt)] = (_xla_flops(compiled) * len(devices), kernel_calls(compiled.as_text()))
-    (f11, k11), (f21, k21), (f12, k12) = counts[(1, 1)], counts[(2, 1)], counts[(1, 2)]
-    lv, lt = int(config.model.vision.num_layers), int(config.model.text.num_layers)
-    xla = f11 + (f21 - f11) * (lv - 1) + (f12 - f11) * (lt - 1)
-    v, t = config.model.vision, config.model.text
-    block = int(attn_lib.SPLASH_BLOCK)
-    frames = int(config.data.num_frames)
-    patches = (int(v.image_size) // int(v.patch_size)) ** 2
-    kernels = 0.0
-    for kind in _KERNEL_MATMULS:
-        per_vision_layer = k21[kind] - k11[kind]
-        per_text_layer = k12[kind] - k11[kind]
-        kernels += lv * per_vision_layer * _attention_call_flops(
-            kind, micro * frames, int(v.num_heads), patches, int(v.hidden_size) // int(v.num_heads), False, block)
-        kernels += lt * per_text_layer * _attention_call_flops(
-            kind, micro, int(t.num_heads), seq_len, int(t.head_dim), True, block)
-    return (xla + kernels) * accum, kernels * accum
+    setup = state_lib.build_setup(config, mesh)
+    batch = _abstract_batch(config, mesh, int(config.data.global_batch_size), seq_len)
+    with jax.set_mesh(mesh):
+        count = flop_count.count_flops(step_lib.make_train_step(setup, config), setup.abstract_state, batch)
+    kernels = kernel_flops(count.kernel_calls, seq_len, int(attn_lib.SPLASH_BLOCK))
+    return count.matmul_flops + kernels, kernels
 
 
 def model_flops(config, params, sample_tokens):
@@ -388,7 +363,7 @@ if __name__ == "__main__":
                                     "(default: config.aot.topology).")
     _SLICES = flags.DEFINE_integer("num_slices", 1, "Number of slices (multi-slice / DCN).")
     _JSON = flags.DEFINE_string("json_out", "", "Also write the report as JSON here.")
-    _FLOPS = flags.DEFINE_boolean("flops", True, "Count executed FLOPs (three small extra compiles).")
+    _FLOPS = flags.DEFINE_boolean("flops", True, "Count executed FLOPs (from the traced step; no extra compile).")
     _TEXT_TOKENS = flags.DEFINE_integer("text_tokens", DEFAULT_TEXT_TOKENS,
                                         "Text tokens of a typical sample, for the model FLOPs.")
     flags.mark_flags_as_required(["config"])

@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llavaction_jax.model import remat
+
 # Finite "minus infinity" (as in the splash kernel): a row whose keys are all masked stays finite.
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 BATCH_AXES = ("data", "fsdp")
@@ -280,7 +282,8 @@ def _splash_local(q, k, v, q_seg, kv_seg, *, causal, block, interpret):
                           block_kv_dkv_compute=bk, block_q_dq=bq, block_kv_dq=bk)
     # Query heads h use kv head h // (N / K) inside the kernel (GQA without repeating K/V).
     kernel = sa.make_splash_mha(sa.MultiHeadMask([head_mask] * nh), block_sizes=sizes, head_shards=1,
-                                q_seq_shards=1, interpret=interpret)
+                                q_seq_shards=1, interpret=interpret,
+                                residual_checkpoint_name=remat.KERNEL_RESIDUALS)
     out = jax.vmap(kernel)(qh, kh, vh, segment_ids=sa.SegmentIds(q_seg, kv_seg))
     return jnp.swapaxes(out, 1, 2)[:, :tq]
 

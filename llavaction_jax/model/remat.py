@@ -9,7 +9,10 @@ import jax
 from jax.ad_checkpoint import checkpoint_name
 
 QKV = ("query_proj", "key_proj", "value_proj")
-ATTENTION = QKV + ("attention_out", "out_proj")
+# The splash kernel's own residuals (its output and logsumexp, named inside the kernel's custom VJP): a policy
+# that keeps the attention output must keep these too, or the backward pass reruns the forward kernel.
+KERNEL_RESIDUALS = "attention_residuals"
+ATTENTION = QKV + ("attention_out", KERNEL_RESIDUALS, "out_proj")
 MLP_IN = ("mlp_gate", "mlp_up")          # decoder gate/up, vision fc1: the widest activations of a layer
 MLP_OUT = ("mlp_out",)
 NAMES = ATTENTION + MLP_IN + MLP_OUT
