@@ -83,7 +83,7 @@ def time_jax(cfg, batch, args):
     mesh = shd.make_mesh(cfg.mesh, devices=jax.devices()[:1])
     setup = state_lib.build_setup(cfg, mesh)
     state = state_lib.init_state(setup, cfg)
-    sh = step_lib.batch_shardings(mesh)
+    sh = step_lib.batch_shardings(mesh, cfg)
     dev_batch = {k: jax.device_put(v, sh[k]) for k, v in batch.items()}
     step = step_lib.jit_train_step(setup, cfg)
     t0 = time.perf_counter()

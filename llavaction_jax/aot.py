@@ -164,23 +164,11 @@ def required_bytes_from_error(message: str) -> Optional[int]:
 
 def _abstract_batch(config, mesh, batch_size, seq_len):
     import jax
+    from llavaction_jax.input.schema import batch_schema
     from llavaction_jax.train import step as step_lib
-    frames, side = int(config.data.num_frames), int(config.model.vision.image_size)
-    bs = step_lib.batch_shardings(mesh, config)
-    sds = lambda shape, dtype, key: jax.ShapeDtypeStruct(shape, dtype, sharding=bs[key])
-    # Packed rows (config.data.packing): P videos / action labels per row, plus segment ids and positions.
-    videos = (int(config.data.max_videos_per_row),) if "segment_ids" in bs else ()
-    i32 = jax.numpy.int32
-    batch = {"input_ids": sds((batch_size, seq_len), i32, "input_ids"),
-             "attention_mask": sds((batch_size, seq_len), i32, "attention_mask"),
-             "labels": sds((batch_size, seq_len), i32, "labels"),
-             "pixel_values": sds((batch_size,) + videos + (frames, side, side, 3), jax.numpy.float32,
-                                 "pixel_values"),
-             "actions": sds((batch_size,) + videos + (3,), i32, "actions")}
-    if videos:
-        batch.update(segment_ids=sds((batch_size, seq_len), i32, "segment_ids"),
-                     positions=sds((batch_size, seq_len), i32, "positions"))
-    return batch
+    shardings = step_lib.batch_shardings(mesh, config)
+    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings[k])
+            for k, (shape, dtype) in batch_schema(config).shapes(batch_size, seq_len).items()}
 
 
 def _compile(config, mesh, batch_size, seq_len):

@@ -11,24 +11,18 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from llavaction_jax import sharding as shd
+from llavaction_jax.input import schema as schema_lib
 from llavaction_jax.model.llava import ModelOutput
 from llavaction_jax.train import losses
 from llavaction_jax.train.optimizer import DEFAULT, FROZEN
 from llavaction_jax.train.state import TrainSetup
 
-BATCH_SPECS = {"input_ids": 2, "attention_mask": 2, "labels": 2, "pixel_values": 5, "actions": 2}
-# config.data.packing: several samples per row (llavaction_jax.input.packing) -> two more [B, L] inputs, and
-# P = max_videos_per_row videos / action labels per row.
-PACKED_BATCH_SPECS = dict(BATCH_SPECS, pixel_values=6, actions=3, segment_ids=2, positions=2)
+def batch_specs(config):
+    """Key -> rank of the train batch for `config` (input/schema.py; packed when config.data.packing)."""
+    return schema_lib.batch_schema(config).ranks()
 
 
-def batch_specs(config=None):
-    """Key -> rank of the train batch for `config` (packed when config.data.packing)."""
-    packed = config is not None and bool(config.data.get("packing", False))
-    return PACKED_BATCH_SPECS if packed else BATCH_SPECS
-
-
-def batch_shardings(mesh, config=None):
+def batch_shardings(mesh, config):
     return {k: shd.batch_sharding(mesh) for k in batch_specs(config)}
 
 

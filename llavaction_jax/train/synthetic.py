@@ -9,7 +9,10 @@ import jax
 
 from llavaction_jax import sharding as shd
 
-BATCH_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values", "actions")
+from llavaction_jax.input.schema import BatchSchema
+
+# Unpacked rows (input/schema.py): what synthetic_arrays makes and ArrayBatchIterator serves.
+BATCH_KEYS = BatchSchema(num_frames=1, image_size=1).keys()
 
 
 def synthetic_arrays(config, num_samples: int, seq_len: int, seed: int = 0, answer_len: int = 8) -> dict:

@@ -1,0 +1,50 @@
+"""The train batch, described once: its keys, per-sample shapes and dtypes. The input pipeline, synthetic data,
+the train step's shardings and the AOT planner's abstract batch all read it from here.
+
+Unpacked rows: one video per row. config.data.packing: several samples per row (llavaction_jax.input.packing),
+so P = data.max_videos_per_row videos and action labels per row, plus segment ids and per-segment positions.
+"""
+import dataclasses
+from typing import Dict, Tuple
+
+import numpy as np
+
+# Always present, [B, L] int32: token ids, 1 on real tokens, targets (-100 = not supervised).
+TEXT_KEYS = ("input_ids", "attention_mask", "labels")
+PACKING_KEYS = ("segment_ids", "positions")
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSchema:
+    num_frames: int
+    image_size: int
+    videos_per_row: int = 0        # 0: unpacked (one video per row, no per-row video axis)
+
+    @property
+    def packed(self) -> bool:
+        return self.videos_per_row > 0
+
+    def keys(self) -> Tuple[str, ...]:
+        return TEXT_KEYS + ("pixel_values", "actions") + (PACKING_KEYS if self.packed else ())
+
+    def shapes(self, batch_size: int, seq_len: int) -> Dict[str, Tuple[Tuple[int, ...], np.dtype]]:
+        """key -> (global shape, dtype). pixel_values are normalised float32 frames [.., F, S, S, 3]; actions
+        (verb, noun, action) class ids, -1 = no label."""
+        videos = (self.videos_per_row,) if self.packed else ()
+        s = self.image_size
+        out = {k: ((batch_size, seq_len), np.dtype(np.int32)) for k in TEXT_KEYS}
+        out["pixel_values"] = ((batch_size,) + videos + (self.num_frames, s, s, 3), np.dtype(np.float32))
+        out["actions"] = ((batch_size,) + videos + (3,), np.dtype(np.int32))
+        if self.packed:
+            out.update({k: ((batch_size, seq_len), np.dtype(np.int32)) for k in PACKING_KEYS})
+        return out
+
+    def ranks(self) -> Dict[str, int]:
+        return {k: len(shape) for k, (shape, _) in self.shapes(1, 1).items()}
+
+
+def batch_schema(config) -> BatchSchema:
+    data = config.data
+    packed = bool(data.get("packing", False))
+    return BatchSchema(num_frames=int(data.num_frames), image_size=int(config.model.vision.image_size),
+                       videos_per_row=int(data.max_videos_per_row) if packed else 0)
