@@ -226,8 +226,8 @@ def hf_roundtrip(config, model, tok, mesh, data: dict, workdir: str) -> dict:
     if os.path.isdir(out_dir):
         import shutil
         shutil.rmtree(out_dir)
-    info = llavaction_jax.export_model(model, config.model, out_dir, "hf", allow_layout_change=True)
-    tok.save(out_dir)
+    info = llavaction_jax.export_model(model, config.model, out_dir, "hf", allow_layout_change=True,
+                                       tokenizer_path=tok.source, train_config=config.to_dict())
     hf = LlavaOnevisionForConditionalGeneration.from_pretrained(out_dir, dtype=torch.float32).eval()
     item = next(samples.tfrecord_source(data["eval"]["records"], int(config.data.num_frames)).iterate())
     question = item.sample["conversations"][0]["value"]
