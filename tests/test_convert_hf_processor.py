@@ -12,11 +12,11 @@ import os
 import stat
 import types
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from flax import nnx
 
 from configs import demo as demo_config
 from data_prep import ek100, mqa, prompts, synthetic
@@ -26,9 +26,11 @@ from llavaction_jax.convert import api, hf_processor, model_card
 from llavaction_jax.eval.evaluator import Evaluator, _strip_after_eos
 from llavaction_jax.eval.items import EvalItem, normalize_frames
 from llavaction_jax.input.tokenizer import train_tiny_tokenizer
-from llavaction_jax.model import LlavaActionModel, num_video_tokens
+from llavaction_jax.model import num_video_tokens
 
 NUM_QUESTIONS = 24
+# The tiny torch model is overhead-bound: extra threads only contend for the CI machine's 2 cores.
+torch.set_num_threads(1)
 
 
 def _config():
@@ -36,9 +38,46 @@ def _config():
     config.model.action_token = False
     config.model.pool_mode = "bilinear"
     config.model.newline_position = "one_token"
-    config.eval.batch_size = 8
+    config.eval.batch_size = 24     # one batch: one compile
     config.eval.max_new_tokens = 10
     return config
+
+
+def _mesh():
+    # One device: the sharded eval is tested elsewhere, and an 8-way SPMD generate compiles far slower.
+    return shd.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+
+
+def _random_model(config, path, seed):
+    """A random model of config.model's architecture: initialised in torch (JAX's initialisers compile for tens of
+    seconds on 2 cores) and imported with our converter. Norms and the newline are perturbed so that every
+    parameter matters."""
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config, \
+        SiglipVisionConfig
+    t, v = config.model.text, config.model.vision
+    torch.manual_seed(seed)
+    hf_cfg = LlavaOnevisionConfig(
+        vision_config=SiglipVisionConfig(hidden_size=v.hidden_size, intermediate_size=v.intermediate_size,
+                                         num_hidden_layers=v.num_layers, num_attention_heads=v.num_heads,
+                                         image_size=v.image_size, patch_size=v.patch_size, vision_use_head=False),
+        text_config=Qwen2Config(vocab_size=t.vocab_size, hidden_size=t.hidden_size,
+                                intermediate_size=t.intermediate_size, num_hidden_layers=t.num_layers,
+                                num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads,
+                                head_dim=t.head_dim, max_position_embeddings=t.max_position_embeddings,
+                                rope_theta=t.rope_theta, tie_word_embeddings=False),
+        video_token_index=config.model.video_token_id, image_token_index=config.model.video_token_id,
+        vision_feature_select_strategy="full", vision_feature_layer=-1, tie_word_embeddings=False)
+    hf = LlavaOnevisionForConditionalGeneration(hf_cfg).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name or "image_newline" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    hf.save_pretrained(path)
+    model, loaded = api.load_pretrained(path, mesh=_mesh())
+    for key in ("action_token", "pool_mode", "newline_position", "video_token_id"):
+        assert loaded.model[key] == config.model[key], key
+    assert loaded.model.text.to_dict() == config.model.text.to_dict()
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +100,7 @@ def exported(tmp_path_factory):
     texts += [t["value"] for q in questions for t in q["conversations"]]
     tok = train_tiny_tokenizer(texts, str(root / "tok"), vocab_size=config.model.text.vocab_size,
                                video_token_id=config.model.video_token_id)
-    model = LlavaActionModel(config.model, rngs=nnx.Rngs(0))
+    model = _random_model(config, str(root / "init"), seed=0)
     out = str(root / "hf")
     summary = {"num_samples": 3, "chance": 0.2, "methods": ["letters", "generate"],
                "letters": {"accuracy": 2 / 3, "by_source": {"random": {"n": 3, "accuracy": 2 / 3}}},
@@ -114,7 +153,8 @@ def test_vocab_grows_when_the_tokenizer_fills_it(exported, tmp_path):
     config, tok = exported["config"], exported["tok"]
     cfg = _config()
     cfg.model.text.vocab_size = tok.vocab_size
-    model = LlavaActionModel(cfg.model, rngs=nnx.Rngs(1))
+    cfg.model.text.num_layers = cfg.model.vision.num_layers = 1
+    model = _random_model(cfg, str(tmp_path / "init"), seed=1)
     api.export_model(model, cfg.model, str(tmp_path / "hf"), "hf", tokenizer_path=tok.source)
     hf_cfg = json.load(open(tmp_path / "hf" / "config.json"))
     assert hf_cfg["text_config"]["vocab_size"] == tok.vocab_size + 1 == hf_cfg["image_token_index"] + 1
@@ -149,7 +189,7 @@ def _jax_answers(exported):
         raw[q["id"]] = native.read_clip(q["video_id"], q["start_timestamp"], q["stop_timestamp"],
                                         config.data.num_frames)[0]
         items.append(EvalItem(q, lambda frames=frames: frames))
-    ev = _TokenEvaluator(model, tok, config, shd.make_mesh(config.mesh), methods=("generate",))
+    ev = _TokenEvaluator(model, tok, config, _mesh(), methods=("generate",))
     ev.tokens = {}
     records = {r["id"]: r for r in ev.evaluate(items, len(items))}
     return ev, items, raw, records
@@ -171,11 +211,16 @@ def _hf_generate(hf, ids, pix, max_new_tokens, eos):
     return _strip_after_eos(out[0, ids.shape[1]:].numpy(), eos)
 
 
-def _check_parity(exported, hf_inputs, pixel_atol):
+@pytest.fixture(scope="module")
+def jax_answers(exported):
+    return _jax_answers(exported)
+
+
+def _check_parity(exported, jax_answers, hf_inputs, pixel_atol):
     """hf_inputs(messages, native_frames, our_frames) -> (input_ids [1, L], pixel_values_videos [1, F, 3, S, S] to
     generate from, the processor's pixels of the native-resolution frames), torch tensors."""
     from transformers import LlavaOnevisionForConditionalGeneration
-    ev, items, raw, records = _jax_answers(exported)
+    ev, items, raw, records = jax_answers
     tok = exported["tok"]
     hf = LlavaOnevisionForConditionalGeneration.from_pretrained(exported["out"], dtype=torch.float32).eval()
     distinct, answered = set(), 0
@@ -198,7 +243,7 @@ def _check_parity(exported, hf_inputs, pixel_atol):
     return distinct
 
 
-def test_generation_parity_tokenizer_and_image_processor(exported):
+def test_generation_parity_tokenizer_and_image_processor(exported, jax_answers):
     """Runs everywhere: AutoTokenizer + chat template for the ids, the processor's own token-count code for the
     video expansion, AutoImageProcessor (PIL backend, no torchvision) for the pixels of each frame."""
     from transformers import AutoImageProcessor, AutoTokenizer, LlavaOnevisionProcessor
@@ -215,10 +260,10 @@ def test_generation_parity_tokenizer_and_image_processor(exported):
         ids = tk(prompt.replace(pc["video_token"], expanded), return_tensors="pt")["input_ids"]
         return ids, pix[None], pix[None]
     # Same PIL bicubic resize as data_prep.video: equal up to float rounding.
-    _check_parity(exported, inputs, pixel_atol=1e-5)
+    _check_parity(exported, jax_answers, inputs, pixel_atol=1e-5)
 
 
-def test_generation_parity_auto_processor(exported):
+def test_generation_parity_auto_processor(exported, jax_answers):
     """The user's path: AutoProcessor.from_pretrained(dir), chat template, processor(text, videos) -> generate."""
     pytest.importorskip("torchvision", reason="transformers' LlavaOnevisionVideoProcessor needs torchvision")
     from transformers import AutoProcessor
@@ -232,7 +277,7 @@ def test_generation_parity_auto_processor(exported):
         assert from_native["input_ids"].tolist() == batch["input_ids"].tolist()
         return batch["input_ids"], batch["pixel_values_videos"], from_native["pixel_values_videos"]
     # torchvision's antialiased bicubic vs PIL's: a few grey levels apart on resized frames.
-    _check_parity(exported, inputs, pixel_atol=8 * 2 / 255)
+    _check_parity(exported, jax_answers, inputs, pixel_atol=8 * 2 / 255)
 
 
 def test_model_card_without_summary_and_latest_eval(tmp_path):

@@ -499,6 +499,9 @@ def export_model(model, model_cfg, dst: str, fmt: str, source_dir: Optional[str]
             model_cfg = ml_collections.ConfigDict(model_cfg.to_dict())
             model_cfg.pool_mode, model_cfg.newline_position = "bilinear", "one_token"
         cfg_json = hf.export_config(model_cfg, source_config, dtype_name)
+        if tokenizer_path and hf_processor.find_tokenizer_file(tokenizer_path) is None:
+            raise FileNotFoundError(f"tokenizer {tokenizer_path!r}: no tokenizer.json there (expected a dir "
+                                    "holding tokenizer.json, or the file itself)")
         tokenizer_file = hf_processor.find_tokenizer_file(tokenizer_path, source_dir)
         cfg_json, tok_plan = hf.prepare_export(model_cfg, cfg_json, tokenizer_file)
         if tok_plan is None:
@@ -508,9 +511,10 @@ def export_model(model, model_cfg, dst: str, fmt: str, source_dir: Optional[str]
         cfg_json = llava_qwen.export_config(model_cfg, source_config, dtype_name)
 
     tensors = iter_ckpt_tensors(rules, get_layer, num_layers)
+    extra_keys, notes = [], []
     if fmt == hf.NAME:
         tensors = hf.export_tensors(tensors, tok_plan)
-    extra_keys, notes = [], []
+        notes += tok_plan.notes if tok_plan is not None else []
     if fmt == llava_qwen.NAME:
         tensors, extra_keys = _with_unused(tensors, unused_path, model_cfg)
         if not extra_keys:
@@ -527,7 +531,6 @@ def export_model(model, model_cfg, dst: str, fmt: str, source_dir: Optional[str]
             copy_tokenizer_files(source_dir, dst)
         if fmt == hf.NAME:
             data = (train_config or {}).get("data") or {}
-            notes += tok_plan.notes if tok_plan is not None else []
             hf.write_extras(dst, model_cfg, cfg_json, tok_plan, source_generation,
                             system_prompt=str(data.get("system_prompt") or "You are a helpful assistant."),
                             num_frames=data.get("num_frames"), train_config=train_config,
@@ -586,7 +589,9 @@ def export_checkpoint(src: str, dst: str, fmt: str, mesh=None, extra_tensors: Op
         init_from = str((saved.get("train") or {}).get("init_from") or saved.get("init_from") or "")
         source_dir = init_from if init_from and os.path.isfile(os.path.join(init_from, MODEL_CONFIG)) else None
         # The tokenizer the run trained with; the workdir's latest periodic eval for the model card.
-        tokenizer_path = tokenizer_path or str((saved.get("data") or {}).get("tokenizer_path") or "") or None
+        trained_with = str((saved.get("data") or {}).get("tokenizer_path") or "")
+        if not tokenizer_path and hf_processor.find_tokenizer_file(trained_with):
+            tokenizer_path = trained_with
         workdir = os.path.dirname(os.path.dirname(train_step_dir(src)))
         eval_summary = eval_summary or model_card.latest_eval_summary(workdir)
     else:
