@@ -172,3 +172,20 @@ def test_cli_user_errors_are_one_line(task, tmp_path, capsys):
                        env=dict(os.environ, PYTHONPATH=repo))
     assert r.returncode == 2 and r.stderr == f"error: no such file {str(tmp_path / 'missing.jsonl')!r} (--mqa): " \
         "an EK100-MQA JSONL file\n", r.stderr
+
+
+def test_lmms_eval_loads_the_task(task):
+    """With lmms-eval importable (not in requirements: see the module docstring), its TaskManager finds the task
+    through --include_path, `datasets` loads the local data and the hooks score a right answer."""
+    pytest.importorskip("lmms_eval.tasks", reason="lmms-eval is not installed")
+    from lmms_eval.tasks import TaskManager, get_task_dict
+    manager = TaskManager(include_path=task["out"])
+    loaded = get_task_dict(["ek100_mqa"], manager)["ek100_mqa"]
+    docs = list(loaded.test_docs())
+    assert [d["id"] for d in docs] == [q["id"] for q in task["questions"]]
+    doc = docs[0]
+    assert os.path.isfile(loaded.config.doc_to_visual(doc)[0])
+    assert loaded.doc_to_text(doc).endswith(task["questions"][0]["conversations"][0]["value"][len("<image>\n"):])
+    right = doc["options"][ord(doc["answer"]) - ord("A")]
+    scores = loaded.process_results(doc, [right])
+    assert {k: f([scores[k]]) for k, f in loaded.aggregation().items()} == {"accuracy": 1.0, "strict_accuracy": 1.0}
