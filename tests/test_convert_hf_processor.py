@@ -77,7 +77,7 @@ def _random_model(config, path, seed):
     for key in ("action_token", "pool_mode", "newline_position", "video_token_id"):
         assert loaded.model[key] == config.model[key], key
     assert loaded.model.text.to_dict() == config.model.text.to_dict()
-    return model
+    return model, loaded.model
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def exported(tmp_path_factory):
     texts += [t["value"] for q in questions for t in q["conversations"]]
     tok = train_tiny_tokenizer(texts, str(root / "tok"), vocab_size=config.model.text.vocab_size,
                                video_token_id=config.model.video_token_id)
-    model = _random_model(config, str(root / "init"), seed=0)
+    model, model_cfg = _random_model(config, str(root / "init"), seed=0)
     out = str(root / "hf")
     summary = {"num_samples": 3, "chance": 0.2, "methods": ["letters", "generate"],
                "letters": {"accuracy": 2 / 3, "by_source": {"random": {"n": 3, "accuracy": 2 / 3}}},
@@ -109,7 +109,7 @@ def exported(tmp_path_factory):
         json.dump(summary, f)
     info = api.export_model(model, config.model, out, "hf", tokenizer_path=tok.source,
                             eval_summary=str(root / "summary.json"), train_config=config.to_dict())
-    return dict(config=config, tok=tok, model=model, out=out, info=info, questions=questions,
+    return dict(config=config, tok=tok, model=model, model_cfg=model_cfg, out=out, info=info, questions=questions,
                 video_root=str(root / "videos"))
 
 
@@ -154,7 +154,7 @@ def test_vocab_grows_when_the_tokenizer_fills_it(exported, tmp_path):
     cfg = _config()
     cfg.model.text.vocab_size = tok.vocab_size
     cfg.model.text.num_layers = cfg.model.vision.num_layers = 1
-    model = _random_model(cfg, str(tmp_path / "init"), seed=1)
+    model, _ = _random_model(cfg, str(tmp_path / "init"), seed=1)
     api.export_model(model, cfg.model, str(tmp_path / "hf"), "hf", tokenizer_path=tok.source)
     hf_cfg = json.load(open(tmp_path / "hf" / "config.json"))
     assert hf_cfg["text_config"]["vocab_size"] == tok.vocab_size + 1 == hf_cfg["image_token_index"] + 1
@@ -306,3 +306,34 @@ def test_tokenizer_plan_rejects_a_video_id_with_another_meaning(exported, tmp_pa
     cfg.model.video_token_id = vocab["<|im_end|>"]
     with pytest.raises(ValueError, match="'<\\|im_end\\|>'"):
         hf_processor.plan_tokenizer(str(path), cfg.model)
+
+
+def test_cli_export_of_a_training_run_takes_its_tokenizer_and_latest_eval(exported, tmp_path):
+    """`convert export --format hf WORKDIR OUT`: the tokenizer is the run's data.tokenizer_path and the card shows the
+    workdir's latest periodic eval (eval/step_N/summary.json)."""
+    import jax.numpy as jnp
+    from flax import nnx
+    from llavaction_jax.convert.__main__ import main as convert_main
+    from llavaction_jax.train.checkpointing import Checkpointer, config_to_dict
+    config = api.full_config(exported["model_cfg"])
+    config.data.tokenizer_path = os.path.dirname(exported["tok"].source)
+    config.data.num_frames = 4
+    params = nnx.to_pure_dict(nnx.state(exported["model"], nnx.Param))
+    state = {"params": params, "opt_state": {}, "step": jnp.zeros((), jnp.int32), "rng": jnp.zeros((2,), jnp.uint32)}
+    ckpt = Checkpointer(str(tmp_path / "work" / "checkpoints"), async_save=False)
+    ckpt.save(7, state, {"epoch": 0}, config_to_dict(config))
+    ckpt.close()
+    for step, acc in ((3, 0.25), (7, 0.75)):
+        os.makedirs(tmp_path / "work" / "eval" / f"step_{step}")
+        (tmp_path / "work" / "eval" / f"step_{step}" / "summary.json").write_text(json.dumps(
+            {"num_samples": 4, "chance": 0.2, "methods": ["letters"], "letters": {"accuracy": acc}}))
+    convert_main(["export", "--format", "hf", str(tmp_path / "work"), str(tmp_path / "out")])
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "75.0%" in card and "25.0%" not in card and "step_7" not in card and "(4 questions" in card
+    assert "4 x 4 + 1 = **17**" in card
+    assert json.load(open(tmp_path / "out" / "config.json"))["image_token_index"] == exported["tok"].vocab_size
+    with open(tmp_path / "out" / "tokenizer.json") as f, open(os.path.join(exported["out"], "tokenizer.json")) as g:
+        assert json.load(f) == json.load(g)
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        api.export_checkpoint(str(tmp_path / "work"), str(tmp_path / "out2"), "hf", mesh=_mesh(),
+                              tokenizer_path=str(tmp_path))
