@@ -503,7 +503,14 @@ def export_model(model, model_cfg, dst: str, fmt: str, source_dir: Optional[str]
             raise FileNotFoundError(f"tokenizer {tokenizer_path!r}: no tokenizer.json there (expected a dir "
                                     "holding tokenizer.json, or the file itself)")
         tokenizer_file = hf_processor.find_tokenizer_file(tokenizer_path, source_dir)
-        cfg_json, tok_plan = hf.prepare_export(model_cfg, cfg_json, tokenizer_file)
+        try:
+            cfg_json, tok_plan = hf.prepare_export(model_cfg, cfg_json, tokenizer_file)
+        except hf_processor.UnreadableTokenizer as e:
+            if tokenizer_path:
+                raise
+            # A tokenizer found next to the source that we cannot use: its files are copied as they are.
+            log.warning("%s; exporting without tokenizer / processor files", e)
+            tok_plan = None
         if tok_plan is None:
             log.warning("no tokenizer.json given (tokenizer_path / source dir): %s gets weights and config only; "
                         "image/video token ids are unchecked and AutoProcessor will not load it", dst)
@@ -535,7 +542,8 @@ def export_model(model, model_cfg, dst: str, fmt: str, source_dir: Optional[str]
                             system_prompt=str(data.get("system_prompt") or "You are a helpful assistant."),
                             num_frames=data.get("num_frames"), train_config=train_config,
                             eval_summary_path=eval_summary, dropped_params=dropped,
-                            num_params=sum(int(np.prod(v.get_value().shape)) for v in flat.values()))
+                            num_params=sum(int(np.prod(v.get_value().shape)) for p, v in flat.items()
+                                           if p not in dropped))
         hf_processor.make_readable(dst)
     else:
         # Other processes take part in the per-tensor all-gathers but write nothing.

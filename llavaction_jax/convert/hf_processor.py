@@ -60,6 +60,10 @@ CHAT_TEMPLATE = (
 )
 
 
+class UnreadableTokenizer(ValueError):
+    """tokenizer.json exists but the tokenizers library cannot load it."""
+
+
 @dataclasses.dataclass
 class TokenizerPlan:
     """The exported tokenizer and the ids the HF config must name."""
@@ -84,7 +88,10 @@ def find_tokenizer_file(*dirs: Optional[str]) -> Optional[str]:
 def plan_tokenizer(tokenizer_file: str, model_cfg) -> TokenizerPlan:
     """Loads `tokenizer_file`, adds `<video>`/`<image>` if missing and says which ids / vocab size to export."""
     import tokenizers
-    tok = tokenizers.Tokenizer.from_file(tokenizer_file)
+    try:
+        tok = tokenizers.Tokenizer.from_file(tokenizer_file)
+    except Exception as e:       # the Rust side raises a bare Exception for a malformed file
+        raise UnreadableTokenizer(f"{tokenizer_file}: not a readable tokenizers file ({e})") from None
     for required in (tok_lib.IM_START, tok_lib.IM_END, tok_lib.ENDOFTEXT):
         if tok.token_to_id(required) is None:
             raise ValueError(f"{tokenizer_file}: no {required!r} token; the HF export needs a ChatML (Qwen2) "

@@ -120,15 +120,15 @@ def render(model_cfg, hf_config: Mapping, plan=None, train_config: Optional[Mapp
     if dropped_params:
         lines.append(f"- Not in this format (dropped): {', '.join(dropped_params)}.")
     if plan is not None and plan.added_tokens:
-        lines.append(f"- Added to the tokenizer at export: {', '.join(plan.added_tokens)} (embedding rows "
-                     "initialised to the mean row).")
+        lines.append(f"- Added to the tokenizer at export: {', '.join(f'`{t}`' for t in plan.added_tokens)} (rows "
+                     "of the embedding and LM head initialised to the mean row).")
     lines += ["", "## Usage", "", "```python",
               "from transformers import AutoProcessor, LlavaOnevisionForConditionalGeneration",
               "model = LlavaOnevisionForConditionalGeneration.from_pretrained(DIR)",
               "processor = AutoProcessor.from_pretrained(DIR)",
               "messages = [{\"role\": \"user\", \"content\": [{\"type\": \"video\"}, {\"type\": \"text\", "
               "\"text\": question}]}]",
-              "prompt = processor.apply_chat_template(messages, add_generation_prompt=True)",
+              "prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)",
               f"inputs = processor(text=prompt, videos=[frames], return_tensors=\"pt\")   # frames: "
               f"[{frames}, H, W, 3] uint8",
               "out = model.generate(**inputs, max_new_tokens=32, do_sample=False)",
