@@ -259,8 +259,9 @@ def test_generation_parity_tokenizer_and_image_processor(exported, jax_answers):
         expanded = LlavaOnevisionProcessor.replace_video_token(counter, {"pixel_values_videos": [pix]}, 0)
         ids = tk(prompt.replace(pc["video_token"], expanded), return_tensors="pt")["input_ids"]
         return ids, pix[None], pix[None]
-    # Same PIL bicubic resize as data_prep.video: equal up to float rounding.
-    _check_parity(exported, jax_answers, inputs, pixel_atol=1e-5)
+    # The PIL backend (no torchvision) resizes exactly as data_prep.video (PIL bicubic): equal up to float rounding.
+    # With torchvision installed AutoImageProcessor picks its antialiased bicubic: within 1 grey level.
+    _check_parity(exported, jax_answers, inputs, pixel_atol=1e-5 if type(ip).__name__.endswith("Pil") else 3 / 255)
 
 
 def test_generation_parity_auto_processor(exported, jax_answers):
@@ -276,8 +277,8 @@ def test_generation_parity_auto_processor(exported, jax_answers):
         from_native = processor(text=prompt, videos=[native], return_tensors="pt")
         assert from_native["input_ids"].tolist() == batch["input_ids"].tolist()
         return batch["input_ids"], batch["pixel_values_videos"], from_native["pixel_values_videos"]
-    # torchvision's antialiased bicubic vs PIL's: a few grey levels apart on resized frames.
-    _check_parity(exported, jax_answers, inputs, pixel_atol=8 * 2 / 255)
+    # torchvision's antialiased bicubic vs PIL's on the 64 -> 32 resize: measured within 1 grey level (2/255).
+    _check_parity(exported, jax_answers, inputs, pixel_atol=3 / 255)
 
 
 def test_model_card_without_summary_and_latest_eval(tmp_path):
