@@ -130,6 +130,7 @@ def test_directory_is_complete_and_consistent(exported):
     assert hf_cfg.image_token_index == tok.vocab_size and info["notes"]
     assert hf_cfg.image_token_index < hf_cfg.text_config.vocab_size == config.model.text.vocab_size
     assert tk.eos_token == "<|im_end|>" and tk.pad_token_id == tok.pad_id
+    assert (tk.image_token_id, tk.video_token_id) == (hf_cfg.image_token_index, hf_cfg.video_token_index)
     gen = json.load(open(os.path.join(out, "generation_config.json")))
     assert gen["eos_token_id"] == tok.eos_id and gen["do_sample"] is False
     ip = AutoImageProcessor.from_pretrained(out)

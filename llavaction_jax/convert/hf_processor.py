@@ -141,7 +141,9 @@ def tokenizer_config(plan: TokenizerPlan, model_max_length: int) -> dict:
         "model_max_length": int(model_max_length),
         "padding_side": "left",          # batched HF generation needs left padding
         "clean_up_tokenization_spaces": False,
-        "extra_special_tokens": [tok_lib.IM_START, tok_lib.IM_END, IMAGE_TOKEN, VIDEO_TOKEN],
+        "additional_special_tokens": [tok_lib.IM_START, tok_lib.IM_END],
+        # Named, as llava-hf tokenizers do: the processor reads tokenizer.image_token / video_token (and their ids).
+        "extra_special_tokens": {"image_token": IMAGE_TOKEN, "video_token": VIDEO_TOKEN},
     }
 
 
