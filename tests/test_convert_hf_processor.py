@@ -151,7 +151,7 @@ def test_vocab_grows_when_the_tokenizer_fills_it(exported, tmp_path):
     embedding / LM-head row keep the other logits and never win the greedy argmax."""
     from safetensors import safe_open
     from transformers import LlavaOnevisionForConditionalGeneration
-    config, tok = exported["config"], exported["tok"]
+    tok = exported["tok"]
     cfg = _config()
     cfg.model.text.vocab_size = tok.vocab_size
     cfg.model.text.num_layers = cfg.model.vision.num_layers = 1

@@ -31,7 +31,7 @@ CLIPS_DIR = "clips"
 DOC_FIELDS = ("id", "video_id", "participant_id", "start_timestamp", "stop_timestamp", "options", "answer",
               "answer_text", "source", "mode", "verb_class", "noun_class", "narration")
 
-UTILS_SOURCE = r'''"""lmms-eval task functions for EK100-MQA (copied verbatim as utils.py into an exported task directory).
+UTILS_SOURCE = r'''"""lmms-eval task functions for EK100-MQA (written as utils.py into an exported task directory).
 
 Self-contained (standard library only): lmms-eval imports this file from the task directory; llavaction_jax need
 not be installed there. The answer parser is LLaVAction's (ek_eval.process_raw_pred + rstrip(",")), the same code as
