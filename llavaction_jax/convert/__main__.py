@@ -42,6 +42,12 @@ def main(argv=None):
     exp.add_argument("--allow_layout_change", action="store_true",
                      help="hf: export a grid-newline model anyway (HF computes the one_token layout)")
     exp.add_argument("--override", action="append", help="model config override key=value")
+    exp.add_argument("--tokenizer", default=None,
+                     help="hf: dir with tokenizer.json (default: the source's, or the training run's "
+                          "data.tokenizer_path); needed for the tokenizer / processor files")
+    exp.add_argument("--eval_summary", default=None,
+                     help="hf: eval summary.json whose accuracies go into the model card (default: the training "
+                          "workdir's latest periodic eval)")
     exp.add_argument("src")
     exp.add_argument("dst")
     args = parser.parse_args(argv)
@@ -57,7 +63,8 @@ def main(argv=None):
         info = api.export_checkpoint(args.src, args.dst, args.format, extra_tensors=args.extra_tensors,
                                      max_shard_bytes=int(args.max_shard_gb * (1 << 30)),
                                      allow_layout_change=args.allow_layout_change,
-                                     config_overrides=_overrides(args.override))
+                                     config_overrides=_overrides(args.override),
+                                     tokenizer_path=args.tokenizer, eval_summary=args.eval_summary)
         info = {k: v for k, v in info.items() if k != "keys"} | {"num_keys": len(info["keys"])}
     json.dump(info, sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -19,8 +19,8 @@ import numpy as np
 from flax import nnx
 
 from llavaction_jax import sharding as shd
+from llavaction_jax.convert import hf, hf_processor, llava_qwen, model_card
 from llavaction_jax.model import build as model_build, config as model_config_lib
-from llavaction_jax.convert import hf, llava_qwen
 from llavaction_jax.convert.mapping import CheckpointMismatchError, iter_ckpt_tensors, match, read_param_slice
 from llavaction_jax.convert.safetensors_io import CheckpointReader, has_safetensors, write_sharded
 
@@ -443,12 +443,16 @@ def _host_value(x) -> np.ndarray:
 
 def export_model(model, model_cfg, dst: str, fmt: str, source_dir: Optional[str] = None,
                  extra_tensors: Optional[str] = None, max_shard_bytes: int = 2 << 30,
-                 allow_layout_change: bool = False) -> dict:
-    """Writes `model` as a `fmt` safetensors checkpoint + config.json (+ generation_config.json for hf).
+                 allow_layout_change: bool = False, tokenizer_path: Optional[str] = None,
+                 eval_summary: Optional[str] = None, train_config: Optional[dict] = None) -> dict:
+    """Writes `model` as a `fmt` safetensors checkpoint + config.json; files are 0644.
 
-    `source_dir`: an Orbax dir from `convert import` (its source_config.json, unused tensors and tokenizer
-    files are reused). `extra_tensors`: a safetensors file or checkpoint dir whose expected-unused keys
-    (the dropped SigLIP layer) are copied into a llava_qwen export.
+    hf: a complete transformers model directory (generation_config.json, README.md model card and, with a
+    tokenizer.json from `tokenizer_path` or `source_dir`, the tokenizer, chat template and processor configs:
+    see convert/hf_processor.py). `source_dir`: an Orbax dir from `convert import` (its source_config.json,
+    unused tensors and tokenizer files are reused). `extra_tensors`: a safetensors file or checkpoint dir whose
+    expected-unused keys (the dropped SigLIP layer) are copied into a llava_qwen export. `eval_summary`: a
+    summary.json whose accuracies go into the model card; `train_config`: the training config dict (data, steps).
     """
     mod = FORMATS[fmt]
     flat = flat_params(nnx.state(model, nnx.Param))
@@ -484,11 +488,29 @@ def export_model(model, model_cfg, dst: str, fmt: str, source_dir: Optional[str]
             model_cfg = ml_collections.ConfigDict(model_cfg.to_dict())
             model_cfg.pool_mode, model_cfg.newline_position = "bilinear", "one_token"
         cfg_json = hf.export_config(model_cfg, source_config, dtype_name)
+        if tokenizer_path and hf_processor.find_tokenizer_file(tokenizer_path) is None:
+            raise FileNotFoundError(f"tokenizer {tokenizer_path!r}: no tokenizer.json there (expected a dir "
+                                    "holding tokenizer.json, or the file itself)")
+        tokenizer_file = hf_processor.find_tokenizer_file(tokenizer_path, source_dir)
+        try:
+            cfg_json, tok_plan = hf.prepare_export(model_cfg, cfg_json, tokenizer_file)
+        except hf_processor.UnreadableTokenizer as e:
+            if tokenizer_path:
+                raise
+            # A tokenizer found next to the source that we cannot use: its files are copied as they are.
+            log.warning("%s; exporting without tokenizer / processor files", e)
+            tok_plan = None
+        if tok_plan is None:
+            log.warning("no tokenizer.json given (tokenizer_path / source dir): %s gets weights and config only; "
+                        "image/video token ids are unchecked and AutoProcessor will not load it", dst)
     else:
         cfg_json = llava_qwen.export_config(model_cfg, source_config, dtype_name)
 
     tensors = iter_ckpt_tensors(rules, get_layer, num_layers)
     extra_keys, notes = [], []
+    if fmt == hf.NAME:
+        tensors = hf.export_tensors(tensors, tok_plan)
+        notes += tok_plan.notes if tok_plan is not None else []
     if fmt == llava_qwen.NAME:
         tensors, extra_keys = _with_unused(tensors, unused_path, model_cfg)
         if not extra_keys:
@@ -501,19 +523,29 @@ def export_model(model, model_cfg, dst: str, fmt: str, source_dir: Optional[str]
         weight_map = write_sharded(tensors, dst, max_shard_bytes)
         with open(os.path.join(dst, "config.json"), "w") as f:
             json.dump(cfg_json, f, indent=2, sort_keys=True)
-        if fmt == hf.NAME:
-            with open(os.path.join(dst, "generation_config.json"), "w") as f:
-                json.dump(hf.generation_config(source_generation), f, indent=2, sort_keys=True)
-        if source_dir:
+        if source_dir and not (fmt == hf.NAME and tok_plan is not None):
             copy_tokenizer_files(source_dir, dst)
+        if fmt == hf.NAME:
+            data = (train_config or {}).get("data") or {}
+            hf.write_extras(dst, model_cfg, cfg_json, tok_plan, source_generation,
+                            system_prompt=str(data.get("system_prompt") or "You are a helpful assistant."),
+                            num_frames=data.get("num_frames"), train_config=train_config,
+                            eval_summary_path=eval_summary, dropped_params=dropped,
+                            num_params=sum(int(np.prod(v.get_value().shape)) for p, v in flat.items()
+                                           if p not in dropped))
+        hf_processor.make_readable(dst)
     else:
         # Other processes take part in the per-tensor all-gathers but write nothing.
         weight_map = {k: "" for k, _ in tensors}
     _wait_for_process_0(f"export:{dst}")
     for n in notes:
         log.info("%s", n)
-    return dict(format=fmt, keys=sorted(weight_map), dropped_params=dropped if fmt == hf.NAME else [],
-                extra_keys=extra_keys, notes=notes)
+    out = dict(format=fmt, keys=sorted(weight_map), dropped_params=dropped if fmt == hf.NAME else [],
+               extra_keys=extra_keys, notes=notes)
+    if fmt == hf.NAME:
+        out.update(image_token_index=cfg_json["image_token_index"], video_token_index=cfg_json["video_token_index"],
+                   tokenizer=tok_plan.source if tok_plan is not None else None)
+    return out
 
 
 def _with_unused(tensors, unused_path, model_cfg):
@@ -534,7 +566,8 @@ def _with_unused(tensors, unused_path, model_cfg):
 
 def export_checkpoint(src: str, dst: str, fmt: str, mesh=None, extra_tensors: Optional[str] = None,
                       max_shard_bytes: int = 2 << 30, allow_layout_change: bool = False,
-                      config_overrides=None) -> dict:
+                      config_overrides=None, tokenizer_path: Optional[str] = None,
+                      eval_summary: Optional[str] = None) -> dict:
     """Orbax dir (from `import_checkpoint`) or training checkpoint -> `fmt` safetensors checkpoint directory.
 
     A training checkpoint's workdir may hold the Orbax dir it was initialised from as `init_from` in its
@@ -542,16 +575,25 @@ def export_checkpoint(src: str, dst: str, fmt: str, mesh=None, extra_tensors: Op
     """
     kind = detect_format(src)
     mesh = mesh or default_mesh()
+    train_config = None
     if kind == "orbax":
         model, model_cfg = load_orbax(src, mesh=mesh, config_overrides=config_overrides)
         source_dir = src
     elif kind == "train":
         model, model_cfg = load_train_checkpoint(src, mesh=mesh, config_overrides=config_overrides)
-        saved = _read_json(os.path.join(train_step_dir(src), "config", "metadata"))
+        train_config = _read_json(os.path.join(train_step_dir(src), "config", "metadata"))
+        saved = train_config
         init_from = str((saved.get("train") or {}).get("init_from") or saved.get("init_from") or "")
         source_dir = init_from if init_from and os.path.isfile(os.path.join(init_from, MODEL_CONFIG)) else None
+        # The tokenizer the run trained with; the workdir's latest periodic eval for the model card.
+        trained_with = str((saved.get("data") or {}).get("tokenizer_path") or "")
+        if not tokenizer_path and hf_processor.find_tokenizer_file(trained_with):
+            tokenizer_path = trained_with
+        workdir = os.path.dirname(os.path.dirname(train_step_dir(src)))
+        eval_summary = eval_summary or model_card.latest_eval_summary(workdir)
     else:
         raise ValueError(f"{src}: export reads an Orbax directory written by `convert import` "
                          f"({MODEL_CONFIG} + {PARAMS_DIR}/) or a training checkpoint, not a {kind!r} checkpoint")
     return export_model(model, model_cfg, dst, fmt, source_dir=source_dir, extra_tensors=extra_tensors,
-                        max_shard_bytes=max_shard_bytes, allow_layout_change=allow_layout_change)
+                        max_shard_bytes=max_shard_bytes, allow_layout_change=allow_layout_change,
+                        tokenizer_path=tokenizer_path, eval_summary=eval_summary, train_config=train_config)

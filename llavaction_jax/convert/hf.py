@@ -8,8 +8,10 @@ Canonical keys are what transformers 5.24 `save_pretrained` writes (legacy hub l
 The HF layout is LLaVA-OneVision's: bilinear 2x pooling, ONE image_newline after all frames, no action
 token; LLaVAction's action token/heads have no HF counterpart.
 """
+import json
+import os
 import re
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from llavaction_jax.convert import llava_qwen
 from llavaction_jax.convert.mapping import Rule
@@ -193,3 +195,41 @@ def generation_config(source_generation: dict) -> dict:
     g = dict(source_generation or {})
     g.setdefault("_from_model_config", True)
     return g
+
+
+# ------------------------------------------------------------------------------------ the full model directory
+
+def prepare_export(model_cfg, cfg_json: dict, tokenizer_file: Optional[str]):
+    """(config.json, tokenizer plan or None): token ids / vocab from the tokenizer that goes with the model."""
+    from llavaction_jax.convert import hf_processor
+    if not tokenizer_file:
+        return cfg_json, None
+    plan = hf_processor.plan_tokenizer(tokenizer_file, model_cfg)
+    return hf_processor.apply_to_config(cfg_json, plan), plan
+
+
+def export_tensors(tensors, plan):
+    from llavaction_jax.convert import hf_processor
+    return tensors if plan is None else hf_processor.pad_vocab(tensors, plan.vocab_size)
+
+
+def write_extras(dst: str, model_cfg, cfg_json: dict, plan, source_generation: dict, *, system_prompt: str,
+                 num_frames: Optional[int] = None, train_config: Optional[dict] = None,
+                 eval_summary_path: Optional[str] = None, dropped_params=(), num_params: Optional[int] = None
+                 ) -> List[str]:
+    """generation_config.json, tokenizer + processor files (when there is a tokenizer) and README.md."""
+    from llavaction_jax.convert import hf_processor, model_card
+    gen = generation_config(source_generation)
+    written = []
+    if plan is not None:
+        gen = hf_processor.generation_config(plan, gen)
+        written += hf_processor.write_processor_files(dst, plan, model_cfg, cfg_json, system_prompt)
+    with open(os.path.join(dst, "generation_config.json"), "w") as f:
+        json.dump(gen, f, indent=2, sort_keys=True)
+    summary = model_card.load_summary(eval_summary_path)
+    card = model_card.render(model_cfg, cfg_json, plan, train_config, summary,
+                             os.path.basename(eval_summary_path or "summary.json"), num_frames, dropped_params,
+                             num_params)
+    with open(os.path.join(dst, "README.md"), "w", encoding="utf-8") as f:
+        f.write(card)
+    return written + ["generation_config.json", "README.md"]

@@ -1,0 +1,333 @@
+"""Export EK100-MQA as an lmms-eval task: YAML + utils.py + the questions as a local dataset (+ the clips).
+
+    python -m llavaction_jax.eval.export_lmms_eval --mqa FILE --out DIR [--video_root ROOT] [--task NAME]
+
+FILE is EK100-MQA JSONL (data_prep.make_mqa). DIR receives
+  <task>.yaml     the task config: `dataset_path: json` with `dataset_kwargs.data_files` pointing at data/test.jsonl
+                  (absolute, so `datasets.load_dataset` finds it from any working directory), generate_until with
+                  greedy decoding, two metrics (accuracy = the reference protocol, strict_accuracy = letter and text);
+  utils.py        doc_to_visual / doc_to_text / doc_to_target / process_results / aggregation, standard library
+                  only, with LLaVAction's original answer parser (the same code as data_prep/prompts.py);
+  data/test.jsonl one doc per question (id, clip, question, options, answer, answer_text, source, ...);
+  clips/<id>.mp4  with --video_root: each question's [start, stop] segment cut from the EK100 videos (any layout
+                  data_prep.video reads) at --clip_fps, so that a video model sampling frames uniformly from the
+                  file samples the question's segment. Without it, put clips named <id>.mp4 there yourself or point
+                  EK100_MQA_CLIP_DIR at them.
+Run it: lmms-eval --model llava_onevision --model_args pretrained=... --tasks ek100_mqa --include_path DIR
+"""
+import argparse
+import json
+import math
+import os
+import sys
+from typing import List, Optional
+
+from llavaction_jax import cli
+
+DEFAULT_TASK = "ek100_mqa"
+UTILS_FILE = "utils.py"
+DATA_FILE = os.path.join("data", "test.jsonl")
+CLIPS_DIR = "clips"
+DOC_FIELDS = ("id", "video_id", "participant_id", "start_timestamp", "stop_timestamp", "options", "answer",
+              "answer_text", "source", "mode", "verb_class", "noun_class", "narration")
+
+UTILS_SOURCE = r'''"""lmms-eval task functions for EK100-MQA (written as utils.py into an exported task directory).
+
+Self-contained (standard library only): lmms-eval imports this file from the task directory; llavaction_jax need
+not be installed there. The answer parser is LLaVAction's (ek_eval.process_raw_pred + rstrip(",")), the same code as
+data_prep/prompts.py (tests/test_export_lmms_eval.py checks both give the same letters).
+
+Metrics (one doc = one question):
+  accuracy         the reference protocol: the generation's answer TEXT (last "X. text" match, cut at its first ".")
+                   equals the ground-truth option's text; the letter the model wrote is ignored.
+  strict_accuracy  the letter of that same "X. text" match is the ground-truth letter AND its text is right.
+Each is reported overall; the per-distractor-source split goes to the log.
+"""
+import json
+import logging
+import os
+import re
+
+log = logging.getLogger("lmms-eval.ek100_mqa")
+
+TASK_DIR = os.path.dirname(os.path.abspath(__file__))
+# Clips: <clip dir>/<doc["clip"]>; EK100_MQA_CLIP_DIR overrides the directory written at export time.
+CLIP_DIR = os.environ.get("EK100_MQA_CLIP_DIR", os.path.join(TASK_DIR, "clips"))
+
+TIME_INSTRUCTION = "The provided video lasts for {duration:.3f} seconds, and {n} frames are uniformly sampled from it."
+_ANSWER_RE = re.compile(r"[A-Z]\.\s(.+)")
+_LETTER_RE = re.compile(r"([A-Z])\.\s(.+)")
+
+
+# ---- the original LLaVAction answer parser ------------------------------------------------------------------------
+
+def extract_answer_text(raw_text):
+    """LLaVAction's ek_eval.process_raw_pred, then rstrip(",") as in its comparison with the ground truth."""
+    if "None" in raw_text:
+        candidate = raw_text.replace("None. ", "")
+    else:
+        matches = _ANSWER_RE.findall(raw_text)
+        candidate = matches[-1].split(".", 1)[0] if matches else raw_text
+    return candidate.rstrip(",")
+
+
+def option_text(option):
+    letter, sep, text = option.partition(". ")
+    if not sep or len(letter) != 1 or not letter.isupper():
+        raise ValueError(f"option {option!r} is not of the form 'A. text'")
+    return text
+
+
+def normalise_option_text(text):
+    return text.split(".", 1)[0].rstrip(",").strip()
+
+
+def parse_answer(raw_text, options):
+    """Letter of the option whose text equals the extracted answer (exact match), or None."""
+    candidate = extract_answer_text(raw_text)
+    for option in options:
+        if normalise_option_text(option_text(option)) == candidate:
+            return option[0]
+    return None
+
+
+def generated_letter(raw_text):
+    """The letter of the "X. text" match the parser reads its text from (the last one), or None."""
+    if "None" in raw_text:
+        return None
+    matches = _LETTER_RE.findall(raw_text)
+    return matches[-1][0] if matches else None
+
+
+# ---- lmms-eval hooks ----------------------------------------------------------------------------------------------
+
+def ek100_mqa_doc_to_visual(doc):
+    path = doc["clip"] if os.path.isabs(doc["clip"]) else os.path.join(CLIP_DIR, doc["clip"])
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"EK100-MQA clip {path!r} of question {doc['id']!r} not found: export the task "
+                                "with --video_root, or set EK100_MQA_CLIP_DIR to the folder holding the clips")
+    return [path]
+
+
+def ek100_mqa_doc_to_text(doc, lmms_eval_specific_kwargs=None):
+    """The LLaVAction MCQ prompt (after its "<image>\\n", which the model's own chat template places), preceded by
+    the time instruction when `num_frames` is set (it must then be the number of frames the model samples)."""
+    kwargs = lmms_eval_specific_kwargs or {}
+    text = doc["question"]
+    n = kwargs.get("num_frames")
+    if n:
+        duration = float(doc["stop_timestamp"]) - float(doc["start_timestamp"])
+        text = TIME_INSTRUCTION.format(duration=duration, n=int(n)) + text
+    return f"{kwargs.get('pre_prompt', '')}{text}{kwargs.get('post_prompt', '')}"
+
+
+def ek100_mqa_doc_to_target(doc):
+    return doc["options"][ord(doc["answer"]) - ord("A")] if doc.get("answer") else doc["answer_text"]
+
+
+def score(doc, generation):
+    """(reference-protocol correct, strict correct, parsed letter) for one generation."""
+    answer = doc.get("answer") or None
+    parsed = parse_answer(generation, doc["options"])
+    correct = answer is not None and parsed == answer
+    return correct, correct and generated_letter(generation) == answer, parsed
+
+
+def ek100_mqa_process_results(doc, results):
+    generation = results[0] if results else ""
+    correct, strict, parsed = score(doc, generation)
+    base = {"id": doc["id"], "source": doc.get("source", "unknown"), "parsed": parsed}
+    return {"accuracy": dict(base, correct=bool(correct)), "strict_accuracy": dict(base, correct=bool(strict))}
+
+
+def _aggregate(results, name):
+    if not results:
+        raise ValueError(f"EK100-MQA {name}: no results to aggregate")
+    by_source = {}
+    for r in results:
+        by_source.setdefault(r["source"], []).append(bool(r["correct"]))
+    log.info("EK100-MQA %s by distractor source: %s", name,
+             json.dumps({s: {"n": len(v), "accuracy": sum(v) / len(v)} for s, v in sorted(by_source.items())}))
+    return sum(bool(r["correct"]) for r in results) / len(results)
+
+
+def ek100_mqa_aggregate_accuracy(results):
+    return _aggregate(results, "accuracy")
+
+
+def ek100_mqa_aggregate_strict(results):
+    return _aggregate(results, "strict_accuracy")'''
+
+
+def task_yaml(task: str, data_file: str, max_new_tokens: int, num_frames: int) -> str:
+    """The task config (hand-written YAML: `!function` tags are lmms-eval's, not plain YAML)."""
+    return f"""# EK100-MQA (EPIC-KITCHENS-100 multiple-choice action questions, LLaVAction's benchmark); written by
+# python -m llavaction_jax.eval.export_lmms_eval. EPIC-KITCHENS-100 annotations: Damen et al., IJCV 2022, CC BY-NC 4.0.
+task: {task}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {json.dumps(data_file)}
+test_split: test
+output_type: generate_until
+doc_to_visual: !function utils.ek100_mqa_doc_to_visual
+doc_to_text: !function utils.ek100_mqa_doc_to_text
+doc_to_target: !function utils.ek100_mqa_doc_to_target
+process_results: !function utils.ek100_mqa_process_results
+generation_kwargs:
+  max_new_tokens: {int(max_new_tokens)}
+  temperature: 0
+  top_p: 1.0
+  num_beams: 1
+  do_sample: false
+  until: []
+metric_list:
+  - metric: accuracy
+    aggregation: !function utils.ek100_mqa_aggregate_accuracy
+    higher_is_better: true
+  - metric: strict_accuracy
+    aggregation: !function utils.ek100_mqa_aggregate_strict
+    higher_is_better: true
+lmms_eval_specific_kwargs:
+  default:
+    pre_prompt: ""
+    post_prompt: ""
+    # LLaVAction's time instruction names the number of frames the model samples: set it to the model's
+    # max_frames_num, or 0 for no time instruction.
+    num_frames: {int(num_frames)}
+metadata:
+  version: 1.0
+  protocols:
+    accuracy: generation + the original LLaVAction parser; the answer text must match (the reference protocol)
+    strict_accuracy: the generated letter and its text must both be right
+"""
+
+
+def _doc(sample: dict, where: str) -> dict:
+    from data_prep import prompts
+    from llavaction_jax.eval import samples
+    samples.check_mqa_sample(sample, where)
+    for key in ("video_id", "start_timestamp", "stop_timestamp"):
+        if sample.get(key) is None:
+            raise cli.UserError(f"MQA sample has no {key!r}", where, "a video_id and start/stop timestamps")
+    question = sample["conversations"][0]["value"]
+    head = prompts.IMAGE_PLACEHOLDER + "\n"
+    if not question.startswith(head) or question.count(prompts.IMAGE_PLACEHOLDER) != 1:
+        raise cli.UserError("MQA question does not start with the one '<image>\\n' placeholder", where,
+                            "a human turn '<image>\\n<prompt>' as data_prep.make_mqa writes")
+    doc = {k: sample.get(k) for k in DOC_FIELDS}
+    doc["id"] = str(doc["id"])
+    doc["answer"] = sample.get("answer") or None
+    doc["question"] = question[len(head):]
+    doc["clip"] = f"{_safe_name(doc['id'])}.mp4"
+    doc["option_actions"] = [str(a) for a in sample.get("option_actions") or []]
+    return doc
+
+
+def _safe_name(sample_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in sample_id)
+
+
+def cut_clip(reader, doc: dict, path: str, clip_fps: float) -> int:
+    """Writes the question's [start, stop] segment to `path` at `clip_fps` (frame midpoints, as the reader samples)."""
+    from data_prep import synthetic
+    duration = float(doc["stop_timestamp"]) - float(doc["start_timestamp"])
+    n = max(1, int(math.ceil(duration * clip_fps)))
+    frames, _ = reader.read_clip(doc["video_id"], float(doc["start_timestamp"]), float(doc["stop_timestamp"]), n,
+                                 participant_id=doc.get("participant_id"))
+    if frames.shape[1] % 2 or frames.shape[2] % 2:      # yuv420p needs even sides
+        frames = frames[:, :frames.shape[1] // 2 * 2, :frames.shape[2] // 2 * 2]
+    return synthetic.write_mp4(path, frames, fps=clip_fps)
+
+
+def export(mqa_file: str, out_dir: str, task: str = DEFAULT_TASK, video_root: Optional[str] = None,
+           video_layout: str = "original", chunk_len: int = 15, ext: str = "MP4", fps: Optional[float] = None,
+           clip_fps: float = 30.0, clip_size: Optional[int] = None, limit: Optional[int] = None,
+           max_new_tokens: int = 32, num_frames: int = 16, progress: bool = False) -> dict:
+    from llavaction_jax.eval import samples
+    if not task.replace("_", "").isalnum():
+        raise cli.UserError(f"task name {task!r} is not a plain identifier", "--task", "letters, digits and '_'")
+    try:
+        rows = samples.read_jsonl(mqa_file)[:limit]
+    except (OSError, ValueError) as e:
+        raise cli.UserError(str(e), "--mqa", "an EK100-MQA JSONL file") from None
+    if not rows:
+        raise cli.UserError("no questions", mqa_file, "at least one MQA JSONL row")
+    try:
+        docs = [_doc(s, f"{mqa_file}: row {i + 1}") for i, s in enumerate(rows)]
+    except ValueError as e:
+        raise cli.UserError(str(e)) from None
+    seen = {}
+    for i, d in enumerate(docs):
+        if d["clip"] in seen:
+            raise cli.UserError(f"question id {d['id']!r} repeats (or maps to the same clip name as row "
+                                f"{seen[d['clip']] + 1})", f"{mqa_file}: row {i + 1}", "unique question ids")
+        seen[d["clip"]] = i
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(os.path.join(out_dir, "data"), exist_ok=True)
+    data_file = os.path.join(out_dir, DATA_FILE)
+    with open(data_file, "w", encoding="utf-8") as f:
+        for d in docs:
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+    with open(os.path.join(out_dir, UTILS_FILE), "w", encoding="utf-8") as f:
+        f.write(UTILS_SOURCE)
+    with open(os.path.join(out_dir, f"{task}.yaml"), "w", encoding="utf-8") as f:
+        f.write(task_yaml(task, data_file, max_new_tokens, num_frames))
+    clips = 0
+    if video_root:
+        from data_prep import video as video_lib
+        reader = video_lib.VideoReader(video_root, video_layout, size=clip_size, chunk_len=chunk_len, ext=ext,
+                                       fps=fps)
+        iterator = docs
+        if progress:
+            from tqdm import tqdm
+            iterator = tqdm(docs, desc="clips", unit="clip")
+        for d in iterator:
+            path = os.path.join(out_dir, CLIPS_DIR, d["clip"])
+            if os.path.isfile(path):       # a rerun keeps the clips already cut
+                clips += 1
+                continue
+            try:
+                cut_clip(reader, d, path + ".tmp.mp4", clip_fps)
+            except video_lib.VideoError as e:
+                raise cli.UserError(f"cannot cut the clip of question {d['id']!r}: {e}", video_root,
+                                    f"videos readable in the {video_layout!r} layout") from None
+            os.replace(path + ".tmp.mp4", path)
+            clips += 1
+    return {"task": task, "yaml": os.path.join(out_dir, f"{task}.yaml"), "data": data_file,
+            "num_docs": len(docs), "clips": clips}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llavaction_jax.eval.export_lmms_eval",
+                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mqa", required=True, help="EK100-MQA JSONL (data_prep.make_mqa)")
+    parser.add_argument("--out", required=True, help="task directory to write (lmms-eval --include_path DIR)")
+    parser.add_argument("--task", default=DEFAULT_TASK, help="task name (default %(default)s)")
+    parser.add_argument("--video_root", default=None, help="EK100 videos: cut each question's clip into DIR/clips")
+    parser.add_argument("--video_layout", default="original", choices=["original", "chunks", "frames"])
+    parser.add_argument("--chunk_len", type=int, default=15)
+    parser.add_argument("--ext", default="MP4")
+    parser.add_argument("--fps", type=float, default=None, help="force the source videos' fps (frames layout)")
+    parser.add_argument("--clip_fps", type=float, default=30.0, help="frame rate of the written clips")
+    parser.add_argument("--clip_size", type=int, default=None, help="square side of the clips (default: native)")
+    parser.add_argument("--limit", type=int, default=None, help="first N questions only")
+    parser.add_argument("--max_new_tokens", type=int, default=32)
+    parser.add_argument("--num_frames", type=int, default=16,
+                        help="frames the model samples, named in the time instruction (0: no time instruction)")
+    args = parser.parse_args(argv)
+    for name in ("clip_fps", "max_new_tokens"):
+        if getattr(args, name) <= 0:
+            raise cli.UserError(f"--{name} must be positive, got {getattr(args, name)}")
+    if not os.path.isfile(args.mqa):
+        raise cli.UserError(f"no such file {args.mqa!r}", "--mqa", "an EK100-MQA JSONL file")
+    info = export(args.mqa, args.out, args.task, args.video_root, args.video_layout, args.chunk_len, args.ext,
+                  args.fps, args.clip_fps, args.clip_size, args.limit, args.max_new_tokens, args.num_frames,
+                  progress=True)
+    json.dump(info, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
