@@ -173,7 +173,7 @@ class TextStage:
         try:
             if has_video and self.add_time:
                 duration = float(sample["stop_timestamp"]) - float(sample["start_timestamp"])
-                human["value"] = prompts.insert_time_instruction(human["value"], duration, self.num_frames)
+                human["value"] = prompts.add_time_instruction(sample, human["value"], duration, self.num_frames)
             if self.with_answer:
                 ids, labels = chat.tokenize_conversation(self.tok, conversations, n_video, self.system_prompt)
             else:
