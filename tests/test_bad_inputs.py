@@ -174,21 +174,18 @@ def test_train_unparseable_tokenizer_names_the_file(tmp_path, capsys, train_flag
     assert not [d for d in os.listdir(w / "checkpoints") if d.isdigit()]       # nothing saved
 
 
-def test_train_init_from_another_model_size(tmp_path, capsys, train_flags):
-    from configs import tiny
-    from llavaction_jax import sharding as shd
-    from llavaction_jax.convert import api as convert_api
-    other = tiny.get_config()
-    other.model.text.intermediate_size = 2 * other.model.text.intermediate_size
-    ckpt = str(tmp_path / "other")
-    model = shd.create_sharded_model(other.model, shd.make_mesh(other.mesh), seed=0)
-    convert_api.save_orbax(ckpt, model, other.model, {"source": "a tiny model of another size"})
-    cli_mod = train_flags("--workdir", str(tmp_path / "w"), f"--config.train.init_from={ckpt}",
-                          "--config.train.synthetic_samples=8", "--config.train.progress_bar=False")
-    assert cli_mod.main([]) == 2
-    line = one_error(capsys)
-    assert line.startswith(f"error: init_from {ckpt}: parameter 'llm/layers/mlp/down_proj/kernel' has shape")
-    assert "(checkpoint from another model size/config?)" in line
+def test_train_init_from_another_model_size_is_one_line(capsys):
+    """The mismatch itself is raised by loop.train (tests/test_train_checkpoint.py, which builds the checkpoint);
+    here: the train CLI reports it under the convention, as one line (the message spans several)."""
+    from llavaction_jax.train import __main__ as train_cli
+    from llavaction_jax.train.checkpointing import CheckpointMismatchError
+
+    def main():
+        raise CheckpointMismatchError("init_from /ckpt: parameter 'llm/norm/scale' has shape (64,) in the\n"
+                                      "checkpoint but (32,) in this model (checkpoint from another model size?)")
+    assert cli.run(main, user_errors=train_cli._user_errors()) == 2
+    assert one_error(capsys) == ("error: init_from /ckpt: parameter 'llm/norm/scale' has shape (64,) in the "
+                                 "checkpoint but (32,) in this model (checkpoint from another model size?)")
 
 
 def _env():

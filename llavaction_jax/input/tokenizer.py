@@ -63,13 +63,15 @@ class Tokenizer:
         """Loads `<path>/tokenizer.json` (or `path` itself when it is the json file)."""
         file = path if path.endswith(".json") else os.path.join(path, TOKENIZER_FILE)
         if not os.path.isfile(file):
-            raise TokenizerFileError(f"no {TOKENIZER_FILE}", file, "config.data.tokenizer_path / --tokenizer pointing at a "
-                            "converted checkpoint dir or a dir written by train_tiny_tokenizer")
+            raise TokenizerFileError(f"no {TOKENIZER_FILE}", file,
+                                     "config.data.tokenizer_path / --tokenizer pointing at a converted checkpoint "
+                                     "dir or a dir written by train_tiny_tokenizer")
         try:
             hf = tokenizers.Tokenizer.from_file(file)
         except Exception as e:   # noqa: BLE001 - the Rust library raises a bare Exception with serde's message
-            raise TokenizerFileError(f"cannot parse the tokenizer: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-                            file, "a Hugging Face tokenizers JSON file (tokenizer.json)") from None
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise TokenizerFileError(f"cannot parse the tokenizer: {reason}", file,
+                                     "a Hugging Face tokenizers JSON file (tokenizer.json)") from None
         return cls(hf, video_token_id, source=file)
 
     def encode(self, text):

@@ -65,16 +65,17 @@ def check_batch_layout(config, mesh):
     batch = int(config.data.global_batch_size)
     accum = int(config.train.get("grad_accum_steps", 1))
     shards = int(mesh.shape["data"] * mesh.shape["fsdp"])
+    error = opt_lib.ConfigError
     if batch <= 0 or accum <= 0:
-        raise UserError(f"config.data.global_batch_size={batch} and config.train.grad_accum_steps={accum} "
-                        f"must be positive")
+        raise error(f"config.data.global_batch_size={batch} and config.train.grad_accum_steps={accum} "
+                    f"must be positive")
     if batch % accum:
-        raise UserError(f"config.data.global_batch_size={batch} is not divisible by "
-                        f"config.train.grad_accum_steps={accum}")
+        raise error(f"config.data.global_batch_size={batch} is not divisible by "
+                    f"config.train.grad_accum_steps={accum}")
     if (batch // accum) % shards:
-        raise UserError(f"micro-batch size {batch // accum} (global_batch_size={batch} / grad_accum_steps={accum}) "
-                        f"is not divisible by the mesh batch shards data*fsdp = {mesh.shape['data']}*"
-                        f"{mesh.shape['fsdp']} = {shards} (mesh {dict(mesh.shape)})")
+        raise error(f"micro-batch size {batch // accum} (global_batch_size={batch} / grad_accum_steps={accum}) "
+                    f"is not divisible by the mesh batch shards data*fsdp = {mesh.shape['data']}*"
+                    f"{mesh.shape['fsdp']} = {shards} (mesh {dict(mesh.shape)})")
 
 
 def make_train_iterator(config, mesh) -> Iterator:

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from llavaction_jax.cli import UserError
+
 FROZEN = "frozen"
 DEFAULT = "default"
 
@@ -145,10 +147,13 @@ def summarize_groups(params, optim_cfg) -> Mapping[str, int]:
 
 
 
+class ConfigError(UserError, ValueError):
+    """A config value the trainer refuses (a ValueError too, for callers that catch that)."""
+
+
 def _check(ok: bool, field: str, value, expected: str) -> None:
     if not ok:
-        from llavaction_jax.cli import UserError
-        raise UserError(f"bad config value {value!r}", field, expected)
+        raise ConfigError(f"bad config value {value!r}", field, expected)
 
 
 def _finite(x) -> bool:
