@@ -253,7 +253,8 @@ def test_max_shards_and_tampered_shard(data, converted):
 
 
 def test_cli_killed_with_sigkill_then_rerun_matches_in_process(data, converted):
-    """Real kill: SIGKILL the CLI and its worker processes once the first shard is done, then rerun the CLI."""
+    """Real kill: SIGKILL the CLI alone once the first shard is done (its workers are writing the others): no
+    worker or manager survives it, nothing more is written, and a rerun of the CLI resumes to the same bytes."""
     full_out, _ = converted
     out = data["base"] / "cli"
     cmd = [sys.executable, "-m", "data_prep.to_tfrecord", "--samples", str(data["jsonl"]), "--video_root",
@@ -262,14 +263,27 @@ def test_cli_killed_with_sigkill_then_rerun_matches_in_process(data, converted):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
+    children = []
     try:
         deadline = time.time() + 240
         while not glob.glob(str(out / ".*.done.json")) and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
-    finally:
+        children = _children(proc.pid)
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)     # the CLI, its manager and its workers (one session)
+            os.kill(proc.pid, signal.SIGKILL)        # the CLI only: its children must die by themselves
         proc.wait()
+        assert len(children) >= 3                   # manager + 2 workers were running
+        deadline = time.time() + 10
+        while any(_alive(c) for c in children) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not [c for c in children if _alive(c)], "orphaned worker/manager processes"
+    finally:
+        if proc.poll() is None or any(_alive(c) for c in children):
+            os.killpg(proc.pid, signal.SIGKILL)     # clean up whatever is left of the session
+        proc.wait()
+    files = sorted(os.listdir(out))
+    time.sleep(0.5)
+    assert sorted(os.listdir(out)) == files         # nobody writes into --out any more
     finished = len(glob.glob(str(out / ".*.done.json")))
     assert finished >= 1 and not (out / "manifest.json").exists()
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -362,11 +376,11 @@ def _alive(pid):
     return text[text.rindex(")") + 2:].split()[0] != "Z"
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_workers_die_with_the_cli(data, tmp_path, sig):
-    """Kill only the CLI (no process-group kill) while its 2 workers write shards: no child survives it, and
-    nothing more is written into --out afterwards."""
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux-only")
+def test_sigterm_stops_the_workers_and_exits_143(data, tmp_path):
+    """SIGTERM to the CLI alone as soon as its manager and 2 workers exist: it kills them itself, exits 143, and
+    nothing more is written into --out (SIGKILL: test_cli_killed_with_sigkill_then_rerun_matches_in_process)."""
+    sig = signal.SIGTERM
     samples = tmp_path / "many.jsonl"
     with open(samples, "w") as f:
         for i in range(90):
@@ -379,7 +393,8 @@ def test_workers_die_with_the_cli(data, tmp_path, sig):
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 60
-        while not glob.glob(str(out / "*.tmp-*")) and proc.poll() is None and time.time() < deadline:
+
+        while len(_children(proc.pid)) < 3 and proc.poll() is None and time.time() < deadline:
             time.sleep(0.02)
         children = _children(proc.pid)
         assert proc.poll() is None and len(children) >= 3, "expected a manager and 2 workers at work"
@@ -395,10 +410,7 @@ def test_workers_die_with_the_cli(data, tmp_path, sig):
     files = sorted(os.listdir(out))
     time.sleep(0.5)
     assert sorted(os.listdir(out)) == files and not (out / "manifest.json").exists()
-    if sig == signal.SIGTERM:
-        assert rc == 143 and "terminated (SIGTERM)" in proc.stderr.read()
-    else:
-        assert rc == -signal.SIGKILL
+    assert rc == 143 and "terminated (SIGTERM)" in proc.stderr.read()
 
 
 def test_zero_records_and_missing_video_root_are_errors(data, tmp_path, capsys):
