@@ -31,7 +31,11 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 
 class TokenizerFileError(UserError, FileNotFoundError):
-    """tokenizer.json missing or unparseable (names the file)."""
+    """tokenizer.json missing (names the path looked at)."""
+
+
+class TokenizerParseError(UserError, ValueError):
+    """tokenizer.json that the tokenizers library cannot parse (names the file)."""
 
 class Tokenizer:
     """ChatML tokenizer. `encode` adds no special tokens; chat.py assembles the template around it."""
@@ -70,8 +74,8 @@ class Tokenizer:
             hf = tokenizers.Tokenizer.from_file(file)
         except Exception as e:   # noqa: BLE001 - the Rust library raises a bare Exception with serde's message
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise TokenizerFileError(f"cannot parse the tokenizer: {reason}", file,
-                                     "a Hugging Face tokenizers JSON file (tokenizer.json)") from None
+            raise TokenizerParseError(f"cannot parse the tokenizer: {reason}", file,
+                                    "a Hugging Face tokenizers JSON file (tokenizer.json)") from None
         return cls(hf, video_token_id, source=file)
 
     def encode(self, text):
