@@ -188,6 +188,16 @@ def test_train_init_from_another_model_size_is_one_line(capsys):
                                  "checkpoint but (32,) in this model (checkpoint from another model size?)")
 
 
+def test_train_workdir_urls(tmp_path, capsys, train_flags):
+    from llavaction_jax.train.loop import local_workdir
+    assert local_workdir(f"file://{tmp_path}/w") == f"{tmp_path}/w"
+    cli_mod = train_flags("--workdir", "gs://bucket/run")
+    assert cli_mod.main([]) == 2
+    assert one_error(capsys) == ("error: remote workdirs are not supported yet (--workdir gs://bucket/run): a local "
+                                 "or mounted path (e.g. a gcsfuse mount of the bucket); data globs may be gs://")
+    assert not os.path.exists("gs:")                 # no local 'gs:' directory made
+
+
 def _env():
     return dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
 

@@ -69,9 +69,9 @@ def train_main(argv) -> int:
     quiet_orbax()
     from llavaction_jax import sharding as shd
     from llavaction_jax.train import optimizer
-    from llavaction_jax.train.loop import train
+    from llavaction_jax.train.loop import local_workdir, train
     config = _CONFIG.value
-    workdir = _WORKDIR.value
+    workdir = local_workdir(_WORKDIR.value)
     optimizer.validate_config(config)
     if jax.process_index() == 0:
         text = _save_config(config, workdir)

@@ -99,6 +99,18 @@ def make_train_iterator(config, mesh) -> Iterator:
     return make_iter(config, mesh, tok, files=config.data.train_files, seed=int(config.seed))
 
 
+def local_workdir(workdir: str) -> str:
+    """A `file://` workdir as a plain path. Other URL schemes are refused: os.makedirs('gs://b/run') would make a
+    local directory 'gs:' and write the run there (use a mounted bucket, e.g. gcsfuse, instead)."""
+    workdir = str(workdir)
+    if workdir.startswith("file://"):
+        return workdir[len("file://"):]
+    if "://" in workdir:
+        raise UserError("remote workdirs are not supported yet", f"--workdir {workdir}",
+                        "a local or mounted path (e.g. a gcsfuse mount of the bucket); data globs may be gs://")
+    return workdir
+
+
 def _init_from(config) -> str:
     return str(config.train.get("init_from", "") or config.get("init_from", "") or "")
 
@@ -177,6 +189,7 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
           eval_fn: Optional[Callable[[object, int], Mapping[str, float]]] = None, mesh=None) -> dict:
     """Train until config.train.num_steps (resuming from workdir's latest checkpoint); returns a summary."""
     opt_lib.validate_config(config)
+    workdir = local_workdir(workdir)
     os.makedirs(workdir, exist_ok=True)
     tc = config.train
     num_steps = int(tc.num_steps)
