@@ -12,6 +12,7 @@ Label space rules (LLaVAction `generate_label_map`, see shared/reference/llavact
 - narration pools: every raw narration of an action, in file order, and the unique narrations by frequency.
 """
 import collections
+import contextlib
 import csv
 import dataclasses
 import os
@@ -86,10 +87,23 @@ class Segment:
         return action_key(self.verb_class, self.noun_class)
 
 
+@contextlib.contextmanager
 def _open_csv(path: str):
+    """The file's lines decoded one by one, so a byte that is not UTF-8 (e.g. a latin-1 export) is an
+    AnnotationError naming the file and line instead of a UnicodeDecodeError from inside the csv reader."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"annotation file not found: {path}")
-    return open(path, newline="", encoding="utf-8")
+    with open(path, "rb") as f:
+        yield _utf8_lines(f, path)
+
+
+def _utf8_lines(f, path: str):
+    for line_no, raw in enumerate(f, 1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise AnnotationError(f"{path}: line {line_no}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                  f"{e.start + 1}); EK100 CSVs are UTF-8: re-save the file as UTF-8") from None
 
 
 def _read_class_csv(path: str) -> List[str]:
@@ -267,6 +281,8 @@ def load_annotations(csv_path: str, label_csvs: Optional[Sequence[str]] = None,
                      class_dir: Optional[str] = None, with_video_info: bool = True) -> Annotations:
     """Read one split and build the label space from `label_csvs` (default: see default_label_csvs; the split
     itself is always included). Class CSVs and video info are read from `class_dir` (default: the CSV's folder)."""
+    if not os.path.isfile(csv_path):        # before the class CSVs looked for next to it
+        raise FileNotFoundError(f"annotation file not found: {csv_path}")
     class_dir = class_dir or os.path.dirname(os.path.abspath(csv_path))
     verb_texts = load_verb_texts(os.path.join(class_dir, VERB_CLASSES_CSV))
     noun_texts = load_noun_texts(os.path.join(class_dir, NOUN_CLASSES_CSV))

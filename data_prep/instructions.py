@@ -5,7 +5,8 @@ Tasks (shared/reference/llavaction.md §2.5, §3.2):
   fraction (default 0.3) of the clips that have two close previous actions, the prior-action prompt is used.
 - direct_narration: "What action are you performing?" -> the clip's narration.
 - temporal_detection: the clip is padded by delta seconds (start_pad ~ U(0, delta), end_pad = delta - start_pad);
-  the answer is the action's start and end relative to the padded clip, "{rel_start:.2f}, {rel_end:.2f}".
+  the answer is the action's start and end relative to the padded clip, "{rel_start}, {rel_end}", each number
+  written str(round(x, 2)) as the original does ("1.8", not "1.80").
 - caption / qa: pass-through of external JSONL (GPT-4o distilled captions and their QA pairs, generic video QA),
   validated and converted to the schema; the original LLaVAction EK100 JSONL files (MCQ, direct narration,
   temporal detection, captions) convert the same way (convert_ek100_jsonl).
@@ -146,11 +147,13 @@ def temporal_detection_samples(annotations: Annotations, delta: float = DEFAULT_
         if seg.video_id in info:
             clip_stop = min(clip_stop, info[seg.video_id]["duration"])
         clip_stop = max(clip_stop, seg.stop)
-        rel_start = seg.start - clip_start
-        rel_end = seg.stop - clip_start
+        # As generate_temporal_detection_data.py: every number through str(round(x, 2)), relative times from
+        # the rounded action and clip times.
+        rel_start = prompts.seconds_2dp(round(seg.start, 2) - clip_start)
+        rel_end = prompts.seconds_2dp(round(seg.stop, 2) - clip_start)
         sample = _base(f"temporal_detection/{seg.narration_id}", seg, ls, "temporal_detection",
                        prompts.temporal_detection_prompt(_action_text(seg, ls, representation), seg.stop - seg.start),
-                       f"{rel_start:.2f}, {rel_end:.2f}")
+                       f"{rel_start}, {rel_end}")
         # The prompt is the whole human turn for this task (no perspective prefix), as in the reference.
         sample["start_timestamp"], sample["stop_timestamp"] = clip_start, clip_stop
         sample["action_start"], sample["action_stop"] = seg.start, seg.stop
@@ -176,7 +179,10 @@ def _read_jsonl(path: str) -> Iterable:
                 raise InstructionFormatError(f"{path}: line {line_no}: not valid JSON: {e}") from None
 
 
-def _check_conversations(path: str, line_no: int, conv, multi_turn: bool) -> List[dict]:
+def _check_conversations(path: str, line_no: int, conv, multi_turn: bool,
+                         empty_human_ok: bool = False) -> List[dict]:
+    """`empty_human_ok`: the first human turn may be "" (the original's direct-narration files store an empty
+    question; the prompt is rebuilt from question_type)."""
     def fail(msg):
         raise InstructionFormatError(f"{path}: line {line_no}: field 'conversations': {msg}")
 
@@ -188,8 +194,10 @@ def _check_conversations(path: str, line_no: int, conv, multi_turn: bool) -> Lis
         want = "human" if i % 2 == 0 else "gpt"
         if not isinstance(turn, dict) or turn.get("from") != want:
             fail(f"turn {i} must come from {want!r}")
-        if not isinstance(turn.get("value"), str) or not turn["value"].strip():
-            fail(f"turn {i} has an empty or non-string 'value'")
+        if not isinstance(turn.get("value"), str):
+            fail(f"turn {i} has a non-string 'value'")
+        if not turn["value"].strip() and not (i == 0 and empty_human_ok):
+            fail(f"turn {i} has an empty 'value'")
     return [{"from": t["from"], "value": t["value"]} for t in conv]
 
 
@@ -266,7 +274,10 @@ def convert_ek100_jsonl(path: str, annotations: Optional[Annotations] = None, so
         if not isinstance(qtype, str) or not (qtype.startswith("mc_") or qtype in
                                               _CAPTION_TYPES + _QA_TYPES + _OTHER_TYPES):
             fail("question_type", f"expected mc_*, one of {_CAPTION_TYPES + _QA_TYPES + _OTHER_TYPES}, got {qtype!r}")
-        conv = _check_conversations(path, line_no, rec.get("conversations"), multi_turn=False)
+        # Types whose prompt is rebuilt from question_type may store an empty question (generate_description.py
+        # writes "" for direct narration).
+        conv = _check_conversations(path, line_no, rec.get("conversations"), multi_turn=False,
+                                    empty_human_ok=qtype in ("direct_narration",) + _CAPTION_TYPES)
         ids = {}
         for ours, theirs in (("verb_class", "verb_id"), ("noun_class", "noun_id"), ("action_id", "action_id")):
             value = rec.get(ours, rec.get(theirs, -1))
@@ -316,7 +327,8 @@ def convert_video_qa_jsonl(path: str, durations: Optional[Mapping[str, float]] =
     """Generic video QA / caption data (LLaVA-Video-178K style: id, video path, multi-turn conversations).
 
     The whole video is the clip: start 0, stop = the record's "duration" or durations[video]; video_id is the
-    video path, participant_id "". The first human turn is normalised to start with "<image>\\n"."""
+    video path, participant_id "", dataset "video_qa" (it gets the original's generic-video time instruction,
+    prompts.insert_video_qa_time_instruction). The first human turn is normalised to start with "<image>\\n"."""
     out = []
     seen = set()
     for line_no, rec in _read_jsonl(path):
@@ -347,7 +359,8 @@ def convert_video_qa_jsonl(path: str, durations: Optional[Mapping[str, float]] =
         out.append({
             "id": sample_id, "video_id": video, "participant_id": "",
             "start_timestamp": 0.0, "stop_timestamp": duration,
-            "conversations": conv, "task": "qa", "verb_class": -1, "noun_class": -1, "action_id": -1,
+            "conversations": conv, "task": "qa", "dataset": "video_qa",
+            "verb_class": -1, "noun_class": -1, "action_id": -1,
             "data_source": rec.get("data_source", ""),
         })
     return out

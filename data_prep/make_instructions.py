@@ -1,7 +1,7 @@
 """Generate LLaVAction instruction JSONL for one task (same CLI family as data_prep.make_mqa).
 
     python -m data_prep.make_instructions --task mcq --annotations EPIC_100_train.csv \\
-        --predictions avion_pred_ids_train.json --source avion --k 5 --prior-fraction 0.3 --out mcq_avion.jsonl
+        --predictions avion_pred_ids_train.json --source avion --k 5 --prior_fraction 0.3 --out mcq_avion.jsonl
     python -m data_prep.make_instructions --task direct_narration --annotations EPIC_100_train.csv --out direct.jsonl
     python -m data_prep.make_instructions --task temporal_detection --annotations EPIC_100_train.csv --delta 5 \\
         --out detection.jsonl
@@ -11,32 +11,32 @@
 
 EK100 annotations: EPIC-KITCHENS authors (Damen et al., IJCV 2022), CC BY-NC 4.0.
 """
-import argparse
 import sys
 import time
 
+from llavaction_jax import argparsing, cli
+from llavaction_jax.cli import UserError
 from data_prep import ek100, instructions, mqa, predictions
 
 TASKS = ("mcq", "direct_narration", "temporal_detection", "convert_ek100", "video_qa")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m data_prep.make_instructions", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparsing.ArgumentParser:
+    p = argparsing.ArgumentParser(prog="python -m data_prep.make_instructions", description=__doc__)
     p.add_argument("--task", choices=TASKS, required=True)
     p.add_argument("--annotations", default=None, help="EK100 segment CSV (required except for video_qa)")
-    p.add_argument("--label-csvs", nargs="*", default=None, help="label-space CSVs (default: see make_mqa)")
-    p.add_argument("--class-dir", default=None)
+    p.add_argument("--label_csvs", nargs="*", default=None, help="label-space CSVs (default: see make_mqa)")
+    p.add_argument("--class_dir", default=None)
     p.add_argument("--predictions", default=None, help="action-model top-k JSON (mcq with --mode train)")
     p.add_argument("--source", default="avion", help="distractor source name (mcq, convert_ek100)")
     p.add_argument("--mode", choices=("train", "random"), default="train", help="mcq distractors")
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--representation", choices=mqa.REPRESENTATIONS, default="GT_random_narration")
-    p.add_argument("--prior-fraction", type=float, default=instructions.DEFAULT_PRIOR_FRACTION)
-    p.add_argument("--max-gap", type=float, default=instructions.DEFAULT_MAX_GAP)
+    p.add_argument("--prior_fraction", type=float, default=instructions.DEFAULT_PRIOR_FRACTION)
+    p.add_argument("--max_gap", type=float, default=instructions.DEFAULT_MAX_GAP)
     p.add_argument("--delta", type=float, default=instructions.DEFAULT_DELTA, help="temporal detection padding (s)")
     p.add_argument("--input", default=None, help="external JSONL (convert_ek100, video_qa)")
-    p.add_argument("--allow-unseen-actions", action="store_true")
+    p.add_argument("--allow_unseen_actions", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     return p
@@ -48,15 +48,15 @@ def main(argv=None) -> int:
     ann = None
     if args.task != "video_qa":
         if not args.annotations:
-            raise SystemExit(f"--annotations is required for --task {args.task}")
+            raise UserError(f"--annotations is required for --task {args.task}")
         ann = ek100.load_annotations(args.annotations, label_csvs=args.label_csvs, class_dir=args.class_dir)
     if args.task in ("convert_ek100", "video_qa") and not args.input:
-        raise SystemExit(f"--input is required for --task {args.task}")
+        raise UserError(f"--input is required for --task {args.task}")
     if args.task == "mcq":
         preds = None
         if args.mode == "train":
             if not args.predictions:
-                raise SystemExit("--predictions is required for --task mcq --mode train")
+                raise UserError("--predictions is required for --task mcq --mode train")
             preds = predictions.load_predictions(args.predictions, ann, 2 * args.k,
                                                  require_in_label_space=not args.allow_unseen_actions)
         samples = instructions.mcq_samples(ann, preds, source=args.source if args.mode == "train" else "random",
@@ -76,5 +76,9 @@ def main(argv=None) -> int:
     return 0
 
 
+# Library errors that mean bad input; each names its file (and line / field).
+USER_ERRORS = (ek100.AnnotationError, instructions.InstructionFormatError, predictions.PredictionError,
+                                 FileNotFoundError)
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, user_errors=USER_ERRORS))

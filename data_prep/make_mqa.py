@@ -2,27 +2,27 @@
 
     python -m data_prep.make_mqa --annotations EPIC_100_validation.csv --predictions tim_pred_ids_val.json \\
         --source tim --mode benchmark --k 5 --representation GT_random_narration --seed 0 --workers 4 --out mqa.jsonl
-    python -m data_prep.make_mqa --annotations EPIC_100_validation.csv --write-synthetic-predictions preds.json \\
-        --k 20 --seed 0 --top1-acc 0.6
+    python -m data_prep.make_mqa --annotations EPIC_100_validation.csv --write_synthetic_predictions preds.json \\
+        --k 20 --seed 0 --top1_acc 0.6
 
-The label space (action ids, narration pools) comes from --label-csvs; by default EPIC_100_train.csv +
+The label space (action ids, narration pools) comes from --label_csvs; by default EPIC_100_train.csv +
 EPIC_100_validation.csv next to the annotations (the original 3806 actions), else the local
 EPIC_100_uda_source_train.csv + EPIC_100_validation.csv subset. EK100 annotations: EPIC-KITCHENS authors, CC BY-NC 4.0.
 """
-import argparse
 import sys
 import time
 
+from llavaction_jax import argparsing, cli
+from llavaction_jax.cli import UserError
 from data_prep import ek100, mqa, predictions
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m data_prep.make_mqa", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparsing.ArgumentParser:
+    p = argparsing.ArgumentParser(prog="python -m data_prep.make_mqa", description=__doc__)
     p.add_argument("--annotations", required=True, help="EK100 segment CSV (e.g. EPIC_100_validation.csv)")
-    p.add_argument("--label-csvs", nargs="*", default=None,
+    p.add_argument("--label_csvs", nargs="*", default=None,
                    help="CSVs that define the action label space and narration pools (default: see above)")
-    p.add_argument("--class-dir", default=None, help="folder with the verb/noun class CSVs (default: annotations')")
+    p.add_argument("--class_dir", default=None, help="folder with the verb/noun class CSVs (default: annotations')")
     p.add_argument("--predictions", default=None, help="AVION/TIM top-k JSON (not needed for --mode random)")
     p.add_argument("--source", default=None, help="distractor source recorded per question (tim, avion, ...)")
     p.add_argument("--mode", choices=mqa.MODES, default="benchmark")
@@ -30,13 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--representation", choices=mqa.REPRESENTATIONS, default="GT_random_narration")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--allow-unseen-actions", action="store_true",
+    p.add_argument("--allow_unseen_actions", action="store_true",
                    help="accept predicted actions missing from the label space (they get official-key texts)")
     p.add_argument("--out", default=None, help="output JSONL")
-    p.add_argument("--write-synthetic-predictions", default=None, metavar="JSON",
+    p.add_argument("--write_synthetic_predictions", default=None, metavar="JSON",
                    help="instead of questions, write a synthetic prediction file for --annotations")
-    p.add_argument("--top1-acc", type=float, default=0.6, help="synthetic predictions: top-1 accuracy")
-    p.add_argument("--not-confusable", action="store_true", help="synthetic predictions: random distractors")
+    p.add_argument("--top1_acc", type=float, default=0.6, help="synthetic predictions: top-1 accuracy")
+    p.add_argument("--not_confusable", action="store_true", help="synthetic predictions: random distractors")
     return p
 
 
@@ -57,12 +57,12 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 0
     if not args.out:
-        raise SystemExit("--out is required when generating questions")
+        raise UserError("--out is required when generating questions")
     preds = None
     depth = mqa.required_prediction_depth(args.mode, k)
     if depth:
         if not args.predictions:
-            raise SystemExit(f"--predictions is required for --mode {args.mode}")
+            raise UserError(f"--predictions is required for --mode {args.mode}")
         preds = predictions.load_predictions(args.predictions, ann, depth,
                                              require_in_label_space=not args.allow_unseen_actions)
     source = args.source or ("random" if args.mode == "random" else "unknown")
@@ -72,5 +72,8 @@ def main(argv=None) -> int:
     return 0
 
 
+# Library errors that mean bad input; each names its file (and line / field).
+USER_ERRORS = (ek100.AnnotationError, predictions.PredictionError, FileNotFoundError)
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, user_errors=USER_ERRORS))

@@ -32,18 +32,28 @@ def read_prediction_file(path: str):
     """-> (predictions {row: [vn, ...]}, targets {row: vn or None}); checks the JSON structure only."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"prediction file not found: {path}")
-    with open(path, encoding="utf-8") as f:
+    def no_duplicates(pairs):
+        keys = [k for k, _ in pairs]
+        dups = sorted({k for k in keys if keys.count(k) > 1})
+        if dups:
+            raise PredictionError(f"{path}: duplicate keys {dups} (json would keep only the last)")
+        return dict(pairs)
+
+    with open(path, "rb") as f:
         try:
-            raw = json.load(f)
+            raw = json.loads(f.read().decode("utf-8"), object_pairs_hook=no_duplicates)
         except json.JSONDecodeError as e:
             raise PredictionError(f"{path}: not valid JSON: {e}") from None
+        except UnicodeDecodeError as e:
+            raise PredictionError(f"{path}: not UTF-8 text (byte offset {e.start})") from None
     if not isinstance(raw, dict):
         raise PredictionError(f"{path}: expected a JSON object keyed by row index, got {type(raw).__name__}")
     preds: Predictions = {}
     targets: Dict[int, Optional[str]] = {}
     bad_keys, bad_entries = [], []
     for key, entry in raw.items():
-        if not key.isdigit():
+        # Row keys are canonical decimals: "05" would silently share row 5 with "5".
+        if not key.isdigit() or str(int(key)) != key:
             bad_keys.append(key)
             continue
         if (not isinstance(entry, dict) or not isinstance(entry.get("predictions"), list)
@@ -54,7 +64,8 @@ def read_prediction_file(path: str):
         preds[row] = list(entry["predictions"])
         targets[row] = entry.get("target")
     if bad_keys:
-        raise PredictionError(f"{path}: keys must be row indices, bad keys in {_format_rows(bad_keys)}")
+        raise PredictionError(f"{path}: keys must be row indices without leading zeros (0, 1, ...), bad keys in "
+                              f"{_format_rows(bad_keys)}")
     if bad_entries:
         raise PredictionError(f"{path}: entries need a 'predictions' list of 'v:n' strings, bad entries in "
                               f"{_format_rows(bad_entries)}")

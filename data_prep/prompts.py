@@ -66,10 +66,15 @@ def caption_prompt() -> str:
     )
 
 
+def seconds_2dp(x: float) -> str:
+    """The original's number format for temporal detection: str(round(x, 2)), so 1.8 -> "1.8", 2.0 -> "2.0"."""
+    return str(round(float(x), 2))
+
+
 def temporal_detection_prompt(narration: str, duration: float) -> str:
-    """`duration` is the ACTION's length in seconds (stop - start), printed with 2 decimals like the answer."""
+    """`duration` is the ACTION's length in seconds (stop - start), printed as str(round(x, 2)) like the answer."""
     return (
-        f"The provided video contains an action '{narration}' that lasts {duration:.2f} seconds. "
+        f"The provided video contains an action '{narration}' that lasts {seconds_2dp(duration)} seconds. "
         "What is the relative start and end time of the action in seconds? "
         "Format it as 'start_timestamp: end_timestamp' and round to 2 decimal places."
     )
@@ -77,6 +82,34 @@ def temporal_detection_prompt(narration: str, duration: float) -> str:
 
 def time_instruction(duration: float, n_frames: int) -> str:
     return f"The provided video lasts for {duration:.3f} seconds, and {n_frames} frames are uniformly sampled from it."
+
+
+def video_qa_time_instruction(duration: float, n_frames: int) -> str:
+    """The original's time instruction for non-EK100 videos (LLaVA-Video-178K style QA / captions)."""
+    return (f"The video lasts for {duration:.2f} seconds, and {n_frames} frames are uniformly sampled from it. "
+            "Please answer the following questions related to this video.")
+
+
+def is_video_qa(sample: Mapping[str, object]) -> bool:
+    """Generic (non-EK100) video QA sample: written by convert_video_qa_jsonl (dataset "video_qa"; older files:
+    task "qa" with no participant)."""
+    if "dataset" in sample:
+        return sample["dataset"] == "video_qa"
+    return sample.get("task") == "qa" and not sample.get("participant_id")
+
+
+def insert_video_qa_time_instruction(human_value: str, duration: float, n_frames: int) -> str:
+    """As the original's LazySupervisedDataset for non-EK100 video: "<image>\n{instruction}\n{value}" with every
+    <image> removed from the value (its "\n" after <image> stays, as there)."""
+    return (IMAGE_PLACEHOLDER + "\n" + video_qa_time_instruction(duration, n_frames) + "\n"
+            + human_value.replace(IMAGE_PLACEHOLDER, ""))
+
+
+def add_time_instruction(sample: Mapping[str, object], human_value: str, duration: float, n_frames: int) -> str:
+    """The time instruction in the format the original uses for this sample's kind (EK100 or generic video)."""
+    if is_video_qa(sample):
+        return insert_video_qa_time_instruction(human_value, duration, n_frames)
+    return insert_time_instruction(human_value, duration, n_frames)
 
 
 def insert_time_instruction(human_value: str, duration: float, n_frames: int) -> str:

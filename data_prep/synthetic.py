@@ -21,6 +21,7 @@ import fractions
 import math
 import os
 import re
+import sys
 from typing import Callable, Iterable, Sequence
 
 import av
@@ -320,29 +321,38 @@ def synthesize_from_csv(csv_path: str, out_dir: str, layout: str = "original", m
     import csv as csv_mod
     import json
     import shutil
-    with open(csv_path, newline="") as f:
+    from data_prep.ek100 import AnnotationError
+    if not os.path.isfile(csv_path):
+        raise FileNotFoundError(f"annotation file not found: {csv_path}")
+    with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv_mod.reader(f)
-        header = next(reader, None)
-        if header is None or tuple(header[:13]) != EK100_HEADER_PREFIX:
-            raise ValueError(f"{csv_path}: line 1: expected an EK100 segment CSV header starting with "
-                             f"{','.join(EK100_HEADER_PREFIX)}, got {header}")
-        wanted = set(video_ids) if video_ids else None
-        lines = []
-        for line in reader:
-            if wanted is not None and line[2] not in wanted:
-                continue
-            lines.append(line)
-            if max_rows is not None and len(lines) >= max_rows:
-                break
+        try:
+            header = next(reader, None)
+            if header is None or tuple(header[:13]) != EK100_HEADER_PREFIX:
+                raise AnnotationError(f"{csv_path}: line 1: expected an EK100 segment CSV header starting with "
+                                      f"{','.join(EK100_HEADER_PREFIX)}, got {header}")
+            wanted = set(video_ids) if video_ids else None
+            lines = []
+            for line in reader:
+                if len(line) < 13:
+                    raise AnnotationError(f"{csv_path}: line {reader.line_num}: expected 15 fields, got {len(line)}")
+                if wanted is not None and line[2] not in wanted:
+                    continue
+                lines.append(line)
+                if max_rows is not None and len(lines) >= max_rows:
+                    break
+        except UnicodeDecodeError as e:
+            raise AnnotationError(f"{csv_path}: line {reader.line_num + 1}: not UTF-8 text ({e.reason}); EK100 CSVs "
+                                  "are UTF-8") from None
     if not lines:
-        raise ValueError(f"{csv_path}: no rows selected (video_ids={video_ids})")
+        raise AnnotationError(f"{csv_path}: no rows selected (video_ids={video_ids})")
     rows = []
     for n, line in enumerate(lines, start=2):
         try:
             rows.append({"id": line[0], "participant_id": line[1], "video_id": line[2], "start": line[4],
                          "stop": line[5], "verb_class": int(line[10]), "noun_class": int(line[12])})
         except (IndexError, ValueError):
-            raise ValueError(f"{csv_path}: selected row {n - 1} ({line[:1]}): malformed verb/noun class") from None
+            raise AnnotationError(f"{csv_path}: selected row {n - 1} ({line[:1]}): malformed verb/noun class") from None
     summary = make_synthetic_dataset(rows, os.path.join(out_dir, "videos"), layout, fps=fps, size=size,
                                      chunk_len=chunk_len, seed=seed, compact=True,
                                      max_clip_seconds=max_clip_seconds)
@@ -370,8 +380,8 @@ def synthesize_from_csv(csv_path: str, out_dir: str, layout: str = "original", m
 
 
 def main(argv=None) -> int:
-    import argparse
-    p = argparse.ArgumentParser(prog="python -m data_prep.synthetic",
+    from llavaction_jax import argparsing
+    p = argparsing.ArgumentParser(prog="python -m data_prep.synthetic",
                                 description="Write synthetic EK100-style videos for rows of an EK100 CSV and the "
                                             "CSV re-timed to match (a manual_dir for the ek100_mqa builder).")
     p.add_argument("--csv", required=True, help="EK100 segment CSV, e.g. EPIC_100_validation.csv")
@@ -393,4 +403,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from llavaction_jax import cli
+    from data_prep.ek100 import AnnotationError
+    sys.exit(cli.run(main, user_errors=(AnnotationError, FileNotFoundError)))

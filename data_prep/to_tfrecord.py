@@ -13,10 +13,13 @@
   listed in ``failures.jsonl`` with its id and reason; it never stops the job.
   ``manifest.json`` counts records and skips per shard; ``num_skipped == len(failures.jsonl)``.
 * Samples without a ``video_id`` (text-only QA) are written with 0 frames.
+* A run that writes no record at all (every sample skipped) is an error (exit 2), its manifest says
+  ``complete: false``; a --video_root that is not a directory is an error before anything is written.
+* With --workers > 1 the worker and manager processes die with the CLI (Linux parent-death signal), and a
+  SIGTERM kills them before the CLI exits (143): no process goes on writing into --out.
 """
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 from concurrent.futures.process import BrokenProcessPool
 import glob
@@ -24,9 +27,14 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 import types
+
+from llavaction_jax import argparsing, cli
+from llavaction_jax.cli import UserError
 
 
 MANIFEST = "manifest.json"
@@ -169,6 +177,29 @@ def convert_shard(task: dict, progress=None) -> dict:
     return marker
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """Process initializer: on Linux, the kernel sends SIGKILL to this process when its parent dies (even of
+    SIGKILL), so a killed CLI leaves no worker or manager writing into --out. Elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:       # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _kill_children() -> None:
+    for child in multiprocessing.active_children():
+        child.kill()
+    for child in multiprocessing.active_children():
+        child.join(5)
+
+
+class Terminated(Exception):
+    """SIGTERM reached the CLI."""
+
+
 def _verified_marker(out_dir: str, name: str, config_hash: str, samples_hash: str) -> dict | None:
     """The shard's done marker if it matches the current job and the file on disk, else None."""
     mpath = _marker_path(out_dir, name)
@@ -198,17 +229,21 @@ def convert(samples: str, video_root: str, layout: str, out: str, num_frames: in
     from tqdm import tqdm
     from data_prep.video import INTERPOLATIONS, LAYOUTS
     if layout not in LAYOUTS:
-        raise ValueError(f"--layout must be one of {LAYOUTS}, got {layout!r}")
+        raise UserError("unknown layout", f"--layout {layout!r}", f"one of {LAYOUTS}")
     if interp not in INTERPOLATIONS:
-        raise ValueError(f"--interp must be one of {sorted(INTERPOLATIONS)}, got {interp!r}")
+        raise UserError("unknown interpolation", f"--interp {interp!r}", f"one of {sorted(INTERPOLATIONS)}")
     if num_shards <= 0 or num_frames < 0 or (size is not None and size <= 0):
-        raise ValueError(f"need num_shards > 0, num_frames >= 0, size > 0 (got {num_shards}, {num_frames}, {size})")
+        raise UserError("bad sizes", f"--num_shards {num_shards} --num_frames {num_frames} --size {size}",
+                        "num_shards > 0, num_frames >= 0, size > 0")
     if not os.path.isfile(samples):
-        raise FileNotFoundError(f"--samples {samples}: file not found")
+        raise UserError("file not found", f"--samples {samples}", "a JSONL file of samples")
+    if not os.path.isdir(video_root):
+        raise UserError("not a directory", f"--video_root {video_root}", f"the root of the {layout!r} video layout")
     if fps_csv is not None and not os.path.isfile(fps_csv):
-        raise FileNotFoundError(f"--fps_csv {fps_csv}: file not found")
+        raise UserError("file not found", f"--fps_csv {fps_csv}", "EPIC_100_video_info.csv")
     if layout == "frames" and fps is None and fps_csv is None:
-        raise ValueError("--layout frames needs --fps or --fps_csv (JPEG frames carry no frame rate)")
+        raise UserError("--layout frames needs --fps or --fps_csv", "--layout frames",
+                        "a frame rate (JPEG frames carry none)")
     t_start = time.time()
     os.makedirs(out, exist_ok=True)
 
@@ -255,9 +290,15 @@ def convert(samples: str, video_root: str, layout: str, out: str, num_frames: in
     else:
         # spawn: workers start clean (no inherited TF/FFmpeg threads); a killed worker raises BrokenProcessPool
         # instead of hanging, and every shard finished before that stays valid for the rerun.
+        # Every child (manager, workers) gets the parent-death signal; any exception here (a SIGTERM, Ctrl-C, a
+        # dead worker) kills them before it propagates, instead of waiting for the running shards.
+        from multiprocessing.managers import SyncManager
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Manager() as manager, \
-                concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        manager = SyncManager(ctx=ctx)
+        manager.start(_die_with_parent, (os.getpid(),))
+        pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                                      initializer=_die_with_parent, initargs=(os.getpid(),))
+        try:
             queue = manager.Queue()
 
             def drain():
@@ -273,6 +314,14 @@ def convert(samples: str, video_root: str, layout: str, out: str, num_frames: in
                     marker = fut.result()
                     markers[marker["shard"]] = marker
             drain()
+        except BaseException:
+            _kill_children()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        else:
+            pool.shutdown()
+        finally:
+            manager.shutdown()
     bar.close()
 
     done = sorted(markers)
@@ -284,14 +333,16 @@ def convert(samples: str, video_root: str, layout: str, out: str, num_frames: in
 
     shards = [{"file": markers[k]["file"], "num_records": markers[k]["num_records"],
                "num_skipped": markers[k]["num_skipped"], "sha256": markers[k]["sha256"]} for k in done]
+    num_records = sum(s["num_records"] for s in shards)
     manifest = {
         "prefix": prefix,
-        "complete": len(done) == num_shards,
+        # Zero records is never a finished dataset (a wrong --video_root / --layout skips every sample).
+        "complete": len(done) == num_shards and num_records > 0,
         "num_shards": num_shards,
         "shards": shards,
         "pending_shards": [shard_name(prefix, k, num_shards) for k in range(num_shards) if k not in markers],
         "total_samples": total_lines,
-        "num_records": sum(s["num_records"] for s in shards),
+        "num_records": num_records,
         "num_skipped": len(failures),
         "config": {k: v for k, v in cfg.items() if k != "video_root"} | {"num_shards": num_shards},
         "config_hash": config_hash,
@@ -320,11 +371,20 @@ def convert(samples: str, video_root: str, layout: str, out: str, num_frames: in
             reasons[key] = reasons.get(key, 0) + 1
         for key, n in sorted(reasons.items()):
             print(f"[to_tfrecord]   skipped {n}: {key}")
+    if len(done) == num_shards and num_records == 0:
+        first = failures[0]["reason"] if failures else "the samples file has no samples"
+        raise UserError(f"no records written: all {total_lines} sample(s) skipped", os.path.join(out, FAILURES),
+                        f"samples whose videos exist under --video_root in the {layout!r} layout (first reason: "
+                        f"{first})")
     return manifest | {"run": manifest_summary}
 
 
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data_prep.to_tfrecord", description=__doc__.split("\n\n")[0])
+    p = argparsing.ArgumentParser(prog="python -m data_prep.to_tfrecord", description=__doc__.split("\n\n")[0])
     p.add_argument("--samples", required=True,
                    help="JSONL samples (one dict per line: id, video_id, start/stop timestamps, conversations)")
     p.add_argument("--video_root", required=True)
@@ -348,6 +408,8 @@ def main(argv=None) -> int:
     p.add_argument("--max_shards", type=int, default=None, help="write at most this many pending shards this run")
     p.add_argument("--no_progress", action="store_true", help="no progress bar (the summary is still printed)")
     args = p.parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         manifest = convert(args.samples, args.video_root, args.layout, args.out, args.num_frames, args.size,
                            args.num_shards, args.workers, args.prefix, args.fps_csv, args.fps, args.chunk_len,
@@ -357,11 +419,15 @@ def main(argv=None) -> int:
         print(f"[to_tfrecord] a worker process died ({e}); finished shards are kept, rerun to resume",
               file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError) as e:
-        print(f"[to_tfrecord] error: {e}", file=sys.stderr)
-        return 2
+    except Terminated:
+        print("[to_tfrecord] terminated (SIGTERM); workers stopped, finished shards are kept, rerun to resume",
+              file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0 if manifest["complete"] else 3
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -34,6 +34,8 @@ import sys
 import time
 from typing import Optional
 
+from llavaction_jax.cli import UserError
+
 GiB = 1024 ** 3
 # HBM per JAX device (a chip; v4/v5p megacore chips are one device each by default).
 HBM_BYTES = (("v6", 32 * GiB), ("v5 lite", 16 * GiB), ("v5e", 16 * GiB), ("v5", 95 * GiB), ("v4", 32 * GiB),
@@ -325,15 +327,13 @@ def main(argv):
     config = _CONFIG.value
     topology = _TOPOLOGY.value or config.get("aot", {}).get("topology", "")
     if not topology:
-        print("error: no topology: pass --topology (e.g. v5p:2x2x2) or set config.aot.topology", file=sys.stderr)
-        return 2
+        raise UserError("no topology", "--topology / config.aot.topology", "e.g. v5p:2x2x2")
     try:
         devices = topology_devices(topology, _SLICES.value)
         report = compile_train_step(config, devices, topology, count_flops=_FLOPS.value,
                                     text_tokens=_TEXT_TOKENS.value)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e), f"--topology {topology}") from None
     for line in report.lines():
         print(line, flush=True)
     if _JSON.value:
@@ -344,7 +344,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
     from ml_collections import config_flags
     _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file (path[:arg]).")
     _TOPOLOGY = flags.DEFINE_string("topology", "", "TPU topology, e.g. v5e:2x2, v5p:2x2x2, v6e:4x4 "
@@ -355,4 +355,5 @@ if __name__ == "__main__":
     _TEXT_TOKENS = flags.DEFINE_integer("text_tokens", DEFAULT_TEXT_TOKENS,
                                         "Text tokens of a typical sample, for the model FLOPs.")
     flags.mark_flags_as_required(["config"])
-    app.run(lambda argv: sys.exit(main(argv)))
+    from llavaction_jax import argparsing
+    argparsing.run_absl(main, __doc__, aliases=("num_slices", "json_out", "text_tokens"))

@@ -1,33 +1,18 @@
 """Multi-process JAX start-up from the environment (call once, before anything touches a JAX device).
 
 Order of precedence:
-1. explicit arguments / flags, or JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID;
-2. SLURM (GPU clusters): SLURM_NTASKS > 1, SLURM_PROCID, coordinator = first host of SLURM_STEP_NODELIST
-   (or SLURM_JOB_NODELIST) on JAX_COORDINATOR_PORT (default 12321);
-3. Cloud TPU VMs: jax.distributed.initialize() with no arguments (libtpu finds the pod's hosts itself);
-4. otherwise a single process: nothing to do.
+1. explicit arguments / flags, or JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID: passed to
+   jax.distributed.initialize as overrides;
+2. a multi-process cluster that jax.distributed.initialize() detects itself (its cluster detectors: SLURM with
+   SLURM_NTASKS > 1, Open MPI's mpirun with OMPI_COMM_WORLD_SIZE > 1, Cloud TPU VMs / pods): initialize() with no
+   arguments, so JAX reads the coordinator, process count and id (JAX_COORDINATOR_PORT sets the port);
+3. otherwise a single process: nothing to do.
 """
 import os
-import re
 from typing import Mapping, Optional
 
 import jax
 from absl import logging
-
-DEFAULT_PORT = 12321
-
-
-def expand_first_host(nodelist: str) -> str:
-    """First host of a SLURM node list: 'gpu[003-005,9],cpu1' -> 'gpu003'; 'a,b' -> 'a'."""
-    nodelist = nodelist.strip()
-    if not nodelist:
-        raise ValueError("empty SLURM node list")
-    m = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist)
-    prefix, ranges = m.group(1), m.group(3)
-    if ranges is None:
-        return prefix
-    first = ranges.split(",")[0].split("-")[0]
-    return prefix + first
 
 
 def _on_tpu_vm(env: Mapping[str, str]) -> bool:
@@ -38,11 +23,24 @@ def _on_tpu_vm(env: Mapping[str, str]) -> bool:
         os.path.exists("/dev/accel0") or os.path.isdir("/dev/vfio/devices"))
 
 
+def detected_cluster(env: Mapping[str, str]) -> Optional[str]:
+    """The multi-process launcher jax.distributed.initialize() will detect here, or None (one process).
+
+    Only says whether there is more than one process; JAX's own cluster classes read the rest."""
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1:
+        return "slurm"
+    if int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
+        return "ompi"
+    if _on_tpu_vm(env):
+        return "tpu"
+    return None
+
+
 def resolve(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
             process_id: Optional[int] = None, env: Optional[Mapping[str, str]] = None) -> Optional[dict]:
     """The jax.distributed.initialize kwargs this environment asks for; None = single process.
 
-    {} means "initialize() with no arguments" (TPU pods).
+    {} means "initialize() with no arguments": JAX detects the cluster (SLURM, Open MPI, TPU pods).
     """
     env = os.environ if env is None else env
     addr = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
@@ -58,17 +56,7 @@ def resolve(coordinator_address: Optional[str] = None, num_processes: Optional[i
         if not 0 <= pid < n:
             raise ValueError(f"process_id {pid} is not in [0, num_processes={n})")
         return None if n == 1 else dict(coordinator_address=addr, num_processes=n, process_id=pid)
-    ntasks = int(env.get("SLURM_NTASKS", "1") or 1)
-    if ntasks > 1:
-        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or ""
-        if not nodelist:
-            raise ValueError("SLURM_NTASKS > 1 but neither SLURM_STEP_NODELIST nor SLURM_JOB_NODELIST is set")
-        port = int(env.get("JAX_COORDINATOR_PORT", DEFAULT_PORT))
-        return dict(coordinator_address=f"{expand_first_host(nodelist)}:{port}", num_processes=ntasks,
-                    process_id=int(env["SLURM_PROCID"]))
-    if _on_tpu_vm(env):
-        return {}
-    return None
+    return {} if detected_cluster(env) else None
 
 
 def initialize_from_env(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
@@ -81,6 +69,6 @@ def initialize_from_env(coordinator_address: Optional[str] = None, num_processes
         return False
     if kwargs:
         kwargs["initialization_timeout"] = initialization_timeout
-    logging.info("jax.distributed.initialize(%s)", kwargs)
+    logging.info("jax.distributed.initialize(%s) (%s)", kwargs, detected_cluster(os.environ) or "explicit")
     jax.distributed.initialize(**kwargs)
     return True

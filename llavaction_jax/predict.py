@@ -7,14 +7,45 @@ With --options the options get letters A, B, ... and the LLaVAction MCQ prompt (
 answer is printed from option-letter scoring and from greedy generation (parsed with the reference parser). With
 --question the model's greedy generation is printed.
 """
-import argparse
+import math
 import sys
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
 from data_prep import prompts
+from llavaction_jax import argparsing, cli
+from llavaction_jax.cli import UserError
 from llavaction_jax.eval.scoring import LETTERS
+
+END_TOLERANCE = 1.0    # seconds an --end may pass the video's end before it is an error (as data_prep.to_tfrecord)
+
+
+def clip_bounds(path: str, start: Optional[float], end: Optional[float],
+                end_tolerance: float = END_TOLERANCE) -> Tuple[float, float]:
+    """Validated [start, end] seconds of the clip, by data_prep.video's end-of-video rule: an end within the
+    tolerance past the last frame is clipped to it (so the prompt states the clip length really read), anything
+    else out of range is an error."""
+    from data_prep import video as video_lib
+    info = video_lib.probe_container(path)
+    if not info.fps or info.num_frames <= 0:
+        raise video_lib.VideoError(path, "container reports no frame rate or no frames")
+    duration, last = info.num_frames / info.fps, (info.num_frames - 1) / info.fps
+    expected = f"0 <= --start <= --end <= the video's length ({duration:.3f} s)"
+    s = 0.0 if start is None else float(start)
+    e = last if end is None else float(end)
+    if not (math.isfinite(s) and math.isfinite(e)):
+        raise UserError(f"clip times must be finite numbers, got --start {s} --end {e}", path, expected)
+    if s < 0:
+        raise UserError(f"--start {s} is negative", path, expected)
+    if e < s:
+        raise UserError(f"--end {e} is before --start {s}", path, expected)
+    if s > last:
+        raise UserError(f"--start {s} is after the last frame ({last:.3f} s)", path, expected)
+    if e > duration + end_tolerance:
+        raise UserError(f"--end {e} is past the end of the video ({duration:.3f} s; tolerance {end_tolerance} s)",
+                        path, expected)
+    return s, min(e, last)
 
 
 def mcq_sample(options: Sequence[str], start: float, end: float) -> dict:
@@ -29,7 +60,7 @@ def answer_options(model, tok, config, mesh, frames: np.ndarray, options: Sequen
     from llavaction_jax.eval.evaluator import Evaluator
     from llavaction_jax.eval.items import EvalItem
     if not 2 <= len(options) <= len(LETTERS):
-        raise ValueError(f"--options needs 2..26 options, got {len(options)}")
+        raise UserError(f"--options needs 2..26 options, got {len(options)}", "--options")
     sample = mcq_sample(options, start, end)
     evaluator = Evaluator(model, tok, config, mesh, batch_size=_batch_devices(mesh))
     return evaluator.evaluate([EvalItem(sample, lambda: frames)], 1)[0]
@@ -62,7 +93,7 @@ def _batch_devices(mesh) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m llavaction_jax.predict", description=__doc__.split("\n")[0])
+    p = argparsing.ArgumentParser(prog="python -m llavaction_jax.predict", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="training workdir or converted/HF checkpoint dir")
     p.add_argument("--video", required=True, help="video file")
     p.add_argument("--start", type=float, default=None, help="clip start (s); default: start of the video")
@@ -74,8 +105,11 @@ def main(argv=None) -> int:
     p.add_argument("--num_frames", type=int, default=None)
     p.add_argument("--max_new_tokens", type=int, default=None)
     args = p.parse_args(argv)
+    if args.options is not None and not 2 <= len(args.options) <= len(LETTERS):
+        raise UserError(f"--options needs 2..26 options, got {len(args.options)}", "--options")
+    # Check the clip before the (slow) checkpoint load.
+    start, end = clip_bounds(args.video, args.start, args.end)
 
-    from data_prep import video as video_lib
     from llavaction_jax.eval.checkpoint import load_for_eval
     from llavaction_jax.eval.samples import read_video_file
     model, tok, config, mesh = load_for_eval(args.checkpoint, tokenizer=args.tokenizer)
@@ -83,11 +117,8 @@ def main(argv=None) -> int:
         config.data.num_frames = args.num_frames
     if args.max_new_tokens is not None:
         config.eval.max_new_tokens = args.max_new_tokens
-    frames = read_video_file(args.video, args.start, args.end, int(config.data.num_frames),
+    frames = read_video_file(args.video, start, end, int(config.data.num_frames),
                              int(config.model.vision.image_size))
-    info = video_lib.probe_container(args.video)
-    start = 0.0 if args.start is None else args.start
-    end = (info.num_frames - 1) / info.fps if args.end is None else args.end
     if args.options:
         record = answer_options(model, tok, config, mesh, frames, args.options, start, end)
         letter = record["letter_pred"]
@@ -101,5 +132,11 @@ def main(argv=None) -> int:
     return 0
 
 
+def _user_errors():
+    from data_prep.video import VideoError
+    from llavaction_jax.convert.mapping import CheckpointMismatchError
+    return (VideoError, CheckpointMismatchError, FileNotFoundError)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, user_errors=_user_errors()))

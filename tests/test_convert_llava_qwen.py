@@ -287,7 +287,9 @@ def test_real_7b_checkpoint_layout_maps_onto_llavaction_7b_config():
     assert m.vision.to_dict() == want.vision.to_dict()
     assert (m.action_token, tuple(m.action_types), m.newline_position, m.pool_mode) == (
         True, (97, 300, 3806), "grid", "bilinear")
-    assert len(notes) == 2                       # vocab 151647 -> 152064, tied -> untied
+    assert len(notes) == 3                       # vocab 151647 -> 152064, tied -> untied, tower inferred
+    assert ("vision tower inferred from the checkpoint tensors (config.json has no vision sizes): hidden 1152, "
+            "mlp 4304, 27 layers in the checkpoint -> 26 used, 16 heads") in notes[-1]
     mesh = shd.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
     abstract = api.flat_params(nnx.state(model_build.abstract_model(m, mesh), nnx.Param))
     plan = match(llava_qwen.rules(m), {p: v.get_value().shape for p, v in abstract.items()}, shapes,
@@ -295,3 +297,27 @@ def test_real_7b_checkpoint_layout_maps_onto_llavaction_7b_config():
     assert len(plan.expected_unused) == 16 and all(".encoder.layers.26." in k for k in plan.expected_unused)
     assert sum(int(np.prod(v.get_value().shape)) for v in abstract.values()) == sum(
         int(np.prod(s)) for k, s in shapes.items() if ".encoder.layers.26." not in k)
+
+
+def test_tower_sizes_inferred_when_config_has_none(hf_model, tmp_path, caplog):
+    """The original config.json has no vision sizes: a non-so400m tower is read off the tensors (width, MLP,
+    layer count, patch, image size), named in one note, and loads with no mismatch."""
+    write_llava_qwen(tmp_path / "src", hf_model, action=True)
+    cfg_path = tmp_path / "src" / "config.json"
+    cj = json.loads(cfg_path.read_text())
+    del cj["vision_config"]
+    cfg_path.write_text(json.dumps(cj))
+    raw, _, model_cfg, notes, _ = api.read_source(str(tmp_path / "src"), "llava_qwen",
+                                                  config_overrides={"vision.num_heads": 4})
+    raw.close()
+    v = model_cfg.vision
+    assert (v.hidden_size, v.intermediate_size, v.num_layers, v.patch_size, v.image_size) == (32, 64, 2, 8, SIDE)
+    [note] = [n for n in notes if n.startswith("vision tower inferred")]
+    assert "hidden 32, mlp 64, 3 layers in the checkpoint -> 2 used" in note and "--override vision.num_heads" in note
+    with caplog.at_level("INFO", logger="llavaction_jax"):
+        api.load_pretrained(str(tmp_path / "src"), mesh=_mesh(), config_overrides={"vision.num_heads": 4})
+    assert any("vision tower inferred" in r.getMessage() for r in caplog.records)
+    cj["mm_hidden_size"] = 48
+    cfg_path.write_text(json.dumps(cj))
+    with pytest.raises(ValueError, match="mm_hidden_size=48 but the tower's patch_embedding has 32"):
+        api.read_source(str(tmp_path / "src"), "llava_qwen")

@@ -48,6 +48,9 @@ def test_temporal_detection_prompt_exact():
         "The provided video contains an action 'open door' that lasts 3.23 seconds. What is the relative start and "
         "end time of the action in seconds? Format it as 'start_timestamp: end_timestamp' and round to 2 decimal "
         "places.")
+    # str(round(x, 2)) as generate_temporal_detection_data.py, not "%.2f".
+    assert "lasts 1.8 seconds" in prompts.temporal_detection_prompt("open door", 1.8)
+    assert "lasts 2.0 seconds" in prompts.temporal_detection_prompt("open door", 2.0)
 
 
 def test_time_instruction_inserted_without_separator():
@@ -184,7 +187,7 @@ def test_temporal_detection_padding_bounds(val_ann, delta):
     rel_starts = []
     for s, seg in zip(samples, val_ann.segments):
         answer = s["conversations"][1]["value"]
-        assert re.fullmatch(r"\d+\.\d{2}, \d+\.\d{2}", answer), answer
+        assert re.fullmatch(r"\d+\.\d{1,2}, \d+\.\d{1,2}", answer), answer
         rel_start, rel_end = (float(x) for x in answer.split(", "))
         dur = seg.stop - seg.start
         assert s["conversations"][0]["value"] == "<image>\n" + prompts.temporal_detection_prompt(seg.narration, dur)
@@ -207,7 +210,7 @@ def test_temporal_detection_padding_bounds(val_ann, delta):
 def test_temporal_detection_without_padding(tmp_path):
     ann = _mini_csv(tmp_path, MINI)
     for s, seg in zip(instructions.temporal_detection_samples(ann, delta=0.0), ann.segments):
-        assert s["conversations"][1]["value"] == f"0.00, {seg.stop - seg.start:.2f}"
+        assert s["conversations"][1]["value"] == f"0.0, {round(seg.stop - seg.start, 2)}"
         assert (s["start_timestamp"], s["stop_timestamp"]) == (seg.start, seg.stop)
 
 
@@ -322,3 +325,63 @@ def test_original_ek100_mcq_direct_and_detection_records_convert(tmp_path, val_a
                                        {"from": "gpt", "value": "A. x"}])
     with pytest.raises(instructions.InstructionFormatError, match=r"field 'options': option 1 'C. y' is not 'B. text'"):
         instructions.convert_ek100_jsonl(_write_jsonl(tmp_path, "b2.jsonl", [bad]))
+
+
+def test_temporal_detection_numbers_follow_the_original_rule(val_ann):
+    """Every number as generate_temporal_detection_data.py writes it: process = lambda x: str(round(x, 2)); the
+    relative times come from the rounded action start/end minus the rounded padded clip start."""
+    samples = instructions.temporal_detection_samples(val_ann, delta=5.0, seed=0)
+    short = 0
+    for s, seg in zip(samples, val_ann.segments):
+        process = lambda x: str(round(x, 2))     # noqa: E731 (the original's own helper)
+        clip_start = process(s["start_timestamp"])
+        want = (f"{process(float(process(seg.start)) - float(clip_start))}, "
+                f"{process(float(process(seg.stop)) - float(clip_start))}")
+        assert s["conversations"][1]["value"] == want
+        assert f"lasts {process(seg.stop - seg.start)} seconds" in s["conversations"][0]["value"]
+        short += bool(re.search(r"\.\d,|\.\d$", want))
+    assert short > 100          # answers such as "1.8, 3.5" occur (the old "%.2f" wrote "1.80, 3.50")
+
+
+def test_original_direct_narration_with_empty_human_turn_converts(tmp_path, val_ann):
+    """generate_description.py writes direct-narration records with an empty human value; the prompt is rebuilt."""
+    rec = {"video": "P01-P01_11", "id": "P01-P01_11", "split": "train", "question_type": "direct_narration",
+           "dataset_name": "EK100", "start_timestamp": 0.0, "end_timestamp": 1.89, "verb_id": 0, "noun_id": 2,
+           "action_id": 84, "conversations": [{"from": "human", "value": ""}, {"from": "gpt", "value": "take plate"}]}
+    [out] = instructions.convert_ek100_jsonl(_write_jsonl(tmp_path, "direct.jsonl", [rec]), val_ann)
+    assert out["task"] == "direct_narration"
+    assert out["conversations"] == [{"from": "human", "value": "<image>\n" + prompts.direct_narration_prompt()},
+                                    {"from": "gpt", "value": "take plate"}]
+    # Only types whose prompt is rebuilt may have an empty question; an empty answer is never accepted.
+    for change, turn in ((dict(question_type="temporal_detection"), 0), (dict(), 1)):
+        bad = dict(rec, **change)
+        if turn == 1:
+            bad["conversations"] = [{"from": "human", "value": ""}, {"from": "gpt", "value": " "}]
+        with pytest.raises(instructions.InstructionFormatError, match=rf"line 1: .*turn {turn} has an empty 'value'"):
+            instructions.convert_ek100_jsonl(_write_jsonl(tmp_path, "bad.jsonl", [bad]), val_ann)
+
+
+def test_video_qa_gets_the_original_generic_time_instruction(tmp_path):
+    """LLaVA-Video-178K style samples: "<image>\\n{The video lasts for %.2f ... this video.}\\n" + the human value
+    with <image> removed (LazySupervisedDataset._get_item, non-EK100 branch); EK100 samples keep theirs."""
+    from configs import tiny
+    from llavaction_jax.input import pipeline
+    from llavaction_jax.input.tokenizer import train_tiny_tokenizer
+    rec = {"id": "v1", "video": "academic/v1.mp4", "duration": 12.345, "data_source": "nextqa",
+           "conversations": [{"from": "human", "value": "<image>\nWhat happens?"}, {"from": "gpt", "value": "Rain."}]}
+    [sample] = instructions.convert_video_qa_jsonl(_write_jsonl(tmp_path, "qa.jsonl", [rec]))
+    human = sample["conversations"][0]["value"]
+    want = ("<image>\nThe video lasts for 12.35 seconds, and 8 frames are uniformly sampled from it. Please answer the "
+            "following questions related to this video.\n\nWhat happens?")
+    assert prompts.add_time_instruction(sample, human, 12.345, 8) == want
+    ek = {"task": "direct_narration", "participant_id": "P01"}
+    assert prompts.add_time_instruction(ek, "<image>\nQ", 1.5, 8) == prompts.insert_time_instruction(
+        "<image>\nQ", 1.5, 8)
+    # The training text stage applies it (decoded back from the tokens it feeds the model).
+    cfg = tiny.get_config()
+    tok = train_tiny_tokenizer([want, "Rain.", prompts.SYSTEM_PROMPT] * 20, str(tmp_path / "tok"), vocab_size=300)
+    stage = pipeline.TextStage(cfg, tok)
+    _, ids, labels, _ = stage(json.dumps(sample), True)
+    text = tok.decode([i for i in ids if i != tok.video_token_id])
+    assert "The video lasts for 12.35 seconds, and %d frames are uniformly sampled" % cfg.data.num_frames in text
+    assert "The provided video lasts" not in text

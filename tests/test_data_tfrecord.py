@@ -253,7 +253,8 @@ def test_max_shards_and_tampered_shard(data, converted):
 
 
 def test_cli_killed_with_sigkill_then_rerun_matches_in_process(data, converted):
-    """Real kill: SIGKILL the CLI and its worker processes once the first shard is done, then rerun the CLI."""
+    """Real kill: SIGKILL the CLI alone once the first shard is done (its workers are writing the others): no
+    worker or manager survives it, nothing more is written, and a rerun of the CLI resumes to the same bytes."""
     full_out, _ = converted
     out = data["base"] / "cli"
     cmd = [sys.executable, "-m", "data_prep.to_tfrecord", "--samples", str(data["jsonl"]), "--video_root",
@@ -262,14 +263,27 @@ def test_cli_killed_with_sigkill_then_rerun_matches_in_process(data, converted):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
+    children = []
     try:
         deadline = time.time() + 240
         while not glob.glob(str(out / ".*.done.json")) and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
-    finally:
+        children = _children(proc.pid)
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)     # the CLI, its manager and its workers (one session)
+            os.kill(proc.pid, signal.SIGKILL)        # the CLI only: its children must die by themselves
         proc.wait()
+        assert len(children) >= 3                   # manager + 2 workers were running
+        deadline = time.time() + 10
+        while any(_alive(c) for c in children) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not [c for c in children if _alive(c)], "orphaned worker/manager processes"
+    finally:
+        if proc.poll() is None or any(_alive(c) for c in children):
+            os.killpg(proc.pid, signal.SIGKILL)     # clean up whatever is left of the session
+        proc.wait()
+    files = sorted(os.listdir(out))
+    time.sleep(0.5)
+    assert sorted(os.listdir(out)) == files         # nobody writes into --out any more
     finished = len(glob.glob(str(out / ".*.done.json")))
     assert finished >= 1 and not (out / "manifest.json").exists()
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -338,3 +352,84 @@ def test_mqa_jsonl_from_annotations_converts(tmp_path):
         assert r["sample"] == q and r["action_id"] == q["action_id"]
         colour = NOUN_COLOURS[q["noun_class"] % len(NOUN_COLOURS)].astype(int)
         assert all((np.abs(f.astype(int) - colour).max(axis=2) < 50).sum() > 4 for f in r["frames"])
+
+
+def _children(pid):
+    """pids whose parent is `pid` (from /proc; Linux)."""
+    out = []
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            text = open(stat).read()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.split("/")[2]))
+    return out
+
+
+def _alive(pid):
+    try:
+        text = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return False
+    return text[text.rindex(")") + 2:].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux-only")
+def test_sigterm_stops_the_workers_and_exits_143(data, tmp_path):
+    """SIGTERM to the CLI alone as soon as its manager and 2 workers exist: it kills them itself, exits 143, and
+    nothing more is written into --out (SIGKILL: test_cli_killed_with_sigkill_then_rerun_matches_in_process)."""
+    sig = signal.SIGTERM
+    samples = tmp_path / "many.jsonl"
+    with open(samples, "w") as f:
+        for i in range(90):
+            f.write(json.dumps(sample(i, start=0.2 + (i % 9), stop=1.7 + (i % 9))) + "\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "data_prep.to_tfrecord", "--samples", str(samples), "--video_root",
+           str(data["root"]), "--layout", "original", "--num_frames", str(NUM_FRAMES), "--size", str(SIZE),
+           "--num_shards", "6", "--workers", "2", "--out", str(out), "--no_progress"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+
+        while len(_children(proc.pid)) < 3 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        children = _children(proc.pid)
+        assert proc.poll() is None and len(children) >= 3, "expected a manager and 2 workers at work"
+        os.kill(proc.pid, sig)
+        rc = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.time() + 10
+    while any(_alive(c) for c in children) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not [c for c in children if _alive(c)], "orphaned worker/manager processes"
+    files = sorted(os.listdir(out))
+    time.sleep(0.5)
+    assert sorted(os.listdir(out)) == files and not (out / "manifest.json").exists()
+    assert rc == 143 and "terminated (SIGTERM)" in proc.stderr.read()
+
+
+def test_zero_records_and_missing_video_root_are_errors(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    jsonl = tmp_path / "videos_only.jsonl"
+    jsonl.write_text("".join(json.dumps(sample(i)) + "\n" for i in range(3)))
+    args = ["--samples", str(jsonl), "--layout", "original", "--num_frames", str(NUM_FRAMES), "--size",
+            str(SIZE), "--num_shards", "2", "--workers", "0", "--no_progress", "--out", str(out)]
+    from llavaction_jax import cli
+    # A mistyped --video_root: refused before anything is written.
+    assert cli.run(to_tfrecord.main, args + ["--video_root", str(data["root"]) + "_typo"]) == 2
+    assert capsys.readouterr().err == (f"error: not a directory (--video_root {data['root']}_typo): the root of "
+                                       "the 'original' video layout\n")
+    assert not out.exists()
+    # A root that exists but holds none of the videos: every sample skipped -> error, manifest not complete.
+    empty = tmp_path / "empty_root"
+    empty.mkdir()
+    assert cli.run(to_tfrecord.main, args + ["--video-root", str(empty)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"error: no records written: all 3 sample(s) skipped ({out}/failures.jsonl): samples whose videos exist")
+    assert json.loads((out / "manifest.json").read_text())["complete"] is False

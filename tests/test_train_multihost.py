@@ -79,15 +79,24 @@ def test_resolve_explicit_env_and_errors():
         distributed.resolve("h:1", 2, 2, env={})
 
 
-def test_resolve_slurm_and_single_process():
-    env = {"SLURM_NTASKS": "8", "SLURM_PROCID": "5", "SLURM_STEP_NODELIST": "gpu[012-015],cpu3",
-           "SLURM_JOB_NODELIST": "other1", "JAX_PLATFORMS": "cuda"}
-    assert distributed.resolve(env=env) == dict(coordinator_address="gpu012:12321", num_processes=8,
-                                                process_id=5)
-    env = {"SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_JOB_NODELIST": "nodeA,nodeB",
-           "JAX_COORDINATOR_PORT": "999"}
-    assert distributed.resolve(env=env)["coordinator_address"] == "nodeA:999"
-    assert distributed.expand_first_host("n[7]") == "n7"
+def test_resolve_slurm_and_single_process(monkeypatch):
+    """A SLURM step (or mpirun) of several tasks is left to jax.distributed.initialize()'s own cluster detection;
+    our flags / JAX_* variables override it."""
+    env = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "8", "SLURM_PROCID": "5", "SLURM_LOCALID": "1",
+           "SLURM_STEP_NODELIST": "gpu[012-015],cpu3", "JAX_PLATFORMS": "cuda"}
+    assert distributed.resolve(env=env) == {} and distributed.detected_cluster(env) == "slurm"
+    # What initialize() then reads, from JAX's own SLURM detector: first host of the step, SLURM's task ids.
+    from jax._src.clusters import SlurmCluster
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert SlurmCluster.is_env_present()
+    assert SlurmCluster.get_coordinator_address(None, "12321") == "gpu012:12321"      # JAX_COORDINATOR_PORT
+    assert SlurmCluster.get_coordinator_address(None, None) == f"gpu012:{4242 % 4096 + 65535 - 4095}"
+    assert (SlurmCluster.get_process_count(), SlurmCluster.get_process_id()) == (8, 5)
+    # Explicit values win over the detected cluster.
+    assert distributed.resolve("h:1", 8, 5, env=env) == dict(coordinator_address="h:1", num_processes=8,
+                                                             process_id=5)
+    assert distributed.resolve(env={"OMPI_COMM_WORLD_SIZE": "4", "JAX_PLATFORMS": "cpu"}) == {}
     assert distributed.resolve(env={"SLURM_NTASKS": "1", "JAX_PLATFORMS": "cpu"}) is None
     assert distributed.resolve(env={"JAX_PLATFORMS": "cpu"}) is None
     assert distributed.resolve(env={"TPU_WORKER_HOSTNAMES": "a,b", "TPU_WORKER_ID": "1"}) == {}

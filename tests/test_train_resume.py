@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from llavaction_jax.cli import EXIT_PREEMPTED
+
 from tests.conftest import REPO_ROOT
 
 STEPS = 30      # long enough that SIGTERM (sent at step 2) lands mid-run even on a loaded machine
@@ -60,7 +62,8 @@ def _losses(workdir):
         for line in f:
             rec = json.loads(line)
             if rec["prefix"] == "train":
-                out[rec["step"]] = rec["loss"]      # a re-run step (after SIGKILL) overwrites
+                assert rec["step"] not in out, f"step {rec['step']} logged twice (rows after a resume point)"
+                out[rec["step"]] = rec["loss"]
     return out
 
 
@@ -82,7 +85,7 @@ def reference(tmp_path_factory, cache_dir):
 def test_sigterm_saves_and_resume_is_bit_exact(tmp_path, cache_dir, reference):
     w = tmp_path / "w"
     rc, log = _run_until(w, cache_dir, "train step 2:", signal.SIGTERM, ["--config.train.checkpoint_every=0"])
-    assert rc == 0, log[-3000:]
+    assert rc == EXIT_PREEMPTED, log[-3000:]        # distinct from a finished run, so a scheduler requeues it
     report = json.loads([l for l in log.splitlines() if l.startswith("{")][-1])
     k = report["final_step"]
     assert report["preempted"] and 2 <= k < STEPS and report["saved_steps"] == [k]

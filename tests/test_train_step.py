@@ -136,5 +136,7 @@ def test_empty_dataset_errors(tmp_path):
     with pytest.raises(ValueError, match="empty dataset"):
         synthetic.ArrayBatchIterator(arrays, 8, _mesh(cfg))
     cfg.data.train_files = str(tmp_path / "nothing-*.tfrecord")
-    with pytest.raises(ValueError, match="no file matches"):
+    from llavaction_jax.cli import UserError
+    with pytest.raises(UserError, match=r"no TFRecord files match '.*nothing-\*\.tfrecord' \(empty dataset\) "
+                                        r"\(config.data.train_files\)"):
         loop.train(cfg, str(tmp_path / "b"), mesh=_mesh(cfg))

@@ -1,19 +1,23 @@
 """CLI: convert checkpoints.
 
-  python -m llavaction_jax.convert import --format {llava_qwen,hf} SRC DST   # safetensors dir -> Orbax dir
-  python -m llavaction_jax.convert export --format {llava_qwen,hf} SRC DST   # Orbax dir -> safetensors dir
+  python -m llavaction_jax.convert import --format {llava_qwen,hf} --src SRC --dst DST   # safetensors -> Orbax
+  python -m llavaction_jax.convert export --format {llava_qwen,hf} --src SRC --dst DST   # Orbax -> safetensors
+
+SRC and DST may also be given positionally (`import --format hf SRC DST`), as in earlier versions.
 """
-import argparse
 import json
 import logging
 import sys
+
+from llavaction_jax import argparsing, cli
+from llavaction_jax.cli import UserError
 
 
 def _overrides(items):
     out = {}
     for item in items or ():
         if "=" not in item:
-            raise SystemExit(f"--override {item!r}: expected key=value (value parsed as JSON, else a string)")
+            raise UserError("bad override", f"--override {item!r}", "key=value (value parsed as JSON, else a string)")
         key, value = item.split("=", 1)
         try:
             out[key] = json.loads(value)
@@ -22,9 +26,15 @@ def _overrides(items):
     return out
 
 
+def _paths(sub, src_help, dst_help):
+    sub.add_argument("--src", default=None, help=src_help)
+    sub.add_argument("--dst", default=None, help=dst_help)
+    sub.add_argument("src_pos", nargs="?", metavar="SRC", help="same as --src")
+    sub.add_argument("dst_pos", nargs="?", metavar="DST", help="same as --dst")
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m llavaction_jax.convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparsing.ArgumentParser(prog="python -m llavaction_jax.convert", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     imp = sub.add_parser("import", help="safetensors checkpoint dir -> Orbax params dir (+ model_config.json)")
     imp.add_argument("--format", required=True, choices=["llava_qwen", "hf"])
@@ -32,8 +42,7 @@ def main(argv=None):
     imp.add_argument("--override", action="append", help="model config override key=value, e.g. action_token=true")
     imp.add_argument("--allow_missing", action="append", default=[],
                      help="regex of parameter paths that may be absent and are initialised (e.g. '^action/')")
-    imp.add_argument("src")
-    imp.add_argument("dst")
+    _paths(imp, "safetensors checkpoint dir (config.json + model.safetensors[.index.json])", "new Orbax dir")
     exp = sub.add_parser("export", help="Orbax params dir -> safetensors checkpoint dir")
     exp.add_argument("--format", required=True, choices=["llava_qwen", "hf"])
     exp.add_argument("--extra_tensors", default=None,
@@ -48,9 +57,15 @@ def main(argv=None):
     exp.add_argument("--eval_summary", default=None,
                      help="hf: eval summary.json whose accuracies go into the model card (default: the training "
                           "workdir's latest periodic eval)")
-    exp.add_argument("src")
-    exp.add_argument("dst")
+    _paths(exp, "Orbax dir from `convert import` (or a training workdir)", "new safetensors dir")
     args = parser.parse_args(argv)
+    for name in ("src", "dst"):
+        flag, pos = getattr(args, name), getattr(args, name + "_pos")
+        if flag is not None and pos is not None and flag != pos:
+            raise UserError(f"two {name} paths given: --{name} {flag!r} and positional {pos!r}", f"--{name}")
+        if flag is None and pos is None:
+            raise UserError(f"missing --{name}", f"convert {args.command}", f"--{name} PATH")
+        setattr(args, name, flag if flag is not None else pos)
     # Our notes (quirks applied, unused keys) at INFO; Orbax's per-save chatter stays at WARNING.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("llavaction_jax").setLevel(logging.INFO)
@@ -70,5 +85,11 @@ def main(argv=None):
     sys.stdout.write("\n")
 
 
+def _user_errors():
+    from llavaction_jax.convert.mapping import CheckpointMismatchError
+    # The converter reports bad checkpoints / configs as these (each names the file or key).
+    return (CheckpointMismatchError, ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main, user_errors=_user_errors()))

@@ -18,9 +18,53 @@ _VISION_LAYER_RE = re.compile(re.escape(VISION_PREFIX) + r"encoder\.layers\.(\d+
 # Non-parameter buffers that older transformers versions saved; harmless to skip.
 _BUFFER_RE = re.compile(r"rotary_emb\.inv_freq$")
 
-# SigLIP so400m/14-384 as LLaVA-NeXT builds it (the original config.json does not store the vision config).
+# SigLIP so400m/14-384 as LLaVA-NeXT builds it (the original config.json does not store the vision config;
+# the sizes are inferred from the tensors, these are the remaining SigLIP constants).
 SO400M = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
               image_size=384, patch_size=14, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
+
+
+# Public SigLIP towers: hidden size -> (attention heads, encoder layers of the full tower). Heads are not
+# recoverable from tensor shapes (q/k/v are hidden x hidden), so they come from here.
+SIGLIP_TOWERS = {768: (12, 12), 1024: (16, 24), 1152: (16, 27), 1536: (16, 40)}
+
+
+def infer_vision_config(shapes: Dict[str, Tuple[int, ...]], cj: dict):
+    """(vision config dict, layers the model uses, one-line note) from the SigLIP tensors of a checkpoint."""
+    pe = shapes.get(VISION_PREFIX + "embeddings.patch_embedding.weight")
+    pos = shapes.get(VISION_PREFIX + "embeddings.position_embedding.weight")
+    fc1 = shapes.get(VISION_PREFIX + "encoder.layers.0.mlp.fc1.weight")
+    layers = {int(m.group(1)) for m in map(_VISION_LAYER_RE.match, shapes) if m}
+    if pe is None or pos is None or fc1 is None or not layers:
+        raise ValueError(f"no SigLIP tower tensors under {VISION_PREFIX!r} (patch_embedding, position_embedding, "
+                         "encoder.layers.0.mlp.fc1): cannot infer the vision tower sizes")
+    hidden, patch = int(pe[0]), int(pe[-1])
+    side = int(round(pos[0] ** 0.5))
+    if side * side != pos[0]:
+        raise ValueError(f"position_embedding has {pos[0]} rows, not a square patch grid")
+    mm_hidden = cj.get("mm_hidden_size")
+    if mm_hidden is not None and int(mm_hidden) != hidden:
+        raise ValueError(f"config.json mm_hidden_size={mm_hidden} but the tower's patch_embedding has {hidden} "
+                         "channels")
+    n = max(layers) + 1
+    known = SIGLIP_TOWERS.get(hidden)
+    if known is not None:
+        heads, full = known
+        # A checkpoint holds the full tower (LLaVA-NeXT drops its last layer at load time) or the used layers.
+        used = n - 1 if n == full else n if n == full - 1 else n - 1
+        heads_src = f"{heads} heads (the SigLIP tower of width {hidden})"
+    else:
+        heads = hidden // 64 if hidden % 64 == 0 else 1
+        used = n - 1
+        heads_src = f"{heads} heads ASSUMED (head_dim 64; set --override vision.num_heads=N if wrong)"
+    # image_size // patch == side; SigLIP's published input sizes disambiguate (384 // 14 == 27, not 378).
+    image = next((s for s in (224, 256, 384, 512) if s // patch == side), side * patch)
+    vc = dict(SO400M, hidden_size=hidden, intermediate_size=int(fc1[0]), num_hidden_layers=n,
+              num_attention_heads=heads, image_size=image, patch_size=patch)
+    note = (f"vision tower inferred from the checkpoint tensors (config.json has no vision sizes): hidden {hidden}, "
+            f"mlp {vc['intermediate_size']}, {n} layers in the checkpoint -> {used} used, {heads_src}, "
+            f"patch {patch}, image {vc['image_size']}")
+    return vc, used, note
 
 
 def is_format(config_json: dict) -> bool:
@@ -140,8 +184,14 @@ def parse_config(cj: dict, shapes: Dict[str, Tuple[int, ...]], model_cfg) -> Lis
         tied = False
     t.tie_word_embeddings = tied
 
-    vc = dict(SO400M)
-    vc.update(cj.get("vision_config") or {})
+    if cj.get("vision_config"):
+        vc = dict(SO400M)
+        vc.update(cj["vision_config"])
+        used_layers = int(vc["num_hidden_layers"]) - 1     # LLaVA-NeXT deletes the last SigLIP layer
+    else:
+        # The original config.json carries no vision sizes: read them off the tower's tensors.
+        vc, used_layers, note = infer_vision_config(shapes, cj)
+        notes.append(note)
     v = model_cfg.vision
     v.hidden_size = int(vc["hidden_size"])
     v.intermediate_size = int(vc["intermediate_size"])
@@ -150,7 +200,7 @@ def parse_config(cj: dict, shapes: Dict[str, Tuple[int, ...]], model_cfg) -> Lis
     v.patch_size = int(vc["patch_size"])
     v.layer_norm_eps = float(vc["layer_norm_eps"])
     v.hidden_act = str(vc["hidden_act"])
-    v.num_layers = int(vc["num_hidden_layers"]) - 1     # LLaVA-NeXT deletes the last SigLIP layer
+    v.num_layers = used_layers
 
     model_cfg.projector_type = "mlp2x_gelu"
     model_cfg.pool_mode = str(cj.get("mm_spatial_pool_mode", "bilinear"))

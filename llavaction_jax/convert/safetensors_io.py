@@ -9,8 +9,10 @@ import os
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
+
+from llavaction_jax.cli import UserError
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -20,6 +22,18 @@ _ST_DTYPES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
     "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
 }
+
+
+class SafetensorsFileError(UserError, ValueError):
+    """A safetensors file (or its index) that cannot be read: truncated, not safetensors, bad JSON."""
+
+
+def _safe_open(fname: str):
+    try:
+        return safe_open(fname, framework="numpy")
+    except SafetensorError as e:
+        raise SafetensorsFileError(f"not a readable safetensors file ({e})", fname,
+                                   "an intact .safetensors file (truncated download?)") from None
 
 
 def _np_dtype(st_dtype: str) -> np.dtype:
@@ -41,17 +55,20 @@ class CheckpointReader:
         self.path = path
         index_path = os.path.join(path, INDEX_NAME)
         if os.path.isfile(path):          # one arbitrary .safetensors file
-            with safe_open(path, framework="numpy") as f:
+            with _safe_open(path) as f:
                 self._file_of = {k: path for k in f.keys()}
         elif os.path.isfile(index_path):
             with open(index_path) as f:
-                index = json.load(f)
-            if "weight_map" not in index:
-                raise ValueError(f"{index_path}: no 'weight_map' entry")
+                try:
+                    index = json.load(f)
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    raise SafetensorsFileError(f"invalid JSON ({e})", index_path, "a safetensors index") from None
+            if not isinstance(index, dict) or "weight_map" not in index:
+                raise SafetensorsFileError("no 'weight_map' entry", index_path, "a safetensors index")
             self._file_of = {k: os.path.join(path, v) for k, v in index["weight_map"].items()}
         elif os.path.isfile(os.path.join(path, SINGLE_NAME)):
             single = os.path.join(path, SINGLE_NAME)
-            with safe_open(single, framework="numpy") as f:
+            with _safe_open(single) as f:
                 self._file_of = {k: single for k in f.keys()}
         else:
             raise FileNotFoundError(
@@ -61,7 +78,7 @@ class CheckpointReader:
         for fname in sorted(set(self._file_of.values())):
             if not os.path.isfile(fname):
                 raise FileNotFoundError(f"{fname}: listed in {INDEX_NAME} but missing")
-            with safe_open(fname, framework="numpy") as f:
+            with _safe_open(fname) as f:
                 for k in f.keys():
                     if self._file_of.get(k) != fname:
                         continue
@@ -88,15 +105,20 @@ class CheckpointReader:
     def _handle(self, fname: str):
         # Keep each shard open (memory-mapped by safetensors): reopening per tensor is slow for many keys.
         if fname not in self._handles:
-            self._handles[fname] = safe_open(fname, framework="numpy").__enter__()
+            self._handles[fname] = _safe_open(fname).__enter__()
         return self._handles[fname]
 
     def read(self, key: str, index: Optional[Tuple[slice, ...]] = None) -> np.ndarray:
         """The tensor `key`, or only `index` of it (a tuple of slices), as a numpy array."""
-        sl = self._handle(self._file_of[key]).get_slice(key)
-        if index is None or len(self._shape[key]) == 0:
-            return np.asarray(sl[...] if self._shape[key] else sl[:])
-        return np.asarray(sl[tuple(index)])
+        fname = self._file_of[key]
+        try:
+            sl = self._handle(fname).get_slice(key)
+            if index is None or len(self._shape[key]) == 0:
+                return np.asarray(sl[...] if self._shape[key] else sl[:])
+            return np.asarray(sl[tuple(index)])
+        except SafetensorError as e:
+            raise SafetensorsFileError(f"cannot read tensor {key!r}: {e}", fname,
+                                       "an intact safetensors file") from None
 
     def close(self):
         """Unmaps the open shards: mapped pages that were read count as resident memory until then."""

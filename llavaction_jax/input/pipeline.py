@@ -31,6 +31,7 @@ from jax.experimental import multihost_utils
 
 from data_prep import prompts
 from data_prep.records import FEATURE_SPEC
+from llavaction_jax.cli import UserError
 from llavaction_jax.input import chat, mixture, packing, recordio
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,49 @@ def _decoded_dataset(generator, decode_fn, num_parallel):
     return ds.with_options(options).prefetch(_PREFETCH)
 
 
+class _DecodedRecords:
+    """(k, decoded example) for a stream of (k, location, raw record), keeping what tf.data would hide.
+
+    tf.data turns an exception of the Python generator (a CRC failure) into a generic error with a traceback in
+    its message, and a record that does not parse (wrong schema, wrong frame count) into an op error that names
+    no file. Here the generator's own exception is re-raised, and a decode error names the record's file and
+    offset (the first record in flight is the one that failed: the map is deterministic, so order is kept).
+    """
+
+    def __init__(self, stream_fn, decode_fn, num_parallel):
+        self.stream_fn, self.decode_fn, self.num_parallel = stream_fn, decode_fn, num_parallel
+        self.locations = {}
+        self.error = None
+
+    def _generator(self):
+        try:
+            for k, location, raw in self.stream_fn():
+                self.locations[k] = location
+                yield k, raw
+        except Exception as e:    # noqa: BLE001 - handed to the consumer as it is
+            self.error = e
+
+    def __iter__(self):
+        it = _decoded_dataset(self._generator, self.decode_fn, self.num_parallel).as_numpy_iterator()
+        while True:
+            try:
+                k, ex = next(it)
+            except StopIteration:
+                break
+            except tf.errors.OpError as e:
+                if self.error is not None:
+                    raise self.error from None
+                where = self.locations[min(self.locations)] if self.locations else "a TFRecord file"
+                first = (e.message or type(e).__name__).strip().splitlines()[0]
+                raise UserError(f"record does not decode as a training sample: {first}", where,
+                                "records written by data_prep.to_tfrecord with config.data.num_frames frames "
+                                "per video") from None
+            self.locations.pop(int(k), None)
+            yield k, ex
+        if self.error is not None:
+            raise self.error
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Host-side text stage
 # ---------------------------------------------------------------------------------------------------------------
@@ -168,7 +212,7 @@ class TextStage:
         try:
             if has_video and self.add_time:
                 duration = float(sample["stop_timestamp"]) - float(sample["start_timestamp"])
-                human["value"] = prompts.insert_time_instruction(human["value"], duration, self.num_frames)
+                human["value"] = prompts.add_time_instruction(sample, human["value"], duration, self.num_frames)
             if self.with_answer:
                 ids, labels = chat.tokenize_conversation(self.tok, conversations, n_video, self.system_prompt)
             else:
@@ -381,7 +425,8 @@ class _TrainProducer:
                 epoch, pos = divmod(int(consumed[s]), n)
                 if orders.get(s, (None,))[0] != epoch:
                     orders[s] = (epoch, mixture.epoch_order(self.seed, s, epoch, n))
-                yield k, readers[s].read(int(orders[s][1][pos]))
+                i = int(orders[s][1][pos])
+                yield k, self.indexes[s].location(i), readers[s].read(i)
                 consumed[s] += 1
                 k += 1
         finally:
@@ -393,9 +438,9 @@ class _TrainProducer:
         if self.builder.packed:
             yield from self.packed_host_batches(k0)
             return
-        ds = _decoded_dataset(lambda: self.record_stream(k0), self.decode_fn, self.num_parallel)
+        ds = _DecodedRecords(lambda: self.record_stream(k0), self.decode_fn, self.num_parallel)
         rows, ids, k, truncated = [], [], k0, 0
-        for got, ex in ds.as_numpy_iterator():
+        for got, ex in ds:
             if got != k:
                 raise RuntimeError(f"input stream out of order: got example {got}, expected {k}")
             sid, tokens, labels, cut = self.text(ex["sample_json"].decode(), bool(ex["has_video"]))
@@ -413,9 +458,9 @@ class _TrainProducer:
         The sample that fits no row closes the batch and opens the next one; a batch therefore depends only on
         the example it starts at, and resuming at the returned position rebuilds the next batch exactly.
         """
-        ds = _decoded_dataset(lambda: self.record_stream(k0), self.decode_fn, self.num_parallel)
+        ds = _DecodedRecords(lambda: self.record_stream(k0), self.decode_fn, self.num_parallel)
         packer, k = self.builder.new_packer(), k0
-        for got, ex in ds.as_numpy_iterator():
+        for got, ex in ds:
             if got != k:
                 raise RuntimeError(f"input stream out of order: got example {got}, expected {k}")
             has_video = bool(ex["has_video"])
@@ -611,13 +656,13 @@ class EvalIterator:
         reader = recordio.RecordReader(index)
         try:
             for i in range(len(index)):
-                yield i, reader.read(i)
+                yield i, index.location(i), reader.read(i)
         finally:
             reader.close()
 
     def _rows(self, index):
-        ds = _decoded_dataset(lambda: self._stream(index), self.decode_fn, self.num_parallel)
-        for _, ex in ds.as_numpy_iterator():
+        ds = _DecodedRecords(lambda: self._stream(index), self.decode_fn, self.num_parallel)
+        for _, ex in ds:
             sid, tokens, labels, _ = self.text(ex["sample_json"].decode(), bool(ex["has_video"]))
             yield sid, (tokens, labels, ex["frames"], ex["actions"])
 

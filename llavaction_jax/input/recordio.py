@@ -3,16 +3,42 @@
 A TFRecord file is a sequence of `uint64 length | uint32 crc(length) | data[length] | uint32 crc(data)`. Indexing
 reads only the 12-byte headers (seeking over the payloads), so an epoch can visit records in any order and a
 resumed run can start at any position without replaying the stream (exact, O(1) resume).
+
+Both checksums are verified as tf.data's reader does (masked CRC32C): the length's when indexing, the data's at
+every read, so a flipped byte is a CorruptRecordError naming the file and byte offset, never a silently
+different sample.
 """
-import glob
 import os
 import struct
 
+import google_crc32c
 import numpy as np
 import tensorflow as tf
 
+from llavaction_jax.cli import UserError
+
 _HEADER = 12   # uint64 length + uint32 masked crc of the length
 _FOOTER = 4    # uint32 masked crc of the data
+_MASK_DELTA = 0xA282EAD8
+
+
+class CorruptRecordError(UserError):
+    """A TFRecord whose length or data fails its CRC, or that is cut short."""
+
+
+class NoFilesError(UserError, FileNotFoundError):
+    """A data glob that matches no file (a FileNotFoundError too, for callers that catch that)."""
+
+
+def masked_crc(data: bytes) -> int:
+    """TFRecord's masked CRC32C (tensorflow/core/lib/hash/crc32c.h: rotate right by 15, add a constant)."""
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def _corrupt(path, pos, what):
+    return CorruptRecordError(f"corrupt TFRecord: {what}", f"{path} record at byte {pos}",
+                              "an intact TFRecord file (rewrite the shard with data_prep.to_tfrecord)")
 
 
 def _open(path):
@@ -23,12 +49,15 @@ def _open(path):
 
 
 def expand_pattern(pattern):
-    """Sorted files of one comma-free glob (local or tf.io.gfile); error if it matches nothing."""
+    """Sorted files of one comma-free glob through tf.io.gfile (local, file://, gs://); error if none match."""
     pattern = pattern.strip()
-    files = sorted(tf.io.gfile.glob(pattern)) if "://" in pattern else sorted(glob.glob(pattern))
+    try:
+        files = sorted(tf.io.gfile.glob(pattern))
+    except tf.errors.OpError as e:
+        raise UserError(f"cannot list data files: {e.message}", pattern) from None
     files = [f for f in files if not f.endswith((".json", ".jsonl"))]   # manifest.json, failures.jsonl
     if not files:
-        raise FileNotFoundError(f"no TFRecord files match {pattern!r}")
+        raise NoFilesError("no TFRecord files match", pattern, "a glob of TFRecord shards, e.g. /data/train-*")
     return files
 
 
@@ -43,12 +72,14 @@ def scan_file(path):
             f.seek(pos)
             header = f.read(_HEADER)
             if len(header) != _HEADER:
-                raise ValueError(f"{path}: truncated record header at byte {pos} (file size {size})")
+                raise _corrupt(path, pos, f"truncated record header (file size {size})")
             (length,) = struct.unpack("<Q", header[:8])
+            if struct.unpack("<I", header[8:])[0] != masked_crc(header[:8]):
+                raise _corrupt(path, pos, "length CRC mismatch (not a TFRecord file, or a damaged one)")
             end = pos + _HEADER + length + _FOOTER
             if end > size:
-                raise ValueError(f"{path}: record at byte {pos} claims {length} bytes, past the end of the file "
-                                 f"({size} bytes); the file is truncated or not a TFRecord file")
+                raise _corrupt(path, pos, f"record claims {length} bytes, past the end of the file ({size} bytes); "
+                                          "the file is truncated")
             offsets.append(pos + _HEADER)
             lengths.append(length)
             pos = end
@@ -81,7 +112,7 @@ class RecordIndex:
         return sub
 
     def location(self, i):
-        return f"{self.files[self.file_idx[i]]} record at byte {self.offsets[i]}"
+        return f"{self.files[self.file_idx[i]]} record at byte {self.offsets[i] - _HEADER}"
 
 
 class RecordReader:
@@ -96,11 +127,16 @@ class RecordReader:
         handle = self._handles.get(fi)
         if handle is None:
             handle = self._handles[fi] = _open(self.index.files[fi])
-        handle.seek(int(self.index.offsets[i]))
+        offset = int(self.index.offsets[i])
+        handle.seek(offset)
         length = int(self.index.lengths[i])
-        data = handle.read(length)
-        if len(data) != length:
-            raise ValueError(f"{self.index.location(i)}: short read ({len(data)} of {length} bytes)")
+        buf = handle.read(length + _FOOTER)
+        path, pos = self.index.files[fi], offset - _HEADER
+        if len(buf) != length + _FOOTER:
+            raise _corrupt(path, pos, f"short read ({len(buf)} of {length + _FOOTER} bytes); the file shrank")
+        data = buf[:length]
+        if struct.unpack("<I", buf[length:])[0] != masked_crc(data):
+            raise _corrupt(path, pos, "data CRC mismatch")
         return data
 
     def close(self):

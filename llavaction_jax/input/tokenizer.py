@@ -10,6 +10,8 @@ import os
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
+from llavaction_jax.cli import UserError
+
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -26,6 +28,14 @@ QWEN2_SPLIT_PATTERN = (
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
+
+
+class TokenizerFileError(UserError, FileNotFoundError):
+    """tokenizer.json missing (names the path looked at)."""
+
+
+class TokenizerParseError(UserError, ValueError):
+    """tokenizer.json that the tokenizers library cannot parse (names the file)."""
 
 class Tokenizer:
     """ChatML tokenizer. `encode` adds no special tokens; chat.py assembles the template around it."""
@@ -57,9 +67,16 @@ class Tokenizer:
         """Loads `<path>/tokenizer.json` (or `path` itself when it is the json file)."""
         file = path if path.endswith(".json") else os.path.join(path, TOKENIZER_FILE)
         if not os.path.isfile(file):
-            raise FileNotFoundError(f"no {TOKENIZER_FILE} at {file!r}: point config.data.tokenizer_path at a "
-                                    "converted checkpoint dir or a dir written by train_tiny_tokenizer")
-        return cls(tokenizers.Tokenizer.from_file(file), video_token_id, source=file)
+            raise TokenizerFileError(f"no {TOKENIZER_FILE}", file,
+                                     "config.data.tokenizer_path / --tokenizer pointing at a converted checkpoint "
+                                     "dir or a dir written by train_tiny_tokenizer")
+        try:
+            hf = tokenizers.Tokenizer.from_file(file)
+        except Exception as e:   # noqa: BLE001 - the Rust library raises a bare Exception with serde's message
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise TokenizerParseError(f"cannot parse the tokenizer: {reason}", file,
+                                    "a Hugging Face tokenizers JSON file (tokenizer.json)") from None
+        return cls(hf, video_token_id, source=file)
 
     def encode(self, text):
         return self._tok.encode(text, add_special_tokens=False).ids

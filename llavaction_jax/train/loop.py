@@ -8,6 +8,7 @@ a JSON-able dict and `set_state(d)` restores it (saved with every checkpoint, so
 """
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Callable, Iterator, Mapping, Optional
@@ -18,6 +19,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from llavaction_jax import sharding as shd
+from llavaction_jax.cli import UserError
 from llavaction_jax.train import checkpointing, metrics as metrics_lib, optimizer as opt_lib
 from llavaction_jax.train import state as state_lib
 from llavaction_jax.train import step as step_lib
@@ -63,33 +65,50 @@ def check_batch_layout(config, mesh):
     batch = int(config.data.global_batch_size)
     accum = int(config.train.get("grad_accum_steps", 1))
     shards = int(mesh.shape["data"] * mesh.shape["fsdp"])
+    error = opt_lib.ConfigError
     if batch <= 0 or accum <= 0:
-        raise ValueError(f"config.data.global_batch_size={batch} and config.train.grad_accum_steps={accum} "
-                         f"must be positive")
+        raise error(f"config.data.global_batch_size={batch} and config.train.grad_accum_steps={accum} "
+                    f"must be positive")
     if batch % accum:
-        raise ValueError(f"config.data.global_batch_size={batch} is not divisible by "
-                         f"config.train.grad_accum_steps={accum}")
+        raise error(f"config.data.global_batch_size={batch} is not divisible by "
+                    f"config.train.grad_accum_steps={accum}")
     if (batch // accum) % shards:
-        raise ValueError(f"micro-batch size {batch // accum} (global_batch_size={batch} / grad_accum_steps={accum}) "
-                         f"is not divisible by the mesh batch shards data*fsdp = {mesh.shape['data']}*"
-                         f"{mesh.shape['fsdp']} = {shards} (mesh {dict(mesh.shape)})")
+        raise error(f"micro-batch size {batch // accum} (global_batch_size={batch} / grad_accum_steps={accum}) "
+                    f"is not divisible by the mesh batch shards data*fsdp = {mesh.shape['data']}*"
+                    f"{mesh.shape['fsdp']} = {shards} (mesh {dict(mesh.shape)})")
 
 
 def make_train_iterator(config, mesh) -> Iterator:
     """The TFRecord input pipeline from config.data (train_files, tokenizer_path)."""
-    import glob
+    from llavaction_jax.input import recordio
     from llavaction_jax.input.pipeline import make_train_iterator as make_iter
     from llavaction_jax.input.tokenizer import Tokenizer
     patterns = [p for p in str(config.data.train_files).split(",") if p.strip()]
     if not patterns:
-        raise ValueError("config.data.train_files is empty: give TFRecord globs (comma separated)")
+        raise UserError("no training data", "config.data.train_files", "TFRecord globs (comma separated)")
     for pattern in patterns:
-        if not glob.glob(pattern.strip()):
-            raise ValueError(f"config.data.train_files: no file matches {pattern!r} (empty dataset)")
+        # The reader's own file layer (tf.io.gfile): local paths, file:// and gs:// alike.
+        try:
+            recordio.expand_pattern(pattern)
+        except UserError as e:
+            raise UserError(f"{e.what} {pattern.strip()!r} (empty dataset)", "config.data.train_files",
+                            e.expected) from None
     if not config.data.tokenizer_path:
-        raise ValueError("config.data.tokenizer_path is empty: a dir with tokenizer.json is needed")
+        raise UserError("no tokenizer", "config.data.tokenizer_path", "a dir with tokenizer.json")
     tok = Tokenizer.load(config.data.tokenizer_path, video_token_id=config.model.video_token_id)
     return make_iter(config, mesh, tok, files=config.data.train_files, seed=int(config.seed))
+
+
+def local_workdir(workdir: str) -> str:
+    """A `file://` workdir as a plain path. Other URL schemes are refused: os.makedirs('gs://b/run') would make a
+    local directory 'gs:' and write the run there (use a mounted bucket, e.g. gcsfuse, instead)."""
+    workdir = str(workdir)
+    if workdir.startswith("file://"):
+        return workdir[len("file://"):]
+    if "://" in workdir:
+        raise UserError("remote workdirs are not supported yet", f"--workdir {workdir}",
+                        "a local or mounted path (e.g. a gcsfuse mount of the bucket); data globs may be gs://")
+    return workdir
 
 
 def _init_from(config) -> str:
@@ -101,11 +120,45 @@ def _load_pretrained_params(path, setup, config):
     an Orbax dir of `python -m llavaction_jax.convert import`, an HF/llava_qwen dir or a train checkpoint."""
     import llavaction_jax
     from flax import nnx
-    model, _ = llavaction_jax.load_pretrained(path, dtype=config.model.param_dtype, mesh=setup.mesh,
-                                              rules=config.get("sharding_rules"))
+    from llavaction_jax.convert.mapping import CheckpointMismatchError
+    try:
+        model, _ = llavaction_jax.load_pretrained(path, dtype=config.model.param_dtype, mesh=setup.mesh,
+                                                  rules=config.get("sharding_rules"))
+    except CheckpointMismatchError:
+        raise
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+        # detect_format / config parsing: the path is not a loadable checkpoint.
+        raise UserError(f"cannot load init_from {path!r}: {e}", "config.train.init_from",
+                        "an Orbax dir from `python -m llavaction_jax.convert import`, an HF / llava_qwen "
+                        "safetensors dir or a training workdir") from None
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     checkpointing.check_compatible(params, setup.abstract_state["params"], f"init_from {path}")
     return jax.device_put(params, setup.shardings["params"])
+
+
+class _TqdmStream:
+    """A stream that prints through tqdm.write: log lines go above the progress bar, not glued to it."""
+
+    def write(self, text):
+        from tqdm import tqdm
+        text = text.rstrip("\n")
+        if text:
+            tqdm.write(text, file=sys.stderr)
+
+    def flush(self):
+        sys.stderr.flush()
+
+
+def _log_above_bar():
+    """Point absl's console handler at tqdm.write while a bar is shown; returns the undo."""
+    handler = getattr(logging.get_absl_handler(), "python_handler", None)
+    if handler is None or getattr(handler, "stream", None) is not sys.stderr:
+        return lambda: None
+    handler.stream = _TqdmStream()
+
+    def restore():
+        handler.stream = sys.stderr
+    return restore
 
 
 class _StepLog:
@@ -135,6 +188,8 @@ class _StepLog:
 def train(config, workdir: str, train_iter: Optional[Iterator] = None,
           eval_fn: Optional[Callable[[object, int], Mapping[str, float]]] = None, mesh=None) -> dict:
     """Train until config.train.num_steps (resuming from workdir's latest checkpoint); returns a summary."""
+    opt_lib.validate_config(config)
+    workdir = local_workdir(workdir)
     os.makedirs(workdir, exist_ok=True)
     tc = config.train
     num_steps = int(tc.num_steps)
@@ -149,34 +204,48 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
 
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(tc.keep_checkpoints),
                                       async_save=bool(tc.async_checkpointing))
-    if train_iter is None and int(tc.get("synthetic_samples", 0)) > 0:
-        seq_len = int(tc.get("synthetic_seq_len", 0)) or int(config.data.max_length)
-        arrays = synthetic.synthetic_arrays(config, int(tc.synthetic_samples), seq_len, seed=int(config.seed))
-        train_iter = synthetic.ArrayBatchIterator(arrays, int(config.data.global_batch_size), mesh,
-                                                  seed=int(config.seed))
-    elif train_iter is None:
-        train_iter = make_train_iterator(config, mesh)
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state, data_state = ckpt.restore(latest, setup.abstract_state)
-        train_iter.set_state(data_state)
-        logging.info("resumed from %s/%d", ckpt.directory, latest)
-    elif _init_from(config):
-        params = _load_pretrained_params(_init_from(config), setup, config)
-        state = state_lib.init_state_from_params(setup, config, params)
-    else:
-        state = state_lib.init_state(setup, config)
+    own_iter = train_iter is None
+
+    def close_iter():
+        if own_iter and hasattr(train_iter, "close"):
+            train_iter.close()      # its reader thread and tf.data pipeline
+    try:
+        if train_iter is None and int(tc.get("synthetic_samples", 0)) > 0:
+            seq_len = int(tc.get("synthetic_seq_len", 0)) or int(config.data.max_length)
+            arrays = synthetic.synthetic_arrays(config, int(tc.synthetic_samples), seq_len, seed=int(config.seed))
+            train_iter = synthetic.ArrayBatchIterator(arrays, int(config.data.global_batch_size), mesh,
+                                                      seed=int(config.seed))
+        elif train_iter is None:
+            train_iter = make_train_iterator(config, mesh)
+        latest = ckpt.latest_step()
+        if latest is not None:
+            state, data_state = ckpt.restore(latest, setup.abstract_state)
+            train_iter.set_state(data_state)
+            logging.info("resumed from %s/%d", ckpt.directory, latest)
+        elif _init_from(config):
+            params = _load_pretrained_params(_init_from(config), setup, config)
+            state = state_lib.init_state_from_params(setup, config, params)
+        else:
+            state = state_lib.init_state(setup, config)
+    except BaseException:
+        # Stop Orbax's background threads before the error propagates: leaving them to interpreter
+        # shutdown aborted the process ("Fatal Python error: Aborted", rc 134) after the message.
+        ckpt.close()
+        close_iter()
+        raise
     start = int(jax.device_get(state["step"]))
     config_dict = checkpointing.config_to_dict(config)
 
     step_fn = step_lib.jit_train_step(setup, config)
     peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind,
                                              float(tc.get("peak_flops_per_device", 0.0)))
-    writer = metrics_lib.MetricWriter(workdir)
+    writer = metrics_lib.MetricWriter(workdir, start_step=start)
     bar = None
+    restore_log_stream = lambda: None   # noqa: E731
     if tc.get("progress_bar", True) and jax.process_index() == 0:
         from tqdm import tqdm
         bar = tqdm(total=num_steps, initial=start, desc="train", dynamic_ncols=True)
+        restore_log_stream = _log_above_bar()
 
     log = _StepLog()
     pending = []                 # (step, device metrics) not yet fetched
@@ -259,8 +328,10 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
     finally:
         # Let in-flight saves of good states finish; nothing is saved after a failure.
         ckpt.close()
+        close_iter()
         writer.close()
         if bar is not None:
+            restore_log_stream()
             bar.close()
 
     return {

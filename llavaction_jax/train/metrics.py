@@ -51,12 +51,17 @@ def mfu(flops_per_step: float, step_time_s: float, num_devices: int, peak: Optio
 class MetricWriter:
     """Writes scalars to TensorBoard, to <workdir>/metrics.jsonl (exact values) and the console; process 0 only."""
 
-    def __init__(self, workdir: Optional[str]):
+    def __init__(self, workdir: Optional[str], start_step: Optional[int] = None):
+        """`start_step`: the step a resumed run starts from; rows of later steps (written after the checkpoint
+        it resumes from, so about to be re-run) are dropped from metrics.jsonl first, so no step appears twice."""
         self._tb = self._jsonl = None
         if workdir and jax.process_index() == 0:
             from tensorboardX import SummaryWriter
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            path = os.path.join(workdir, "metrics.jsonl")
+            if start_step is not None and os.path.exists(path):
+                _truncate_after(path, start_step)
+            self._jsonl = open(path, "a")
 
     def write(self, step: int, scalars: Mapping[str, float], prefix: str = "train"):
         if jax.process_index() != 0:
@@ -75,6 +80,27 @@ class MetricWriter:
         if self._tb is not None:
             self._tb.close()
             self._jsonl.close()
+
+
+def _truncate_after(path: str, step: int) -> None:
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                rec_step = int(json.loads(line)["step"])
+            except (ValueError, KeyError, TypeError):
+                dropped += 1          # a torn last line of a killed run
+                continue
+            if rec_step <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+        logging.info("%s: dropped %d row(s) after step %d (re-run from the checkpoint)", path, dropped, step)
 
 
 def format_scalars(scalars: Mapping[str, float]) -> str:

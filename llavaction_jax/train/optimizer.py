@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from llavaction_jax.cli import UserError
+
 FROZEN = "frozen"
 DEFAULT = "default"
 
@@ -143,3 +145,63 @@ def summarize_groups(params, optim_cfg) -> Mapping[str, int]:
         counts[label] = counts.get(label, 0) + int(math.prod(leaf.shape))
     return counts
 
+
+
+class ConfigError(UserError, ValueError):
+    """A config value the trainer refuses (a ValueError too, for callers that catch that)."""
+
+
+def _check(ok: bool, field: str, value, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"bad config value {value!r}", field, expected)
+
+
+def _finite(x) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def validate_config(config) -> None:
+    """Refuse optimizer / schedule / loop values that would train wrongly rather than fail (a negative lr
+    trains uphill): a UserError naming the config field. Called at train start, before anything is built."""
+    o, t = config.optim, config.train
+    _check(_finite(o.lr) and float(o.lr) > 0, "config.optim.lr", o.lr, "a finite learning rate > 0")
+    for pattern, value in o.get("lr_overrides", ()):
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            _check(False, "config.optim.lr_overrides", pattern, f"a valid regex ({e})")
+        field = f"config.optim.{value}" if isinstance(value, str) else f"config.optim.lr_overrides[{pattern!r}]"
+        _check(not isinstance(value, str) or value in o, "config.optim.lr_overrides", value,
+               "a float or the name of an existing optim key (e.g. 'vision_lr')")
+        lr = o[value] if isinstance(value, str) else value
+        _check(_finite(lr) and float(lr) >= 0, field, lr, "a finite learning rate >= 0")
+    for name in ("freeze", "weight_decay_exclude"):
+        for pattern in o.get(name, ()):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                _check(False, f"config.optim.{name}", pattern, f"a valid regex ({e})")
+    _check(_finite(o.b1) and 0 <= float(o.b1) < 1, "config.optim.b1", o.b1, "0 <= b1 < 1")
+    _check(_finite(o.b2) and 0 <= float(o.b2) < 1, "config.optim.b2", o.b2, "0 <= b2 < 1")
+    _check(_finite(o.eps) and float(o.eps) > 0, "config.optim.eps", o.eps, "eps > 0")
+    _check(_finite(o.weight_decay) and float(o.weight_decay) >= 0, "config.optim.weight_decay", o.weight_decay,
+           "weight_decay >= 0")
+    _check(_finite(o.warmup_ratio) and 0 <= float(o.warmup_ratio) <= 1, "config.optim.warmup_ratio",
+           o.warmup_ratio, "0 <= warmup_ratio <= 1")
+    _check(o.get("schedule", "cosine") in ("cosine", "linear", "constant"), "config.optim.schedule",
+           o.get("schedule"), "cosine, linear or constant")
+    clip = o.get("grad_clip_norm", 0.0)
+    _check(clip is None or (_finite(clip) and float(clip) >= 0), "config.optim.grad_clip_norm", clip,
+           ">= 0 (0 = no clipping)")
+    for name, low in (("num_steps", 1), ("grad_accum_steps", 1), ("log_every", 1), ("keep_checkpoints", 1),
+                      ("checkpoint_every", 0), ("eval_every", 0)):
+        if name in t:
+            _check(isinstance(t[name], int) and t[name] >= low, f"config.train.{name}", t[name],
+                   f"an integer >= {low}")
+    _check(isinstance(config.data.global_batch_size, int) and config.data.global_batch_size > 0,
+           "config.data.global_batch_size", config.data.global_batch_size, "an integer > 0")
+    _check(_finite(t.action_loss_weight) and float(t.action_loss_weight) >= 0, "config.train.action_loss_weight",
+           t.action_loss_weight, ">= 0")

@@ -1,0 +1,108 @@
+"""argparse with the project's flag conventions, for every command-line tool.
+
+- Flags are spelled with underscores (`--video_root`); the dash spelling (`--video-root`) is accepted as an alias
+  (and a flag declared with dashes gets its underscore spelling), so either style works everywhere.
+- `--help` shows each option's default.
+- Bad flags exit 2 with argparse's usage line and one `error:` line, as llavaction_jax.cli does for other
+  user errors.
+"""
+import argparse
+
+__all__ = ["ArgumentParser", "HelpFormatter"]
+
+
+def _spellings(names):
+    """('--video-root',) -> ('--video_root', '--video-root'): the underscore form first (it names the dest)."""
+    out = []
+    for name in names:
+        if name.startswith("--") and ("-" in name[2:] or "_" in name[2:]):
+            under, dash = "--" + name[2:].replace("-", "_"), "--" + name[2:].replace("_", "-")
+            out += [n for n in (under, dash) if n not in out]
+        elif name not in out:
+            out.append(name)
+    return tuple(out)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks, appends "(default: X)" where a default means something, and lists
+    an option under its first (underscore) spelling only."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" not in text and action.option_strings and default not in (None, False, argparse.SUPPRESS)
+                and not isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+            text += " (default: %(default)s)"
+        return text
+
+    def _format_action_invocation(self, action):
+        if not action.option_strings:
+            return super()._format_action_invocation(action)
+        first = action.option_strings[0]
+        alias = "--" + first[2:].replace("_", "-")
+        shown = [o for o in action.option_strings if o == first or o != alias]
+        saved = action.option_strings
+        action.option_strings = shown
+        try:
+            return super()._format_action_invocation(action)
+        finally:
+            action.option_strings = saved
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *names, **kwargs):
+        return super().add_argument(*_spellings(names), **_with_default_help(kwargs))
+
+    def add_argument_group(self, *args, **kwargs):
+        group = super().add_argument_group(*args, **kwargs)
+        _patch(group)
+        return group
+
+    def add_mutually_exclusive_group(self, **kwargs):
+        group = super().add_mutually_exclusive_group(**kwargs)
+        _patch(group)
+        return group
+
+
+def _with_default_help(kwargs):
+    # argparse prints no help line (so no default) for an option without help text.
+    if not kwargs.get("help") and kwargs.get("default") not in (None, False, argparse.SUPPRESS):
+        kwargs = dict(kwargs, help="(default: %(default)s)")
+    return kwargs
+
+
+def _patch(group):
+    add = group.add_argument
+    group.add_argument = lambda *names, **kwargs: add(*_spellings(names), **_with_default_help(kwargs))
+
+
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "-?")
+
+
+def run_absl(main, doc: str, *, aliases=(), user_errors=()) -> None:
+    """`absl.app.run(main)` under the same conventions as the argparse tools: each flag in `aliases` also
+    answers to its dash spelling, `--help` prints `doc` and the flags with their defaults and exits 0 (absl
+    exits 1), a bad flag is one `error:` line and exit 2 (absl: exit 1), and `main`'s user errors follow
+    llavaction_jax.cli (exit 2, one line)."""
+    import sys
+    from absl import app, flags
+    from llavaction_jax import cli
+    for name in aliases:
+        flags.DEFINE_alias(name.replace("_", "-"), name)
+    if any(a in HELP_FLAGS for a in sys.argv[1:]):
+        flags.FLAGS.mark_as_parsed()
+        print(doc)
+        print(flags.FLAGS.main_module_help())
+        sys.exit(0)
+
+    def parse(argv):
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:
+            sys.exit(cli.report_user_error(e))
+
+    app.run(lambda argv: sys.exit(cli.run(main, argv, user_errors=tuple(user_errors))), flags_parser=parse)
