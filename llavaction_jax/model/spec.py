@@ -2,10 +2,11 @@
 import dataclasses
 import math
 
+from llavaction_jax.model.layout import LAYOUTS, count_video_tokens
 from llavaction_jax.model.remat import POLICIES as REMAT_POLICIES
 
 POOL_MODES = ("bilinear", "average", "max")
-NEWLINE_POSITIONS = ("grid", "one_token", "frame", "no_token")
+NEWLINE_POSITIONS = tuple(LAYOUTS)
 ATTENTION_IMPLS = (None, "auto", "xla", "blockwise", "splash", "cudnn")
 
 
@@ -127,11 +128,4 @@ def num_video_tokens(model_cfg, num_frames: int) -> int:
     """Number of input slots one video of `num_frames` frames occupies (pure python)."""
     spec = ModelSpec.from_config(model_cfg)
     side = pooled_side(spec.vision.grid_side, spec.pool_mode, spec.pool_stride)
-    per_frame = side * side
-    n = {
-        "grid": num_frames * side * (side + 1),
-        "frame": num_frames * (per_frame + 1),
-        "one_token": num_frames * per_frame + 1,
-        "no_token": num_frames * per_frame,
-    }[spec.newline_position]
-    return n + (1 if spec.action_token else 0)
+    return count_video_tokens(spec.newline_position, num_frames, side, side, spec.action_token)
