@@ -34,17 +34,19 @@ def _paths(sub, src_help, dst_help):
 
 
 def main(argv=None):
+    from llavaction_jax.convert import api
+    formats = sorted(api.FORMATS)      # the format registry: one module per safetensors format
     parser = argparsing.ArgumentParser(prog="python -m llavaction_jax.convert", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     imp = sub.add_parser("import", help="safetensors checkpoint dir -> Orbax params dir (+ model_config.json)")
-    imp.add_argument("--format", required=True, choices=["llava_qwen", "hf"])
+    imp.add_argument("--format", required=True, choices=formats)
     imp.add_argument("--dtype", default=None, help="parameter dtype (default: the checkpoint's, e.g. bfloat16)")
     imp.add_argument("--override", action="append", help="model config override key=value, e.g. action_token=true")
     imp.add_argument("--allow_missing", action="append", default=[],
                      help="regex of parameter paths that may be absent and are initialised (e.g. '^action/')")
     _paths(imp, "safetensors checkpoint dir (config.json + model.safetensors[.index.json])", "new Orbax dir")
     exp = sub.add_parser("export", help="Orbax params dir -> safetensors checkpoint dir")
-    exp.add_argument("--format", required=True, choices=["llava_qwen", "hf"])
+    exp.add_argument("--format", required=True, choices=formats)
     exp.add_argument("--extra_tensors", default=None,
                      help="llava_qwen: safetensors file/dir holding the dropped SigLIP layer to write back")
     exp.add_argument("--max_shard_gb", type=float, default=2.0)
@@ -70,7 +72,6 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("llavaction_jax").setLevel(logging.INFO)
 
-    from llavaction_jax.convert import api
     if args.command == "import":
         info = api.import_checkpoint(args.src, args.dst, args.format, dtype=args.dtype,
                                      config_overrides=_overrides(args.override), allow_missing=args.allow_missing)

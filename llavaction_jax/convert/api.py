@@ -21,7 +21,8 @@ from flax import nnx
 from llavaction_jax import sharding as shd
 from llavaction_jax.convert import hf, hf_processor, llava_qwen, model_card
 from llavaction_jax.model import build as model_build, config as model_config_lib
-from llavaction_jax.convert.mapping import CheckpointMismatchError, iter_ckpt_tensors, match, read_param_slice
+from llavaction_jax.convert.mapping import (CheckpointMismatchError, check_tree, iter_ckpt_tensors, match,
+                                            read_param_slice)
 from llavaction_jax.convert.safetensors_io import CheckpointReader, has_safetensors, write_sharded
 
 log = logging.getLogger(__name__)
@@ -335,25 +336,7 @@ def _restore_params(params_dir: str, model_cfg, mesh, rules, config_source: str,
 
 
 def _check_tree(saved, target, where: str, config_source: str):
-    """One error listing every missing / unexpected / mis-shaped parameter of an Orbax params tree."""
-    def flat(tree):
-        leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
-        return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p): tuple(x.shape)
-                for p, x in leaves}
-    have, want = flat(saved), flat(target)
-    problems = [f"{p}: checkpoint shape {have[p]} != expected {want[p]}" for p in sorted(set(have) & set(want))
-                if have[p] != want[p]]
-    missing = sorted(set(want) - set(have))
-    unexpected = sorted(set(have) - set(want))
-    if problems or missing or unexpected:
-        parts = [f"{where}: parameters do not match the model built from {config_source}:"]
-        if problems:
-            parts.append(f"  shape mismatches ({len(problems)}):\n    " + "\n    ".join(problems))
-        if missing:
-            parts.append(f"  missing ({len(missing)}): " + ", ".join(missing))
-        if unexpected:
-            parts.append(f"  unexpected ({len(unexpected)}): " + ", ".join(unexpected))
-        raise CheckpointMismatchError("\n".join(parts))
+    check_tree(saved, target, where, source=config_source)
 
 
 def load_train_checkpoint(path: str, dtype=None, mesh=None, config_overrides=None, rules=None):

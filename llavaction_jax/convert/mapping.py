@@ -30,7 +30,38 @@ class Rule:
 
 
 class CheckpointMismatchError(ValueError):
-    """Raised when a checkpoint does not match the model: lists every problem at once."""
+    """A checkpoint does not match the model (another size or config): every problem listed at once. The one
+    class for conversion, init_from and training restores."""
+
+
+def _leaf_path(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def check_tree(saved, target, where: str, what: str = "parameter", source: Optional[str] = None) -> None:
+    """Raise CheckpointMismatchError listing every missing / unexpected / mis-shaped leaf of `saved` against
+    `target` (pytrees of arrays or ShapeDtypeStructs; leaves compared by '/'-joined path and shape)."""
+    import jax
+
+    def shapes(tree):
+        leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
+        return {_leaf_path(p): tuple(getattr(x, "shape", ())) for p, x in leaves}
+
+    have, want = shapes(saved), shapes(target)
+    problems = [f"{what} '{p}' has shape {have[p]} in the checkpoint but {want[p]} in this model"
+                for p in sorted(set(have) & set(want)) if have[p] != want[p]]
+    missing = sorted(set(want) - set(have))
+    unexpected = sorted(set(have) - set(want))
+    if problems or missing or unexpected:
+        against = f"the model built from {source}" if source else "this model (another model size or config?)"
+        parts = [f"{where}: {what}s do not match {against}:"]
+        if problems:
+            parts.append(f"  shape mismatches ({len(problems)}):\n    " + "\n    ".join(problems))
+        if missing:
+            parts.append(f"  missing from the checkpoint ({len(missing)}): " + ", ".join(missing))
+        if unexpected:
+            parts.append(f"  unexpected, this model lacks them ({len(unexpected)}): " + ", ".join(unexpected))
+        raise CheckpointMismatchError("\n".join(parts))
 
 
 def _perm(hook: str) -> Optional[Tuple[int, ...]]:

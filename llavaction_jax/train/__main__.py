@@ -45,9 +45,8 @@ def quiet_orbax() -> None:
 
 def _user_errors():
     # A checkpoint (init_from, or the workdir's own on resume) that does not fit the configured model.
-    from llavaction_jax.convert.mapping import CheckpointMismatchError as ConvertMismatch
-    from llavaction_jax.train.checkpointing import CheckpointMismatchError as TrainMismatch
-    return (ConvertMismatch, TrainMismatch)
+    from llavaction_jax.convert.mapping import CheckpointMismatchError
+    return (CheckpointMismatchError,)
 
 
 def _save_config(config, workdir: str) -> str:

@@ -8,37 +8,15 @@ import json
 import os
 from typing import Any, Optional, Tuple
 
-import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from llavaction_jax.train.optimizer import path_str
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint's arrays do not fit this model (another model size or config)."""
-
-
-def _shape_map(tree) -> dict:
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {path_str(p): tuple(getattr(leaf, "shape", ())) for p, leaf in flat}
+from llavaction_jax.convert.mapping import CheckpointMismatchError, check_tree  # noqa: F401 (re-exported)
 
 
 def check_compatible(saved_tree, target_tree, where: str, what: str = "parameter"):
-    """Raises CheckpointMismatchError naming the first missing/extra/mis-shaped leaf and both shapes."""
-    saved, target = _shape_map(saved_tree), _shape_map(target_tree)
-    for path, shape in target.items():
-        if path not in saved:
-            raise CheckpointMismatchError(
-                f"{where}: {what} '{path}' (shape {shape}) is missing from the checkpoint; it has e.g. "
-                f"{sorted(saved)[:5]}")
-        if tuple(saved[path]) != tuple(shape):
-            raise CheckpointMismatchError(
-                f"{where}: {what} '{path}' has shape {tuple(saved[path])} in the checkpoint but {shape} in "
-                f"this model (checkpoint from another model size/config?)")
-    extra = sorted(set(saved) - set(target))
-    if extra:
-        raise CheckpointMismatchError(f"{where}: checkpoint has {what}s this model lacks, e.g. {extra[:5]}")
+    """CheckpointMismatchError (every missing / extra / mis-shaped leaf, with both shapes) unless they match."""
+    check_tree(saved_tree, target_tree, where, what)
 
 
 class Checkpointer:
