@@ -60,11 +60,16 @@ def get_config(arg=None):
         num_options=5,
         train_modes=("train", "random"),  # MQA modes for the training questions (one question per mode per clip)
         eval_modes=("benchmark", "random"),
+        # Text-only twins of every training question (the action stated in words, options re-shuffled): they
+        # teach the model to find an action among the options and answer with ITS letter (demo.text_mcq_questions).
+        text_mcq_per_question=2,
+        text_mcq_weight=0.4,              # share of the training mixture drawn from them
         prediction_top1=0.6,              # synthetic action-model predictions (confusable distractors)
         accuracy_target=0.8,
-        # The method the target is checked on: "generate" is the reference's protocol (greedy answer, then the
-        # original parser matches its text to an option); "letters" (next-token logits of A..E) is reported too.
-        target_method="generate",
+        # The target is checked on all three protocols (llavaction_jax.eval.metrics.PROTOCOLS): (a) "generate",
+        # the reference's (greedy answer, the original parser matches its TEXT to an option), (b) "letters"
+        # (next-token logits of A..E) and (c) "strict" (generated letter and text both right).
+        target_methods=("generate", "letters", "strict"),
         seed=0,
     ))
     return config
