@@ -255,13 +255,17 @@ def train_model(config, data: dict, tokenizer_dir: str, workdir: str, mesh):
     return model, summary
 
 
-def evaluate(config, model, tok, mesh, data: dict, workdir: str, verb_names):
+def evaluate(config, model, tok, mesh, data: dict, workdir: str, verb_names, noun_names=None, step=None,
+             quiet: bool = False):
     from llavaction_jax.eval import samples
     from llavaction_jax.eval.run import evaluate_source
     source = samples.tfrecord_source(data["eval"]["records"], int(config.data.num_frames),
                                      int(config.model.vision.image_size))
+    provenance = {"checkpoint": os.path.join(workdir, "train"), "step": step, "data": data["eval"]["records"],
+                  "config": config.to_json_best_effort(sort_keys=True)}
     return evaluate_source(model, tok, config, mesh, source, out_dir=os.path.join(workdir, "eval"),
-                           verb_names=verb_names, title="Demo: EK100-MQA on held-out synthetic clips")
+                           verb_names=verb_names, noun_names=noun_names, provenance=provenance,
+                           progress=not quiet, title="Demo: EK100-MQA on held-out synthetic clips")
 
 
 def hf_roundtrip(config, model, tok, mesh, data: dict, workdir: str) -> dict:
@@ -327,6 +331,11 @@ def verb_names_of(config) -> Dict[int, str]:
     return {int(v): space.verb_texts[int(v)] for v in config.demo.verbs}
 
 
+def noun_names_of(config) -> Dict[int, str]:
+    _, space = load_rows()
+    return {int(n): space.noun_texts[int(n)] for n in config.demo.nouns}
+
+
 def print_summary(summary: dict, timer: Timer, data: dict, train_summary: dict, hf: dict, accuracy_target: float,
                   targets: Sequence[str], cpu_s: float):
     from llavaction_jax.eval.report import summary_rows
@@ -381,7 +390,8 @@ def run(config, workdir: str, skip_hf: bool = False, quiet: bool = False) -> dic
     with timer.stage(f"train ({config.train.num_steps} steps, {jax.device_count()} device(s))"):
         model, train_summary = train_model(config, data, tok_dir, workdir, mesh)
     with timer.stage("eval (letters + generation)"):
-        _, summary, paths = evaluate(config, model, tok, mesh, data, workdir, verb_names_of(config))
+        _, summary, paths = evaluate(config, model, tok, mesh, data, workdir, verb_names_of(config),
+                                     noun_names_of(config), step=train_summary["final_step"], quiet=quiet)
     hf = {"skipped": "disabled (--skip_hf)"} if skip_hf else None
     if hf is None:
         with timer.stage("export to HF + transformers reload"):

@@ -132,3 +132,41 @@ def test_train_and_eval_inputs_are_identical(setup, tmp_path):
     mask = np.asarray(train_batch["attention_mask"])[0].astype(bool)
     assert np.asarray(train_batch["input_ids"])[0][mask].tolist() == ids
     assert ids.count(tok.video_token_id) == ev.n_video_tokens and tok.im_end_id not in ids[-6:-3]
+
+
+def test_tfds_builder_records_are_evaluable(tmp_path):
+    """Records in the ek100_mqa TFDS builder's encoding (tfds Video of JPEGs, no num_frames field) parse."""
+    import tensorflow_datasets as tfds
+    f, s = 4, 16
+    feats = tfds.features.FeaturesDict({
+        "id": tfds.features.Text(), "frames": tfds.features.Video(shape=(f, s, s, 3), encoding_format="jpeg"),
+        "sample_json": tfds.features.Text(), "verb_class": tfds.features.Scalar(np.int64)})
+    sample = _sample(0, _options(0), "B")
+    path = str(tmp_path / "ek100_mqa-validation.tfrecord-00000-of-00001")
+    with tf.io.TFRecordWriter(path) as w:
+        w.write(feats.serialize_example({"id": "s0", "frames": np.full((f, s, s, 3), 100, np.uint8),
+                                         "sample_json": json.dumps(sample), "verb_class": 0}))
+    item = next(samples_lib.tfrecord_source(path, f, 32).iterate())
+    assert item.sample == sample and item.index == 0
+    frames = item.load_frames()
+    assert frames.shape == (f, 32, 32, 3) and abs(int(frames.astype(int).mean()) - 100) <= 2
+
+
+def test_eval_restores_parameters_only(tmp_path):
+    """A training checkpoint's params come back without the optimizer state being requested or allocated."""
+    import jax
+    from llavaction_jax.eval.checkpoint import restore_params_only
+    from llavaction_jax.train.checkpointing import Checkpointer
+    state = {"params": {"w": jnp.arange(12.0).reshape(3, 4), "b": jnp.ones(4)},
+             "opt_state": {"mu": jnp.full((3, 4), 7.0), "nu": jnp.full((3, 4), 9.0)}, "step": jnp.asarray(5)}
+    ckpt = Checkpointer(str(tmp_path / "ckpt"), async_save=False)
+    ckpt.save(5, state, {"k": 1}, {"c": 1})
+    ckpt.close()
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in state["params"].items()}
+    params = restore_params_only(str(tmp_path / "ckpt"), 5, abstract)
+    assert set(params) == {"w", "b"}
+    np.testing.assert_array_equal(np.asarray(params["w"]), np.arange(12.0).reshape(3, 4))
+    with pytest.raises(ValueError):
+        restore_params_only(str(tmp_path / "ckpt"), 5, dict(abstract, w=jax.ShapeDtypeStruct((4, 4), jnp.float32,
+                                                                                          sharding=sharding)))

@@ -147,3 +147,42 @@ def test_report_contents_escaping_and_mathtext(tmp_path):
     # rows = true verb (0, 1, 2, 3, 4 appear as truth or options); a: 1 -> 1, b: unparsed, c: 0 -> 2, d: 3 -> 0
     assert conf["labels"] == [0, 1, 2, 3, 4] and conf["matrix"][1][1] == 1 and conf["none"][1] == 1
     assert conf["matrix"][0][2] == 1 and conf["matrix"][3][0] == 1 and conf["matrix"][4][2] == 1
+
+
+def test_eval_cli_user_errors_are_one_line(tmp_path, capsys):
+    from llavaction_jax import cli
+    from llavaction_jax.eval.__main__ import main
+    mqa = tmp_path / "mqa.jsonl"
+    mqa.write_text(json.dumps({"id": "q", "conversations": [{"from": "human", "value": "<image>\nx"}],
+                               "options": ["A. a"], "answer": "A"}) + "\n")
+    cases = [
+        (["--checkpoint", str(tmp_path), "--data", str(mqa), "--out", str(tmp_path / "o")], "--video_root"),
+        (["--checkpoint", str(tmp_path), "--data", str(tmp_path / "none.jsonl"), "--out", "o"], "file not found"),
+        (["--checkpoint", str(tmp_path / "nope"), "--data", "x-*.tfrecord", "--out", "o"], "not a directory"),
+        (["--checkpoint", str(tmp_path), "--data", str(mqa), "--out", "o", "--limit", "0"], "--limit"),
+    ]
+    for argv, needle in cases:
+        assert cli.run(main, argv) == cli.EXIT_USER
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+
+
+def test_generic_mc_duplicates_and_paths_outside_the_root(tmp_path):
+    from llavaction_jax.cli import UserError
+    from llavaction_jax.eval.samples import generic_mc_source
+    root = tmp_path / "videos"
+    root.mkdir()
+    row = {"video": "a.mp4", "question": "q?", "options": ["x", "y"], "answer": 0}
+
+    def source(rows, **kw):
+        path = tmp_path / "g.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return generic_mc_source(str(path), str(root), 4, 32, **kw)
+    assert source([dict(row, id="1"), dict(row, id="2")]).num_local == 2
+    with pytest.raises(UserError, match="duplicate sample id '1'.*rows 1 and 2"):
+        source([dict(row, id="1"), dict(row, id="1")])
+    with pytest.raises(UserError, match="leaves the video root"):
+        source([dict(row, video="../secret.mp4")])
+    with pytest.raises(UserError, match="absolute"):
+        source([dict(row, video=str(tmp_path / "b.mp4"))])
+    assert source([dict(row, video=str(tmp_path / "b.mp4"))], allow_absolute=True).num_local == 1

@@ -67,6 +67,10 @@ def main(argv=None) -> int:
     is_jsonl = args.data.endswith(".jsonl")
     if is_jsonl and not os.path.isfile(args.data):
         raise UserError(f"file not found: {args.data}", "--data", "an existing .jsonl file")
+    if is_jsonl and not samples.is_generic_jsonl(args.data) and not args.video_root:
+        # Checked before the (slow) model load; mqa_jsonl_source refuses it too.
+        raise UserError("MQA JSONL data needs its videos", "--video_root",
+                        "the root of the EK100 videos (or evaluate the MQA TFRecords, which hold the frames)")
     model, tok, config, mesh, provenance = load_for_eval(args.checkpoint, tokenizer=args.tokenizer,
                                                          with_provenance=True)
     if args.num_frames is not None:

@@ -157,7 +157,7 @@ def summary_rows(summary: Mapping) -> list:
         name = block.get("protocol", method)
         rows.append((f"MQA accuracy {name}", method, _pct(block["accuracy"])))
         if block.get("explanation"):
-            rows.append((f"  = {block['explanation']}", method, ""))
+            rows.append((f"  = {block['explanation']}", "", ""))
         for source, v in block["by_source"].items():
             rows.append((f"  source={source} (n={v['n']})", method, _pct(v["accuracy"])))
         for mode, rec in block["recognition"].items():

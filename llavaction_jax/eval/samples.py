@@ -33,6 +33,10 @@ class SampleError(UserError, ValueError):
         super().__init__(what, where)
 
 
+class MissingDataError(UserError, FileNotFoundError):
+    """Eval data that is not there (a glob matching nothing): the one-line user error."""
+
+
 GENERIC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 
 
@@ -147,7 +151,7 @@ def tfrecord_source(pattern: str, num_frames: int, image_size: int, limit: Optio
     from llavaction_jax.input.pipeline import decode_jpeg_frames
     files = sorted({f for p in pattern.split(",") if p for f in globlib.glob(p)})
     if not files:
-        raise UserError(f"no TFRecord files match {pattern!r}", "--data", "a .jsonl file or TFRecord glob(s)")
+        raise MissingDataError(f"no TFRecord files match {pattern!r}", "--data", "a .jsonl file or TFRecord glob(s)")
     pid, nproc = _host_slice()
     dataset = tf.data.TFRecordDataset(files)
     if limit is not None:
@@ -280,8 +284,11 @@ def generic_mc_source(path: str, video_root: Optional[str], num_frames: int, ima
 def is_generic_jsonl(path: str) -> bool:
     """Generic MC rows have "question" and "video" fields; MQA samples have "conversations"."""
     with open(path, encoding="utf-8") as f:
-        for line in f:
+        for line_no, line in enumerate(f, start=1):
             if line.strip():
-                row = json.loads(line)
-                return "conversations" not in row and "question" in row and "video" in row
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"not valid JSON ({e})", f"{path}:{line_no}", "one JSON object per line") from None
+                return isinstance(row, dict) and "conversations" not in row and "question" in row and "video" in row
     return False
