@@ -30,6 +30,7 @@ def test_demo_smoke(tmp_path):
     config.demo.eval_copies = 1
     config.train.num_steps = 2
     config.eval.max_new_tokens = 4
+    config.demo.text_mcq_per_question = 2          # the optional letter-binding twins, exercised here
     result = demo.run(config, str(tmp_path), quiet=True)
     summary = json.load(open(tmp_path / "demo_summary.json"))
     assert summary["train"]["final_step"] == 2

@@ -26,6 +26,7 @@ from llavaction_jax.cli import UserError
 from llavaction_jax.eval.items import EvalItem
 from llavaction_jax.eval.scoring import LETTERS
 
+
 class SampleError(UserError, ValueError):
     """A bad row / record / field in eval data: the one-line user error, naming where it is."""
 
@@ -66,7 +67,8 @@ def read_jsonl(path: str) -> List[dict]:
             except json.JSONDecodeError as e:
                 raise UserError(f"not valid JSON ({e})", f"{path}:{line_no}", "one JSON object per line") from None
             if not isinstance(row, dict):
-                raise UserError(f"a {type(row).__name__}, not a JSON object", f"{path}:{line_no}", "one JSON object per line")
+                raise UserError(f"a {type(row).__name__}, not a JSON object", f"{path}:{line_no}",
+                                "one JSON object per line")
             rows.append(row)
     return rows
 
@@ -157,10 +159,15 @@ def tfrecord_source(pattern: str, num_frames: int, image_size: int, limit: Optio
     if limit is not None:
         dataset = dataset.take(limit)
     dataset = dataset.shard(nproc, pid)
-    # One cheap pass to count (no parsing), then stream: a host never holds its whole slice of frames.
-    num_local = int(dataset.reduce(np.int64(0), lambda n, _: n + 1).numpy())
+    # One cheap pass to count (no parsing, but CRC-checked), then stream: a host never holds its slice of frames.
+    try:
+        num_local = int(dataset.reduce(np.int64(0), lambda n, _: n + 1).numpy())
+    except tf.errors.DataLossError as e:
+        raise UserError(f"corrupt TFRecord data ({e.message.splitlines()[0]})", pattern,
+                        "intact records (re-run data_prep.to_tfrecord)") from None
 
     def iterate():
+        seen = set()
         for i, raw in enumerate(dataset.as_numpy_iterator()):
             index = i * nproc + pid
             try:
@@ -170,6 +177,10 @@ def tfrecord_source(pattern: str, num_frames: int, image_size: int, limit: Optio
                                 "TFRecords written by data_prep.to_tfrecord or the ek100_mqa TFDS builder") from None
             sample, jpegs = example["sample"], example["jpegs"]
             check_mqa_sample(sample, f"{pattern}: record {index}")
+            if str(sample["id"]) in seen:
+                raise UserError(f"duplicate sample id {sample['id']!r} (record {index})", pattern,
+                                "unique ids, one record per question")
+            seen.add(str(sample["id"]))
             if len(jpegs) != num_frames:
                 raise UserError(f"record {sample['id']!r} has {len(jpegs)} frames", pattern,
                                 f"config.data.num_frames = {num_frames}; re-export the records or change the config")
