@@ -170,3 +170,19 @@ def test_eval_restores_parameters_only(tmp_path):
     with pytest.raises(ValueError):
         restore_params_only(str(tmp_path / "ckpt"), 5, dict(abstract, w=jax.ShapeDtypeStruct((4, 4), jnp.float32,
                                                                                           sharding=sharding)))
+
+
+def test_tfrecord_duplicates_and_corrupt_bytes_are_user_errors(tmp_path):
+    sample = _sample(0, _options(0), "B")
+    jpegs = [records.encode_jpeg(np.zeros((32, 32, 3), np.uint8))] * 4
+    path = str(tmp_path / "eval-00000-of-00001.tfrecord")
+    with tf.io.TFRecordWriter(path) as w:
+        for _ in range(2):
+            w.write(records.encode_example(sample, jpegs, [0.0] * 4))
+    with pytest.raises(UserError, match="duplicate sample id 's0'"):
+        list(samples_lib.tfrecord_source(path, 4, 32).iterate())
+    data = bytearray(open(path, "rb").read())
+    data[40] ^= 0xFF                                          # inside the first record's payload: CRC mismatch
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(UserError, match="corrupt TFRecord data"):
+        samples_lib.tfrecord_source(path, 4, 32)
