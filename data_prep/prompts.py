@@ -133,17 +133,19 @@ _ANSWER_RE = re.compile(r"[A-Z]\.\s(.+)")
 
 
 def extract_answer_text(raw_text: str) -> str:
-    """The reference's answer extraction (ek_eval.process_raw_pred), then rstrip(",") as in its comparison.
+    """The reference's answer extraction, in its order: rstrip(",") of the raw output, then process_raw_pred.
 
-    Last "X. text" match, cut at its first "."; if there is no match the whole output is used. An output that
-    contains "None" is handled like the reference: "None. " is removed and the rest taken verbatim.
+    `raw_text` is the generation decoded with special tokens skipped (the original's skip_special_tokens=True).
+    The trailing "," is stripped from the WHOLE output first (ek_eval.ensemble_llava_evaluation), then: an output
+    that contains "None" has "None. " removed and is taken verbatim; otherwise the last "X. text" match, cut at
+    its first "."; with no match the whole output is used. So "A. take pie,. more" gives "take pie," (no match
+    for "take pie"), as in the original.
     """
+    raw_text = raw_text.rstrip(",")
     if "None" in raw_text:
-        candidate = raw_text.replace("None. ", "")
-    else:
-        matches = _ANSWER_RE.findall(raw_text)
-        candidate = matches[-1].split(".", 1)[0] if matches else raw_text
-    return candidate.rstrip(",")
+        return raw_text.replace("None. ", "")
+    matches = _ANSWER_RE.findall(raw_text)
+    return matches[-1].split(".", 1)[0] if matches else raw_text
 
 
 def normalise_option_text(text: str) -> str:

@@ -30,6 +30,7 @@ def test_demo_smoke(tmp_path):
     config.demo.eval_copies = 1
     config.train.num_steps = 2
     config.eval.max_new_tokens = 4
+    config.demo.text_mcq_per_question = 2          # the optional letter-binding twins, exercised here
     result = demo.run(config, str(tmp_path), quiet=True)
     summary = json.load(open(tmp_path / "demo_summary.json"))
     assert summary["train"]["final_step"] == 2
@@ -42,11 +43,21 @@ def test_demo_smoke(tmp_path):
     assert ev["num_samples"] == data["eval"]["num_questions"]
     assert set(ev["letters"]["by_source"]) == {"random", "synthetic-tim"}
     assert 0.0 <= result["accuracy_letters"] <= 1.0 and ev["chance"] == pytest.approx(0.2)
-    # The target is checked on the reference protocol (generation + the original parser).
-    assert summary["target_method"] == "generate"
-    assert summary["target_met"] == (result["accuracy_generate"] >= summary["target"])
+    # The target is checked on all three protocols: reference (text match), letters, strict generation.
+    assert summary["target_methods"] == ["generate", "letters", "strict"]
+    assert summary["target_met"] == all(result[f"accuracy_{m}"] >= summary["target"]
+                                        for m in ("generate", "letters", "strict"))
+    assert set(summary["protocols"]) == {"generate", "letters", "strict"}
+    # Text-only letter-binding twins: two per training question, no video, a re-shuffled option order.
+    assert data["text_mcq"]["num_questions"] == 2 * data["train"]["num_questions"]
+    twins = [json.loads(x) for x in open(data["text_mcq"]["jsonl"])]
+    assert all("<image>" not in t["conversations"][0]["value"] and t["verb_class"] == -1 for t in twins)
+    assert all(t["conversations"][1]["value"] == f"{t['answer']}. {t['answer_text']}" for t in twins)
+    assert len({t["answer"] for t in twins}) == 5
+    assert summary["process_cpu_s"] > 0
     for key in ("predictions", "summary", "report.html", "samples.png"):
         assert os.path.getsize(summary["eval_files"][key]) > 0
+    assert os.path.getsize(summary["eval_files"]["failures"]) == 0 and ev["num_failures"] == 0
     hf = summary["hf_check"]
     if "skipped" not in hf:
         # The exported HF checkpoint reloads in transformers with the same logits.

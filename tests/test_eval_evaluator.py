@@ -12,6 +12,7 @@ from flax import nnx
 from configs import tiny
 from data_prep import prompts, synthetic
 from llavaction_jax import sharding as shd
+from llavaction_jax.cli import UserError
 from llavaction_jax.eval import metrics, samples as samples_lib, scoring
 from llavaction_jax.eval.evaluator import Evaluator, gather_records
 from llavaction_jax.eval.items import EvalItem
@@ -117,7 +118,9 @@ def test_generation_and_letters_agree_on_forced_model(setup):
     config, tok, mesh, random_model = setup
     model = nnx.clone(random_model)
     answer_ids = tok.encode("C. take plate")
-    chain = [tok.newline_id] + answer_ids + [tok.eos_id]
+    # A special token inside the answer is skipped when decoding (the original's skip_special_tokens=True);
+    # kept, "<|endoftext|>" would end up in the parsed text and match no option.
+    chain = [tok.newline_id] + answer_ids + [tok.endoftext_id, tok.eos_id]
     assert len(set(chain)) == len(chain), f"chain tokens must be distinct: {chain}"
     _force_bigram(model, tok, chain)
     base = ["A. open fridge", "B. wash knife", "C. take plate", "D. close tap", "E. cut onion"]
@@ -132,8 +135,14 @@ def test_generation_and_letters_agree_on_forced_model(setup):
     assert [r["gen_pred"] for r in records] == ["C", "C", "A", None]
     assert [r["letter_correct"] for r in records] == [True, False, False, True]
     assert [r["gen_correct"] for r in records] == [True, False, True, False]
+    # Strict: the written letter (C) must name the same option as the text; case 3's text is option A.
+    assert [r["gen_letter"] for r in records] == ["C"] * 4
+    assert [r["strict_pred"] for r in records] == ["C", "C", None, None]
+    assert [r["strict_correct"] for r in records] == [True, False, False, False]
     s = metrics.summarize(records)
     assert s["letters"]["accuracy"] == 0.5 and s["generate"]["accuracy"] == 0.5 and s["generate"]["unparsed"] == 1
+    assert s["methods"] == ["generate", "letters", "strict"] and s["strict"]["accuracy"] == 0.25
+    assert s["generate"]["protocol"].startswith("(a)") and "TEXT" in s["generate"]["explanation"]
 
 
 def test_generic_mc_jsonl_through_evaluator(setup, tmp_path):
@@ -166,8 +175,8 @@ def test_generic_mc_jsonl_through_evaluator(setup, tmp_path):
     for r in records:
         assert r["letter_pred"] in "AB" + ("C" if r["id"] == "g0" else "")
         assert isinstance(r["raw_generation"], str)
-    with pytest.raises(FileNotFoundError):
-        samples_lib.tfrecord_source(str(tmp_path / "none-*.tfrecord"), 4)
+    with pytest.raises(UserError, match="no TFRecord files match"):
+        samples_lib.tfrecord_source(str(tmp_path / "none-*.tfrecord"), 4, 32)
 
 
 def test_gather_records_single_process():

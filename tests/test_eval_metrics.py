@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from llavaction_jax.eval import metrics, report
-from llavaction_jax.eval.items import parse_generation
+from llavaction_jax.eval.items import parse_generation, written_letter
 from llavaction_jax.eval.samples import generic_to_sample
 
 
@@ -75,6 +75,13 @@ def test_parse_generation_through_reference_parser():
     assert parse_generation("D", options) is None
     # A wrong letter with the right text resolves to the text's letter (text wins, as in the reference).
     assert parse_generation("A. close tap", options) == "D"
+    # The original strips "," from the whole raw output FIRST, then parses: a comma before the cut stays.
+    assert parse_generation("C. wash knife,", options) == "C"
+    assert parse_generation("C. wash knife,. because", options) is None
+    assert parse_generation("None. wash knife,", options) == "C"
+    # The letter the answer is written with (strict protocol) is the one of the match the text comes from.
+    assert written_letter("A. close tap", 5) == "A" and written_letter("I think B. x\nD. close tap", 5) == "D"
+    assert written_letter("close tap", 5) is None and written_letter("(E) because", 5, "letter_or_text") == "E"
     # Generic benchmarks: a bare letter is accepted as well.
     assert parse_generation("D", options, parser="letter_or_text") == "D"
     assert parse_generation("(E) because", options, parser="letter_or_text") == "E"
@@ -93,7 +100,7 @@ def test_generic_row_to_sample():
         "Answer with the option's letter from the given choices directly.")
     assert generic_to_sample(dict(row, answer=2), "f", 0)["answer"] == "C"
     assert generic_to_sample(dict(row, answer="A"), "f", 0)["answer"] == "A"
-    with pytest.raises(ValueError, match="row 1.*'answer'"):
+    with pytest.raises(ValueError, match="'answer'.*row 1"):
         generic_to_sample(dict(row, answer="grape"), "f.jsonl: row 1", 0)
     with pytest.raises(ValueError, match="missing field 'question'"):
         generic_to_sample({"video": "x", "options": ["a"], "answer": 0}, "f", 0)
@@ -113,3 +120,69 @@ def test_report_files(tmp_path):
         assert f'src="{name}"' in page
     assert "40.0%" in page and "20.0%" in page         # letters accuracy and chance in the table
     json.dumps(summary)                                # the summary is JSON-serialisable
+
+
+def test_report_contents_escaping_and_mathtext(tmp_path):
+    """Provenance, links, names, confusion, failures, correct AND wrong samples; text escaped; '$' is text."""
+    recs = [dict(r, raw_generation="<script>alert(1)</script> $x^2$", question="Pay $5 or $10$?",
+                 letter_scores=[0.1, 0.2, 0.3, 0.4, 0.5][:len(r["options"])]) for r in RECORDS]
+    recs[0]["options"] = ["A. pay $5$", "B. o$", "C. <b>bold</b>", "D. oD", "E. oE"]
+    recs[0]["strict_pred"] = "C"                                      # a: right by strict generation, b: wrong
+    summary = metrics.summarize(recs)
+    frames = {r: np.full((4, 32, 32, 3), 9 * i, np.uint8) for i, r in enumerate(("a", "b"))}
+    failures = [{"id": "z9", "index": 9, "video_id": "P09_09", "error": "VideoError", "reason": "moov <atom>"}]
+    paths = report.write_report(str(tmp_path), summary, recs, frames, verb_names={1: "put", 0: "take"},
+                                noun_names={1: "pan", 2: "lid"}, failures=failures,
+                                provenance={"checkpoint": "/ck", "step": 800, "data": "d.jsonl", "config": "{}"})
+    page = open(paths[report.REPORT_HTML], encoding="utf-8").read()
+    assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;bold" in page
+    assert "moov &lt;atom&gt;" in page and "z9" in page
+    for text in ("/ck", "800", "d.jsonl", "date", 'href="predictions.jsonl"', 'href="failures.jsonl"',
+                 "put (1)", "pan (1)", "lid (2)", report.CONFUSION_PNG, "(a) reference protocol",
+                 "(b) letter scoring", "(c) strict generation", "Pay $5 or $10$?"):
+        assert text in page, text
+    assert ">correct<" in page and ">wrong<" in page                  # both kinds of samples are shown
+    assert os.path.getsize(os.path.join(tmp_path, report.SAMPLES_DIR, "000.png")) > 100
+    conf = metrics.verb_confusion(recs, "gen_pred")
+    # rows = true verb (0, 1, 2, 3, 4 appear as truth or options); a: 1 -> 1, b: unparsed, c: 0 -> 2, d: 3 -> 0
+    assert conf["labels"] == [0, 1, 2, 3, 4] and conf["matrix"][1][1] == 1 and conf["none"][1] == 1
+    assert conf["matrix"][0][2] == 1 and conf["matrix"][3][0] == 1 and conf["matrix"][4][2] == 1
+
+
+def test_eval_cli_user_errors_are_one_line(tmp_path, capsys):
+    from llavaction_jax import cli
+    from llavaction_jax.eval.__main__ import main
+    mqa = tmp_path / "mqa.jsonl"
+    mqa.write_text(json.dumps({"id": "q", "conversations": [{"from": "human", "value": "<image>\nx"}],
+                               "options": ["A. a"], "answer": "A"}) + "\n")
+    cases = [
+        (["--checkpoint", str(tmp_path), "--data", str(mqa), "--out", str(tmp_path / "o")], "--video_root"),
+        (["--checkpoint", str(tmp_path), "--data", str(tmp_path / "none.jsonl"), "--out", "o"], "file not found"),
+        (["--checkpoint", str(tmp_path / "nope"), "--data", "x-*.tfrecord", "--out", "o"], "not a directory"),
+        (["--checkpoint", str(tmp_path), "--data", str(mqa), "--out", "o", "--limit", "0"], "--limit"),
+    ]
+    for argv, needle in cases:
+        assert cli.run(main, argv) == cli.EXIT_USER
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+
+
+def test_generic_mc_duplicates_and_paths_outside_the_root(tmp_path):
+    from llavaction_jax.cli import UserError
+    from llavaction_jax.eval.samples import generic_mc_source
+    root = tmp_path / "videos"
+    root.mkdir()
+    row = {"video": "a.mp4", "question": "q?", "options": ["x", "y"], "answer": 0}
+
+    def source(rows, **kw):
+        path = tmp_path / "g.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return generic_mc_source(str(path), str(root), 4, 32, **kw)
+    assert source([dict(row, id="1"), dict(row, id="2")]).num_local == 2
+    with pytest.raises(UserError, match="duplicate sample id '1'.*rows 1 and 2"):
+        source([dict(row, id="1"), dict(row, id="1")])
+    with pytest.raises(UserError, match="leaves the video root"):
+        source([dict(row, video="../secret.mp4")])
+    with pytest.raises(UserError, match="absolute"):
+        source([dict(row, video=str(tmp_path / "b.mp4"))])
+    assert source([dict(row, video=str(tmp_path / "b.mp4"))], allow_absolute=True).num_local == 1

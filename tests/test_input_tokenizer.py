@@ -33,7 +33,9 @@ def test_special_ids_are_fixed(tok_dir):
     tok = Tokenizer.load(tok_dir, video_token_id=3)
     assert [tok.token_to_id(t) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<video>")] == [0, 1, 2, 3]
     assert (tok.pad_id, tok.im_start_id, tok.im_end_id, tok.eos_id, tok.video_token_id) == (0, 1, 2, 2, 3)
-    assert tok.encode("<|im_start|>user<|im_end|>") == [1] + tok.encode("user") + [2]
+    # User text never yields a special id: the strings of the specials are encoded as plain characters.
+    literal = tok.encode("<|im_start|>user<|im_end|> <video>")
+    assert not set(literal) & {0, 1, 2, 3} and tok.decode(literal) == "<|im_start|>user<|im_end|> <video>"
     assert tok.encode("\n") == [tok.newline_id] and tok.newline_id > 3
     assert 300 < tok.vocab_size <= 512
 
@@ -65,7 +67,9 @@ def test_load_from_saved_dir(tok_dir, tmp_path):
     # The saved dir is in the HF format real checkpoints use: transformers reads it the same way.
     from transformers import PreTrainedTokenizerFast
     hf = PreTrainedTokenizerFast(tokenizer_file=os.path.join(tok_dir, "tokenizer.json"))
-    assert hf(text, add_special_tokens=False)["input_ids"] == tok.encode(text)
+    # (our encode treats special-token strings as text, as transformers' split_special_tokens=True)
+    assert hf(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] == tok.encode(text)
+    assert hf(text, add_special_tokens=False)["input_ids"][0] == tok.im_start_id      # the file itself is unchanged
 
 
 def test_errors_name_the_problem(tmp_path):

@@ -83,7 +83,8 @@ def test_eval_cli_on_mqa_jsonl(checkpoint, tmp_path, capsys):
     assert eval_cli.main(["--checkpoint", ckpt, "--data", str(data), "--video_root", vroot, "--out", out,
                           "--num_frames", "4", "--max_new_tokens", "4"]) == 0
     printed = capsys.readouterr().out
-    assert "MQA accuracy [letters]" in printed and "MQA accuracy [generate]" in printed
+    assert "MQA accuracy (b) letter scoring [letters]" in printed
+    assert "MQA accuracy (a) reference protocol [generate]" in printed and "(c) strict generation [strict]" in printed
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert summary["num_samples"] == 3 and summary["letters"]["by_source"]["random"]["n"] == 3
     preds = [json.loads(line) for line in open(os.path.join(out, "predictions.jsonl"))]

@@ -14,6 +14,9 @@ import json
 import os
 import sys
 
+from llavaction_jax import cli
+from llavaction_jax.cli import UserError
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m llavaction_jax.eval", description=__doc__.split("\n")[0])
@@ -33,14 +36,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_frames", type=int, default=None, help="frames per clip (default: config.data.num_frames)")
     p.add_argument("--no_time_instruction", action="store_true", help="do not insert the time instruction")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
+    p.add_argument("--allow_absolute_paths", action="store_true",
+                   help="generic MC: accept absolute video paths (default: every path must be under --video_root)")
+    p.add_argument("--no_resume", action="store_true", help="ignore predictions an earlier run left in --out")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     p.add_argument("--coordinator_address", default=None)
     p.add_argument("--num_processes", type=int, default=None)
     p.add_argument("--process_id", type=int, default=None)
     return p
 
 
+def _positive(name, value):
+    if value is not None and value <= 0:
+        raise UserError(f"{name} {value}", name, "a positive number")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    for name in ("limit", "batch_size", "max_new_tokens", "num_frames", "chunk_len"):
+        _positive(f"--{name}", getattr(args, name))
     from llavaction_jax import distributed
     distributed.initialize_from_env(args.coordinator_address, args.num_processes, args.process_id)
     import jax
@@ -49,7 +64,15 @@ def main(argv=None) -> int:
     from llavaction_jax.eval.report import summary_rows
     from llavaction_jax.eval.run import evaluate_source
 
-    model, tok, config, mesh = load_for_eval(args.checkpoint, tokenizer=args.tokenizer)
+    is_jsonl = args.data.endswith(".jsonl")
+    if is_jsonl and not os.path.isfile(args.data):
+        raise UserError(f"file not found: {args.data}", "--data", "an existing .jsonl file")
+    if is_jsonl and not samples.is_generic_jsonl(args.data) and not args.video_root:
+        # Checked before the (slow) model load; mqa_jsonl_source refuses it too.
+        raise UserError("MQA JSONL data needs its videos", "--video_root",
+                        "the root of the EK100 videos (or evaluate the MQA TFRecords, which hold the frames)")
+    model, tok, config, mesh, provenance = load_for_eval(args.checkpoint, tokenizer=args.tokenizer,
+                                                         with_provenance=True)
     if args.num_frames is not None:
         config.data.num_frames = args.num_frames
     if args.no_time_instruction:
@@ -57,11 +80,10 @@ def main(argv=None) -> int:
     if args.max_new_tokens is not None:
         config.eval.max_new_tokens = args.max_new_tokens
     frames, size = int(config.data.num_frames), int(config.model.vision.image_size)
-    if args.data.endswith(".jsonl"):
-        if not os.path.isfile(args.data):
-            raise SystemExit(f"--data {args.data}: file not found")
+    if is_jsonl:
         if samples.is_generic_jsonl(args.data):
-            source = samples.generic_mc_source(args.data, args.video_root, frames, size, limit=args.limit)
+            source = samples.generic_mc_source(args.data, args.video_root, frames, size, limit=args.limit,
+                                               allow_absolute=args.allow_absolute_paths)
         else:
             fps_table = None
             if args.fps_csv:
@@ -70,16 +92,30 @@ def main(argv=None) -> int:
             source = samples.mqa_jsonl_source(args.data, args.video_root, frames, size, args.video_layout,
                                               args.chunk_len, limit=args.limit, fps=args.fps, fps_table=fps_table)
     else:
-        source = samples.tfrecord_source(args.data, frames, limit=args.limit)
+        source = samples.tfrecord_source(args.data, frames, size, limit=args.limit)
     methods = tuple(m for m in args.methods.split(",") if m) if args.methods else None
+    provenance = dict(provenance, data=args.data, video_root=args.video_root, limit=args.limit)
+    verb_names, noun_names = _class_names(config)
     _, summary, paths = evaluate_source(model, tok, config, mesh, source, out_dir=args.out, methods=methods,
-                                        batch_size=args.batch_size)
+                                        batch_size=args.batch_size, resume=not args.no_resume,
+                                        progress=not args.no_progress, provenance=provenance,
+                                        verb_names=verb_names, noun_names=noun_names)
     if jax.process_index() == 0:
         for a, b, c in summary_rows(summary):
-            print(f"{a + (f' [{b}]' if b else ''):<70} {c}")
+            print(f"{a + (f' [{b}]' if b else ''):<70} {c}".rstrip())
         print(json.dumps({k: v for k, v in paths.items()}))
     return 0
 
 
+def _class_names(config):  # noqa: ARG001 - EK100's class lists are fixed
+    """EK100 verb / noun names for the report (the embedded class CSVs), or (None, None) if unreadable."""
+    from data_prep import ek100
+    assets = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          "data_prep", "assets", "ek100_sample")
+    verbs = ek100.load_verb_texts(os.path.join(assets, ek100.VERB_CLASSES_CSV))
+    nouns = ek100.load_noun_texts(os.path.join(assets, ek100.NOUN_CLASSES_CSV))
+    return dict(enumerate(verbs)), dict(enumerate(nouns))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, user_errors=(argparse.ArgumentError,)))

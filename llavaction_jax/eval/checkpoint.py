@@ -13,6 +13,7 @@ from typing import Optional
 import ml_collections
 
 from llavaction_jax import sharding as shd
+from llavaction_jax.cli import UserError
 from llavaction_jax.input.tokenizer import Tokenizer
 
 
@@ -33,30 +34,55 @@ def _config_from_json(d: dict) -> ml_collections.ConfigDict:
     return config
 
 
+def restore_params_only(ckpt_dir: str, step: int, abstract_params):
+    """The parameters of checkpoint `step`, nothing else: the optimizer moments (~2x the parameters) are never read.
+
+    A partial Orbax restore of the `state` item: only the `params` subtree is requested."""
+    import orbax.checkpoint as ocp
+    from llavaction_jax.train.checkpointing import check_compatible
+    state_dir = os.path.join(os.path.abspath(ckpt_dir), str(step), "state")
+    where = f"checkpoint {ckpt_dir}/{step}"
+    with ocp.PyTreeCheckpointer() as ckptr:
+        meta = ckptr.metadata(state_dir)
+        tree = getattr(meta, "item_metadata", None)
+        tree = getattr(tree, "tree", tree) if tree is not None else getattr(meta, "tree", meta)
+        saved = tree.get("params") if hasattr(tree, "get") else None
+        if saved is None:
+            raise UserError("the checkpoint has no 'params' entry", where, "a llavaction_jax.train checkpoint")
+        check_compatible(saved, abstract_params, where)
+        target = {"params": abstract_params}
+        restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+    return restored["params"]
+
+
 def load_train_workdir(ckpt_dir: str, mesh=None, step: Optional[int] = None):
-    """(model, config, step, mesh) from a llavaction_jax.train checkpoint directory."""
+    """(model, config, step, mesh) from a llavaction_jax.train checkpoint directory (parameters only)."""
     from llavaction_jax.train import checkpointing, state as state_lib
     ckpt = checkpointing.Checkpointer(ckpt_dir, async_save=False)
     try:
         step = ckpt.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"{ckpt_dir}: no finished checkpoint step")
+            raise UserError("no finished checkpoint step", ckpt_dir, "a directory written by llavaction_jax.train")
         config = _config_from_json(ckpt.restore_config(step))
-        mesh = mesh if mesh is not None else shd.make_mesh(config.mesh)
-        setup = state_lib.build_setup(config, mesh)
-        state, _ = ckpt.restore(step, setup.abstract_state)
     finally:
         ckpt.close()
-    return setup.merge(state["params"]), config, step, mesh
+    mesh = mesh if mesh is not None else shd.make_mesh(config.mesh)
+    setup = state_lib.build_setup(config, mesh)
+    params = restore_params_only(ckpt_dir, step, setup.abstract_state["params"])
+    return setup.merge(params), config, step, mesh
 
 
-def load_for_eval(path: str, mesh=None, tokenizer: Optional[str] = None):
-    """(model, tokenizer, config, mesh) from a checkpoint directory (see module docstring)."""
+def load_for_eval(path: str, mesh=None, tokenizer: Optional[str] = None, with_provenance: bool = False):
+    """(model, tokenizer, config, mesh[, provenance]) from a checkpoint directory (see module docstring).
+
+    provenance: {"checkpoint", "step", "config"} for the report header (step None for converted checkpoints)."""
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"--checkpoint {path}: not a directory")
+        raise UserError(f"not a directory: {path}", "--checkpoint", "a training workdir or a converted checkpoint dir")
     ckpt_dir = _train_checkpoint_dir(path)
+    step = None
     if ckpt_dir is not None:
-        model, config, _, mesh = load_train_workdir(ckpt_dir, mesh)
+        model, config, step, mesh = load_train_workdir(ckpt_dir, mesh)
         tok_dir = tokenizer or config.data.tokenizer_path
     else:
         import llavaction_jax
@@ -64,6 +90,10 @@ def load_for_eval(path: str, mesh=None, tokenizer: Optional[str] = None):
         model, config = llavaction_jax.load_pretrained(path, mesh=mesh)
         tok_dir = tokenizer or path
     if not tok_dir:
-        raise ValueError(f"{path}: no tokenizer directory (config.data.tokenizer_path is empty); pass --tokenizer")
+        raise UserError("no tokenizer directory (config.data.tokenizer_path is empty)", path, "pass --tokenizer DIR")
     tok = Tokenizer.load(tok_dir, video_token_id=int(config.model.video_token_id))
-    return model, tok, config, mesh
+    if not with_provenance:
+        return model, tok, config, mesh
+    provenance = {"checkpoint": os.path.abspath(path), "step": step, "tokenizer": tok.source,
+                  "config": config.to_json_best_effort(sort_keys=True)}
+    return model, tok, config, mesh, provenance

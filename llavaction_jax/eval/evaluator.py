@@ -8,6 +8,7 @@ per-host prediction records are gathered ONCE at the end (JSON bytes through pro
 """
 import json
 import math
+import sys
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 
 import jax
@@ -15,12 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
+from tqdm import tqdm
 
-from data_prep import prompts
 from llavaction_jax import sharding as sharding_lib
+from llavaction_jax.cli import UserError
 from llavaction_jax.eval import scoring
-from llavaction_jax.eval.items import EvalItem, normalize_frames, parse_generation
-from llavaction_jax.input.chat import tokenize_prompt
+from llavaction_jax.eval.items import EvalItem, parse_generation, written_letter
+from llavaction_jax.input.pipeline import PIXEL_LUT, TextStage
 from llavaction_jax.model.generate import prefill_and_generate
 from llavaction_jax.model import num_video_tokens
 
@@ -39,6 +41,12 @@ def _strip_after_eos(tokens: np.ndarray, eos_id: int) -> List[int]:
 
 def _round_up(n: int, multiple: int) -> int:
     return int(math.ceil(n / multiple) * multiple)
+
+
+@jax.jit
+def _normalize_on_device(frames):
+    """uint8 RGB [B, F, S, S, 3] -> float32 in [-1, 1]: the training input's table lookup (bit-identical)."""
+    return jnp.asarray(PIXEL_LUT)[frames]
 
 
 @jax.jit
@@ -76,19 +84,31 @@ class Evaluator:
             raise ValueError(f"eval batch size {self.global_batch_size} must be divisible by the {n_batch_devices} "
                              f"batch-axis devices and the {nproc} processes")
         self.local_batch_size = self.global_batch_size // nproc
-        self.letter_ids = jnp.asarray(scoring.letter_token_ids(tokenizer)) if "letters" in self.methods else None
+        vocab = int(config.model.text.vocab_size)
+        self.letter_ids = None
+        if "letters" in self.methods:
+            letter_ids = scoring.letter_token_ids(tokenizer)
+            if int(letter_ids.max()) >= vocab:
+                # Out-of-range ids would gather garbage (NaN) logits, not fail.
+                raise UserError(f"the tokenizer's option-letter ids {letter_ids.tolist()} reach past the model's "
+                                f"vocabulary", "--tokenizer / config.model.text.vocab_size",
+                                f"a tokenizer whose ids are < {vocab}")
+            self.letter_ids = jnp.asarray(letter_ids)
+        for name in ("eos_id", "pad_id"):
+            if not 0 <= int(getattr(tokenizer, name)) < vocab:
+                raise UserError(f"tokenizer {name} {getattr(tokenizer, name)} is outside the model's vocabulary",
+                                "--tokenizer", f"ids < {vocab}")
         self.num_report_frames = num_report_frames
-        self.report_frames = {}      # sample id -> uint8 frames of this host's first samples (for the report grid)
+        self.report_frames = {}      # sample id -> uint8 frames of this host's first correct / wrong answers
+        self.report_buckets = {}     # sample id -> "correct" | "wrong"
+        self.failures: List[dict] = []
+        self.text_stage = TextStage(config, tokenizer, with_answer=False)
         self._identity = jax.jit(lambda x: x, out_shardings=self.batch_sharding)
 
     # ---- prompts and batches -------------------------------------------------------------------------------------
     def prompt_ids(self, sample: dict, has_video: bool) -> List[int]:
-        question = sample["conversations"][0]["value"]
-        if has_video and self.config.data.add_time_instruction:
-            duration = float(sample["stop_timestamp"]) - float(sample["start_timestamp"])
-            question = prompts.insert_time_instruction(question, duration, self.num_frames)
-        n_video = self.n_video_tokens if has_video else 0
-        return tokenize_prompt(self.tokenizer, question, n_video, self.config.data.system_prompt)
+        """The generation prompt, built by the training input's own text stage (same ids as training)."""
+        return self.text_stage(json.dumps(sample), has_video)[1]
 
     def _load_frames(self, item: EvalItem) -> Optional[np.ndarray]:
         frames = item.load_frames() if item.load_frames is not None else None
@@ -96,46 +116,99 @@ class Evaluator:
             return None
         expected = (self.num_frames, self.image_size, self.image_size, 3)
         if tuple(frames.shape) != expected:
-            raise ValueError(f"sample {item.sample.get('id')!r}: frames have shape {tuple(frames.shape)}, "
-                             f"expected {expected} (config.data.num_frames, model image size)")
+            raise UserError(f"sample {item.sample.get('id')!r}: frames have shape {tuple(frames.shape)}",
+                            "config.data.num_frames / model image size", f"{expected}")
+        if frames.dtype != np.uint8:
+            raise UserError(f"sample {item.sample.get('id')!r}: frames are {frames.dtype}", "frame loader",
+                            "uint8 RGB")
         return frames
 
-    def _build_local_batch(self, items: List[EvalItem]):
-        """Right-padded host-local arrays for up to local_batch_size items (missing rows copy row 0, flagged)."""
-        frames = [self._load_frames(it) for it in items]
-        has_video = [f is not None for f in frames]
+    def _next_chunk(self, pending: Iterator[EvalItem]):
+        """Up to local_batch_size (item, frames) pairs whose frames could be read, and the failure records of
+        the items whose frames could not (those are skipped, never fatal). Empty chunk = this host is done."""
+        chunk, failures = [], []
+        while len(chunk) < self.local_batch_size:
+            item = next(pending, None)
+            if item is None:
+                break
+            try:
+                frames = self._load_frames(item)
+            except UserError:
+                raise
+            except Exception as e:   # noqa: BLE001 - an unreadable clip is a counted skip, not a dead eval
+                failures.append({"id": str(item.sample.get("id")), "index": item.index,
+                                 "video_id": item.sample.get("video_id"), "error": type(e).__name__,
+                                 "reason": " ".join(str(e).split())[:500]})
+                continue
+            chunk.append((item, frames))
+        has_video = [f is not None for _, f in chunk]
         if any(has_video) and not all(has_video):
-            raise ValueError("a batch mixes samples with and without video; evaluate them separately")
-        ids = [self.prompt_ids(it.sample, v) for it, v in zip(items, has_video)]
-        for it, f in zip(items, frames):
-            if f is not None and len(self.report_frames) < self.num_report_frames:
-                self.report_frames[it.sample["id"]] = f
-        return ids, (np.stack(frames) if all(has_video) and items else None)
+            raise UserError("a batch mixes samples with and without video", "eval data",
+                            "evaluate text-only and video samples separately")
+        return chunk, failures
+
+    def _build_local_batch(self, chunk):
+        ids = [self.prompt_ids(it.sample, f is not None) for it, f in chunk]
+        frames = [f for _, f in chunk]
+        return ids, (np.stack(frames) if chunk and frames[0] is not None else None)
 
     # ---- the loop ------------------------------------------------------------------------------------------------
-    def evaluate(self, items: Iterable[EvalItem], num_local: int) -> List[dict]:
-        """Evaluate this host's `num_local` items; returns every host's records (same list on all hosts)."""
-        n_batches = self._global_num_batches(num_local)
-        iterator = iter(items)
-        local_records = []
-        for _ in range(n_batches):
-            chunk = [it for _, it in zip(range(self.local_batch_size), iterator)]
-            local_records.extend(self._run_batch(chunk))
-        leftover = next(iterator, None)
-        if leftover is not None or len(local_records) != num_local:
-            raise ValueError(f"host {jax.process_index()} was told it has {num_local} samples but produced "
-                             f"{len(local_records)} records{' and more remain' if leftover is not None else ''}")
-        return gather_records(local_records)
+    def evaluate(self, items: Iterable[EvalItem], num_local: int, *, skip_ids: Iterable[str] = (),
+                 on_batch: Optional[Callable[[List[dict], List[dict]], None]] = None,
+                 progress: bool = False) -> List[dict]:
+        """Evaluate this host's items (those whose id is not in `skip_ids`); returns every host's records.
 
-    def _global_num_batches(self, num_local: int) -> int:
-        counts = multihost_utils.process_allgather(np.asarray([num_local], np.int64)) if jax.process_count() > 1 \
-            else np.asarray([num_local])
-        return int(math.ceil(int(np.max(counts)) / self.local_batch_size))
+        After every global batch `on_batch(records, failures)` gets that batch's records and failure records of
+        ALL hosts (on every host), so a caller can write them as they are produced. Items whose frames cannot be
+        read are skipped and end up in `self.failures` (all hosts). `progress`: a tqdm bar on process 0.
+        """
+        skip = {str(x) for x in skip_ids}
+        pending = (it for it in items if str(it.sample.get("id")) not in skip)
+        total = int(np.sum(_allgather_ints([num_local]))) - len(skip)
+        bar = tqdm(total=max(total, 0), desc="eval", unit="q", dynamic_ncols=True, file=sys.stderr,
+                   disable=not progress or jax.process_index() != 0)
+        records, self.failures = [], []
+        try:
+            while True:
+                chunk, failures = self._next_chunk(pending)
+                counts = _allgather_ints([len(chunk), len(failures)]).reshape(-1, 2)
+                if counts[:, 0].sum() == 0 and counts[:, 1].sum() == 0:
+                    break
+                local = self._run_batch(chunk) if counts[:, 0].sum() else []
+                batch_records, batch_failures = gather_json(local), gather_json(failures)
+                records.extend(batch_records)
+                self.failures.extend(batch_failures)
+                if on_batch is not None:
+                    on_batch(batch_records, batch_failures)
+                bar.update(int(counts.sum()))
+                if batch_failures:
+                    bar.set_postfix(failed=len(self.failures))
+        finally:
+            bar.close()
+        return records
 
-    def _run_batch(self, chunk: List[EvalItem]) -> List[dict]:
+    def _keep_report_frames(self, record: dict, frames: Optional[np.ndarray]) -> None:
+        """Frames of this host's first correct and first wrong answers (the report shows both)."""
+        if frames is None:
+            return
+        correct = record.get("strict_correct", record.get("gen_correct", record.get("letter_correct")))
+        bucket = "correct" if correct else "wrong"
+        kept = sum(1 for b in self.report_buckets.values() if b == bucket)
+        if kept < self.num_report_frames:
+            self.report_frames[record["id"]] = frames
+            self.report_buckets[record["id"]] = bucket
+
+    def _run_batch(self, chunk) -> List[dict]:
         n_real = len(chunk)
         # A host with no samples left still joins the SPMD computation with a dummy batch.
         ids, frames = self._build_local_batch(chunk) if chunk else ([[self.tokenizer.pad_id]], None)
+        vocab = int(self.config.model.text.vocab_size)
+        for it_ids, (item, _) in zip(ids, chunk):
+            bad = [t for t in it_ids if not 0 <= t < vocab]
+            if bad:
+                raise UserError(f"sample {item.sample.get('id')!r}: token ids {sorted(set(bad))[:5]} are outside the "
+                                f"model's vocabulary", "--tokenizer / config.model.text.vocab_size",
+                                f"a tokenizer whose ids are < {vocab}")
         lengths = [len(x) for x in ids]
         max_len = _round_up(max(lengths), LENGTH_MULTIPLE)
         # Every host must use the same padded shapes.
@@ -151,12 +224,11 @@ class Evaluator:
             src = r if r < len(ids) else 0
             input_ids[r, :lengths[src]] = ids[src]
             mask[r, :lengths[src]] = 1
-        pix = None
-        if frames is not None:
-            pix = normalize_frames(frames[np.minimum(np.arange(bs), len(frames) - 1)])
         put = lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x)
         g_ids, g_mask = put(input_ids), put(mask)
-        g_pix = put(pix) if pix is not None else None
+        # uint8 to the device (4x less transfer than float32); normalised there.
+        g_pix = _normalize_on_device(put(frames[np.minimum(np.arange(bs), len(frames) - 1)])) \
+            if frames is not None else None
         row_ids = put(np.arange(bs, dtype=np.int32))
 
         # One prefill per batch: letter scores (and action heads) read its last-position logits, generation
@@ -174,7 +246,12 @@ class Evaluator:
         if want_tokens:
             outputs["tokens"] = res.tokens
         local = self._host_rows(outputs, row_ids, bs)
-        return [self._record(chunk[r], r, local) for r in range(n_real)]
+        records = []
+        for r in range(n_real):
+            record = self._record(chunk[r][0], r, local)
+            self._keep_report_frames(record, chunk[r][1])
+            records.append(record)
+        return records
 
     def _host_rows(self, outputs: dict, row_ids: jax.Array, bs: int) -> dict:
         """This host's rows of each global output, in local order (outputs are resharded like the batch)."""
@@ -196,16 +273,20 @@ class Evaluator:
         options = list(s["options"])
         answer = s.get("answer") or None
         record = {
-            "id": s["id"], "video_id": s.get("video_id"), "source": s.get("source", "unknown"),
+            "id": s["id"], "index": item.index, "video_id": s.get("video_id"), "source": s.get("source", "unknown"),
             "mode": s.get("mode", "benchmark"), "task": s.get("task"),
             "start_timestamp": s.get("start_timestamp"), "stop_timestamp": s.get("stop_timestamp"),
-            "narration": s.get("narration"), "options": options, "answer": answer,
+            "narration": s.get("narration"), "question": s["conversations"][0].get("value"), "options": options,
+            "answer": answer,
             "answer_text": s.get("answer_text"),
             "verb_class": int(s.get("verb_class", -1)), "noun_class": int(s.get("noun_class", -1)),
             "action_id": int(s.get("action_id", -1)), "option_actions": s.get("option_actions"),
         }
         if "letters" in local:
             row = local["letters"][r][:len(options)]
+            if not np.all(np.isfinite(row)):
+                raise FloatingPointError(f"sample {s['id']!r}: non-finite letter scores {row.tolist()} (a broken "
+                                         "checkpoint or a numerics bug); refusing to turn them into a prediction")
             pred = scoring.LETTERS[int(scoring.choose_letters(row[None], [len(options)])[0])]
             record.update(letter_pred=pred, letter_correct=pred == answer,
                           letter_scores=[round(float(x), 4) for x in row])
@@ -213,22 +294,51 @@ class Evaluator:
             v, n, a = (int(x) for x in local["heads"][r])
             record["head_pred"] = {"verb": v, "noun": n, "action": a}
         if "tokens" in local:
-            raw = self.tokenizer.decode(_strip_after_eos(local["tokens"][r], self.tokenizer.eos_id))
+            # As the original: decoded with special tokens skipped, then its parser (data_prep.prompts).
+            raw = self.tokenizer.decode(_strip_after_eos(local["tokens"][r], self.tokenizer.eos_id),
+                                        skip_special_tokens=True)
             pred = parse_generation(raw, options, item.parser)
-            record.update(gen_pred=pred, gen_correct=pred is not None and pred == answer, raw_generation=raw)
+            written = written_letter(raw, len(options), item.parser)
+            # Strict: the option named by the text AND the letter written in front of it agree.
+            strict = pred if pred is not None and written == pred else None
+            record.update(gen_pred=pred, gen_correct=pred is not None and pred == answer, raw_generation=raw,
+                          gen_letter=written, strict_pred=strict, strict_correct=strict is not None and strict == answer)
         return record
 
 
-def gather_records(local_records: List[dict]) -> List[dict]:
-    """Every host's records on every host, host-major order; one pair of allgathers (lengths, then bytes)."""
+def _allgather_ints(values) -> np.ndarray:
+    """[process_count, len(values)] int64: every host's values (one allgather; none on one process)."""
+    local = np.asarray(values, np.int64).reshape(1, -1)
     if jax.process_count() == 1:
-        return list(local_records)
-    payload = np.frombuffer(json.dumps(local_records).encode("utf-8"), np.uint8)
+        return local
+    return np.asarray(multihost_utils.process_allgather(local[0])).reshape(jax.process_count(), -1)
+
+
+def gather_json(local: List) -> List:
+    """Every host's list items on every host, host-major order; one pair of allgathers (lengths, then bytes)."""
+    if jax.process_count() == 1:
+        return list(local)
+    payload = np.frombuffer(json.dumps(local).encode("utf-8"), np.uint8)
     sizes = multihost_utils.process_allgather(np.asarray([payload.size], np.int64)).reshape(-1)
     padded = np.zeros(int(sizes.max()), np.uint8)
     padded[:payload.size] = payload
     everything = multihost_utils.process_allgather(padded)
-    records = []
+    out = []
     for host, size in enumerate(sizes):
-        records.extend(json.loads(everything[host, :int(size)].tobytes().decode("utf-8")))
-    return records
+        out.extend(json.loads(everything[host, :int(size)].tobytes().decode("utf-8")))
+    return out
+
+
+def broadcast_json(obj):
+    """Process 0's JSON-able `obj` on every host."""
+    if jax.process_count() == 1:
+        return obj
+    payload = np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8) if jax.process_index() == 0 \
+        else np.zeros(0, np.uint8)
+    size = int(multihost_utils.broadcast_one_to_all(np.asarray([payload.size], np.int64))[0])
+    padded = np.zeros(size, np.uint8)
+    padded[:payload.size] = payload
+    return json.loads(np.asarray(multihost_utils.broadcast_one_to_all(padded)).tobytes().decode("utf-8"))
+
+
+gather_records = gather_json

@@ -9,8 +9,28 @@ action: the predicted verb / noun / action is that option's verb class / noun cl
 import collections
 from typing import Iterable, Mapping, Sequence
 
-# Method name -> the record field holding its predicted letter.
-METHOD_FIELDS = {"letters": "letter_pred", "generate": "gen_pred"}
+# Method name -> the record field holding its predicted letter. "strict" is derived from generation.
+METHOD_FIELDS = {"letters": "letter_pred", "generate": "gen_pred", "strict": "strict_pred"}
+
+# The three protocols every summary and report gives, in this order: (short name, one-line explanation).
+PROTOCOLS = {
+    "generate": ("(a) reference protocol",
+                 "greedy generation + the original LLaVAction parser: the answer TEXT must equal the true option's "
+                 "text; the letter written in front of it is ignored"),
+    "letters": ("(b) letter scoring",
+                "the option letter with the highest next-token logit right after the prompt must be the true one"),
+    "strict": ("(c) strict generation",
+               "the generation must name the true option by its letter AND its text (e.g. 'C. take pie' with "
+               "truth C)"),
+}
+
+
+def ordered_methods(methods: Iterable[str]) -> list:
+    """Evaluated methods in protocol order (a, b, c); generation implies its strict variant."""
+    methods = list(methods)
+    if "generate" in methods and "strict" not in methods:
+        methods.append("strict")
+    return [m for m in PROTOCOLS if m in methods]
 
 
 def _mean(values: Sequence[bool]) -> float:
@@ -68,6 +88,7 @@ def summarize(records: Sequence[Mapping], methods: Iterable[str] = ("letters", "
     unknown = [m for m in methods if m not in METHOD_FIELDS]
     if unknown:
         raise ValueError(f"unknown eval methods {unknown}; expected some of {list(METHOD_FIELDS)}")
+    methods = ordered_methods(methods)
     summary = {
         "num_samples": len(records),
         "chance": _mean([1.0 / len(r["options"]) for r in records]),
@@ -79,10 +100,12 @@ def summarize(records: Sequence[Mapping], methods: Iterable[str] = ("letters", "
         for r in records:
             by_mode[str(r.get("mode"))].append(r)
         block = {
+            "protocol": PROTOCOLS[method][0], "explanation": PROTOCOLS[method][1],
             "accuracy": _mean([is_correct(r, field) for r in records]),
             "by_source": _grouped_accuracy(records, "source", field),
             "by_mode": _grouped_accuracy(records, "mode", field),
             "per_verb": _grouped_accuracy(records, "verb_class", field),
+            "per_noun": _grouped_accuracy(records, "noun_class", field),
             "recognition": {mode: recognition_top1(rs, field) for mode, rs in sorted(by_mode.items())},
         }
         if method == "generate":
@@ -95,3 +118,22 @@ def summarize(records: Sequence[Mapping], methods: Iterable[str] = ("letters", "
                                 for r in head])
             for k in ("verb", "noun", "action")}}
     return summary
+
+
+def verb_confusion(records: Sequence[Mapping], pred_field: str) -> dict:
+    """Verb confusion over records with option_actions: rows = true verb, columns = the chosen option's verb
+    (column "none" = no prediction). {"labels": [verb ids], "matrix": [[count]], "none": [count per row]}."""
+    scored = [r for r in records if r.get("option_actions") and int(r.get("verb_class", -1)) >= 0]
+    labels = sorted({int(r["verb_class"]) for r in scored} | {
+        split_action(a)[0] for r in scored for a in r["option_actions"]})
+    pos = {v: i for i, v in enumerate(labels)}
+    matrix = [[0] * len(labels) for _ in labels]
+    none = [0] * len(labels)
+    for r in scored:
+        chosen = predicted_action(r, pred_field)
+        row = pos[int(r["verb_class"])]
+        if chosen is None:
+            none[row] += 1
+        else:
+            matrix[row][pos[chosen[0]]] += 1
+    return {"labels": labels, "matrix": matrix, "none": none}

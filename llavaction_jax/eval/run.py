@@ -4,37 +4,140 @@ import os
 from typing import Mapping, Optional, Sequence
 
 import jax
+import numpy as np
 
+from llavaction_jax.cli import UserError
 from llavaction_jax.eval import metrics, report, samples
-from llavaction_jax.eval.evaluator import Evaluator
+from llavaction_jax.eval.evaluator import Evaluator, _allgather_ints, broadcast_json
 
 PREDICTIONS_FILE = "predictions.jsonl"
+FAILURES_FILE = "failures.jsonl"
 SUMMARY_FILE = "summary.json"
 
 
-def write_outputs(out_dir: str, records: Sequence[Mapping], summary: Mapping, frames: Mapping,
-                  verb_names: Optional[Mapping[int, str]] = None, title: str = "EK100-MQA evaluation") -> dict:
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {"predictions": os.path.join(out_dir, PREDICTIONS_FILE), "summary": os.path.join(out_dir, SUMMARY_FILE)}
-    with open(paths["predictions"], "w", encoding="utf-8") as f:
-        for r in records:
+def _atomic_write_lines(path: str, rows: Sequence[Mapping]) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    with open(paths["summary"], "w", encoding="utf-8") as f:
+    os.replace(tmp, path)
+
+
+def read_partial_predictions(path: str) -> list:
+    """The records of a predictions file an interrupted run left (a torn last line is dropped)."""
+    if not os.path.isfile(path):
+        return []
+    records = []
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n == len(lines):          # killed mid-write: that record is simply evaluated again
+                break
+            raise UserError(f"line {n} is not valid JSON", path,
+                            "a predictions.jsonl written by this tool (or use a fresh --out)") from None
+    return records
+
+
+class PredictionWriter:
+    """Process 0 appends each batch's records / failures as they are produced (flushed + fsynced); a rerun with
+    the same out_dir reads them back and only evaluates what is missing. Failures are retried on a rerun."""
+
+    def __init__(self, out_dir: str, resume: bool = True):
+        self.out_dir = out_dir
+        self.paths = {"predictions": os.path.join(out_dir, PREDICTIONS_FILE),
+                      "failures": os.path.join(out_dir, FAILURES_FILE)}
+        self.writer = jax.process_index() == 0
+        previous = []
+        if self.writer:
+            os.makedirs(out_dir, exist_ok=True)
+            previous = read_partial_predictions(self.paths["predictions"]) if resume else []
+            # Rewrite what survived (drops a torn line) and start the failures afresh (they are retried).
+            _atomic_write_lines(self.paths["predictions"], previous)
+            _atomic_write_lines(self.paths["failures"], [])
+        self.previous = broadcast_json(previous)
+        self._files = {k: open(p, "a", encoding="utf-8") for k, p in self.paths.items()} if self.writer else {}
+
+    def __call__(self, records: Sequence[Mapping], failures: Sequence[Mapping]) -> None:
+        if not self.writer:
+            return
+        for key, rows in (("predictions", records), ("failures", failures)):
+            if rows:
+                f = self._files[key]
+                for r in rows:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files = {}
+
+
+def _in_source_order(records: Sequence[Mapping]) -> list:
+    return sorted(records, key=lambda r: (int(r.get("index", -1)), str(r.get("id"))))
+
+
+def write_outputs(out_dir: str, records: Sequence[Mapping], summary: Mapping, frames: Mapping,
+                  verb_names: Optional[Mapping[int, str]] = None, title: str = "EK100-MQA evaluation",
+                  failures: Sequence[Mapping] = (), provenance: Optional[Mapping] = None,
+                  noun_names: Optional[Mapping[int, str]] = None) -> dict:
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"predictions": os.path.join(out_dir, PREDICTIONS_FILE), "failures": os.path.join(out_dir, FAILURES_FILE),
+             "summary": os.path.join(out_dir, SUMMARY_FILE)}
+    # Final files in source order: identical whether the run was interrupted and resumed or not.
+    _atomic_write_lines(paths["predictions"], _in_source_order(records))
+    _atomic_write_lines(paths["failures"], _in_source_order(failures))
+    tmp = paths["summary"] + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
-    paths.update(report.write_report(out_dir, summary, records, frames, verb_names, title))
+    os.replace(tmp, paths["summary"])
+    paths.update(report.write_report(out_dir, summary, records, frames, verb_names, title, failures=failures,
+                                     provenance=provenance, noun_names=noun_names))
     return paths
 
 
 def evaluate_source(model, tokenizer, config, mesh, source, out_dir: Optional[str] = None,
                     methods: Optional[Sequence[str]] = None, batch_size: Optional[int] = None,
-                    verb_names: Optional[Mapping[int, str]] = None, title: str = "EK100-MQA evaluation"):
-    """(records, summary, paths): every host evaluates its slice; process 0 writes the files under out_dir."""
+                    verb_names: Optional[Mapping[int, str]] = None, title: str = "EK100-MQA evaluation",
+                    resume: bool = True, progress: bool = False, provenance: Optional[Mapping] = None,
+                    noun_names: Optional[Mapping[int, str]] = None):
+    """(records, summary, paths): every host evaluates its slice; process 0 writes the files under out_dir.
+
+    With out_dir, predictions and failures are appended as they are produced and a rerun with the same out_dir
+    (resume=True) evaluates only the samples not yet in OUT/predictions.jsonl. Unreadable clips are skipped and
+    listed in OUT/failures.jsonl; zero evaluated samples is an error.
+    """
     evaluator = Evaluator(model, tokenizer, config, mesh, methods=methods, batch_size=batch_size)
-    records = evaluator.evaluate(source.iterate(), source.num_local)
+    total = int(np.sum(_allgather_ints([source.num_local])))
+    if total == 0:
+        raise UserError("the eval data holds no samples", "--data", "at least one sample")
+    writer = PredictionWriter(out_dir, resume=resume) if out_dir else None
+    previous = writer.previous if writer else []
+    try:
+        new = evaluator.evaluate(source.iterate(), source.num_local, skip_ids=[r["id"] for r in previous],
+                                 on_batch=writer, progress=progress)
+    finally:
+        if writer:
+            writer.close()
+    records = _in_source_order(list(previous) + new)
+    failures = evaluator.failures
+    if not records:
+        raise UserError(f"no sample could be evaluated: all {len(failures)} failed"
+                        + (f" (see {os.path.join(out_dir, FAILURES_FILE)})" if out_dir else ""),
+                        "--data / --video_root", "readable clips")
     summary = metrics.summarize(records, evaluator.methods)
+    summary["num_failures"] = len(failures)
+    summary["num_resumed"] = len(previous)
     paths = {}
     if out_dir and jax.process_index() == 0:
-        paths = write_outputs(out_dir, records, summary, evaluator.report_frames, verb_names, title)
+        paths = write_outputs(out_dir, records, summary, evaluator.report_frames, verb_names, title,
+                              failures=failures, provenance=provenance, noun_names=noun_names)
     return records, summary, paths
 
 
@@ -66,10 +169,11 @@ def periodic_eval_fn(config, mesh, workdir: str, tokenizer=None):
         tokenizer = Tokenizer.load(config.data.tokenizer_path, video_token_id=int(config.model.video_token_id))
     limit = int(config.eval.get("max_samples", 0)) or None
     # Built once (bad globs fail now, not at the first eval); every call re-reads the records from disk.
-    source = samples.tfrecord_source(files, int(config.data.num_frames), limit=limit)
+    source = samples.tfrecord_source(files, int(config.data.num_frames), int(config.model.vision.image_size),
+                                     limit=limit)
 
     def eval_fn(model, step):
-        _, summary, _ = evaluate_source(model, tokenizer, config, mesh, source,
+        _, summary, _ = evaluate_source(model, tokenizer, config, mesh, source, resume=False,
                                         out_dir=os.path.join(workdir, "eval", f"step_{step}"),
                                         title=f"EK100-MQA evaluation at step {step}")
         return scalar_metrics(summary)

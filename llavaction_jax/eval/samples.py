@@ -22,8 +22,21 @@ import jax
 import numpy as np
 
 from data_prep import video as video_lib
+from llavaction_jax.cli import UserError
 from llavaction_jax.eval.items import EvalItem
 from llavaction_jax.eval.scoring import LETTERS
+
+
+class SampleError(UserError, ValueError):
+    """A bad row / record / field in eval data: the one-line user error, naming where it is."""
+
+    def __init__(self, where: str, what: str):
+        super().__init__(what, where)
+
+
+class MissingDataError(UserError, FileNotFoundError):
+    """Eval data that is not there (a glob matching nothing): the one-line user error."""
+
 
 GENERIC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 
@@ -52,9 +65,10 @@ def read_jsonl(path: str) -> List[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({e})") from None
+                raise UserError(f"not valid JSON ({e})", f"{path}:{line_no}", "one JSON object per line") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+                raise UserError(f"a {type(row).__name__}, not a JSON object", f"{path}:{line_no}",
+                                "one JSON object per line")
             rows.append(row)
     return rows
 
@@ -63,16 +77,16 @@ def check_mqa_sample(sample: dict, where: str) -> None:
     """The fields the evaluator needs from an MQA sample (contract format), with a clear error."""
     for key in ("id", "conversations", "options"):
         if key not in sample:
-            raise ValueError(f"{where}: MQA sample is missing field {key!r}")
+            raise SampleError(where, f"MQA sample is missing field {key!r}")
     options = sample["options"]
     if not isinstance(options, list) or not options or len(options) > len(LETTERS):
-        raise ValueError(f"{where}: field 'options' must be a list of 1..26 'A. text' strings, got {options!r:.200}")
+        raise SampleError(where, f"field 'options' must be a list of 1..26 'A. text' strings, got {options!r:.200}")
     for i, option in enumerate(options):
         if not isinstance(option, str) or not option.startswith(f"{LETTERS[i]}. "):
-            raise ValueError(f"{where}: option {i} must start with '{LETTERS[i]}. ', got {option!r}")
+            raise SampleError(where, f"option {i} must start with '{LETTERS[i]}. ', got {option!r}")
     answer = sample.get("answer")
     if answer not in (None, "") and answer not in LETTERS[:len(options)]:
-        raise ValueError(f"{where}: field 'answer' must be one of the option letters "
+        raise SampleError(where, f"field 'answer' must be one of the option letters "
                          f"{list(LETTERS[:len(options)])} (or empty when the truth is not an option), got {answer!r}")
 
 
@@ -80,15 +94,22 @@ def mqa_jsonl_source(path: str, video_root: Optional[str], num_frames: int, imag
                      video_layout: str = "original", chunk_len: int = 15, ext: str = "MP4",
                      limit: Optional[int] = None, fps: Optional[float] = None,
                      fps_table: Optional[Mapping[str, float]] = None) -> Source:
-    """EK100-MQA JSONL with frames read from `video_root` (layout as data_prep.video); no root = text only.
+    """EK100-MQA JSONL with frames read from `video_root` (layout as data_prep.video); the root is required.
 
     fps / fps_table (video_id -> fps, e.g. EPIC_100_video_info.csv) as data_prep.video.VideoReader: the extracted
     `frames` layout has no container to read a rate from and needs one of them.
     """
+    if not video_root:
+        # Scoring EK100-MQA without its videos would be a silently different (text-only) benchmark.
+        raise UserError("MQA JSONL data needs its videos", "--video_root",
+                        "the root of the EK100 videos (or evaluate the MQA TFRecords, which hold the frames)")
+    if not os.path.isdir(video_root):
+        raise UserError(f"video root {video_root!r} is not a directory", "--video_root", "an existing directory")
     rows = read_jsonl(path)[:limit]
+    check_unique_ids([str(r.get("id")) for r in rows], path)
     pid, nproc = _host_slice()
     reader = video_lib.VideoReader(video_root, video_layout, size=image_size, chunk_len=chunk_len, ext=ext,
-                                   fps=fps, fps_table=fps_table) if video_root else None
+                                   fps=fps, fps_table=fps_table)
     items = []
     for i, sample in enumerate(rows):
         if i % nproc != pid:
@@ -100,35 +121,73 @@ def mqa_jsonl_source(path: str, video_root: Optional[str], num_frames: int, imag
                                          float(sample["stop_timestamp"]), num_frames,
                                          participant_id=sample.get("participant_id"))
             return frames
-        items.append(EvalItem(sample, load if reader is not None else None))
+        items.append(EvalItem(sample, load, index=i))
     return Source.from_list(items)
 
 
-def tfrecord_source(pattern: str, num_frames: int, limit: Optional[int] = None) -> Source:
-    """MQA TFRecords (data_prep.records format; comma-separated globs). Frames stay JPEG until used."""
+def check_unique_ids(ids: List[str], where: str) -> None:
+    """One record per question: a repeated id would be scored twice (and clash on resume)."""
+    seen = {}
+    for line, sid in enumerate(ids, start=1):
+        if sid in seen:
+            raise UserError(f"duplicate sample id {sid!r} (rows {seen[sid]} and {line})", where,
+                            "unique ids, one row per question")
+        seen[sid] = line
+
+
+def parse_record(raw: bytes) -> dict:
+    """MQA record bytes -> {"sample": dict, "jpegs": [bytes]} (frames stay JPEG until used)."""
     import tensorflow as tf
-    from data_prep import records as records_lib
+    f = tf.train.Example.FromString(raw).features.feature
+    if "sample_json" not in f or not f["sample_json"].bytes_list.value:
+        raise ValueError("record has no 'sample_json' feature (not a data_prep.records / ek100_mqa record)")
+    return {"sample": json.loads(f["sample_json"].bytes_list.value[0].decode("utf-8")),
+            "jpegs": list(f["frames"].bytes_list.value) if "frames" in f else []}
+
+
+def tfrecord_source(pattern: str, num_frames: int, image_size: int, limit: Optional[int] = None) -> Source:
+    """MQA TFRecords (data_prep.records format; comma-separated globs). Frames stay JPEG until used, then go
+    through the training decode (input.pipeline.decode_jpeg_frames): identical pixels in train and eval.
+    `image_size`: the model's; frames of another size are resized as in training."""
+    import tensorflow as tf
+    from llavaction_jax.input.pipeline import decode_jpeg_frames
     files = sorted({f for p in pattern.split(",") if p for f in globlib.glob(p)})
     if not files:
-        raise FileNotFoundError(f"no TFRecord files match {pattern!r}")
+        raise MissingDataError(f"no TFRecord files match {pattern!r}", "--data", "a .jsonl file or TFRecord glob(s)")
     pid, nproc = _host_slice()
     dataset = tf.data.TFRecordDataset(files)
     if limit is not None:
         dataset = dataset.take(limit)
     dataset = dataset.shard(nproc, pid)
-    # One cheap pass to count (no parsing), then stream: a host never holds its whole slice of frames.
-    num_local = int(dataset.reduce(np.int64(0), lambda n, _: n + 1).numpy())
+    # One cheap pass to count (no parsing, but CRC-checked), then stream: a host never holds its slice of frames.
+    try:
+        num_local = int(dataset.reduce(np.int64(0), lambda n, _: n + 1).numpy())
+    except tf.errors.DataLossError as e:
+        raise UserError(f"corrupt TFRecord data ({e.message.splitlines()[0]})", pattern,
+                        "intact records (re-run data_prep.to_tfrecord)") from None
 
     def iterate():
+        seen = set()
         for i, raw in enumerate(dataset.as_numpy_iterator()):
-            example = records_lib.decode_example_py(raw)
-            sample = example["sample"]
-            check_mqa_sample(sample, f"{pattern}: record {i * nproc + pid}")
-            frames = example["frames"]
-            if len(frames) != num_frames:
-                raise ValueError(f"{pattern}: record {sample['id']!r} has {len(frames)} frames, "
-                                 f"config.data.num_frames is {num_frames}; re-export the records or change the config")
-            yield EvalItem(sample, lambda frames=frames: frames)
+            index = i * nproc + pid
+            try:
+                example = parse_record(raw)
+            except (ValueError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise UserError(f"record {index} is not an MQA record ({e})", pattern,
+                                "TFRecords written by data_prep.to_tfrecord or the ek100_mqa TFDS builder") from None
+            sample, jpegs = example["sample"], example["jpegs"]
+            check_mqa_sample(sample, f"{pattern}: record {index}")
+            if str(sample["id"]) in seen:
+                raise UserError(f"duplicate sample id {sample['id']!r} (record {index})", pattern,
+                                "unique ids, one record per question")
+            seen.add(str(sample["id"]))
+            if len(jpegs) != num_frames:
+                raise UserError(f"record {sample['id']!r} has {len(jpegs)} frames", pattern,
+                                f"config.data.num_frames = {num_frames}; re-export the records or change the config")
+
+            def load(jpegs=jpegs):
+                return decode_jpeg_frames(jpegs, image_size)
+            yield EvalItem(sample, load, index=index)
     return Source(iterate, num_local)
 
 
@@ -138,14 +197,14 @@ def generic_to_sample(row: dict, where: str, index: int) -> dict:
     """A generic MC row -> an MQA-format sample dict (+ "video", the clip's file)."""
     for key in ("video", "question", "options", "answer"):
         if key not in row:
-            raise ValueError(f"{where}: generic MC row is missing field {key!r}")
+            raise SampleError(where, f"generic MC row is missing field {key!r}")
     options = row["options"]
     if not isinstance(options, list) or not 1 <= len(options) <= len(LETTERS):
-        raise ValueError(f"{where}: field 'options' must be a list of 1..26 strings, got {options!r:.200}")
+        raise SampleError(where, f"field 'options' must be a list of 1..26 strings, got {options!r:.200}")
     texts = []
     for i, option in enumerate(options):
         if not isinstance(option, str) or not option.strip():
-            raise ValueError(f"{where}: option {i} must be a non-empty string, got {option!r}")
+            raise SampleError(where, f"option {i} must be a non-empty string, got {option!r}")
         prefix = f"{LETTERS[i]}. "
         texts.append(option[len(prefix):] if option.startswith(prefix) else option)
     answer = row["answer"]
@@ -156,7 +215,7 @@ def generic_to_sample(row: dict, where: str, index: int) -> dict:
     elif isinstance(answer, str) and answer in texts:
         letter = LETTERS[texts.index(answer)]
     else:
-        raise ValueError(f"{where}: field 'answer' {answer!r} is neither an option index, an option letter "
+        raise SampleError(where, f"field 'answer' {answer!r} is neither an option index, an option letter "
                          f"{list(LETTERS[:len(texts)])} nor one of the option texts")
     letters_options = [f"{LETTERS[i]}. {t}" for i, t in enumerate(texts)]
     question = "<image>\n" + row["question"].strip() + "\n" + "\n".join(letters_options) + "\n" + GENERIC_INSTRUCTION
@@ -189,17 +248,35 @@ def read_video_file(path: str, start: Optional[float], end: Optional[float], num
     return np.stack([video_lib.resize_frame(decoded[int(i)], size) for i in ids])
 
 
+def resolve_video_path(video: str, video_root: Optional[str], allow_absolute: bool, where: str) -> str:
+    """A generic MC row's video file, confined to `video_root` unless absolute paths were explicitly allowed."""
+    if os.path.isabs(video):
+        if not allow_absolute:
+            raise UserError(f"video path {video!r} is absolute", where,
+                            "a path relative to --video_root (or pass --allow_absolute_paths)")
+        return video
+    if not video_root:
+        raise UserError(f"video path {video!r} is relative but no video root was given", where,
+                        "--video_root DIR (relative paths are resolved under it)")
+    root = os.path.realpath(video_root)
+    full = os.path.realpath(os.path.join(root, video))
+    if os.path.commonpath([root, full]) != root:
+        raise UserError(f"video path {video!r} leaves the video root {video_root!r}", where,
+                        "a path inside --video_root (or an absolute path with --allow_absolute_paths)")
+    return full
+
+
 def generic_mc_source(path: str, video_root: Optional[str], num_frames: int, image_size: int,
-                      limit: Optional[int] = None) -> Source:
+                      limit: Optional[int] = None, allow_absolute: bool = False) -> Source:
     rows = read_jsonl(path)[:limit]
     pid, nproc = _host_slice()
+    samples_all = [generic_to_sample(row, f"{path}: row {i + 1}", i) for i, row in enumerate(rows)]
+    check_unique_ids([s["id"] for s in samples_all], path)
     items = []
-    for i, row in enumerate(rows):
+    for i, sample in enumerate(samples_all):
         if i % nproc != pid:
             continue
-        sample = generic_to_sample(row, f"{path}: row {i + 1}", i)
-        video_path = sample["video"] if os.path.isabs(sample["video"]) or not video_root \
-            else os.path.join(video_root, sample["video"])
+        video_path = resolve_video_path(str(sample["video"]), video_root, allow_absolute, f"{path}: row {i + 1}")
 
         def load(sample=sample, video_path=video_path):
             frames = read_video_file(video_path, sample["start_timestamp"], sample["stop_timestamp"],
@@ -211,15 +288,18 @@ def generic_mc_source(path: str, video_root: Optional[str], num_frames: int, ima
                 if sample["stop_timestamp"] is None:
                     sample["stop_timestamp"] = (info.num_frames - 1) / info.fps
             return frames
-        items.append(EvalItem(sample, load, parser="letter_or_text"))
+        items.append(EvalItem(sample, load, parser="letter_or_text", index=i))
     return Source.from_list(items)
 
 
 def is_generic_jsonl(path: str) -> bool:
     """Generic MC rows have "question" and "video" fields; MQA samples have "conversations"."""
     with open(path, encoding="utf-8") as f:
-        for line in f:
+        for line_no, line in enumerate(f, start=1):
             if line.strip():
-                row = json.loads(line)
-                return "conversations" not in row and "question" in row and "video" in row
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"not valid JSON ({e})", f"{path}:{line_no}", "one JSON object per line") from None
+                return isinstance(row, dict) and "conversations" not in row and "question" in row and "video" in row
     return False

@@ -42,6 +42,9 @@ class Tokenizer:
 
     def __init__(self, hf_tokenizer, video_token_id, source="<memory>"):
         self._tok = hf_tokenizer
+        # User text is only text: a literal "<video>" or "<|im_end|>" in a question is encoded as its characters,
+        # never as the special id (chat.py inserts the real specials and video slots by id).
+        self._tok.encode_special_tokens = True
         self.source = source
         self.video_token_id = int(video_token_id)
         self.im_start_id = self._required_id(IM_START)
@@ -79,6 +82,7 @@ class Tokenizer:
         return cls(hf, video_token_id, source=file)
 
     def encode(self, text):
+        """Ids of `text` as plain text (special-token strings in it are split like any other characters)."""
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids, skip_special_tokens=False):
