@@ -20,58 +20,58 @@ def get_base_config():
     config.sharding_rules = DEFAULT_SHARDING_RULES
 
     config.data = ml_collections.ConfigDict(dict(
-            train_files="",              # glob(s) of TFRecord shards, comma separated
-            eval_files="",
-            mixture_weights=(),          # one weight per comma-separated train glob; empty = uniform
-            tokenizer_path="",           # dir with tokenizer.json (from the converted checkpoint)
-            num_frames=16,
-            max_length=4096,
-            length_buckets=(256, 512, 1024, 2048, 4096),
-            add_time_instruction=True,
-            system_prompt="You are a helpful assistant.",
-            global_batch_size=8,
-            # Training rows hold several samples (segment ids, RoPE restarting per sample), first-fit in stream
-            # order up to max_length tokens and max_videos_per_row videos; batches then carry pixel_values
-            # [B, max_videos_per_row, F, S, S, 3] and actions [B, max_videos_per_row, 3] (llavaction_jax.input.packing).
-            packing=False,
-            max_videos_per_row=2,
+        train_files="",              # glob(s) of TFRecord shards, comma separated
+        eval_files="",
+        mixture_weights=(),          # one weight per comma-separated train glob; empty = uniform
+        tokenizer_path="",           # dir with tokenizer.json (from the converted checkpoint)
+        num_frames=16,
+        max_length=4096,
+        length_buckets=(256, 512, 1024, 2048, 4096),
+        add_time_instruction=True,
+        system_prompt="You are a helpful assistant.",
+        global_batch_size=8,
+        # Training rows hold several samples (segment ids, RoPE restarting per sample), first-fit in stream
+        # order up to max_length tokens and max_videos_per_row videos; batches then carry pixel_values
+        # [B, max_videos_per_row, F, S, S, 3] and actions [B, max_videos_per_row, 3] (llavaction_jax.input.packing).
+        packing=False,
+        max_videos_per_row=2,
     ))
 
     config.optim = ml_collections.ConfigDict(dict(
-            lr=1e-5, vision_lr=2e-6, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-            warmup_ratio=0.03, schedule="cosine", grad_clip_norm=1.0,
-            # Regexes over '/'-joined parameter paths (e.g. 'vision/encoder/layers/...').
-            lr_overrides=(("^vision/", "vision_lr"),),
-            freeze=(),
-            # Regexes over parameter paths excluded from weight decay (HF: biases and norm weights).
-            weight_decay_exclude=(r"(^|/)bias$", r"(^|/)scale$", r"norm"),
+        lr=1e-5, vision_lr=2e-6, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+        warmup_ratio=0.03, schedule="cosine", grad_clip_norm=1.0,
+        # Regexes over '/'-joined parameter paths (e.g. 'vision/encoder/layers/...').
+        lr_overrides=(("^vision/", "vision_lr"),),
+        freeze=(),
+        # Regexes over parameter paths excluded from weight decay (HF: biases and norm weights).
+        weight_decay_exclude=(r"(^|/)bias$", r"(^|/)scale$", r"norm"),
     ))
 
     config.train = ml_collections.ConfigDict(dict(
-            num_steps=1000, grad_accum_steps=1, log_every=10, eval_every=0,
-            checkpoint_every=100, keep_checkpoints=3, async_checkpointing=True,
-            action_loss_weight=0.05, action_loss_parts=(0.5, 0.5, 0.1),
-            # LM loss from the hidden states: "supervised" runs the LM head only at <= lm_loss_max_supervised
-            # supervised positions per row (answers are ~100 of 16k tokens: ~16x fewer LM-head FLOPs than "chunked")
-            # in chunks of lm_loss_chunk_size (peak one [B, C, V] f32 chunk, like "chunked"), and falls back exactly
-            # to "chunked" for a batch with a longer row; "full" materialises [B, L, V] f32 logits (reference only).
-            lm_loss="supervised", lm_loss_chunk_size=512, lm_loss_max_supervised=1024,
-            init_from="",                # Orbax params dir from `python -m llavaction_jax.convert import` ("" = random init)
-            peak_flops_per_device=0.0,   # for MFU; 0 = look up the device kind (CPU: MFU reported as n/a)
-            progress_bar=True,
-            synthetic_samples=0,         # > 0: train on that many random samples instead of config.data (smoke runs)
-            synthetic_seq_len=0,         # their padded length (0 = config.data.max_length)
-            # JAX persistent compilation cache ("" = off): a restarted or requeued run reads its compiled step
-            # from here instead of compiling again (minutes for a 7B step on a pod).
-            compilation_cache_dir="",
+        num_steps=1000, grad_accum_steps=1, log_every=10, eval_every=0,
+        checkpoint_every=100, keep_checkpoints=3, async_checkpointing=True,
+        action_loss_weight=0.05, action_loss_parts=(0.5, 0.5, 0.1),
+        # LM loss from the hidden states: "supervised" runs the LM head only at <= lm_loss_max_supervised
+        # supervised positions per row (answers are ~100 of 16k tokens: ~16x fewer LM-head FLOPs than "chunked")
+        # in chunks of lm_loss_chunk_size (peak one [B, C, V] f32 chunk, like "chunked"), and falls back exactly
+        # to "chunked" for a batch with a longer row; "full" materialises [B, L, V] f32 logits (reference only).
+        lm_loss="supervised", lm_loss_chunk_size=512, lm_loss_max_supervised=1024,
+        init_from="",                # Orbax params dir from `python -m llavaction_jax.convert import` ("" = random init)
+        peak_flops_per_device=0.0,   # for MFU; 0 = look up the device kind (CPU: MFU reported as n/a)
+        progress_bar=True,
+        synthetic_samples=0,         # > 0: train on that many random samples instead of config.data (smoke runs)
+        synthetic_seq_len=0,         # their padded length (0 = config.data.max_length)
+        # JAX persistent compilation cache ("" = off): a restarted or requeued run reads its compiled step
+        # from here instead of compiling again (minutes for a 7B step on a pod).
+        compilation_cache_dir="",
     ))
 
     # The TPU topology this config is sized for (python -m llavaction_jax.aot compiles for it by default).
     config.aot = ml_collections.ConfigDict(dict(topology=""))
 
     config.eval = ml_collections.ConfigDict(dict(
-            batch_size=8, max_new_tokens=32, methods=("letters", "generate"),
-            max_samples=0,               # periodic eval during training: first N records of data.eval_files (0 = all)
+        batch_size=8, max_new_tokens=32, methods=("letters", "generate"),
+        max_samples=0,               # periodic eval during training: first N records of data.eval_files (0 = all)
     ))
     return config
 
@@ -79,9 +79,9 @@ def get_base_config():
 def use_topology(config, topologies, arg):
     """Size `config` for one entry of `topologies` {name: (TPU topology, mesh sizes, grad_accum_steps)}.
 
-  `arg` is the name (``--config configs/x.py:NAME``); None or "" takes the first entry. The global batch stays
-  config.data.global_batch_size; grad_accum_steps micro-batches of it make one step.
-  """
+    `arg` is the name (``--config configs/x.py:NAME``); None or "" takes the first entry. The global batch stays
+    config.data.global_batch_size; grad_accum_steps micro-batches of it make one step.
+    """
     name = arg or next(iter(topologies))
     if name not in topologies:
         raise ValueError(f"config arg {name!r}: expected one of {sorted(topologies)}")

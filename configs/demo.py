@@ -10,69 +10,69 @@ from configs import base
 
 
 def get_config(arg=None):
-        del arg
-        config = base.get_base_config()
-        config.model = base.model_config(
-                vision=base.vision_config(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                                                                    image_size=32, patch_size=8),
-                text=base.text_config(vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=3,
-                                                            num_heads=4, num_kv_heads=2, head_dim=32, tie_word_embeddings=False,
-                                                            max_position_embeddings=2048),
-                action_token=True,
-                action_types=(97, 300, 3806),
-                video_token_id=3,
-        )
-        config.data.num_frames = 4
-        config.data.max_length = 256
-        config.data.length_buckets = (192, 256)
-        config.data.global_batch_size = 16
-        # 3e-4 for every module. At 3e-3 (the tiny test config's rate) the decoder barely learns to read the video
-        # tokens: trained on the action loss alone its heads stay at the class prior, and in full training they were
-        # still at 64% noun / 55% verb on the training clips after 2000 steps. At 3e-4 they reach 100% by step ~500.
-        config.optim.lr = 3e-4
-        config.optim.vision_lr = 3e-4
-        config.optim.warmup_ratio = 0.05
-        config.optim.weight_decay = 0.0
-        config.train.num_steps = 800
-        config.train.log_every = 50
-        config.train.checkpoint_every = 0
-        config.train.keep_checkpoints = 1
-        config.train.async_checkpointing = False
-        config.train.action_loss_weight = 0.5
-        config.eval.batch_size = 32
-        config.eval.max_new_tokens = 12
+    del arg
+    config = base.get_base_config()
+    config.model = base.model_config(
+        vision=base.vision_config(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                                  image_size=32, patch_size=8),
+        text=base.text_config(vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=3,
+                              num_heads=4, num_kv_heads=2, head_dim=32, tie_word_embeddings=False,
+                              max_position_embeddings=2048),
+        action_token=True,
+        action_types=(97, 300, 3806),
+        video_token_id=3,
+    )
+    config.data.num_frames = 4
+    config.data.max_length = 256
+    config.data.length_buckets = (192, 256)
+    config.data.global_batch_size = 16
+    # 3e-4 for every module. At 3e-3 (the tiny test config's rate) the decoder barely learns to read the video
+    # tokens: trained on the action loss alone its heads stay at the class prior, and in full training they were
+    # still at 64% noun / 55% verb on the training clips after 2000 steps. At 3e-4 they reach 100% by step ~500.
+    config.optim.lr = 3e-4
+    config.optim.vision_lr = 3e-4
+    config.optim.warmup_ratio = 0.05
+    config.optim.weight_decay = 0.0
+    config.train.num_steps = 800
+    config.train.log_every = 50
+    config.train.checkpoint_every = 0
+    config.train.keep_checkpoints = 1
+    config.train.async_checkpointing = False
+    config.train.action_loss_weight = 0.5
+    config.eval.batch_size = 32
+    config.eval.max_new_tokens = 12
 
-        config.demo = ml_collections.ConfigDict(dict(
-                # Real EK100 rows whose verb AND noun are in these sets become clips (data_prep/assets/ek100_sample).
-                # The renderer draws noun -> colour/shape and verb -> motion direction, so the chosen classes must have
-                # distinct looks: verbs 0..7 move in 8 directions, the nouns below differ in colour or shape.
-                verbs=(0, 1, 3, 4),               # take, put, open, close
-                nouns=(3, 137, 23, 2, 12, 8),     # cupboard, pie, box, plate, fridge, drawer
-                eval_fraction=0.25,               # of the real rows, held out (their clips are only used for eval)
-                train_copies=8,                   # rendered copies of each train row (new background + timing each)
-                eval_copies=2,
-                clips_per_video=12,
-                max_clip_seconds=2.0,
-                fps=8.0,
-                render_size=64,
-                representation="official_key",   # option texts (data_prep.mqa REPRESENTATIONS)
-                num_options=5,
-                train_modes=("train", "random"),  # MQA modes for the training questions (one question per mode per clip)
-                eval_modes=("benchmark", "random"),
-                # Text-only twins of every training question (the action stated in words, options re-shuffled), meant to
-                # teach the model to find an action among the options and answer with ITS letter (demo.text_mcq_questions).
-                # Off: measured, they do not bind letters in this budget. 2 twins per question at weight 0.4 (lr 3e-4, 800
-                # steps): letters 15.5%, strict 15.5%, reference 93.1%, and letters on the text-only twins themselves
-                # 15.6% (the model always answered "C."); at lr 1e-3 and weight 0.5: letters 19.8%, strict 15.5%,
-                # reference 80.2%. The training LM loss plateaus at the entropy of a uniformly guessed letter.
-                text_mcq_per_question=0,
-                text_mcq_weight=0.4,              # share of the training mixture drawn from them (when enabled)
-                prediction_top1=0.6,              # synthetic action-model predictions (confusable distractors)
-                accuracy_target=0.8,
-                # The target is checked on all three protocols (llavaction_jax.eval.metrics.PROTOCOLS): (a) "generate",
-                # the reference's (greedy answer, the original parser matches its TEXT to an option), (b) "letters"
-                # (next-token logits of A..E) and (c) "strict" (generated letter and text both right).
-                target_methods=("generate", "letters", "strict"),
-                seed=0,
-        ))
-        return config
+    config.demo = ml_collections.ConfigDict(dict(
+        # Real EK100 rows whose verb AND noun are in these sets become clips (data_prep/assets/ek100_sample).
+        # The renderer draws noun -> colour/shape and verb -> motion direction, so the chosen classes must have
+        # distinct looks: verbs 0..7 move in 8 directions, the nouns below differ in colour or shape.
+        verbs=(0, 1, 3, 4),               # take, put, open, close
+        nouns=(3, 137, 23, 2, 12, 8),     # cupboard, pie, box, plate, fridge, drawer
+        eval_fraction=0.25,               # of the real rows, held out (their clips are only used for eval)
+        train_copies=8,                   # rendered copies of each train row (new background + timing each)
+        eval_copies=2,
+        clips_per_video=12,
+        max_clip_seconds=2.0,
+        fps=8.0,
+        render_size=64,
+        representation="official_key",   # option texts (data_prep.mqa REPRESENTATIONS)
+        num_options=5,
+        train_modes=("train", "random"),  # MQA modes for the training questions (one question per mode per clip)
+        eval_modes=("benchmark", "random"),
+        # Text-only twins of every training question (the action stated in words, options re-shuffled), meant to
+        # teach the model to find an action among the options and answer with ITS letter (demo.text_mcq_questions).
+        # Off: measured, they do not bind letters in this budget. 2 twins per question at weight 0.4 (lr 3e-4, 800
+        # steps): letters 15.5%, strict 15.5%, reference 93.1%, and letters on the text-only twins themselves
+        # 15.6% (the model always answered "C."); at lr 1e-3 and weight 0.5: letters 19.8%, strict 15.5%,
+        # reference 80.2%. The training LM loss plateaus at the entropy of a uniformly guessed letter.
+        text_mcq_per_question=0,
+        text_mcq_weight=0.4,              # share of the training mixture drawn from them (when enabled)
+        prediction_top1=0.6,              # synthetic action-model predictions (confusable distractors)
+        accuracy_target=0.8,
+        # The target is checked on all three protocols (llavaction_jax.eval.metrics.PROTOCOLS): (a) "generate",
+        # the reference's (greedy answer, the original parser matches its TEXT to an option), (b) "letters"
+        # (next-token logits of A..E) and (c) "strict" (generated letter and text both right).
+        target_methods=("generate", "letters", "strict"),
+        seed=0,
+    ))
+    return config

@@ -6,17 +6,17 @@ Sized for a v5p-512 slice (8x8x8): 64 FSDP groups of 8 tensor-parallel chips, th
 from configs import base
 
 TOPOLOGIES = {
-        # name: (TPU topology, mesh, grad_accum_steps)
-        "v5p-512": ("v5p:8x8x8", dict(data=1, fsdp=64, tensor=8), 4),
+    # name: (TPU topology, mesh, grad_accum_steps)
+    "v5p-512": ("v5p:8x8x8", dict(data=1, fsdp=64, tensor=8), 4),
 }
 
 
 def get_config(arg=None):
     config = base.get_base_config()
     config.model = base.model_config(
-            text=base.text_config(vocab_size=152064, hidden_size=8192, intermediate_size=29568, num_layers=80,
-                                                        num_heads=64, num_kv_heads=8, head_dim=128, tie_word_embeddings=False),
-            action_token=False, dtype="bfloat16", remat_policy="full",
+        text=base.text_config(vocab_size=152064, hidden_size=8192, intermediate_size=29568, num_layers=80,
+                              num_heads=64, num_kv_heads=8, head_dim=128, tie_word_embeddings=False),
+        action_token=False, dtype="bfloat16", remat_policy="full",
     )
     config.data.num_frames = 64
     config.data.max_length = 16384

@@ -7,18 +7,18 @@ each entry fits.
 from configs import base
 
 TOPOLOGIES = {
-        # name: (TPU topology, mesh, grad_accum_steps)
-        "v5e-4": ("v5e:2x2", dict(data=1, fsdp=4, tensor=1), 64),        # 4 chips, 64 micro-batches of 4
-        "v5p-8": ("v5p:2x2x2", dict(data=1, fsdp=8, tensor=1), 16),      # 2 samples per chip per micro-batch
+    # name: (TPU topology, mesh, grad_accum_steps)
+    "v5e-4": ("v5e:2x2", dict(data=1, fsdp=4, tensor=1), 64),        # 4 chips, 64 micro-batches of 4
+    "v5p-8": ("v5p:2x2x2", dict(data=1, fsdp=8, tensor=1), 16),      # 2 samples per chip per micro-batch
 }
 
 
 def get_config(arg=None):
     config = base.get_base_config()
     config.model = base.model_config(
-            text=base.text_config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_layers=24,
-                                                        num_heads=14, num_kv_heads=2, head_dim=64, tie_word_embeddings=True),
-            action_token=True, dtype="bfloat16", remat_policy="save_dot_except_mlp", vision_remat_policy="full",
+        text=base.text_config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_layers=24,
+                              num_heads=14, num_kv_heads=2, head_dim=64, tie_word_embeddings=True),
+        action_token=True, dtype="bfloat16", remat_policy="save_dot_except_mlp", vision_remat_policy="full",
     )
     config.data.num_frames = 16
     config.data.global_batch_size = 256

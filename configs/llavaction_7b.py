@@ -7,23 +7,23 @@ accumulation, one sample per chip per micro-batch; `python benchmarks/fit_report
 from configs import base
 
 TOPOLOGIES = {
-        # name: (TPU topology, mesh, grad_accum_steps)
-        "v5p-8": ("v5p:2x2x2", dict(data=1, fsdp=8, tensor=1), 32),      # 8 chips, 32 micro-batches of 8
-        "v5p-64": ("v5p:4x4x4", dict(data=1, fsdp=64, tensor=1), 4),     # 4 samples per chip per step
-        "v5p-256": ("v5p:4x8x8", dict(data=1, fsdp=256, tensor=1), 1),   # one sample per chip, no accumulation
+    # name: (TPU topology, mesh, grad_accum_steps)
+    "v5p-8": ("v5p:2x2x2", dict(data=1, fsdp=8, tensor=1), 32),      # 8 chips, 32 micro-batches of 8
+    "v5p-64": ("v5p:4x4x4", dict(data=1, fsdp=64, tensor=1), 4),     # 4 samples per chip per step
+    "v5p-256": ("v5p:4x8x8", dict(data=1, fsdp=256, tensor=1), 1),   # one sample per chip, no accumulation
 }
 
 
 def get_config(arg=None):
     config = base.get_base_config()
     config.model = base.model_config(
-            text=base.text_config(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28,
-                                                        num_heads=28, num_kv_heads=4, head_dim=128, tie_word_embeddings=False),
-            action_token=True, dtype="bfloat16",
-            # Decoder: keep q/k/v, attention and o_proj outputs, recompute only the MLP's gate/up in the backward
-            # pass. Vision tower (64 x 729 patches per sample): recompute everything; saving its attention outputs
-            # too leaves 9.7% of a v5p chip's HBM free on v5p-8.
-            remat_policy="save_dot_except_mlp", vision_remat_policy="full",
+        text=base.text_config(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28,
+                              num_heads=28, num_kv_heads=4, head_dim=128, tie_word_embeddings=False),
+        action_token=True, dtype="bfloat16",
+        # Decoder: keep q/k/v, attention and o_proj outputs, recompute only the MLP's gate/up in the backward
+        # pass. Vision tower (64 x 729 patches per sample): recompute everything; saving its attention outputs
+        # too leaves 9.7% of a v5p chip's HBM free on v5p-8.
+        remat_policy="save_dot_except_mlp", vision_remat_policy="full",
     )
     config.data.num_frames = 64
     config.data.max_length = 16384

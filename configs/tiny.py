@@ -6,14 +6,14 @@ def get_config(arg=None):
     del arg
     config = base.get_base_config()
     config.model = base.model_config(
-            vision=base.vision_config(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                                                                image_size=32, patch_size=8),
-            text=base.text_config(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2,
-                                                        num_heads=4, num_kv_heads=2, head_dim=16, tie_word_embeddings=False,
-                                                        max_position_embeddings=2048),
-            action_token=True,
-            action_types=(97, 300, 3806),
-            video_token_id=3,
+        vision=base.vision_config(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                                  image_size=32, patch_size=8),
+        text=base.text_config(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2,
+                              num_heads=4, num_kv_heads=2, head_dim=16, tie_word_embeddings=False,
+                              max_position_embeddings=2048),
+        action_token=True,
+        action_types=(97, 300, 3806),
+        video_token_id=3,
     )
     config.data.num_frames = 4
     config.data.max_length = 256
