@@ -34,6 +34,17 @@ class CheckpointMismatchError(ValueError):
     class for conversion, init_from and training restores."""
 
 
+def raise_mismatch(header: str, sections) -> None:
+    """CheckpointMismatchError of `header` + one block per non-empty (title, items, one_per_line) section."""
+    parts = [header]
+    for title, items, one_per_line in sections:
+        if items:
+            sep = "\n    " if one_per_line else " "
+            parts.append(f"  {title} ({len(items)}):{sep}" + (sep if one_per_line else ", ").join(items))
+    if len(parts) > 1:
+        raise CheckpointMismatchError("\n".join(parts))
+
+
 def _leaf_path(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
@@ -52,16 +63,10 @@ def check_tree(saved, target, where: str, what: str = "parameter", source: Optio
                 for p in sorted(set(have) & set(want)) if have[p] != want[p]]
     missing = sorted(set(want) - set(have))
     unexpected = sorted(set(have) - set(want))
-    if problems or missing or unexpected:
-        against = f"the model built from {source}" if source else "this model (another model size or config?)"
-        parts = [f"{where}: {what}s do not match {against}:"]
-        if problems:
-            parts.append(f"  shape mismatches ({len(problems)}):\n    " + "\n    ".join(problems))
-        if missing:
-            parts.append(f"  missing from the checkpoint ({len(missing)}): " + ", ".join(missing))
-        if unexpected:
-            parts.append(f"  unexpected, this model lacks them ({len(unexpected)}): " + ", ".join(unexpected))
-        raise CheckpointMismatchError("\n".join(parts))
+    against = f"the model built from {source}" if source else "this model (another model size or config?)"
+    raise_mismatch(f"{where}: {what}s do not match {against}:",
+                   [("shape mismatches", problems, True), ("missing from the checkpoint", missing, False),
+                    ("unexpected, this model lacks them", unexpected, False)])
 
 
 def _perm(hook: str) -> Optional[Tuple[int, ...]]:
@@ -160,20 +165,12 @@ def match(rules: Sequence[Rule], param_shapes: Dict[str, Tuple[int, ...]],
     rest = sorted(set(ckpt_shapes) - used_keys)
     unused = [k for k in rest if expected_unused(k)]
     unexpected = [k for k in rest if not expected_unused(k)]
-    if problems_missing or problems_shape or unexpected or no_rule or no_param:
-        parts = [f"checkpoint {source} does not match the model:"]
-        if problems_shape:
-            parts.append(f"  shape mismatches ({len(problems_shape)}):\n    " + "\n    ".join(problems_shape))
-        if problems_missing:
-            parts.append(f"  missing keys ({len(problems_missing)}):\n    " + "\n    ".join(problems_missing))
-        if unexpected:
-            parts.append(f"  unexpected keys ({len(unexpected)}):\n    " + "\n    ".join(unexpected))
-        if no_rule:
-            parts.append("  model parameters with no mapping rule (converter/model out of sync): " + ", ".join(no_rule))
-        if no_param:
-            parts.append("  mapping rules for parameters the model does not have (check config: "
-                         "action_token / tie_word_embeddings): " + ", ".join(no_param))
-        raise CheckpointMismatchError("\n".join(parts))
+    raise_mismatch(f"checkpoint {source} does not match the model:", [
+        ("shape mismatches", problems_shape, True), ("missing keys", problems_missing, True),
+        ("unexpected keys", unexpected, True),
+        ("model parameters with no mapping rule (converter/model out of sync)", no_rule, False),
+        ("mapping rules for parameters the model does not have (check config: action_token / "
+         "tie_word_embeddings)", no_param, False)])
     return Plan(rules={p: by_param[p] for p in param_shapes if p in by_param}, num_layers=num_layers,
                 expected_unused=unused, notes=notes, initialised=sorted(allowed_absent))
 
