@@ -153,7 +153,9 @@ def test_packed_batch_structure(data, mesh, packed_run):
             assert (b["input_ids"][row, start:stop] == 3).sum() == (NV if has_video else 0)
             if has_video:
                 frames = synthetic.sample_frames(data["frames"][sid], F, S)
-                decoded = np.stack([tf.io.decode_jpeg(encode_jpeg(f, quality=95)).numpy() for f in frames])
+                decoded = np.stack([tf.io.decode_jpeg(encode_jpeg(f, quality=95),
+                                                      dct_method=pipeline.JPEG_DCT_METHOD).numpy()
+                                        for f in frames])
                 np.testing.assert_array_equal(b["pixel_values"][row, video], pipeline.PIXEL_LUT[np.asarray(decoded, np.uint8)])
                 assert b["actions"][row, video].tolist() == [sample["verb_class"], sample["noun_class"],
                                                              sample["action_id"]]

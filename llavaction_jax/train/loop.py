@@ -115,6 +115,22 @@ def _init_from(config) -> str:
     return str(config.train.get("init_from", "") or config.get("init_from", "") or "")
 
 
+def _init_from_error(path, err) -> UserError:
+    return UserError(f"cannot load init_from {path!r}: {err}", "config.train.init_from",
+                     "an Orbax dir from `python -m llavaction_jax.convert import`, an HF / llava_qwen "
+                     "safetensors dir or a training workdir")
+
+
+def check_init_from(path) -> None:
+    """A UserError now, before any checkpoint manager (and its background threads) exists, when `path` is not
+    a checkpoint load_pretrained can read."""
+    from llavaction_jax.convert import api
+    try:
+        api.detect_format(path)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as e:
+        raise _init_from_error(path, e) from None
+
+
 def _load_pretrained_params(path, setup, config):
     """Params (pure dict, in the train shardings and param dtype) from `llavaction_jax.load_pretrained`:
     an Orbax dir of `python -m llavaction_jax.convert import`, an HF/llava_qwen dir or a train checkpoint."""
@@ -127,10 +143,8 @@ def _load_pretrained_params(path, setup, config):
     except CheckpointMismatchError:
         raise
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:
-        # detect_format / config parsing: the path is not a loadable checkpoint.
-        raise UserError(f"cannot load init_from {path!r}: {e}", "config.train.init_from",
-                        "an Orbax dir from `python -m llavaction_jax.convert import`, an HF / llava_qwen "
-                        "safetensors dir or a training workdir") from None
+        # config parsing: the path is not a loadable checkpoint.
+        raise _init_from_error(path, e) from None
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     checkpointing.check_compatible(params, setup.abstract_state["params"], f"init_from {path}")
     return jax.device_put(params, setup.shardings["params"])
@@ -189,6 +203,8 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
           eval_fn: Optional[Callable[[object, int], Mapping[str, float]]] = None, mesh=None) -> dict:
     """Train until config.train.num_steps (resuming from workdir's latest checkpoint); returns a summary."""
     opt_lib.validate_config(config)
+    if _init_from(config):
+        check_init_from(_init_from(config))
     workdir = local_workdir(workdir)
     os.makedirs(workdir, exist_ok=True)
     tc = config.train
