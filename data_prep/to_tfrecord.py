@@ -423,10 +423,26 @@ def main(argv=None) -> int:
         print("[to_tfrecord] terminated (SIGTERM); workers stopped, finished shards are kept, rerun to resume",
               file=sys.stderr)
         return 128 + signal.SIGTERM
+    except Exception as e:   # ENOSPC from Python (OSError) or from TF's writer (ResourceExhaustedError)
+        if not _disk_full(e):
+            raise
+        raise UserError("no space left on device", f"--out {args.out}: {_first_line(e)}",
+                        "free space there and rerun the same command (finished shards are kept; the shard "
+                        "being written is redone)") from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return 0 if manifest["complete"] else 3
+
+
+def _disk_full(err: BaseException) -> bool:
+    import errno
+    return ((isinstance(err, OSError) and err.errno == errno.ENOSPC)
+            or "No space left on device" in str(err))
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 if __name__ == "__main__":

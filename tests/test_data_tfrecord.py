@@ -433,3 +433,39 @@ def test_zero_records_and_missing_video_root_are_errors(data, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith(
         f"error: no records written: all 3 sample(s) skipped ({out}/failures.jsonl): samples whose videos exist")
     assert json.loads((out / "manifest.json").read_text())["complete"] is False
+
+
+def _mount_tmpfs(path, size):
+    import subprocess
+    path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    return proc.returncode == 0
+
+
+def test_disk_full_is_one_error_and_a_rerun_with_space_completes(data, converted, tmp_path, capsys):
+    """to_tfrecord into a tmpfs half the output's size: one error line naming the file being written, exit 2, the manifest not
+    complete; after the filesystem grows, the same command finishes and writes the bytes of a run that never
+    ran out of space (finished shards kept, the torn one redone)."""
+    import subprocess
+    mnt = tmp_path / "small"
+    full = sum(os.path.getsize(p) for p in glob.glob(os.path.join(converted[0], "*")))
+    if not _mount_tmpfs(mnt, f"{max(2, full // 2 // 4096) * 4}k"):
+        pytest.skip("cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN)")
+    try:
+        out = mnt / "out"
+        args = ["--samples", str(data["jsonl"]), "--video_root", str(data["root"]), "--layout", "original",
+                "--num_frames", str(NUM_FRAMES), "--size", str(SIZE), "--num_shards", str(SHARDS), "--workers", "0",
+                "--no_progress", "--out", str(out)]
+        from llavaction_jax import cli
+        assert cli.run(to_tfrecord.main, args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: no space left on device") and str(out) in err[0], err
+        manifest = out / "manifest.json"
+        assert not manifest.exists() or json.loads(manifest.read_text())["complete"] is False
+        subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
+        assert cli.run(to_tfrecord.main, args) == 0
+        capsys.readouterr()
+        assert shard_bytes(out) == shard_bytes(converted[0])
+        assert json.loads(manifest.read_text())["complete"] is True
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
