@@ -6,6 +6,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from data_prep import prompts
+from llavaction_jax.input.schema import PIXEL_LUT
 from llavaction_jax.eval.scoring import LETTERS
 
 
@@ -23,8 +24,8 @@ class EvalItem:
 
 
 def normalize_frames(frames: np.ndarray) -> np.ndarray:
-    """uint8 RGB -> float32 in [-1, 1] (SigLIP mean = std = 0.5)."""
-    return (np.asarray(frames, np.float32) / 255.0 - 0.5) / 0.5
+    """uint8 RGB -> float32 in [-1, 1] on the host: the training input's table (bit-identical values)."""
+    return PIXEL_LUT[np.asarray(frames, np.uint8)]
 
 
 # The letter the answer is written with: the same "X. text" pattern the reference parser reads the text from.

@@ -78,10 +78,8 @@ def host_index(patterns, process_index, process_count, by_record=False):
 # ---------------------------------------------------------------------------------------------------------------
 # tf.data decoding
 # ---------------------------------------------------------------------------------------------------------------
-# SigLIP normalisation (mean = std = 0.5) of every uint8 value, as float32 numpy computes (x/255 - 0.5)/0.5.
-# Frames travel as uint8 (4x less host memory traffic and host->device bytes) and are normalised on device by
-# table lookup, which is bit-identical on every backend (no reciprocal / fast-division rewrites).
-PIXEL_LUT = (np.arange(256, dtype=np.float32) / np.float32(255.0) - np.float32(0.5)) / np.float32(0.5)
+# SigLIP normalisation table: input/schema.py (one definition for every path).
+from llavaction_jax.input.schema import PIXEL_LUT  # noqa: E402
 
 
 # The one JPEG decode of every path (training, periodic eval, the eval CLI, predict on TFRecords): TF's decoder
