@@ -16,7 +16,7 @@ from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGene
 
 from llavaction_jax.model import build as model_build
 from llavaction_jax import sharding as shd
-from llavaction_jax.convert import api
+from llavaction_jax.convert import api, common
 from llavaction_jax.convert.mapping import CheckpointMismatchError
 
 VIDEO_ID = 251
@@ -115,7 +115,7 @@ def test_round_trip_import_export_from_pretrained(hf_dir, tmp_path):
     # The sharded export (index.json + 3 shards) imports back to the same parameters.
     again, _ = api.load_pretrained(str(tmp_path / "hf_out"), mesh=_one_device_mesh())
     first, _ = api.load_pretrained(str(tmp_path / "orbax"), mesh=_one_device_mesh())
-    a, b = api.flat_params(nnx.state(first)), api.flat_params(nnx.state(again))
+    a, b = common.flat_params(nnx.state(first)), common.flat_params(nnx.state(again))
     for p in a:
         np.testing.assert_array_equal(np.asarray(a[p].get_value()), np.asarray(b[p].get_value()), err_msg=p)
     with pytest.raises(CheckpointMismatchError) as e:   # Orbax side: every mismatch listed with both shapes
@@ -163,9 +163,9 @@ def test_sharded_import_matches_unsharded(hf_dir):
     sharded, config = api.load_pretrained(path, mesh=mesh)
     single, _ = api.load_pretrained(path, mesh=_one_device_mesh())
     abstract = model_build.abstract_model(config.model, mesh)
-    want = api.flat_params(nnx.state(abstract))
-    got = api.flat_params(nnx.state(sharded))
-    ref = api.flat_params(nnx.state(single))
+    want = common.flat_params(nnx.state(abstract))
+    got = common.flat_params(nnx.state(sharded))
+    ref = common.flat_params(nnx.state(single))
     assert set(got) == set(want) == set(ref)
     for p in got:
         arr = got[p].get_value()
@@ -186,7 +186,7 @@ def test_bf16_checkpoint_stays_bf16(tmp_path):
     assert config.model.param_dtype == "bfloat16"
     leaves = jax.tree.leaves(nnx.state(model))
     assert leaves and all(x.dtype == jnp.bfloat16 for x in leaves)
-    emb = api.flat_params(nnx.state(model))["llm/embed_tokens/embedding"].get_value()
+    emb = common.flat_params(nnx.state(model))["llm/embed_tokens/embedding"].get_value()
     want = hf_model.model.language_model.embed_tokens.weight.detach().float().numpy()
     np.testing.assert_array_equal(np.asarray(emb).astype(np.float32), want)     # bit-exact, no rounding trip
     api.export_checkpoint(str(tmp_path / "orbax"), str(tmp_path / "out"), "hf", mesh=_one_device_mesh())
@@ -194,7 +194,7 @@ def test_bf16_checkpoint_stays_bf16(tmp_path):
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
     assert json.load(open(tmp_path / "out" / "config.json"))["dtype"] == "bfloat16"
     as_f32, config = api.load_pretrained(str(tmp_path / "orbax"), dtype="float32", mesh=_one_device_mesh())
-    emb32 = api.flat_params(nnx.state(as_f32))["llm/embed_tokens/embedding"].get_value()
+    emb32 = common.flat_params(nnx.state(as_f32))["llm/embed_tokens/embedding"].get_value()
     assert config.model.param_dtype == "float32" and emb32.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(emb32), want)
 
@@ -210,7 +210,7 @@ def test_hf_has_no_action_heads_listed_as_missing(hf_dir):
     model, config = api.load_pretrained(path, mesh=_one_device_mesh(), config_overrides={"action_token": True},
                                         allow_missing=["^action/"])
     assert config.model.action_token
-    flat = api.flat_params(nnx.state(model))
+    flat = common.flat_params(nnx.state(model))
     assert np.asarray(flat["action/verb_head/kernel"].get_value()).std() > 0
 
 
@@ -242,7 +242,7 @@ def test_export_from_training_checkpoint(hf_dir, tmp_path):
 def test_config_variants_and_key_aliases():
     """vision_feature_layer=-2 uses N-1 layers (the rest are expected unused); hub/v5 key names are accepted."""
     from configs import base
-    from llavaction_jax.convert import hf
+    from llavaction_jax.convert.formats import hf
     cj = {"model_type": "llava_onevision", "video_token_index": 151647, "vision_feature_layer": -2,
           "vision_feature_select_strategy": "full",
           "text_config": {"model_type": "qwen2", "vocab_size": 300, "hidden_size": 64, "intermediate_size": 96,
@@ -299,23 +299,23 @@ from flax import nnx
 jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid,
                            initialization_timeout=120)
 from llavaction_jax import sharding as shd
-from llavaction_jax.convert import api
+from llavaction_jax.convert import api, common
 mesh = shd.make_mesh({"data": 1, "fsdp": 4, "tensor": 1})
 model, _ = api.load_pretrained(src, mesh=mesh)
 want = np.load(ref)
-for path, var in api.flat_params(nnx.state(model)).items():
+for path, var in common.flat_params(nnx.state(model)).items():
     arr = var.get_value()
     assert not arr.is_fully_addressable and len(arr.addressable_shards) == 2, path
     for shard in arr.addressable_shards:
         np.testing.assert_array_equal(np.asarray(shard.data), want[path][shard.index], err_msg=path)
-gate = api.flat_params(nnx.state(model))["llm/layers/mlp/gate_proj/kernel"].get_value()
+gate = common.flat_params(nnx.state(model))["llm/layers/mlp/gate_proj/kernel"].get_value()
 assert gate.shape == (2, 64, 128) and gate.addressable_shards[0].data.shape == (2, 16, 128)   # embed / 4 hosts
 if pid == 0:
     # Process 0 writes model_config.json etc. after the collective save; make it slow so that a process
     # returning from import before those files exist would fail its export (the race this test guards).
     import time
-    _copy = api.copy_tokenizer_files
-    api.copy_tokenizer_files = lambda *a, **k: (time.sleep(3), _copy(*a, **k))[1]
+    _copy = common.copy_tokenizer_files
+    common.copy_tokenizer_files = lambda *a, **k: (time.sleep(3), _copy(*a, **k))[1]
 api.import_checkpoint(src, orbax_dir, "hf", mesh=mesh)
 api.export_checkpoint(orbax_dir, out, "hf", mesh=mesh)
 jax.distributed.shutdown()
@@ -332,7 +332,7 @@ def test_two_process_import_and_export(hf_dir, tmp_path):
     path, _ = hf_dir
     single, _ = api.load_pretrained(path, mesh=_one_device_mesh())
     ref = tmp_path / "ref.npz"
-    np.savez(ref, **{p: np.asarray(v.get_value()) for p, v in api.flat_params(nnx.state(single)).items()})
+    np.savez(ref, **{p: np.asarray(v.get_value()) for p, v in common.flat_params(nnx.state(single)).items()})
     worker = tmp_path / "worker.py"
     worker.write_text(_WORKER)
     with socket.socket() as s:

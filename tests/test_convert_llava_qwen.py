@@ -17,7 +17,8 @@ from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGene
 
 from llavaction_jax.model import build as model_build
 from llavaction_jax import sharding as shd
-from llavaction_jax.convert import api
+from llavaction_jax.convert import api, common
+from llavaction_jax.convert.formats import llava_qwen
 from llavaction_jax.convert.__main__ import main as cli_main
 from llavaction_jax.convert.mapping import CheckpointMismatchError
 
@@ -102,7 +103,7 @@ def _mesh():
 
 
 def _flat_np(model):
-    return {p: np.asarray(v.get_value()) for p, v in api.flat_params(nnx.state(model)).items()}
+    return {p: np.asarray(v.get_value()) for p, v in common.flat_params(nnx.state(model)).items()}
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +171,7 @@ def test_export_without_dropped_layer_writes_used_layers(hf_model, tmp_path):
 def test_vocab_and_tie_quirks(hf_model, tmp_path):
     # LLaVA-Video-7B: config.json vocab disagrees with the embedding rows; LLaVAction unties lm_head.
     write_llava_qwen(tmp_path / "src", hf_model, action=False, config_vocab=250, config_tied=True)
-    raw, _, model_cfg, notes, _ = api.read_source(str(tmp_path / "src"), "llava_qwen")
-    raw.close()
+    model_cfg, notes = llava_qwen.read_config(str(tmp_path / "src"))
     assert model_cfg.text.vocab_size == 256 and not model_cfg.text.tie_word_embeddings
     assert any("vocab_size" in n for n in notes) and any("tie_word_embeddings" in n for n in notes)
 
@@ -271,7 +271,6 @@ def _real_llava_qwen_shapes(h, inter, layers, heads, kv, vocab, actions, v_layer
 def test_real_7b_checkpoint_layout_maps_onto_llavaction_7b_config():
     """Header-level check (no tensors): LLaVAction-7B's keys/shapes + config.json give configs/llavaction_7b."""
     from configs import base, llavaction_7b
-    from llavaction_jax.convert import llava_qwen
     from llavaction_jax.convert.mapping import match
     shapes = _real_llava_qwen_shapes(3584, 18944, 28, 28, 4, 152064, (97, 300, 3806))
     cj = {"model_type": "llava_qwen", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
@@ -291,7 +290,7 @@ def test_real_7b_checkpoint_layout_maps_onto_llavaction_7b_config():
     assert ("vision tower inferred from the checkpoint tensors (config.json has no vision sizes): hidden 1152, "
             "mlp 4304, 27 layers in the checkpoint -> 26 used, 16 heads") in notes[-1]
     mesh = shd.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
-    abstract = api.flat_params(nnx.state(model_build.abstract_model(m, mesh), nnx.Param))
+    abstract = common.flat_params(nnx.state(model_build.abstract_model(m, mesh), nnx.Param))
     plan = match(llava_qwen.rules(m), {p: v.get_value().shape for p, v in abstract.items()}, shapes,
                  llava_qwen.expected_unused(m), "LLaVAction-7B")
     assert len(plan.expected_unused) == 16 and all(".encoder.layers.26." in k for k in plan.expected_unused)
@@ -307,9 +306,7 @@ def test_tower_sizes_inferred_when_config_has_none(hf_model, tmp_path, caplog):
     cj = json.loads(cfg_path.read_text())
     del cj["vision_config"]
     cfg_path.write_text(json.dumps(cj))
-    raw, _, model_cfg, notes, _ = api.read_source(str(tmp_path / "src"), "llava_qwen",
-                                                  config_overrides={"vision.num_heads": 4})
-    raw.close()
+    model_cfg, notes = llava_qwen.read_config(str(tmp_path / "src"), config_overrides={"vision.num_heads": 4})
     v = model_cfg.vision
     assert (v.hidden_size, v.intermediate_size, v.num_layers, v.patch_size, v.image_size) == (32, 64, 2, 8, SIDE)
     [note] = [n for n in notes if n.startswith("vision tower inferred")]
@@ -320,4 +317,4 @@ def test_tower_sizes_inferred_when_config_has_none(hf_model, tmp_path, caplog):
     cj["mm_hidden_size"] = 48
     cfg_path.write_text(json.dumps(cj))
     with pytest.raises(ValueError, match="mm_hidden_size=48 but the tower's patch_embedding has 32"):
-        api.read_source(str(tmp_path / "src"), "llava_qwen")
+        llava_qwen.read_config(str(tmp_path / "src"))

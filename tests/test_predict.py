@@ -10,7 +10,7 @@ from data_prep import synthetic
 from llavaction_jax.model import build as model_build
 from llavaction_jax import predict
 from llavaction_jax import sharding as shd
-from llavaction_jax.convert import api as convert_api
+from llavaction_jax.convert.formats import orbax as orbax_format
 from llavaction_jax.eval import __main__ as eval_cli
 from llavaction_jax.input.tokenizer import train_tiny_tokenizer
 
@@ -26,7 +26,7 @@ def checkpoint(tmp_path_factory):
     tok = train_tiny_tokenizer(texts, str(root / "tok"), vocab_size=config.model.text.vocab_size)
     mesh = shd.make_mesh(config.mesh)
     model = model_build.sharded_model(config.model, mesh, seed=0)
-    convert_api.save_orbax(ckpt, model, config.model, {"source": "random tiny model for tests"})
+    orbax_format.save_orbax(ckpt, model, config.model, {"source": "random tiny model for tests"})
     tok.save(ckpt)
     video = synthetic.frame_index_video(str(root / "videos"), "original", "P01_01", num_frames=45, fps=15.0,
                                         size=32)[0]

@@ -1,5 +1,5 @@
-"""Checkpoint conversion: transformers LlavaOnevision (hf) and original LLaVA-NeXT/LLaVAction (llava_qwen)
-safetensors <-> sharded nnx model <-> Orbax. CLI: `python -m llavaction_jax.convert {import,export} ...`."""
+"""Checkpoint conversion between the registered formats (convert/formats: hf, llava_qwen, orbax, train) and
+sharded nnx models. CLI: `python -m llavaction_jax.convert {import,export} ...`."""
 from llavaction_jax.convert.api import (detect_format, export_checkpoint, export_model, import_checkpoint,
                                         load_pretrained)
 from llavaction_jax.convert.mapping import CheckpointMismatchError

@@ -1,7 +1,9 @@
 """CLI: convert checkpoints.
 
-  python -m llavaction_jax.convert import --format {llava_qwen,hf} --src SRC --dst DST   # safetensors -> Orbax
-  python -m llavaction_jax.convert export --format {llava_qwen,hf} --src SRC --dst DST   # Orbax -> safetensors
+  python -m llavaction_jax.convert import --format FORMAT --src SRC --dst DST   # a FORMAT checkpoint -> Orbax dir
+  python -m llavaction_jax.convert export --format FORMAT --src SRC --dst DST   # any checkpoint -> FORMAT
+
+FORMAT is a name of the registry in llavaction_jax/convert/formats (`--help` of a command lists them).
 
 SRC and DST may also be given positionally (`import --format hf SRC DST`), as in earlier versions.
 """
@@ -33,20 +35,26 @@ def _paths(sub, src_help, dst_help):
     sub.add_argument("dst_pos", nargs="?", metavar="DST", help="same as --dst")
 
 
+def _described(names):
+    from llavaction_jax.convert import formats
+    return "; ".join(f"{n} = {formats.FORMATS[n].DESCRIPTION}" for n in names)
+
+
 def main(argv=None):
-    from llavaction_jax.convert import api
-    formats = sorted(api.FORMATS)      # the format registry: one module per safetensors format
+    from llavaction_jax.convert import api, formats
     parser = argparsing.ArgumentParser(prog="python -m llavaction_jax.convert", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    imp = sub.add_parser("import", help="safetensors checkpoint dir -> Orbax params dir (+ model_config.json)")
-    imp.add_argument("--format", required=True, choices=formats)
+    imp = sub.add_parser("import", help="checkpoint dir -> Orbax params dir (+ model_config.json)")
+    imp.add_argument("--format", required=True, choices=sorted(formats.FORMATS),
+                     help="the source's format: " + _described(sorted(formats.FORMATS)))
     imp.add_argument("--dtype", default=None, help="parameter dtype (default: the checkpoint's, e.g. bfloat16)")
     imp.add_argument("--override", action="append", help="model config override key=value, e.g. action_token=true")
     imp.add_argument("--allow_missing", action="append", default=[],
                      help="regex of parameter paths that may be absent and are initialised (e.g. '^action/')")
-    _paths(imp, "safetensors checkpoint dir (config.json + model.safetensors[.index.json])", "new Orbax dir")
-    exp = sub.add_parser("export", help="Orbax params dir -> safetensors checkpoint dir")
-    exp.add_argument("--format", required=True, choices=formats)
+    _paths(imp, "checkpoint dir, e.g. safetensors (config.json + model.safetensors[.index.json])", "new Orbax dir")
+    exp = sub.add_parser("export", help="checkpoint dir (usually an Orbax dir or a training workdir) -> FORMAT")
+    exp.add_argument("--format", required=True, choices=formats.writable(),
+                     help="the destination's format: " + _described(formats.writable()))
     exp.add_argument("--extra_tensors", default=None,
                      help="llava_qwen: safetensors file/dir holding the dropped SigLIP layer to write back")
     exp.add_argument("--max_shard_gb", type=float, default=2.0)
@@ -59,7 +67,7 @@ def main(argv=None):
     exp.add_argument("--eval_summary", default=None,
                      help="hf: eval summary.json whose accuracies go into the model card (default: the training "
                           "workdir's latest periodic eval)")
-    _paths(exp, "Orbax dir from `convert import` (or a training workdir)", "new safetensors dir")
+    _paths(exp, "Orbax dir from `convert import`, a training workdir or any other checkpoint dir", "new dir")
     args = parser.parse_args(argv)
     for name in ("src", "dst"):
         flag, pos = getattr(args, name), getattr(args, name + "_pos")

@@ -1,4 +1,4 @@
-"""transformers `LlavaOnevisionForConditionalGeneration` checkpoints: key table and config.json parsing/writing.
+"""transformers `LlavaOnevisionForConditionalGeneration` safetensors directories (format "hf"): read and written.
 
 Canonical keys are what transformers 5.24 `save_pretrained` writes (legacy hub layout):
 `vision_tower.{embeddings,encoder,post_layernorm}...`, `multi_modal_projector.linear_{1,2}`, `image_newline`,
@@ -7,16 +7,27 @@ Canonical keys are what transformers 5.24 `save_pretrained` writes (legacy hub l
 `vision_tower.vision_model.` prefix are accepted too (see `canonical_key`).
 The HF layout is LLaVA-OneVision's: bilinear 2x pooling, ONE image_newline after all frames, no action
 token; LLaVAction's action token/heads have no HF counterpart.
+A written directory is complete: weights, config.json, generation_config.json, README.md model card and, with
+a tokenizer, the tokenizer, chat template and processor configs (see convert/hf_processor.py).
 """
 import json
+import logging
 import os
 import re
-from typing import Dict, List, Optional, Tuple
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from llavaction_jax.convert import llava_qwen
+import ml_collections
+import numpy as np
+
+from llavaction_jax.convert import common, hf_processor, model_card, safetensors_format as sf, towers
 from llavaction_jax.convert.mapping import Rule
 
+log = logging.getLogger(__name__)
+FORMAT = sys.modules[__name__]      # this module, handed to the shared safetensors machinery
+
 NAME = "hf"
+DESCRIPTION = "transformers LlavaOnevision safetensors dir (config.json model_type llava_onevision)"
 VISION_PREFIX = "vision_tower."
 _VISION_LAYER_RE = re.compile(r"vision_tower\.encoder\.layers\.(\d+)\.")
 _ALIASES = [  # applied in order: v5 in-memory names, then the older vision_model-prefixed hub names
@@ -36,6 +47,20 @@ def is_format(config_json: dict) -> bool:
     return config_json.get("model_type") == "llava_onevision"
 
 
+def detect(path: str) -> bool:
+    return sf.detect(path, FORMAT)
+
+
+def read_config(path: str, config_overrides=None, dtype=None):
+    """(model config, notes) from config.json (+ the tensor shapes)."""
+    return sf.read_config(path, FORMAT, config_overrides, dtype)
+
+
+def load(path: str, mesh, dtype=None, config_overrides=None, allow_missing: Sequence[str] = (),
+         rules=None) -> common.Loaded:
+    return sf.load(path, FORMAT, mesh, dtype, config_overrides, allow_missing, rules)
+
+
 def canonical_key(key: str) -> str:
     for rx, repl in _ALIASES:
         key = rx.sub(repl, key)
@@ -43,15 +68,11 @@ def canonical_key(key: str) -> str:
 
 
 def rules(model_cfg) -> List[Rule]:
-    out = llava_qwen._vision_rules(VISION_PREFIX)
-    out += [Rule("projector/linear_1/kernel", "multi_modal_projector.linear_1.weight", "linear"),
-            Rule("projector/linear_1/bias", "multi_modal_projector.linear_1.bias"),
-            Rule("projector/linear_2/kernel", "multi_modal_projector.linear_2.weight", "linear"),
-            Rule("projector/linear_2/bias", "multi_modal_projector.linear_2.bias"),
-            Rule("image_newline", "image_newline")]
-    out += llava_qwen._text_rules("language_model.model.", "language_model.lm_head.weight",
-                                  model_cfg.text.tie_word_embeddings)
-    return out
+    return (towers.vision_rules(VISION_PREFIX)
+            + towers.projector_rules("multi_modal_projector.linear_1", "multi_modal_projector.linear_2",
+                                     "image_newline")
+            + towers.text_rules("language_model.model.", "language_model.lm_head.weight",
+                                model_cfg.text.tie_word_embeddings))
 
 
 # Parameters of our tree that the HF format cannot hold (missing on import, dropped and listed on export).
@@ -201,7 +222,6 @@ def generation_config(source_generation: dict) -> dict:
 
 def prepare_export(model_cfg, cfg_json: dict, tokenizer_file: Optional[str]):
     """(config.json, tokenizer plan or None): token ids / vocab from the tokenizer that goes with the model."""
-    from llavaction_jax.convert import hf_processor
     if not tokenizer_file:
         return cfg_json, None
     plan = hf_processor.plan_tokenizer(tokenizer_file, model_cfg)
@@ -209,7 +229,6 @@ def prepare_export(model_cfg, cfg_json: dict, tokenizer_file: Optional[str]):
 
 
 def export_tensors(tensors, plan):
-    from llavaction_jax.convert import hf_processor
     return tensors if plan is None else hf_processor.pad_vocab(tensors, plan.vocab_size)
 
 
@@ -218,7 +237,6 @@ def write_extras(dst: str, model_cfg, cfg_json: dict, plan, source_generation: d
                  eval_summary_path: Optional[str] = None, dropped_params=(), num_params: Optional[int] = None
                  ) -> List[str]:
     """generation_config.json, tokenizer + processor files (when there is a tokenizer) and README.md."""
-    from llavaction_jax.convert import hf_processor, model_card
     gen = generation_config(source_generation)
     written = []
     if plan is not None:
@@ -233,3 +251,55 @@ def write_extras(dst: str, model_cfg, cfg_json: dict, plan, source_generation: d
     with open(os.path.join(dst, "README.md"), "w", encoding="utf-8") as f:
         f.write(card)
     return written + ["generation_config.json", "README.md"]
+
+
+def write(loaded: common.Loaded, dst: str, options: common.WriteOptions = common.WriteOptions()) -> dict:
+    """`loaded` as a complete transformers model directory (see module docstring); returns the export report.
+
+    The tokenizer: options.tokenizer_path, else the one the model was trained with, else the source's files.
+    Our parameters HF cannot hold (the action token / heads) are dropped, logged and listed."""
+    model_cfg = loaded.model_cfg
+    if options.allow_layout_change:
+        model_cfg = ml_collections.ConfigDict(model_cfg.to_dict())
+        model_cfg.pool_mode, model_cfg.newline_position = "bilinear", "one_token"
+    tensors, dropped, flat = sf.tensors_to_write(loaded.model, rules(model_cfg), NAME)
+    if dropped:
+        log.warning("not representable in the HF LlavaOnevision format, dropped: %s", dropped)
+    cfg_json = export_config(model_cfg, loaded.source_config, np.dtype(model_cfg.param_dtype).name)
+    tokenizer_path = options.tokenizer_path
+    if tokenizer_path and hf_processor.find_tokenizer_file(tokenizer_path) is None:
+        raise FileNotFoundError(f"tokenizer {tokenizer_path!r}: no tokenizer.json there (expected a dir "
+                                "holding tokenizer.json, or the file itself)")
+    tokenizer_path = tokenizer_path or loaded.tokenizer_path
+    try:
+        cfg_json, tok_plan = prepare_export(model_cfg, cfg_json,
+                                            hf_processor.find_tokenizer_file(tokenizer_path, loaded.files_dir))
+    except hf_processor.UnreadableTokenizer as e:
+        if tokenizer_path:
+            raise
+        # A tokenizer found next to the source that we cannot use: its files are copied as they are.
+        log.warning("%s; exporting without tokenizer / processor files", e)
+        tok_plan = None
+    if tok_plan is None:
+        log.warning("no tokenizer.json given (tokenizer_path / source dir): %s gets weights and config only; "
+                    "image/video token ids are unchecked and AutoProcessor will not load it", dst)
+    notes = tok_plan.notes if tok_plan is not None else []
+    eval_summary = options.eval_summary or loaded.eval_summary
+
+    def extras():
+        if loaded.files_dir and tok_plan is None:
+            common.copy_tokenizer_files(loaded.files_dir, dst)
+        data = (loaded.train_config or {}).get("data") or {}
+        write_extras(dst, model_cfg, cfg_json, tok_plan, loaded.source_generation,
+                     system_prompt=str(data.get("system_prompt") or "You are a helpful assistant."),
+                     num_frames=data.get("num_frames"), train_config=loaded.train_config,
+                     eval_summary_path=eval_summary, dropped_params=dropped,
+                     num_params=sum(int(np.prod(v.get_value().shape)) for p, v in flat.items() if p not in dropped))
+
+    weight_map = sf.write_dir(dst, export_tensors(tensors, tok_plan), cfg_json, options.max_shard_bytes, extras)
+    for n in notes:
+        log.info("%s", n)
+    return dict(format=NAME, keys=sorted(weight_map), dropped_params=dropped, extra_keys=[], notes=notes,
+                image_token_index=cfg_json["image_token_index"], video_token_index=cfg_json["video_token_index"],
+                tokenizer=tok_plan.source if tok_plan is not None else None)
+

@@ -1,4 +1,4 @@
-"""Original LLaVA-NeXT / LLaVAction `llava_qwen` checkpoints: key table and config.json parsing/writing.
+"""Original LLaVA-NeXT / LLaVAction `llava_qwen` safetensors directories (format "llava_qwen"): read and written.
 
 Key names follow LLaVA-NeXT (`model.vision_tower.vision_tower.vision_model...`, `model.mm_projector.{0,2}`,
 `model.layers.N...`, `lm_head.weight`) plus the LLaVAction extras (`model.action_supervision`,
@@ -6,12 +6,21 @@ Key names follow LLaVA-NeXT (`model.vision_tower.vision_tower.vision_model...`, 
 last encoder layer and uses the output of the remaining ones before post_layernorm, so a checkpoint may
 hold one more vision layer than the model uses: that layer is an expected, reported, unused key.
 """
+import logging
 import re
-from typing import Dict, List, Tuple
+import sys
+from typing import Dict, List, Sequence, Tuple
 
+import numpy as np
+
+from llavaction_jax.convert import common, safetensors_format as sf, towers
 from llavaction_jax.convert.mapping import Rule
+from llavaction_jax.convert.safetensors_io import CheckpointReader
 
+log = logging.getLogger(__name__)
+FORMAT = sys.modules[__name__]      # this module, handed to the shared safetensors machinery
 NAME = "llava_qwen"
+DESCRIPTION = "original LLaVA-NeXT / LLaVAction safetensors dir (config.json with mm_vision_tower)"
 VIDEO_TOKEN_ID = -200          # LLaVA-NeXT IMAGE_TOKEN_INDEX sentinel spliced by tokenizer_image_token
 VISION_PREFIX = "model.vision_tower.vision_tower.vision_model."
 _VISION_LAYER_RE = re.compile(re.escape(VISION_PREFIX) + r"encoder\.layers\.(\d+)\.")
@@ -75,53 +84,27 @@ def canonical_key(key: str) -> str:
     return key
 
 
+def detect(path: str) -> bool:
+    return sf.detect(path, FORMAT)
+
+
+def read_config(path: str, config_overrides=None, dtype=None):
+    """(model config, notes) from config.json + the tensor shapes (the original config has no vision sizes)."""
+    return sf.read_config(path, FORMAT, config_overrides, dtype)
+
+
+def load(path: str, mesh, dtype=None, config_overrides=None, allow_missing: Sequence[str] = (),
+         rules=None) -> common.Loaded:
+    return sf.load(path, FORMAT, mesh, dtype, config_overrides, allow_missing, rules)
+
+
 NOT_IN_FORMAT = {}     # every parameter of the tree has a llava_qwen key
 
 
-def _vision_rules(prefix: str) -> List[Rule]:
-    lp = prefix + "encoder.layers.{i}."
-    rules = [
-        Rule("vision/embeddings/patch_embedding/kernel", prefix + "embeddings.patch_embedding.weight", "conv"),
-        Rule("vision/embeddings/patch_embedding/bias", prefix + "embeddings.patch_embedding.bias"),
-        Rule("vision/embeddings/position_embedding/embedding", prefix + "embeddings.position_embedding.weight"),
-        Rule("vision/post_layernorm/scale", prefix + "post_layernorm.weight"),
-        Rule("vision/post_layernorm/bias", prefix + "post_layernorm.bias"),
-    ]
-    for ln in ("layer_norm1", "layer_norm2"):
-        rules += [Rule(f"vision/encoder/layers/{ln}/scale", lp + f"{ln}.weight", stacked=True),
-                  Rule(f"vision/encoder/layers/{ln}/bias", lp + f"{ln}.bias", stacked=True)]
-    for name, sub in [("q_proj", "self_attn"), ("k_proj", "self_attn"), ("v_proj", "self_attn"),
-                      ("out_proj", "self_attn"), ("fc1", "mlp"), ("fc2", "mlp")]:
-        rules += [Rule(f"vision/encoder/layers/{sub}/{name}/kernel", lp + f"{sub}.{name}.weight", "linear", True),
-                  Rule(f"vision/encoder/layers/{sub}/{name}/bias", lp + f"{sub}.{name}.bias", stacked=True)]
-    return rules
-
-
-def _text_rules(prefix: str, lm_head_key: str, tied: bool) -> List[Rule]:
-    lp = prefix + "layers.{i}."
-    rules = [Rule("llm/embed_tokens/embedding", prefix + "embed_tokens.weight"),
-             Rule("llm/norm/scale", prefix + "norm.weight"),
-             Rule("llm/layers/input_layernorm/scale", lp + "input_layernorm.weight", stacked=True),
-             Rule("llm/layers/post_attention_layernorm/scale", lp + "post_attention_layernorm.weight", stacked=True)]
-    for p in ("q_proj", "k_proj", "v_proj"):
-        rules += [Rule(f"llm/layers/self_attn/{p}/kernel", lp + f"self_attn.{p}.weight", "linear", True),
-                  Rule(f"llm/layers/self_attn/{p}/bias", lp + f"self_attn.{p}.bias", stacked=True)]
-    rules.append(Rule("llm/layers/self_attn/o_proj/kernel", lp + "self_attn.o_proj.weight", "linear", True))
-    for p in ("gate_proj", "up_proj", "down_proj"):
-        rules.append(Rule(f"llm/layers/mlp/{p}/kernel", lp + f"mlp.{p}.weight", "linear", True))
-    if not tied:
-        rules.append(Rule("lm_head/kernel", lm_head_key, "linear"))
-    return rules
-
-
 def rules(model_cfg) -> List[Rule]:
-    out = _vision_rules(VISION_PREFIX)
-    out += [Rule("projector/linear_1/kernel", "model.mm_projector.0.weight", "linear"),
-            Rule("projector/linear_1/bias", "model.mm_projector.0.bias"),
-            Rule("projector/linear_2/kernel", "model.mm_projector.2.weight", "linear"),
-            Rule("projector/linear_2/bias", "model.mm_projector.2.bias"),
-            Rule("image_newline", "model.image_newline")]
-    out += _text_rules("model.", "lm_head.weight", model_cfg.text.tie_word_embeddings)
+    out = (towers.vision_rules(VISION_PREFIX)
+           + towers.projector_rules("model.mm_projector.0", "model.mm_projector.2", "model.image_newline")
+           + towers.text_rules("model.", "lm_head.weight", model_cfg.text.tie_word_embeddings))
     if model_cfg.action_token:
         out += [Rule("action/token", "model.action_supervision"),
                 Rule("action/verb_head/kernel", "verb_head.weight", "linear"),
@@ -222,7 +205,8 @@ def parse_config(cj: dict, shapes: Dict[str, Tuple[int, ...]], model_cfg) -> Lis
 def export_config(model_cfg, source_config: dict, dtype_name: str) -> dict:
     """config.json for a llava_qwen checkpoint; non-architecture keys come from the imported config.json."""
     t, v = model_cfg.text, model_cfg.vision
-    cj = dict(source_config or {})
+    # Only a llava_qwen source config is a template (an HF one's text_config etc. mean nothing here).
+    cj = dict(source_config) if source_config and is_format(source_config) else {}
     cj.setdefault("architectures", ["LlavaQwenForCausalLM"])
     cj.setdefault("model_type", "llava_qwen")
     cj.setdefault("mm_vision_tower", "google/siglip-so400m-patch14-384")
@@ -252,3 +236,49 @@ def export_config(model_cfg, source_config: dict, dtype_name: str) -> dict:
     if vision != SO400M or "vision_config" in cj:
         cj["vision_config"] = vision
     return cj
+
+
+def _dropped_layer(loaded: common.Loaded, extra_tensors, model_cfg):
+    """(keys, lazy (key, array) pairs) of the expected-unused tensors (the dropped SigLIP layer) to write back:
+    from `extra_tensors` (a safetensors file or checkpoint dir) when given, else the ones `loaded` kept."""
+    pred = expected_unused(model_cfg)
+    if extra_tensors:
+        src = CheckpointReader(extra_tensors)
+        keys = [k for k in src.keys() if pred(k)]
+
+        def read():
+            with src:
+                for k in keys:
+                    yield k, src.read(k)
+        return keys, read()
+    keys = [k for k in loaded.unused_keys if pred(k)]
+    return keys, ((k, a) for k, a in loaded.unused() if pred(k))
+
+
+def write(loaded: common.Loaded, dst: str, options: common.WriteOptions = common.WriteOptions()) -> dict:
+    """`loaded` as a llava_qwen checkpoint dir (shards + config.json + the source's tokenizer files); returns the
+    export report. With the dropped SigLIP layer (kept by `convert import`, or options.extra_tensors) the
+    directory is the original checkpoint again."""
+    model_cfg = loaded.model_cfg
+    tensors, dropped, _ = sf.tensors_to_write(loaded.model, rules(model_cfg), NAME)
+    if dropped:
+        raise ValueError(f"parameters with no {NAME} mapping rule: {dropped}")
+    cfg_json = export_config(model_cfg, loaded.source_config, np.dtype(model_cfg.param_dtype).name)
+    extra_keys, extra = _dropped_layer(loaded, options.extra_tensors, model_cfg)
+    notes = []
+    if not extra_keys:
+        notes.append(f"no dropped SigLIP layer provided (the source's unused_tensors.safetensors / "
+                     f"--extra_tensors): wrote only the {model_cfg.vision.num_layers} vision layers the model uses")
+
+    def all_tensors():
+        yield from tensors
+        yield from extra
+
+    def extras():
+        if loaded.files_dir:
+            common.copy_tokenizer_files(loaded.files_dir, dst)
+
+    weight_map = sf.write_dir(dst, all_tensors(), cfg_json, options.max_shard_bytes, extras)
+    for n in notes:
+        log.info("%s", n)
+    return dict(format=NAME, keys=sorted(weight_map), dropped_params=[], extra_keys=extra_keys, notes=notes)
