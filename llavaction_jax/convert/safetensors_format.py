@@ -4,8 +4,9 @@ safetensors directory from one.
 
 A safetensors format module gives the format-specific pieces: `is_format(config_json)`, `canonical_key(key)`,
 `parse_config(config_json, shapes, model_cfg) -> notes`, `rules(model_cfg)`, `expected_unused(model_cfg)` and
-`NOT_IN_FORMAT`. Tensors are read one device shard at a time and placed straight into their NamedSharding;
-writing pulls one layer of one parameter at a time off the devices.
+`NOT_IN_FORMAT`, and takes the protocol's `detect`, `read_config` and `load` from `reader_functions`.
+Tensors are read one device shard at a time and placed straight into their NamedSharding; writing pulls one
+layer of one parameter at a time off the devices.
 """
 import json
 import logging
@@ -165,6 +166,21 @@ def load(path: str, fmt, mesh, dtype=None, config_overrides=None, allow_missing:
                          unused=unused, source_config=cj,
                          source_generation=common.read_json(gen_path) if os.path.isfile(gen_path) else {},
                          files_dir=path)
+
+
+def reader_functions(fmt):
+    """The protocol's (detect, read_config, load) of the safetensors format module `fmt`."""
+    def detect_fmt(path: str) -> bool:
+        return detect(path, fmt)
+
+    def read_config_fmt(path: str, config_overrides=None, dtype=None):
+        """(model config, notes) from config.json + the tensor shapes."""
+        return read_config(path, fmt, config_overrides, dtype)
+
+    def load_fmt(path: str, mesh, dtype=None, config_overrides=None, allow_missing: Sequence[str] = (),
+                 rules=None) -> common.Loaded:
+        return load(path, fmt, mesh, dtype, config_overrides, allow_missing, rules)
+    return detect_fmt, read_config_fmt, load_fmt
 
 
 # ----------------------------------------------------------------------------------------------- writing

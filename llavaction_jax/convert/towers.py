@@ -1,10 +1,23 @@
-"""Key tables of the two towers every safetensors format shares: SigLIP (vision) and Qwen2 (text).
+"""Key tables of the two towers every safetensors format shares: SigLIP (vision) and Qwen2 (text), and the
+SigLIP sizes of a model config.
 
 The formats differ only in the key prefixes around these blocks (see formats/hf.py, formats/llava_qwen.py).
 """
 from typing import List
 
 from llavaction_jax.convert.mapping import Rule
+
+
+def set_vision_sizes(vision_cfg, siglip: dict) -> None:
+    """Our vision config section's sizes from a complete transformers SiglipVisionConfig dict (the layer count
+    is the caller's: how many layers the model runs depends on the format)."""
+    vision_cfg.hidden_size = int(siglip["hidden_size"])
+    vision_cfg.intermediate_size = int(siglip["intermediate_size"])
+    vision_cfg.num_heads = int(siglip["num_attention_heads"])
+    vision_cfg.image_size = int(siglip["image_size"])
+    vision_cfg.patch_size = int(siglip["patch_size"])
+    vision_cfg.layer_norm_eps = float(siglip["layer_norm_eps"])
+    vision_cfg.hidden_act = str(siglip["hidden_act"])
 
 
 def vision_rules(prefix: str) -> List[Rule]:

@@ -15,7 +15,7 @@ import logging
 import os
 import re
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import ml_collections
 import numpy as np
@@ -24,7 +24,6 @@ from llavaction_jax.convert import common, hf_processor, model_card, safetensors
 from llavaction_jax.convert.mapping import Rule
 
 log = logging.getLogger(__name__)
-FORMAT = sys.modules[__name__]      # this module, handed to the shared safetensors machinery
 
 NAME = "hf"
 DESCRIPTION = "transformers LlavaOnevision safetensors dir (config.json model_type llava_onevision)"
@@ -47,25 +46,13 @@ def is_format(config_json: dict) -> bool:
     return config_json.get("model_type") == "llava_onevision"
 
 
-def detect(path: str) -> bool:
-    return sf.detect(path, FORMAT)
-
-
-def read_config(path: str, config_overrides=None, dtype=None):
-    """(model config, notes) from config.json (+ the tensor shapes)."""
-    return sf.read_config(path, FORMAT, config_overrides, dtype)
-
-
-def load(path: str, mesh, dtype=None, config_overrides=None, allow_missing: Sequence[str] = (),
-         rules=None) -> common.Loaded:
-    return sf.load(path, FORMAT, mesh, dtype, config_overrides, allow_missing, rules)
-
-
 def canonical_key(key: str) -> str:
     for rx, repl in _ALIASES:
         key = rx.sub(repl, key)
     return key
 
+# The protocol's detect / read_config / load, driven by this module's mapping table (convert/safetensors_format.py).
+detect, read_config, load = sf.reader_functions(sys.modules[__name__])
 
 def rules(model_cfg) -> List[Rule]:
     return (towers.vision_rules(VISION_PREFIX)
@@ -74,12 +61,10 @@ def rules(model_cfg) -> List[Rule]:
             + towers.text_rules("language_model.model.", "language_model.lm_head.weight",
                                 model_cfg.text.tie_word_embeddings))
 
-
 # Parameters of our tree that the HF format cannot hold (missing on import, dropped and listed on export).
 _WHY = "LLaVAction action token/heads have no counterpart in HF LlavaOnevision checkpoints"
 NOT_IN_FORMAT = {p: _WHY for p in ("action/token", "action/verb_head/kernel", "action/noun_head/kernel",
                                    "action/action_head/kernel")}
-
 
 def expected_unused(model_cfg):
     used = model_cfg.vision.num_layers
@@ -90,7 +75,6 @@ def expected_unused(model_cfg):
             return int(m.group(1)) >= used
         return key.startswith("vision_tower.head.")     # SigLIP pooling head: LLaVA-OV uses hidden states
     return pred
-
 
 def parse_config(cj: dict, shapes: Dict[str, Tuple[int, ...]], model_cfg) -> List[str]:
     src = "config.json"
@@ -132,13 +116,7 @@ def parse_config(cj: dict, shapes: Dict[str, Tuple[int, ...]], model_cfg) -> Lis
     full = dict(_SIGLIP_DEFAULTS)
     full.update(vc)
     v = model_cfg.vision
-    v.hidden_size = int(full["hidden_size"])
-    v.intermediate_size = int(full["intermediate_size"])
-    v.num_heads = int(full["num_attention_heads"])
-    v.image_size = int(full["image_size"])
-    v.patch_size = int(full["patch_size"])
-    v.layer_norm_eps = float(full["layer_norm_eps"])
-    v.hidden_act = str(full["hidden_act"])
+    towers.set_vision_sizes(v, full)
     n = int(full["num_hidden_layers"])
     layer = cj.get("vision_feature_layer", -1)
     if not isinstance(layer, int):
@@ -157,7 +135,6 @@ def parse_config(cj: dict, shapes: Dict[str, Tuple[int, ...]], model_cfg) -> Lis
     model_cfg.action_token = False
     model_cfg.video_token_id = int(cj.get("video_token_index", cj.get("video_token_id", 151647)))
     return notes
-
 
 def export_config(model_cfg, source_config: dict, dtype_name: str) -> dict:
     """config.json that `LlavaOnevisionForConditionalGeneration.from_pretrained` loads (no remote code)."""
@@ -211,12 +188,10 @@ def export_config(model_cfg, source_config: dict, dtype_name: str) -> dict:
     cj.pop("torch_dtype", None)
     return cj
 
-
 def generation_config(source_generation: dict) -> dict:
     g = dict(source_generation or {})
     g.setdefault("_from_model_config", True)
     return g
-
 
 # ------------------------------------------------------------------------------------ the full model directory
 
@@ -227,10 +202,8 @@ def prepare_export(model_cfg, cfg_json: dict, tokenizer_file: Optional[str]):
     plan = hf_processor.plan_tokenizer(tokenizer_file, model_cfg)
     return hf_processor.apply_to_config(cfg_json, plan), plan
 
-
 def export_tensors(tensors, plan):
     return tensors if plan is None else hf_processor.pad_vocab(tensors, plan.vocab_size)
-
 
 def write_extras(dst: str, model_cfg, cfg_json: dict, plan, source_generation: dict, *, system_prompt: str,
                  num_frames: Optional[int] = None, train_config: Optional[dict] = None,
@@ -251,7 +224,6 @@ def write_extras(dst: str, model_cfg, cfg_json: dict, plan, source_generation: d
     with open(os.path.join(dst, "README.md"), "w", encoding="utf-8") as f:
         f.write(card)
     return written + ["generation_config.json", "README.md"]
-
 
 def write(loaded: common.Loaded, dst: str, options: common.WriteOptions = common.WriteOptions()) -> dict:
     """`loaded` as a complete transformers model directory (see module docstring); returns the export report.

@@ -9,7 +9,7 @@ hold one more vision layer than the model uses: that layer is an expected, repor
 import logging
 import re
 import sys
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -18,7 +18,6 @@ from llavaction_jax.convert.mapping import Rule
 from llavaction_jax.convert.safetensors_io import CheckpointReader
 
 log = logging.getLogger(__name__)
-FORMAT = sys.modules[__name__]      # this module, handed to the shared safetensors machinery
 NAME = "llava_qwen"
 DESCRIPTION = "original LLaVA-NeXT / LLaVAction safetensors dir (config.json with mm_vision_tower)"
 VIDEO_TOKEN_ID = -200          # LLaVA-NeXT IMAGE_TOKEN_INDEX sentinel spliced by tokenizer_image_token
@@ -84,18 +83,9 @@ def canonical_key(key: str) -> str:
     return key
 
 
-def detect(path: str) -> bool:
-    return sf.detect(path, FORMAT)
+# The protocol's detect / read_config / load, driven by this module's mapping table (convert/safetensors_format.py).
+detect, read_config, load = sf.reader_functions(sys.modules[__name__])
 
-
-def read_config(path: str, config_overrides=None, dtype=None):
-    """(model config, notes) from config.json + the tensor shapes (the original config has no vision sizes)."""
-    return sf.read_config(path, FORMAT, config_overrides, dtype)
-
-
-def load(path: str, mesh, dtype=None, config_overrides=None, allow_missing: Sequence[str] = (),
-         rules=None) -> common.Loaded:
-    return sf.load(path, FORMAT, mesh, dtype, config_overrides, allow_missing, rules)
 
 
 NOT_IN_FORMAT = {}     # every parameter of the tree has a llava_qwen key
@@ -175,15 +165,8 @@ def parse_config(cj: dict, shapes: Dict[str, Tuple[int, ...]], model_cfg) -> Lis
         # The original config.json carries no vision sizes: read them off the tower's tensors.
         vc, used_layers, note = infer_vision_config(shapes, cj)
         notes.append(note)
-    v = model_cfg.vision
-    v.hidden_size = int(vc["hidden_size"])
-    v.intermediate_size = int(vc["intermediate_size"])
-    v.num_heads = int(vc["num_attention_heads"])
-    v.image_size = int(vc["image_size"])
-    v.patch_size = int(vc["patch_size"])
-    v.layer_norm_eps = float(vc["layer_norm_eps"])
-    v.hidden_act = str(vc["hidden_act"])
-    v.num_layers = used_layers
+    towers.set_vision_sizes(model_cfg.vision, vc)
+    model_cfg.vision.num_layers = used_layers
 
     model_cfg.projector_type = "mlp2x_gelu"
     model_cfg.pool_mode = str(cj.get("mm_spatial_pool_mode", "bilinear"))

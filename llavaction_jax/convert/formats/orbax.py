@@ -8,7 +8,6 @@ model does not use, e.g. the SigLIP layer LLaVA-NeXT drops, for a lossless llava
 files. Only Orbax's public API touches params/.
 """
 import json
-import logging
 import os
 import shutil
 from typing import Iterable, Optional, Sequence, Tuple
@@ -19,8 +18,6 @@ from flax import nnx
 
 from llavaction_jax.convert import common
 from llavaction_jax.convert.safetensors_io import CheckpointReader, write_sharded
-
-log = logging.getLogger(__name__)
 
 NAME = "orbax"
 DESCRIPTION = "Orbax params dir from `convert import` (model_config.json + params/)"
