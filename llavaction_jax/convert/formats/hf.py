@@ -51,8 +51,10 @@ def canonical_key(key: str) -> str:
         key = rx.sub(repl, key)
     return key
 
+
 # The protocol's detect / read_config / load, driven by this module's mapping table (convert/safetensors_format.py).
 detect, read_config, load = sf.reader_functions(sys.modules[__name__])
+
 
 def rules(model_cfg) -> List[Rule]:
     return (towers.vision_rules(VISION_PREFIX)
@@ -61,10 +63,12 @@ def rules(model_cfg) -> List[Rule]:
             + towers.text_rules("language_model.model.", "language_model.lm_head.weight",
                                 model_cfg.text.tie_word_embeddings))
 
+
 # Parameters of our tree that the HF format cannot hold (missing on import, dropped and listed on export).
 _WHY = "LLaVAction action token/heads have no counterpart in HF LlavaOnevision checkpoints"
 NOT_IN_FORMAT = {p: _WHY for p in ("action/token", "action/verb_head/kernel", "action/noun_head/kernel",
                                    "action/action_head/kernel")}
+
 
 def expected_unused(model_cfg):
     used = model_cfg.vision.num_layers
@@ -75,6 +79,7 @@ def expected_unused(model_cfg):
             return int(m.group(1)) >= used
         return key.startswith("vision_tower.head.")     # SigLIP pooling head: LLaVA-OV uses hidden states
     return pred
+
 
 def parse_config(cj: dict, shapes: Dict[str, Tuple[int, ...]], model_cfg) -> List[str]:
     src = "config.json"
@@ -136,6 +141,7 @@ def parse_config(cj: dict, shapes: Dict[str, Tuple[int, ...]], model_cfg) -> Lis
     model_cfg.video_token_id = int(cj.get("video_token_index", cj.get("video_token_id", 151647)))
     return notes
 
+
 def export_config(model_cfg, source_config: dict, dtype_name: str) -> dict:
     """config.json that `LlavaOnevisionForConditionalGeneration.from_pretrained` loads (no remote code)."""
     t, v = model_cfg.text, model_cfg.vision
@@ -188,10 +194,12 @@ def export_config(model_cfg, source_config: dict, dtype_name: str) -> dict:
     cj.pop("torch_dtype", None)
     return cj
 
+
 def generation_config(source_generation: dict) -> dict:
     g = dict(source_generation or {})
     g.setdefault("_from_model_config", True)
     return g
+
 
 # ------------------------------------------------------------------------------------ the full model directory
 
@@ -202,8 +210,10 @@ def prepare_export(model_cfg, cfg_json: dict, tokenizer_file: Optional[str]):
     plan = hf_processor.plan_tokenizer(tokenizer_file, model_cfg)
     return hf_processor.apply_to_config(cfg_json, plan), plan
 
+
 def export_tensors(tensors, plan):
     return tensors if plan is None else hf_processor.pad_vocab(tensors, plan.vocab_size)
+
 
 def write_extras(dst: str, model_cfg, cfg_json: dict, plan, source_generation: dict, *, system_prompt: str,
                  num_frames: Optional[int] = None, train_config: Optional[dict] = None,
@@ -224,6 +234,7 @@ def write_extras(dst: str, model_cfg, cfg_json: dict, plan, source_generation: d
     with open(os.path.join(dst, "README.md"), "w", encoding="utf-8") as f:
         f.write(card)
     return written + ["generation_config.json", "README.md"]
+
 
 def write(loaded: common.Loaded, dst: str, options: common.WriteOptions = common.WriteOptions()) -> dict:
     """`loaded` as a complete transformers model directory (see module docstring); returns the export report.
@@ -274,4 +285,3 @@ def write(loaded: common.Loaded, dst: str, options: common.WriteOptions = common
     return dict(format=NAME, keys=sorted(weight_map), dropped_params=dropped, extra_keys=[], notes=notes,
                 image_token_index=cfg_json["image_token_index"], video_token_index=cfg_json["video_token_index"],
                 tokenizer=tok_plan.source if tok_plan is not None else None)
-

@@ -87,7 +87,6 @@ def canonical_key(key: str) -> str:
 detect, read_config, load = sf.reader_functions(sys.modules[__name__])
 
 
-
 NOT_IN_FORMAT = {}     # every parameter of the tree has a llava_qwen key
 
 
