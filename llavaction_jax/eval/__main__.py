@@ -104,7 +104,8 @@ def main(argv=None) -> int:
         entry = _entry_from_flags(args, {})
         if str(entry["data"]).endswith(".jsonl") and not os.path.isfile(entry["data"]):
             raise UserError(f"file not found: {entry['data']}", "--data", "an existing .jsonl file")
-        if entry["type"] != "generic_mc" and str(entry["data"]).endswith(".jsonl") and not entry.get("video_root"):
+        mqa = entry["type"] in (benchmarks.ek100_mqa.NAME, benchmarks.recognition.NAME)
+        if mqa and str(entry["data"]).endswith(".jsonl") and not entry.get("video_root"):
             raise UserError("MQA JSONL data needs its videos", "--video_root",
                             "the root of the EK100 videos (or evaluate the MQA TFRecords, which hold the frames)")
     model, tok, config, mesh, provenance = load_for_eval(args.checkpoint, tokenizer=args.tokenizer,

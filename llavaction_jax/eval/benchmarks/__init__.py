@@ -32,7 +32,7 @@ def resolve(entry: Mapping, config, name: str, where: Optional[str] = None) -> m
 
     `where` formats a field name into where it was set (default "config.evals.<name>.<field>")."""
     fmt = where or f"config.evals.{name}.{{}}"
-    if not isinstance(entry, Mapping):
+    if not isinstance(entry, (Mapping, ml_collections.ConfigDict)):
         raise base.EvalConfigError(f"eval entry {name!r} is a {type(entry).__name__}", fmt.format("").rstrip("."),
                                    "a dict(type=..., data=..., every=..., ...)")
     entry = entry.to_dict() if isinstance(entry, ml_collections.ConfigDict) else dict(entry)
