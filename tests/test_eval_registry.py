@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from data_prep.records import encode_example, encode_jpeg
 from llavaction_jax import cli
+from llavaction_jax.cli import UserError
 from llavaction_jax.eval import benchmarks, metrics, samples as samples_lib
 from llavaction_jax.eval.benchmarks import base
 from llavaction_jax.eval.items import EvalItem
@@ -62,8 +63,8 @@ def _samples(n, start=0):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """2 training steps (data exhausted after 2 batches) with three evals: a (every step), b (every 2nd) of the tiny benchmark, rec (recognition
-    on TFRecords, every 2nd); then the workdir holds the step-2 checkpoint the CLI evaluates."""
+    """2 training steps (the data runs out after 2 batches) with three evals: a (every step) and b (every 2nd) of
+    the tiny benchmark, rec (recognition on TFRecords, every 2nd); the workdir keeps the step-2 checkpoint."""
     root = tmp_path_factory.mktemp("registry")
     rows = _samples(6)
     texts = [t["value"] for s in rows + _samples(24, 100) for t in s["conversations"]]
@@ -79,8 +80,8 @@ def run(tmp_path_factory):
     # programs, read from the session's persistent compilation cache by whichever test runs second.
     cfg = _config()
     cfg.data.tokenizer_path = str(root / "tok")
-    cfg.eval.update(batch_size=4, methods=("letters",))
-    cfg.evals.a = dict(type=NAME, data=str(jsonl), every=1)
+    cfg.eval.update(batch_size=4, methods=("letters",), max_samples=5)        # the entries' defaults
+    cfg.evals.a = dict(type=NAME, data=str(jsonl), every=1, max_samples=0)
     cfg.evals.b = dict(type=NAME, data=str(jsonl), every=2, seed_offset=1000, max_samples=4)
     cfg.evals.rec = dict(type="recognition", data=records, every=2, k=(1, 3))
     benchmarks.REGISTRY[NAME] = sys.modules[__name__]           # the one registry line
@@ -109,11 +110,12 @@ def test_trainer_runs_each_eval_at_its_own_every(run):
     assert sorted(rows) == [1, 2]
     assert {k for k in rows[1] if "/" in k} == {"a/accuracy", "a/answered_a"}            # b and rec: every 2
     assert {k.split("/")[0] for k in rows[2] if "/" in k} == {"a", "b", "rec"}
-    for name, step, n in (("a", 1, 6), ("a", 2, 6), ("b", 2, 4)):
+    for name, step, n in (("a", 1, 6), ("a", 2, 6), ("b", 2, 4), ("rec", 2, 5)):
         preds = _lines(os.path.join(workdir, "eval", name, f"step_{step}", "predictions.jsonl"))
         assert len(preds) == n
-        assert rows[step][f"{name}/accuracy"] == pytest.approx(np.mean([p["letter_correct"] for p in preds]))
-        assert rows[step][f"{name}/answered_a"] == pytest.approx(np.mean([p["letter_pred"] == "A" for p in preds]))
+        if name != "rec":
+            assert rows[step][f"{name}/accuracy"] == pytest.approx(np.mean([p["letter_correct"] for p in preds]))
+            assert rows[step][f"{name}/answered_a"] == pytest.approx(np.mean([p["letter_pred"] == "A" for p in preds]))
     assert not os.path.exists(os.path.join(workdir, "eval", "b", "step_1"))
     # Recognition logs its top-k numbers; they are those of its own predictions.
     rec = _lines(os.path.join(workdir, "eval", "rec", "step_2", "predictions.jsonl"))
@@ -133,16 +135,18 @@ def test_eval_cli_runs_the_registered_benchmark(run, tmp_path, capsys, monkeypat
     make_mesh = shd.make_mesh
     monkeypatch.setattr(shd, "make_mesh", lambda cfg, devices=None: make_mesh(cfg, devices=jax.devices()[:1]))
     trainer = _lines(os.path.join(run["workdir"], "eval", "b", "step_2", "predictions.jsonl"))
-    # By name: the entry of the checkpoint's config.evals (type, data, seed_offset, max_samples), step-2 params.
-    assert main(["--checkpoint", run["workdir"], "--eval", "b", "--out", str(tmp_path / "b"), "--no_progress"]) == 0
+    # By name: the entry of the checkpoint's config.evals (type, data, seed_offset), step-2 params; --limit
+    # overrides the entry's max_samples.
+    assert main(["--checkpoint", run["workdir"], "--eval", "b", "--limit", "3", "--out", str(tmp_path / "b"),
+                 "--no_progress"]) == 0
     cli_preds = _lines(tmp_path / "b" / "predictions.jsonl")
-    assert [p["id"] for p in cli_preds] == [p["id"] for p in trainer]
-    np.testing.assert_allclose([p["letter_scores"] for p in cli_preds], [p["letter_scores"] for p in trainer],
+    assert [p["id"] for p in cli_preds] == [p["id"] for p in trainer[:3]]
+    np.testing.assert_allclose([p["letter_scores"] for p in cli_preds], [p["letter_scores"] for p in trainer[:3]],
                                atol=2e-4)
-    # By type, with a flag overriding a field.
-    assert main(["--checkpoint", run["workdir"], "--type", NAME, "--data", run["jsonl"], "--limit", "2",
+    # By type: every sample (config.eval.max_samples = 5 caps the trainer's evals, not a CLI run without --limit).
+    assert main(["--checkpoint", run["workdir"], "--type", NAME, "--data", run["jsonl"],
                  "--out", str(tmp_path / "t"), "--no_progress"]) == 0
-    assert len(_lines(tmp_path / "t" / "predictions.jsonl")) == 2
+    assert len(_lines(tmp_path / "t" / "predictions.jsonl")) == 6
     capsys.readouterr()
     for argv, needle in ((["--eval", "nope"], "no eval named 'nope'"),
                          (["--eval", "b", "--k", "2"], "unknown field 'k' for eval type 'seeded_mc'"),
@@ -244,3 +248,28 @@ def test_config_evals_errors_name_the_field():
     got = benchmarks.configured(c)["rec"]
     assert (got.batch_size, got.max_samples, tuple(got.methods), got.video_layout) == (16, 7, ("letters",),
                                                                                        "original")
+
+
+def test_data_picks_the_benchmark_and_entries_build_their_sources(tmp_path):
+    generic = tmp_path / "mc.jsonl"
+    generic.write_text("".join(json.dumps({"id": f"g{i}", "video": f"clips/{i}.mp4", "question": "Which?",
+                                           "options": ["one", "two"], "answer": i % 2}) + "\n" for i in range(3)))
+    mqa = tmp_path / "mqa.jsonl"
+    mqa.write_text("".join(json.dumps(s) + "\n" for s in _samples(2)))
+    assert benchmarks.detect_type(str(generic)) == "generic_mc"
+    assert benchmarks.detect_type(str(mqa)) == "ek100_mqa"
+    assert benchmarks.detect_type(str(tmp_path / "x-*.tfrecord")) == "ek100_mqa"
+    cfg = _config()
+    cfg.evals.mc = dict(type="generic_mc", data=str(generic), video_root=str(tmp_path), max_samples=2)
+    cfg.evals.mqa = dict(type="ek100_mqa", data=str(mqa), video_root=str(tmp_path))
+    entries = benchmarks.configured(cfg)
+    mc = benchmarks.build(entries["mc"], cfg, None, None, str(tmp_path / "out"))
+    assert [it.sample["id"] for it in mc.source.iterate()] == ["g0", "g1"]                # max_samples=2
+    assert [it.parser for it in mc.source.iterate()] == ["letter_or_text"] * 2
+    assert mc.out_dir(None) == str(tmp_path / "out") and mc.out_dir(7) == str(tmp_path / "out" / "step_7")
+    mqa_bench = benchmarks.build(entries["mqa"], cfg, None, None, str(tmp_path / "out"))
+    assert [it.sample["id"] for it in mqa_bench.source.iterate()] == [s["id"] for s in _samples(2)]
+    assert mqa_bench.verb_names[0] == "take"                                               # EK100 class names
+    cfg.evals.mqa = dict(type="ek100_mqa", data=str(mqa))                               # no video_root
+    with pytest.raises(UserError, match="MQA JSONL data needs its videos"):
+        benchmarks.build(benchmarks.configured(cfg)["mqa"], cfg, None, None, str(tmp_path / "out"))

@@ -101,7 +101,8 @@ def main(argv=None) -> int:
 
     if not args.eval:
         # Checked before the (slow) model load; the benchmarks refuse these too.
-        entry = _entry_from_flags(args, {})
+        # All samples unless --limit (config.eval.max_samples caps the trainer's periodic eval, not this run).
+        entry = dict(_entry_from_flags(args, {}), max_samples=args.limit or 0)
         if str(entry["data"]).endswith(".jsonl") and not os.path.isfile(entry["data"]):
             raise UserError(f"file not found: {entry['data']}", "--data", "an existing .jsonl file")
         mqa = entry["type"] in (benchmarks.ek100_mqa.NAME, benchmarks.recognition.NAME)
