@@ -21,6 +21,7 @@ from llavaction_jax.eval.items import EvalItem
 from llavaction_jax.input import synthetic as input_synthetic
 from llavaction_jax.input.tokenizer import train_tiny_tokenizer
 from llavaction_jax.train import loop, synthetic as train_synthetic
+from tests.test_bad_inputs import one_error, train_flags  # noqa: F401  (train_flags is a fixture)
 from tests.test_train_checkpoint import _Limited
 from tests.test_train_step import _arrays, _config, _mesh
 
@@ -273,3 +274,18 @@ def test_data_picks_the_benchmark_and_entries_build_their_sources(tmp_path):
     cfg.evals.mqa = dict(type="ek100_mqa", data=str(mqa))                               # no video_root
     with pytest.raises(UserError, match="MQA JSONL data needs its videos"):
         benchmarks.build(benchmarks.configured(cfg)["mqa"], cfg, None, None, str(tmp_path / "out"))
+
+
+def test_train_cli_refuses_a_bad_eval_setup_in_one_line(tmp_path, capsys, train_flags):
+    # Before any model is built: eval_every without eval files, and an entry of an unknown type (config file).
+    cli_mod = train_flags("--workdir", str(tmp_path / "w"), "--config.train.eval_every=2")
+    assert cli_mod.main([]) == cli.EXIT_USER
+    assert one_error(capsys) == ("error: config.train.eval_every > 0 needs config.data.eval_files "
+                                 "(config.data.eval_files): MQA TFRecord glob(s), or name the evals in config.evals "
+                                 "instead")
+    config_file = tmp_path / "cfg.py"
+    config_file.write_text("from configs import tiny\n\n\ndef get_config():\n    c = tiny.get_config()\n"
+                           "    c.evals.val = dict(type='ek100', data='v-*.tfrecord', every=10)\n    return c\n")
+    cli_mod = train_flags("--workdir", str(tmp_path / "w2"), "--config", str(config_file))     # the last --config
+    assert cli_mod.main([]) == cli.EXIT_USER
+    assert "error: unknown eval type 'ek100' (config.evals.val.type): one of ['ek100_mqa', " in one_error(capsys)

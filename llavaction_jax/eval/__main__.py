@@ -105,6 +105,8 @@ def main(argv=None) -> int:
         entry = dict(_entry_from_flags(args, {}), max_samples=args.limit or 0)
         if str(entry["data"]).endswith(".jsonl") and not os.path.isfile(entry["data"]):
             raise UserError(f"file not found: {entry['data']}", "--data", "an existing .jsonl file")
+        if entry["type"] not in benchmarks.REGISTRY:
+            raise UserError(f"unknown eval type {entry['type']!r}", "--type", f"one of {sorted(benchmarks.REGISTRY)}")
         mqa = entry["type"] in (benchmarks.ek100_mqa.NAME, benchmarks.recognition.NAME)
         if mqa and str(entry["data"]).endswith(".jsonl") and not entry.get("video_root"):
             raise UserError("MQA JSONL data needs its videos", "--video_root",
