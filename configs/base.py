@@ -71,8 +71,12 @@ def get_base_config():
 
     config.eval = ml_collections.ConfigDict(dict(
         batch_size=8, max_new_tokens=32, methods=("letters", "generate"),
-        max_samples=0,               # periodic eval during training: first N records of data.eval_files (0 = all)
+        max_samples=0,               # periodic evals during training: first N samples of each (0 = all)
     ))
+    # Named evals (llavaction_jax.eval.benchmarks), e.g. evals.val = dict(type="ek100_mqa", data="val-*.tfrecord",
+    # every=500): the trainer runs each at its own `every`, the eval CLI one by --eval NAME. Unset methods,
+    # batch_size, max_new_tokens, max_samples come from `eval` above.
+    config.evals = ml_collections.ConfigDict()
     return config
 
 

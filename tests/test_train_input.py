@@ -41,32 +41,37 @@ def test_resume_on_tfrecords_sees_the_same_batches(data_config, tmp_path):
 def test_periodic_eval_on_tfrecords_logs_and_writes_reports(data_config, tmp_path):
     import json
     import os
-    from llavaction_jax.eval.run import periodic_eval_fn
+    from llavaction_jax.eval.benchmarks import periodic_evals
     cfg = data_config.copy_and_resolve_references()
+    # The older train.eval_every + data.eval_files: the eval "ek100_mqa" of the registry.
     cfg.data.eval_files = cfg.data.train_files
     cfg.eval.update(max_samples=6, batch_size=4, max_new_tokens=4)
     cfg.train.update(eval_every=2, num_steps=3, checkpoint_every=0)
     mesh = _mesh(cfg)
     workdir = str(tmp_path / "run")
-    loop.train(cfg, workdir, eval_fn=periodic_eval_fn(cfg, mesh, workdir), mesh=mesh)
+    loop.train(cfg, workdir, eval_fn=periodic_evals(cfg, mesh, workdir), mesh=mesh)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         evals = [r for r in map(json.loads, f) if r["prefix"] == "eval"]
     assert [r["step"] for r in evals] == [2]                  # every 2 steps: step 2 only in a 3-step run
-    with open(os.path.join(workdir, "eval", "step_2", "predictions.jsonl")) as f:
+    out = os.path.join(workdir, "eval", "ek100_mqa", "step_2")
+    with open(os.path.join(out, "predictions.jsonl")) as f:
         preds = [json.loads(line) for line in f]
     assert len(preds) == 6
     # The logged scalars are the accuracies of exactly these predictions.
-    assert evals[0]["letters_accuracy"] == pytest.approx(np.mean([p["letter_correct"] for p in preds]))
-    assert evals[0]["generate_accuracy"] == pytest.approx(np.mean([p["gen_correct"] for p in preds]))
-    assert os.path.getsize(os.path.join(workdir, "eval", "step_2", "report.html")) > 0
+    assert evals[0]["ek100_mqa/letters_accuracy"] == pytest.approx(np.mean([p["letter_correct"] for p in preds]))
+    assert evals[0]["ek100_mqa/generate_accuracy"] == pytest.approx(np.mean([p["gen_correct"] for p in preds]))
+    assert os.path.getsize(os.path.join(out, "report.html")) > 0
 
 
 def test_periodic_eval_needs_eval_files(data_config):
-    from llavaction_jax.eval.run import periodic_eval_fn
+    from llavaction_jax.eval.benchmarks import periodic_evals
     cfg = data_config.copy_and_resolve_references()
+    cfg.train.eval_every = 2
     cfg.data.eval_files = ""
     with pytest.raises(ValueError, match="needs config.data.eval_files"):
-        periodic_eval_fn(cfg, _mesh(cfg), "/nonexistent")
+        periodic_evals(cfg, _mesh(cfg), "/nonexistent")
     cfg.data.eval_files = "/nonexistent/eval-*.tfrecord"
     with pytest.raises(FileNotFoundError, match="no TFRecord files match"):
-        periodic_eval_fn(cfg, _mesh(cfg), "/nonexistent")
+        periodic_evals(cfg, _mesh(cfg), "/nonexistent")
+    cfg.train.eval_every = 0                                   # nothing scheduled: no hook at all
+    assert periodic_evals(cfg, _mesh(cfg), "/nonexistent") is None

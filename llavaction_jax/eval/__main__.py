@@ -1,11 +1,15 @@
-"""CLI: evaluate a checkpoint on EK100-MQA (JSONL + videos, or TFRecords) or a generic video multiple-choice JSONL.
+"""CLI: evaluate a checkpoint on one benchmark of the registry (llavaction_jax.eval.benchmarks): EK100-MQA,
+EK100 recognition top-k, or generic video multiple choice.
 
 python -m llavaction_jax.eval --checkpoint DIR --data X.jsonl|'shards-*.tfrecord' [--video_root ROOT] --out OUT
+python -m llavaction_jax.eval --checkpoint WORKDIR --eval NAME --out OUT        # an entry of the run's config.evals
 
 --checkpoint: a training workdir (llavaction_jax.train) or a converted / HF checkpoint dir (see eval/checkpoint.py).
+--eval NAME: the entry NAME of the checkpoint's config.evals (its type, data and fields; flags given override them).
+--type: the benchmark (ek100_mqa, recognition, generic_mc); default the entry's, else from --data: a generic MC
+  JSONL ({"video", "start", "end", "question", "options", "answer"} per line) is generic_mc, anything else ek100_mqa.
 --data: MQA JSONL (frames read from --video_root with data_prep.video, layout --video_layout), MQA TFRecords
-  (comma-separated globs; frames inside), or a generic MC JSONL ({"video", "start", "end", "question", "options",
-  "answer"} per line; detected automatically; relative video paths are under --video_root).
+  (comma-separated globs; frames inside), or a generic MC JSONL (relative video paths are under --video_root).
 Writes OUT/predictions.jsonl, OUT/summary.json, OUT/report.html (+ PNGs) on process 0. Multi-process: every
 process runs the same command (jax.distributed is initialised from the environment or the flags below).
 """
@@ -17,15 +21,27 @@ import sys
 from llavaction_jax import cli
 from llavaction_jax.cli import UserError
 
+# Flags that set a field of the benchmark entry (dest -> field); None = not given, the entry / defaults decide.
+_FIELD_FLAGS = {"data": "data", "video_root": "video_root", "video_layout": "video_layout", "chunk_len": "chunk_len",
+                "fps": "fps", "fps_csv": "fps_csv", "methods": "methods", "batch_size": "batch_size",
+                "max_new_tokens": "max_new_tokens", "limit": "max_samples",
+                "allow_absolute_paths": "allow_absolute_paths", "k": "k"}
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m llavaction_jax.eval", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="training workdir or converted/HF checkpoint dir")
-    p.add_argument("--data", required=True, help="MQA .jsonl, generic MC .jsonl, or TFRecord glob(s)")
+    p.add_argument("--data", default=None, help="MQA .jsonl, generic MC .jsonl, or TFRecord glob(s) "
+                   "(default: the --eval entry's)")
     p.add_argument("--out", required=True, help="output dir for predictions, summary and report")
+    p.add_argument("--eval", default=None, help="name of an entry of the checkpoint's config.evals")
+    p.add_argument("--type", default=None, help="benchmark: ek100_mqa, recognition or generic_mc (default: the "
+                   "--eval entry's, else detected from --data)")
+    p.add_argument("--k", default=None, help="recognition: comma list of top-k (default 1,5)")
     p.add_argument("--video_root", default=None, help="root of the videos for JSONL data")
-    p.add_argument("--video_layout", default="original", choices=("original", "chunks", "frames"))
-    p.add_argument("--chunk_len", type=int, default=15, help="chunk length (s) of the 'chunks' layout")
+    p.add_argument("--video_layout", default=None, choices=("original", "chunks", "frames"),
+                   help="layout of the MQA videos (default: original)")
+    p.add_argument("--chunk_len", type=int, default=None, help="chunk length (s) of the 'chunks' layout (default 15)")
     p.add_argument("--fps", type=float, default=None, help="frame rate of every video (the 'frames' layout needs "
                    "this or --fps_csv)")
     p.add_argument("--fps_csv", default=None, help="EPIC_100_video_info.csv: per-video frame rates")
@@ -35,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_new_tokens", type=int, default=None)
     p.add_argument("--num_frames", type=int, default=None, help="frames per clip (default: config.data.num_frames)")
     p.add_argument("--no_time_instruction", action="store_true", help="do not insert the time instruction")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
-    p.add_argument("--allow_absolute_paths", action="store_true",
+    p.add_argument("--limit", "--max_samples", dest="limit", type=int, default=None,
+                   help="evaluate only the first N samples")
+    p.add_argument("--allow_absolute_paths", action="store_true", default=None,
                    help="generic MC: accept absolute video paths (default: every path must be under --video_root)")
     p.add_argument("--no_resume", action="store_true", help="ignore predictions an earlier run left in --out")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -52,6 +69,25 @@ def _positive(name, value):
         raise UserError(f"{name} {value}", name, "a positive number")
 
 
+def _entry_from_flags(args, entry: dict) -> dict:
+    """The entry (from --eval, or empty) with the fields the flags set; --type / detection fill its type."""
+    entry = dict(entry)
+    for dest, field in _FIELD_FLAGS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            entry[field] = value
+    if args.type:
+        entry["type"] = args.type
+    if not entry.get("data"):
+        raise UserError("no eval data", "--data", "a .jsonl file or TFRecord glob(s), or --eval NAME of an entry "
+                        "of the checkpoint's config.evals")
+    if not entry.get("type"):
+        from llavaction_jax.eval import benchmarks
+        entry["type"] = benchmarks.detect_type(str(entry["data"]))
+    entry.pop("every", None)                         # a training schedule; the CLI runs the entry once
+    return entry
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     for name in ("limit", "batch_size", "max_new_tokens", "num_frames", "chunk_len"):
@@ -59,62 +95,49 @@ def main(argv=None) -> int:
     from llavaction_jax import distributed
     distributed.initialize_from_env(args.coordinator_address, args.num_processes, args.process_id)
     import jax
-    from llavaction_jax.eval import samples
+    from llavaction_jax.eval import benchmarks
     from llavaction_jax.eval.checkpoint import load_for_eval
     from llavaction_jax.eval.report import summary_rows
-    from llavaction_jax.eval.run import evaluate_source
 
-    is_jsonl = args.data.endswith(".jsonl")
-    if is_jsonl and not os.path.isfile(args.data):
-        raise UserError(f"file not found: {args.data}", "--data", "an existing .jsonl file")
-    if is_jsonl and not samples.is_generic_jsonl(args.data) and not args.video_root:
-        # Checked before the (slow) model load; mqa_jsonl_source refuses it too.
-        raise UserError("MQA JSONL data needs its videos", "--video_root",
-                        "the root of the EK100 videos (or evaluate the MQA TFRecords, which hold the frames)")
+    if not args.eval:
+        # Checked before the (slow) model load; the benchmarks refuse these too.
+        # All samples unless --limit (config.eval.max_samples caps the trainer's periodic eval, not this run).
+        entry = dict(_entry_from_flags(args, {}), max_samples=args.limit or 0)
+        if str(entry["data"]).endswith(".jsonl") and not os.path.isfile(entry["data"]):
+            raise UserError(f"file not found: {entry['data']}", "--data", "an existing .jsonl file")
+        if entry["type"] not in benchmarks.REGISTRY:
+            raise UserError(f"unknown eval type {entry['type']!r}", "--type", f"one of {sorted(benchmarks.REGISTRY)}")
+        mqa = entry["type"] in (benchmarks.ek100_mqa.NAME, benchmarks.recognition.NAME)
+        if mqa and str(entry["data"]).endswith(".jsonl") and not entry.get("video_root"):
+            raise UserError("MQA JSONL data needs its videos", "--video_root",
+                            "the root of the EK100 videos (or evaluate the MQA TFRecords, which hold the frames)")
     model, tok, config, mesh, provenance = load_for_eval(args.checkpoint, tokenizer=args.tokenizer,
                                                          with_provenance=True)
     if args.num_frames is not None:
         config.data.num_frames = args.num_frames
     if args.no_time_instruction:
         config.data.add_time_instruction = False
-    if args.max_new_tokens is not None:
-        config.eval.max_new_tokens = args.max_new_tokens
-    frames, size = int(config.data.num_frames), int(config.model.vision.image_size)
-    if is_jsonl:
-        if samples.is_generic_jsonl(args.data):
-            source = samples.generic_mc_source(args.data, args.video_root, frames, size, limit=args.limit,
-                                               allow_absolute=args.allow_absolute_paths)
-        else:
-            fps_table = None
-            if args.fps_csv:
-                from data_prep.video import load_video_fps
-                fps_table = load_video_fps(args.fps_csv)
-            source = samples.mqa_jsonl_source(args.data, args.video_root, frames, size, args.video_layout,
-                                              args.chunk_len, limit=args.limit, fps=args.fps, fps_table=fps_table)
-    else:
-        source = samples.tfrecord_source(args.data, frames, size, limit=args.limit)
-    methods = tuple(m for m in args.methods.split(",") if m) if args.methods else None
-    provenance = dict(provenance, data=args.data, video_root=args.video_root, limit=args.limit)
-    verb_names, noun_names = _class_names(config)
-    _, summary, paths = evaluate_source(model, tok, config, mesh, source, out_dir=args.out, methods=methods,
-                                        batch_size=args.batch_size, resume=not args.no_resume,
-                                        progress=not args.no_progress, provenance=provenance,
-                                        verb_names=verb_names, noun_names=noun_names)
+    name, where = "cli", "--{0}"
+    if args.eval:
+        evals = {str(k): v.to_dict() for k, v in (config.get("evals") or {}).items()}
+        if config.data.get("eval_files") and benchmarks.LEGACY_NAME not in evals:
+            # A run configured with train.eval_every + data.eval_files: the trainer's eval of that name.
+            evals[benchmarks.LEGACY_NAME] = dict(type="ek100_mqa", data=str(config.data.eval_files))
+        if args.eval not in evals:
+            raise UserError(f"no eval named {args.eval!r} in the checkpoint's config.evals", "--eval",
+                            f"one of {sorted(evals)}" if evals else "--type / --data (the config names no evals)")
+        name, where = args.eval, f"config.evals.{args.eval}.{{0}} / --{{0}}"
+        entry = _entry_from_flags(args, evals[args.eval])
+    eval_cfg = benchmarks.resolve(entry, config, name, where=where)
+    bench = benchmarks.build(eval_cfg, config, mesh, tok, args.out)
+    provenance = dict(provenance, benchmark=eval_cfg.type, eval=args.eval, data=eval_cfg.data,
+                      video_root=eval_cfg.get("video_root"), limit=int(eval_cfg.max_samples) or None)
+    bench.run(model, resume=not args.no_resume, progress=not args.no_progress, provenance=provenance)
     if jax.process_index() == 0:
-        for a, b, c in summary_rows(summary):
+        for a, b, c in summary_rows(bench.summary):
             print(f"{a + (f' [{b}]' if b else ''):<70} {c}".rstrip())
-        print(json.dumps({k: v for k, v in paths.items()}))
+        print(json.dumps({k: v for k, v in bench.paths.items()}))
     return 0
-
-
-def _class_names(config):  # noqa: ARG001 - EK100's class lists are fixed
-    """EK100 verb / noun names for the report (the embedded class CSVs), or (None, None) if unreadable."""
-    from data_prep import ek100
-    assets = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                          "data_prep", "assets", "ek100_sample")
-    verbs = ek100.load_verb_texts(os.path.join(assets, ek100.VERB_CLASSES_CSV))
-    nouns = ek100.load_noun_texts(os.path.join(assets, ek100.NOUN_CLASSES_CSV))
-    return dict(enumerate(verbs)), dict(enumerate(nouns))
 
 
 if __name__ == "__main__":

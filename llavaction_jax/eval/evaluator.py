@@ -6,6 +6,7 @@ array that travels through the same sharding). Letters and generation share ONE 
 (model.generate.prefill_and_generate). All hosts run the same number of batches (short hosts pad), and the
 per-host prediction records are gathered ONCE at the end (JSON bytes through process_allgather).
 """
+import functools
 import json
 import math
 import sys
@@ -49,13 +50,14 @@ def _normalize_on_device(frames):
     return jnp.asarray(PIXEL_LUT)[frames]
 
 
-@jax.jit
-def _letters_and_heads(next_logits, letter_ids, action_logits):
-    """Letter logits [B, K] from the prefill's next-token logits (+ action-head argmaxes [B, 3] or None)."""
+@functools.partial(jax.jit, static_argnames=("top_k",))
+def _letters_and_heads(next_logits, letter_ids, action_logits, top_k=1):
+    """Letter logits [B, K] from the prefill's next-token logits (+ the action heads' `top_k` best classes, best
+    first, [B, 3, top_k] int32, or None). lax.top_k puts the lower index first on ties, as argmax does."""
     letters = jnp.take(next_logits, letter_ids, axis=1).astype(jnp.float32)
     if action_logits is None:
         return letters, None
-    return letters, jnp.stack([jnp.argmax(x, -1) for x in action_logits], axis=1).astype(jnp.int32)
+    return letters, jnp.stack([jax.lax.top_k(x, top_k)[1] for x in action_logits], axis=1).astype(jnp.int32)
 
 
 class Evaluator:
@@ -63,7 +65,7 @@ class Evaluator:
 
     def __init__(self, model, tokenizer, config, mesh, *, methods: Optional[Sequence[str]] = None,
                  batch_size: Optional[int] = None, max_new_tokens: Optional[int] = None,
-                 num_report_frames: int = 8):
+                 num_report_frames: int = 8, head_top_k: int = 1):
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
@@ -98,6 +100,11 @@ class Evaluator:
             if not 0 <= int(getattr(tokenizer, name)) < vocab:
                 raise UserError(f"tokenizer {name} {getattr(tokenizer, name)} is outside the model's vocabulary",
                                 "--tokenizer", f"ids < {vocab}")
+        # Records carry the action heads' head_top_k best classes (head_topk) when > 1; head_pred is the best.
+        self.head_top_k = int(head_top_k)
+        if config.model.get("action_token") and not 1 <= self.head_top_k <= min(config.model.action_types):
+            raise ValueError(f"head_top_k {self.head_top_k} must be in [1, {min(config.model.action_types)}] "
+                             "(the smallest action head's class count)")
         self.num_report_frames = num_report_frames
         self.report_frames = {}      # sample id -> uint8 frames of this host's first correct / wrong answers
         self.report_buckets = {}     # sample id -> "correct" | "wrong"
@@ -240,7 +247,8 @@ class Evaluator:
             self.tokenizer.eos_id, self.tokenizer.pad_id, action_heads=heads)
         outputs = {}
         if want_letters:
-            outputs["letters"], head_preds = _letters_and_heads(res.next_logits, self.letter_ids, res.action_logits)
+            outputs["letters"], head_preds = _letters_and_heads(res.next_logits, self.letter_ids, res.action_logits,
+                                                                top_k=self.head_top_k)
             if head_preds is not None:
                 outputs["heads"] = head_preds
         if want_tokens:
@@ -291,8 +299,10 @@ class Evaluator:
             record.update(letter_pred=pred, letter_correct=pred == answer,
                           letter_scores=[round(float(x), 4) for x in row])
         if "heads" in local and int(s.get("verb_class", -1)) >= 0:
-            v, n, a = (int(x) for x in local["heads"][r])
-            record["head_pred"] = {"verb": v, "noun": n, "action": a}
+            best = {kind: [int(x) for x in local["heads"][r][i]] for i, kind in enumerate(("verb", "noun", "action"))}
+            record["head_pred"] = {kind: ids[0] for kind, ids in best.items()}
+            if self.head_top_k > 1:
+                record["head_topk"] = best
         if "tokens" in local:
             # As the original: decoded with special tokens skipped, then its parser (data_prep.prompts).
             raw = self.tokenizer.decode(_strip_after_eos(local["tokens"][r], self.tokenizer.eos_id),

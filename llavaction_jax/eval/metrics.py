@@ -74,6 +74,69 @@ def recognition_top1(records: Sequence[Mapping], pred_field: str) -> dict:
     return {"n": len(scored), **{f"{k}_top1": _mean(v) for k, v in hits.items()}}
 
 
+_TRUTH_KEYS = (("verb", "verb_class"), ("noun", "noun_class"), ("action", "action_id"))
+
+
+def head_top_k(records: Sequence[Mapping], ks: Sequence[int]) -> dict:
+    """Action-token heads' top-k: the true verb / noun / action class is among the head's k best classes
+    ("head_topk" of the record, best first; "head_pred" alone serves k = 1). Records without heads are left out."""
+    scored = [r for r in records if r.get("head_topk") or r.get("head_pred")]
+    out = {"n": len(scored)}
+    for k in ks:
+        for kind, truth_key in _TRUTH_KEYS:
+            hits = []
+            for r in scored:
+                best = r["head_topk"][kind] if r.get("head_topk") else [r["head_pred"][kind]]
+                if len(best) < k:
+                    raise ValueError(f"record {r.get('id')!r} holds the heads' {len(best)} best {kind} classes, "
+                                     f"top-{k} was asked (evaluate with head_top_k >= {k})")
+                hits.append(int(r[truth_key]) in [int(x) for x in best[:k]])
+            out[f"{kind}_top{k}"] = _mean(hits)
+    return out
+
+
+def option_ranking(record: Mapping) -> list:
+    """A record's option indices, best first by letter score: the letter prediction, then the other options by
+    descending (rounded) score, ties in letter order."""
+    scores = record["letter_scores"]
+    first = ord(record["letter_pred"]) - ord("A")
+    rest = sorted((i for i in range(len(scores)) if i != first), key=lambda i: -scores[i])
+    return [first] + rest
+
+
+def letters_top_k(records: Sequence[Mapping], ks: Sequence[int]) -> dict:
+    """Letter scoring's top-k: the true verb / noun / action is among the verbs / nouns / actions of the k best
+    scored options (records with letter scores and option_actions; k past the option count = all options)."""
+    scored = [r for r in records if r.get("option_actions") and r.get("letter_scores")]
+    out = {"n": len(scored)}
+    ranked = [[split_action(r["option_actions"][i]) for i in option_ranking(r)] for r in scored]
+    for k in ks:
+        hits = {"verb": [], "noun": [], "action": []}
+        for r, actions in zip(scored, ranked):
+            truth = (int(r["verb_class"]), int(r["noun_class"]))
+            top = actions[:k]
+            hits["verb"].append(truth[0] in {a[0] for a in top})
+            hits["noun"].append(truth[1] in {a[1] for a in top})
+            hits["action"].append(truth in top)
+        out.update({f"{kind}_top{k}": _mean(v) for kind, v in hits.items()})
+    return out
+
+
+def recognition_top_k(records: Sequence[Mapping], ks: Sequence[int], methods: Iterable[str]) -> dict:
+    """Verb / noun / action top-k per predictor: the action heads and letter scoring at every k in `ks`,
+    generation (one answer) at k = 1 only. {"k": [...], "heads" | "letters" | "generate" | "strict": {...}}."""
+    methods = ordered_methods(methods)
+    out = {"k": [int(k) for k in ks]}
+    if any(r.get("head_pred") for r in records):
+        out["heads"] = head_top_k(records, ks)
+    if "letters" in methods:
+        out["letters"] = letters_top_k(records, ks)
+    for method in ("generate", "strict"):
+        if method in methods:
+            out[method] = recognition_top1(records, METHOD_FIELDS[method])
+    return out
+
+
 def _grouped_accuracy(records: Sequence[Mapping], key: str, pred_field: str) -> dict:
     groups = collections.defaultdict(list)
     for r in records:

@@ -170,6 +170,13 @@ def summary_rows(summary: Mapping) -> list:
         h = summary["action_head"]
         rows.append((f"action-token heads verb/noun/action top-1 (n={h['n']})", "heads",
                      " / ".join(_pct(h[k]) for k in ("verb_top1", "noun_top1", "action_top1"))))
+    topk = summary.get("recognition_top_k")
+    if topk:
+        for part in ("heads", "letters", "generate", "strict"):
+            block = topk.get(part)
+            for k in (topk["k"] if part in ("heads", "letters") else [1]) if block else []:
+                rows.append((f"recognition verb/noun/action top-{k} (n={block['n']})", part,
+                             " / ".join(_pct(block[f"{kind}_top{k}"]) for kind in ("verb", "noun", "action"))))
     return rows
 
 

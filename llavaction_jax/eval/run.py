@@ -1,13 +1,13 @@
 """Evaluate a source end to end and write predictions.jsonl, summary.json and the report (process 0 writes)."""
 import json
 import os
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
 
 from llavaction_jax.cli import UserError
-from llavaction_jax.eval import metrics, report, samples
+from llavaction_jax.eval import metrics, report
 from llavaction_jax.eval.evaluator import Evaluator, _allgather_ints, broadcast_json
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -106,14 +106,20 @@ def evaluate_source(model, tokenizer, config, mesh, source, out_dir: Optional[st
                     methods: Optional[Sequence[str]] = None, batch_size: Optional[int] = None,
                     verb_names: Optional[Mapping[int, str]] = None, title: str = "EK100-MQA evaluation",
                     resume: bool = True, progress: bool = False, provenance: Optional[Mapping] = None,
-                    noun_names: Optional[Mapping[int, str]] = None):
+                    noun_names: Optional[Mapping[int, str]] = None, head_top_k: int = 1,
+                    max_new_tokens: Optional[int] = None,
+                    summarize: Optional[Callable[[Sequence[Mapping], Sequence[str]], dict]] = None):
     """(records, summary, paths): every host evaluates its slice; process 0 writes the files under out_dir.
+
+    `summarize(records, methods)` makes the summary (default metrics.summarize); `head_top_k` and
+    `max_new_tokens` as the Evaluator's.
 
     With out_dir, predictions and failures are appended as they are produced and a rerun with the same out_dir
     (resume=True) evaluates only the samples not yet in OUT/predictions.jsonl. Unreadable clips are skipped and
     listed in OUT/failures.jsonl; zero evaluated samples is an error.
     """
-    evaluator = Evaluator(model, tokenizer, config, mesh, methods=methods, batch_size=batch_size)
+    evaluator = Evaluator(model, tokenizer, config, mesh, methods=methods, batch_size=batch_size,
+                          max_new_tokens=max_new_tokens, head_top_k=head_top_k)
     total = int(np.sum(_allgather_ints([source.num_local])))
     if total == 0:
         raise UserError("the eval data holds no samples", "--data", "at least one sample")
@@ -131,7 +137,7 @@ def evaluate_source(model, tokenizer, config, mesh, source, out_dir: Optional[st
         raise UserError(f"no sample could be evaluated: all {len(failures)} failed"
                         + (f" (see {os.path.join(out_dir, FAILURES_FILE)})" if out_dir else ""),
                         "--data / --video_root", "readable clips")
-    summary = metrics.summarize(records, evaluator.methods)
+    summary = (summarize or metrics.summarize)(records, evaluator.methods)
     summary["num_failures"] = len(failures)
     summary["num_resumed"] = len(previous)
     paths = {}
@@ -153,28 +159,3 @@ def scalar_metrics(summary: Mapping) -> dict:
         for k in ("verb", "noun", "action"):
             out[f"head_{k}_top1"] = summary["action_head"][f"{k}_top1"]
     return {k: float(v) for k, v in out.items() if v is not None}
-
-
-def periodic_eval_fn(config, mesh, workdir: str, tokenizer=None):
-    """The trainer's `eval_fn(model, step)` for config.data.eval_files (MQA TFRecords).
-
-    Every call evaluates the files (the first config.eval.max_samples records when > 0) with config.eval.methods,
-    writes predictions, summary and report under `<workdir>/eval/step_<step>` and returns `scalar_metrics`.
-    """
-    files = str(config.data.eval_files)
-    if not files:
-        raise ValueError("config.train.eval_every > 0 needs config.data.eval_files (MQA TFRecord globs)")
-    if tokenizer is None:
-        from llavaction_jax.input.tokenizer import Tokenizer
-        tokenizer = Tokenizer.load(config.data.tokenizer_path, video_token_id=int(config.model.video_token_id))
-    limit = int(config.eval.get("max_samples", 0)) or None
-    # Built once (bad globs fail now, not at the first eval); every call re-reads the records from disk.
-    source = samples.tfrecord_source(files, int(config.data.num_frames), int(config.model.vision.image_size),
-                                     limit=limit)
-
-    def eval_fn(model, step):
-        _, summary, _ = evaluate_source(model, tokenizer, config, mesh, source, resume=False,
-                                        out_dir=os.path.join(workdir, "eval", f"step_{step}"),
-                                        title=f"EK100-MQA evaluation at step {step}")
-        return scalar_metrics(summary)
-    return eval_fn

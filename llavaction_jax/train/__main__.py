@@ -1,7 +1,8 @@
 """CLI: python -m llavaction_jax.train --config configs/tiny.py --workdir DIR [--config.optim.lr=2e-5 ...]
 
-With config.train.eval_every > 0 it evaluates config.data.eval_files (MQA TFRecords) every that many steps:
-scalars to metrics.jsonl/TensorBoard (prefix "eval"), predictions + report under <workdir>/eval/step_<N>.
+It runs the evals named in config.evals (llavaction_jax.eval.benchmarks), each every `every` steps, and with
+config.train.eval_every > 0 also config.data.eval_files (MQA TFRecords) as the eval "ek100_mqa": scalars to
+metrics.jsonl/TensorBoard as eval/<name>/<metric>, predictions + report under <workdir>/eval/<name>/step_<N>.
 
 The resolved config is printed at start and saved to <workdir>/config.json. Exit status: 0 finished, 2 bad input
 (one `error:` line), 1 internal error, 75 (cli.EXIT_PREEMPTED) stopped by SIGTERM after saving a checkpoint:
@@ -76,10 +77,8 @@ def train_main(argv) -> int:
         text = _save_config(config, workdir)
         logging.info("config (saved to %s):\n%s", os.path.join(workdir, "config.json"), text)
     mesh = shd.make_mesh(config.mesh)
-    eval_fn = None
-    if int(config.train.eval_every) > 0:
-        from llavaction_jax.eval.run import periodic_eval_fn
-        eval_fn = periodic_eval_fn(config, mesh, workdir)
+    from llavaction_jax.eval import benchmarks
+    eval_fn = benchmarks.periodic_evals(config, mesh, workdir)      # None when no eval is scheduled
     summary = train(config, workdir, eval_fn=eval_fn, mesh=mesh)
     report = {k: summary[k] for k in ("start_step", "final_step", "preempted", "data_exhausted", "saved_steps")}
     report["last_loss"] = summary["losses"][-1] if summary["losses"] else None

@@ -4,7 +4,9 @@
 __main__ wraps it). Any iterator with the input-pipeline interface works as `train_iter`: `next()` returns a
 dict of global jax.Arrays {input_ids, attention_mask, labels, pixel_values, actions}, `get_state()` returns
 a JSON-able dict and `set_state(d)` restores it (saved with every checkpoint, so resume sees the same data).
-`eval_fn(model, step) -> {name: float}` is called every config.train.eval_every steps with the nnx model.
+`eval_fn(model, step) -> {name: float}` is called with the nnx model at the steps where `eval_fn.due(step)` is
+true (llavaction_jax.eval.benchmarks.PeriodicEvals: each config.evals entry at its own `every`), or, for a plain
+function, every config.train.eval_every steps; its results go to metrics.jsonl / TensorBoard with prefix "eval".
 """
 import os
 import signal
@@ -302,6 +304,10 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
         ckpt.save(step, state, train_iter.get_state(), config_dict)
         saved_steps.append(step)
 
+    eval_due = getattr(eval_fn, "due", None)
+    if eval_fn is not None and eval_due is None:
+        eval_due = lambda s: int(tc.eval_every) > 0 and s % int(tc.eval_every) == 0   # noqa: E731
+
     step = start
     try:
         with Preemption() as preemption:
@@ -324,7 +330,7 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
                 stop = preemption.any_process()
                 boundary_log = step % int(tc.log_every) == 0 or step == num_steps
                 boundary_ckpt = (int(tc.checkpoint_every) > 0 and step % int(tc.checkpoint_every) == 0)
-                boundary_eval = eval_fn is not None and int(tc.eval_every) > 0 and step % int(tc.eval_every) == 0
+                boundary_eval = eval_due is not None and eval_due(step)
                 if boundary_log or boundary_ckpt or boundary_eval or stop:
                     drain(keep_last=False)       # every step up to here is finite before anything is saved
                 if boundary_log:

@@ -1,0 +1,112 @@
+"""Eval benchmarks by name, as big_vision's evaluators: one module per benchmark and one line for it in REGISTRY.
+
+A benchmark module has `NAME`, `DEFAULTS` (its own fields of a `config.evals` entry, with defaults) and
+`build(config, eval_cfg, mesh, tokenizer, workdir)` -> an object whose `run(model, step=None)` returns
+{metric: float} and writes its outputs under `workdir` (`workdir/step_<step>` for a training step).
+`base.SourceBenchmark` does that for any eval Source with the shared Evaluator.
+
+`config.evals` holds named entries, e.g. `config.evals.val = dict(type="ek100_mqa", data="val-*.tfrecord",
+every=500)`; unset common fields (methods, batch_size, max_new_tokens, max_samples) come from `config.eval`.
+The trainer runs each entry with every > 0 at its own interval (`periodic_evals`, logged as eval/<name>/<metric>);
+the eval CLI runs one (`--eval NAME` / `--type TYPE`). The older `config.train.eval_every` +
+`config.data.eval_files` is the entry `ek100_mqa` (LEGACY_NAME).
+"""
+import os
+from typing import Mapping, Optional
+
+import ml_collections
+
+from llavaction_jax.eval.benchmarks import base, ek100_mqa, generic_mc, recognition
+
+REGISTRY = {
+    ek100_mqa.NAME: ek100_mqa,
+    recognition.NAME: recognition,
+    generic_mc.NAME: generic_mc,
+}
+
+LEGACY_NAME = "ek100_mqa"
+
+
+def resolve(entry: Mapping, config, name: str, where: Optional[str] = None) -> ml_collections.ConfigDict:
+    """One entry with every field filled (common defaults < the module's DEFAULTS < the entry) and checked.
+
+    `where` formats a field name into where it was set (default "config.evals.<name>.<field>")."""
+    fmt = where or f"config.evals.{name}.{{}}"
+    if not isinstance(entry, (Mapping, ml_collections.ConfigDict)):
+        raise base.EvalConfigError(f"eval entry {name!r} is a {type(entry).__name__}", fmt.format("").rstrip("."),
+                                   "a dict(type=..., data=..., every=..., ...)")
+    entry = entry.to_dict() if isinstance(entry, ml_collections.ConfigDict) else dict(entry)
+    type_name = entry.get("type")
+    if type_name not in REGISTRY:
+        raise base.EvalConfigError(f"unknown eval type {type_name!r}", fmt.format("type"),
+                                   f"one of {sorted(REGISTRY)}")
+    fields = {**base.common_defaults(config), **REGISTRY[type_name].DEFAULTS}
+    unknown = sorted(set(entry) - set(fields))
+    if unknown:
+        raise base.EvalConfigError(f"unknown field {unknown[0]!r} for eval type {type_name!r}", fmt.format(unknown[0]),
+                                   f"some of {sorted(fields)}")
+    fields = base.check_common({**fields, **entry}, fmt)
+    return ml_collections.ConfigDict(dict(fields, name=name, where=fmt))
+
+
+def build(eval_cfg, config, mesh, tokenizer, workdir: str):
+    """The benchmark object of a resolved entry (its data is opened now: a bad glob fails here)."""
+    return REGISTRY[eval_cfg.type].build(config, eval_cfg, mesh, tokenizer, workdir)
+
+
+def configured(config) -> dict:
+    """{name: resolved entry} of config.evals, plus LEGACY_NAME when config.train.eval_every > 0."""
+    out = {str(name): resolve(entry, config, str(name)) for name, entry in (config.get("evals") or {}).items()}
+    every = int(config.train.get("eval_every", 0))
+    if every > 0:
+        files = str(config.data.get("eval_files", "") or "")
+        if not files:
+            raise base.EvalConfigError("config.train.eval_every > 0 needs config.data.eval_files",
+                                       "config.data.eval_files",
+                                       "MQA TFRecord glob(s), or name the evals in config.evals instead")
+        if LEGACY_NAME in out:
+            raise base.EvalConfigError(f"config.train.eval_every would add the eval {LEGACY_NAME!r}, which "
+                                       "config.evals already names", f"config.evals.{LEGACY_NAME}",
+                                       "either config.evals entries or eval_every + eval_files, not both with "
+                                       "this name")
+        out[LEGACY_NAME] = resolve(dict(type=ek100_mqa.NAME, data=files, every=every), config, LEGACY_NAME,
+                                   where="config.train.eval_every / config.data.eval_files ({})")
+    return out
+
+
+def detect_type(data: str) -> str:
+    """The benchmark a data path is for when none is named: generic MC JSONL rows -> generic_mc, else ek100_mqa."""
+    from llavaction_jax.eval import samples
+    if data.endswith(".jsonl") and os.path.isfile(data) and samples.is_generic_jsonl(data):
+        return generic_mc.NAME
+    return ek100_mqa.NAME
+
+
+class PeriodicEvals:
+    """The trainer's eval hook: `due(step)` when any benchmark's `every` divides step; calling it runs those and
+    returns {"<name>/<metric>": value} (the trainer logs them with prefix "eval")."""
+
+    def __init__(self, benchmarks: Mapping[str, tuple]):
+        self.benchmarks = dict(benchmarks)      # name -> (every, benchmark)
+
+    def due(self, step: int) -> bool:
+        return any(step % every == 0 for every, _ in self.benchmarks.values())
+
+    def __call__(self, model, step: int) -> dict:
+        out = {}
+        for name, (every, bench) in self.benchmarks.items():
+            if step % every == 0:
+                out.update({f"{name}/{k}": float(v) for k, v in bench.run(model, step).items()})
+        return out
+
+
+def periodic_evals(config, mesh, workdir: str, tokenizer=None) -> Optional[PeriodicEvals]:
+    """The configured evals with every > 0, built (outputs under <workdir>/eval/<name>/step_<N>), or None."""
+    entries = {n: c for n, c in configured(config).items() if int(c.every) > 0}
+    if not entries:
+        return None
+    if tokenizer is None:
+        from llavaction_jax.input.tokenizer import Tokenizer
+        tokenizer = Tokenizer.load(config.data.tokenizer_path, video_token_id=int(config.model.video_token_id))
+    return PeriodicEvals({n: (int(c.every), build(c, config, mesh, tokenizer, os.path.join(workdir, "eval", n)))
+                          for n, c in entries.items()})
