@@ -65,8 +65,12 @@ def get_config(arg=None):
         # steps): letters 15.5%, strict 15.5%, reference 93.1%, and letters on the text-only twins themselves
         # 15.6% (the model always answered "C."); at lr 1e-3 and weight 0.5: letters 19.8%, strict 15.5%,
         # reference 80.2%. The training LM loss plateaus at the entropy of a uniformly guessed letter.
-        text_mcq_per_question=0,
-        text_mcq_weight=0.4,              # share of the training mixture drawn from them (when enabled)
+        text_mcq_per_question=1,
+        text_mcq_weight=0.3,              # share of the training mixture drawn from them (when enabled)
+        # The letter-binding warm-up (demo.train_binding): `steps` steps on short text-only MCQ questions (the
+        # action stated in words, then the options) before the video run, which starts from its weights.
+        binding=ml_collections.ConfigDict(dict(
+            steps=1000, lr=1e-3, batch_size=32, max_length=96, per_question=2)),
         prediction_top1=0.6,              # synthetic action-model predictions (confusable distractors)
         accuracy_target=0.8,
         # The target is checked on all three protocols (llavaction_jax.eval.metrics.PROTOCOLS): (a) "generate",
