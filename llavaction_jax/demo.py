@@ -159,7 +159,7 @@ def build_data(config, workdir: str, quiet: bool = False) -> dict:
                             workers=1, prefix=split, progress=not quiet)
         out[split] = {"jsonl": jsonl, "records": os.path.join(records_dir, f"{split}-*.tfrecord"),
                       "num_questions": len(questions), "num_clips": len(segs)}
-        if split == "train" and int(d.get("text_mcq_per_question", 0)) > 0:
+        if split == "train" and int(d.text_mcq_per_question) > 0:
             out["text_mcq"] = write_text_mcq(questions, label_space, data_dir, int(d.text_mcq_per_question),
                                              int(d.seed), quiet)
     return out
@@ -369,7 +369,7 @@ def print_summary(summary: dict, timer: Timer, data: dict, train_summary: dict, 
 
 def target_methods(config, summary: dict) -> List[str]:
     """The protocols the accuracy target is checked on (config.demo.target_methods), all of which were evaluated."""
-    methods = list(config.demo.get("target_methods", ("generate", "letters", "strict")))
+    methods = list(config.demo.target_methods)
     missing = [m for m in methods if m not in summary["methods"]]
     if missing:
         raise ValueError(f"config.demo.target_methods {missing} were not evaluated (summary methods: "
@@ -397,7 +397,7 @@ def run(config, workdir: str, skip_hf: bool = False, quiet: bool = False) -> dic
     if hf is None:
         with timer.stage("export to HF + transformers reload"):
             hf = hf_roundtrip(config, model, tok, mesh, data, workdir)
-    target = float(config.demo.get("accuracy_target", 0.8))
+    target = float(config.demo.accuracy_target)
     methods = target_methods(config, summary)
     cpu_s = time.process_time()
     print_summary(summary, timer, data, train_summary, hf, target, methods, cpu_s)
@@ -433,6 +433,8 @@ def main(argv=None) -> int:
     config = module.get_config()
     if args.steps is not None:
         config.train.num_steps = args.steps
+    from configs import validate
+    validate.validate(config)
     if os.path.isdir(os.path.join(args.workdir, "train", "checkpoints")):
         raise SystemExit(f"--workdir {args.workdir} already holds a training run; use a fresh directory")
     result = run(config, args.workdir, skip_hf=args.skip_hf)
@@ -440,4 +442,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from llavaction_jax import cli
+    sys.exit(cli.run(main))

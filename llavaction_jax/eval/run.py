@@ -167,7 +167,7 @@ def periodic_eval_fn(config, mesh, workdir: str, tokenizer=None):
     if tokenizer is None:
         from llavaction_jax.input.tokenizer import Tokenizer
         tokenizer = Tokenizer.load(config.data.tokenizer_path, video_token_id=int(config.model.video_token_id))
-    limit = int(config.eval.get("max_samples", 0)) or None
+    limit = int(config.eval.max_samples) or None
     # Built once (bad globs fail now, not at the first eval); every call re-reads the records from disk.
     source = samples.tfrecord_source(files, int(config.data.num_frames), int(config.model.vision.image_size),
                                      limit=limit)
