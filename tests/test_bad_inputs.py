@@ -268,6 +268,33 @@ def test_train_help_and_flag_errors_follow_the_convention():
                                                      "string to float: 'fast'")
 
 
+# ----------------------------------------------------------------------------------------------- eval
+def test_eval_validates_the_checkpoints_config_before_building(tmp_path, capsys):
+    """The eval CLI checks the training workdir's saved config (with its own overrides) before any model is
+    built: a bad saved value and a --num_frames too many for max_length are each one line naming the key."""
+    from configs import tiny
+    from llavaction_jax.eval import __main__ as eval_cli
+    from llavaction_jax.train import checkpointing
+    config = checkpointing.config_to_dict(tiny.get_config())
+    config["train"]["lm_loss"] = "half"
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "w" / "checkpoints"), async_save=False)
+    ckpt.save(1, {"step": np.zeros((), np.int32)}, {}, config)
+    ckpt.close()
+    args = ["--checkpoint", str(tmp_path / "w"), "--data", "x-*.tfrecord", "--out", str(tmp_path / "out")]
+    assert cli.run(eval_cli.main, args) == 2
+    assert one_error(capsys) == ("error: bad config value 'half' (config.train.lm_loss): one of ('full', "
+                                 "'chunked', 'supervised')")
+    config["train"]["lm_loss"] = "supervised"
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "w2" / "checkpoints"), async_save=False)
+    ckpt.save(1, {"step": np.zeros((), np.int32)}, {}, config)
+    ckpt.close()
+    args[1] = str(tmp_path / "w2")
+    assert cli.run(eval_cli.main, args + ["--num_frames", "200"]) == 2
+    assert one_error(capsys) == ("error: bad config value 256 (config.data.max_length): more than the 1201 video "
+                                 "tokens of one 200-frame clip (+ the text)")
+    assert not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------------------------------------- predict
 @pytest.mark.parametrize("args, message", [
     (["--start", "-5"], "--start -5.0 is negative"),
