@@ -4,7 +4,7 @@
 - keys configs/base.py does not have (the message names the closest known key) and base keys that are missing;
 - a value of another type than its base default: int where the default is an int, int or float where it is a
   float, bool, str, tuple (a list stands for a tuple: a config read back from JSON has lists);
-- values out of range or outside their choices (RULES, and the model's enums in model/spec.py);
+- values out of range or outside their choices (base_rules(), and the model's enums in model/spec.py);
 - cross-field rules, checked by the code that owns them: the model's (model.spec.ModelSpec.from_config), the
   optimizer's (train.optimizer.validate_config), the mesh's (sharding.check_mesh_sizes), the sharding rule
   table, the mixture weights (input.mixture.normalise_weights), and one clip's video tokens fitting in
@@ -81,7 +81,7 @@ MESH_SIZE = Rule(lambda x: x == -1 or x >= 1, "a positive size or -1 (the remain
 ASCENDING = Rule(lambda x: all(a < b for a, b in zip(x, x[1:])), "strictly increasing lengths")
 
 
-def _rules() -> Mapping[str, Rule]:
+def base_rules() -> Mapping[str, Rule]:
     """Per-key rules over the base sections (dotted keys under `config.`), beyond the type. The optimizer's keys
     are train.optimizer.validate_config's, the model's enums model.spec's (both called by validate)."""
     from llavaction_jax.eval.metrics import METHODS
@@ -146,10 +146,22 @@ def validate(config) -> Any:
     base_config = base.get_base_config()
     known = _dotted_keys(base_config) + [f"{ROOT}.{s}.{k}" for s, f in OPTIONAL_SECTIONS.items() for k in f()]
     _check_section(config, base_config, ROOT, known)
-    for key, rule in _rules().items():
+    for key, rule in base_rules().items():
         _apply(rule, _lookup(config, key), f"{ROOT}.{key}")
     _cross_field(config)
     return config
+
+
+def with_overrides(overrides: Mapping[str, Any]) -> Callable:
+    """A check_config for eval.checkpoint.load_for_eval: set a CLI's overrides {dotted key: value, None = keep}
+    on the checkpoint's config, then validate it (before the model is built)."""
+    def check(config):
+        for key, value in overrides.items():
+            if value is not None:
+                section, name = key.rsplit(".", 1)
+                _lookup(config, section)[name] = value
+        return validate(config)
+    return check
 
 
 # ------------------------------------------------------------------------------------------------- structure

@@ -71,8 +71,12 @@ def main(argv=None) -> int:
         # Checked before the (slow) model load; mqa_jsonl_source refuses it too.
         raise UserError("MQA JSONL data needs its videos", "--video_root",
                         "the root of the EK100 videos (or evaluate the MQA TFRecords, which hold the frames)")
+    from configs import validate
+    # The checkpoint's config with this command's overrides, validated before the model is built.
+    check = validate.with_overrides({"data.num_frames": args.num_frames, "eval.max_new_tokens": args.max_new_tokens,
+                                     "data.add_time_instruction": False if args.no_time_instruction else None})
     model, tok, config, mesh, provenance = load_for_eval(args.checkpoint, tokenizer=args.tokenizer,
-                                                         with_provenance=True, check_config=_checked(args))
+                                                         with_provenance=True, check_config=check)
     frames, size = int(config.data.num_frames), int(config.model.vision.image_size)
     if is_jsonl:
         if samples.is_generic_jsonl(args.data):
@@ -99,22 +103,6 @@ def main(argv=None) -> int:
             print(f"{a + (f' [{b}]' if b else ''):<70} {c}".rstrip())
         print(json.dumps({k: v for k, v in paths.items()}))
     return 0
-
-
-def _checked(args):
-    """The checkpoint's config with this command's overrides, validated (configs/validate.py) before the model
-    is built."""
-    from configs import validate
-
-    def check(config):
-        if args.num_frames is not None:
-            config.data.num_frames = args.num_frames
-        if args.no_time_instruction:
-            config.data.add_time_instruction = False
-        if args.max_new_tokens is not None:
-            config.eval.max_new_tokens = args.max_new_tokens
-        return validate.validate(config)
-    return check
 
 
 def _class_names(config):  # noqa: ARG001 - EK100's class lists are fixed

@@ -166,7 +166,8 @@ def _finite(x) -> bool:
 
 def validate_config(config) -> None:
     """Refuse optimizer / schedule / loop values that would train wrongly rather than fail (a negative lr
-    trains uphill): a UserError naming the config field. Called at train start, before anything is built."""
+    trains uphill): a UserError naming the config field. configs/validate.py calls it in the whole-config check
+    every CLI does at start; loop.train calls it too, for library callers."""
     o, t = config.optim, config.train
     _check(_finite(o.lr) and float(o.lr) > 0, "config.optim.lr", o.lr, "a finite learning rate > 0")
     for pattern, value in o.lr_overrides:
