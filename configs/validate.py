@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import ml_collections
 
+from configs import base
 from llavaction_jax.cli import UserError
 
 ROOT = "config"
@@ -68,9 +69,11 @@ def each(rule: Rule, length: Optional[int] = None, min_length: int = 0) -> Rule:
     """A tuple whose every element satisfies `rule` (of `length` elements, or at least `min_length`)."""
     size = f"{length} values" if length is not None else "values" if not min_length else f">= {min_length} values"
     kind = f"{_KIND_NAMES[rule.kind]} " if rule.kind else ""
-    return Rule(lambda x: (len(x) == length if length is not None else len(x) >= min_length)
-                and all(_type_ok(v, rule.kind) and rule.ok(v) for v in x), f"a tuple of {size}, each {kind}{rule.expected}",
-                tuple)
+
+    def ok(x):
+        sized = len(x) == length if length is not None else len(x) >= min_length
+        return sized and all(_type_ok(v, rule.kind) and rule.ok(v) for v in x)
+    return Rule(ok, f"a tuple of {size}, each {kind}{rule.expected}", tuple)
 
 
 def text(kind=str) -> Rule:
@@ -142,7 +145,6 @@ NULLABLE = ("optim.grad_clip_norm", "model.attention_impl")
 
 def validate(config) -> Any:
     """Check `config` (see the module docstring); returns it unchanged. Raises cli.UserError."""
-    from configs import base
     base_config = base.get_base_config()
     known = _dotted_keys(base_config) + [f"{ROOT}.{s}.{k}" for s, f in OPTIONAL_SECTIONS.items() for k in f()]
     _check_section(config, base_config, ROOT, known)
