@@ -62,7 +62,6 @@ def main(argv=None) -> int:
     from llavaction_jax.eval import samples
     from llavaction_jax.eval.checkpoint import load_for_eval
     from llavaction_jax.eval.report import summary_rows
-    from llavaction_jax.eval.run import evaluate_source
 
     is_jsonl = args.data.endswith(".jsonl")
     if is_jsonl and not os.path.isfile(args.data):
@@ -77,6 +76,7 @@ def main(argv=None) -> int:
                                      "data.add_time_instruction": False if args.no_time_instruction else None})
     model, tok, config, mesh, provenance = load_for_eval(args.checkpoint, tokenizer=args.tokenizer,
                                                          with_provenance=True, check_config=check)
+    from llavaction_jax.eval.run import evaluate_source     # (the input pipeline, TF: after the config is checked)
     frames, size = int(config.data.num_frames), int(config.model.vision.image_size)
     if is_jsonl:
         if samples.is_generic_jsonl(args.data):
