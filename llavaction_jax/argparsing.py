@@ -116,6 +116,8 @@ def parse_flags(argv):
     from llavaction_jax.cli import UserError
     try:
         return flags.FLAGS(argv)
+    except flags.IllegalFlagValueError as e:
+        raise bad_config_override(e) or UserError(str(e)) from None
     except flags.Error as e:
         raise UserError(str(e)) from None
     except (KeyError, AttributeError) as e:
@@ -123,6 +125,27 @@ def parse_flags(argv):
         if err is None:
             raise
         raise err from None
+
+
+_PARSER_KINDS = {"IntegerParser": "an int", "FloatParser": "a float (or an int)", "BooleanParser": "a bool",
+                 "TupleParser": "a tuple"}
+
+
+def bad_config_override(err: BaseException):
+    """For `--config.<path>=v` whose value does not parse as the field's type (ml_collections gives the override
+    the base default's parser): the UserError naming config.<path> and the type, or None for another flag."""
+    import re
+    from absl import flags
+    from llavaction_jax.cli import UserError
+    match = re.match(r"flag --(\w+\.[\w.]+)=(.*?): (.*)$", str(err), re.S)
+    if not match or match.group(1) not in flags.FLAGS:
+        return None
+    kind = _PARSER_KINDS.get(type(flags.FLAGS[match.group(1)].parser).__name__)
+    if kind is None:
+        return None
+    reason = match.group(3)
+    return UserError(f"bad config value {match.group(2)!r}", match.group(1),
+                     kind if reason.startswith("(") else f"{kind} ({reason})")
 
 
 def unknown_config_override(err: BaseException, argv):

@@ -167,8 +167,11 @@ REMAT_POLICIES = ("('none', 'full', 'save_qkv_proj', 'save_dot_except_mlp', 'sav
                                   "config.train.num_steps?"),
     ("--config.trian.num_steps=5", "error: unknown config key 'trian' (config.trian): did you mean config.train?"),
     # wrong type (the override's parser is the base default's type)
-    ("--config.train.num_steps=1.5", "error: flag --config.train.num_steps=1.5: invalid literal for int() with "
-                                     "base 10: '1.5'"),
+    ("--config.train.num_steps=1.5", "error: bad config value '1.5' (config.train.num_steps): an int (invalid "
+                                     "literal for int() with base 10: '1.5')"),
+    ("--config.train.progress_bar=maybe", "error: bad config value 'maybe' (config.train.progress_bar): a bool"),
+    ("--config.data.length_buckets=(128,x)", "error: bad config value ('(128,x)',) (config.data.length_buckets): a "
+                                             "tuple of values, each an int >= 1"),
     # out of range, bad enum (configs/validate.py)
     ("--config.data.num_frames=0", "error: bad config value 0 (config.data.num_frames): >= 1"),
     ("--config.eval.max_samples=-1", "error: bad config value -1 (config.eval.max_samples): >= 0"),
@@ -264,8 +267,8 @@ def test_train_help_and_flag_errors_follow_the_convention():
     assert proc.returncode == 0 and "--workdir" in proc.stdout and "(default: 'None')" in proc.stdout
     proc = run("--config", "configs/tiny.py", "--workdir", "/tmp/unused", "--config.optim.lr=fast")
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == ("error: flag --config.optim.lr=fast: could not convert "
-                                                     "string to float: 'fast'")
+    assert proc.stderr.strip().splitlines()[-1] == ("error: bad config value 'fast' (config.optim.lr): a float (or "
+                                                     "an int) (could not convert string to float: 'fast')")
 
 
 # ----------------------------------------------------------------------------------------------- eval
