@@ -48,6 +48,14 @@ def row(config, arg, r):
             f"{r['headroom']:.0%} | {ratio} | {ideal} | {mfu} |")
 
 
+def validate_entries(entries) -> None:
+    """Every (config, slice) passes configs/validate.py before the first (minutes-long) compile starts."""
+    import importlib
+    from configs import validate
+    for config, arg in entries:
+        validate.validate(importlib.import_module(f"configs.{config}").get_config(arg))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default="", help="run only entries whose config:slice contains this")
@@ -55,13 +63,13 @@ def main():
     p.add_argument("--noflops", action="store_true", help="memory only (skips the FLOP count)")
     args = p.parse_args()
     extra = ["--noflops"] if args.noflops else []
+    entries = [(c, a) for c, a in ENTRIES if not args.only or args.only in f"{c}:{a}"]
+    validate_entries(entries)
     results = {}
     print("| config:slice | topology | batch = accum x micro | seq_len | GiB per chip / HBM | verdict | "
           "headroom | executed / model FLOPs | ideal step s | MFU bound |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for config, arg in ENTRIES:
-        if args.only and args.only not in f"{config}:{arg}":
-            continue
+    for config, arg in entries:
         r = run(config, arg, extra)
         results[f"{config}:{arg}"] = r
         print(row(config, arg, r), flush=True)
@@ -71,4 +79,6 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, ROOT)       # configs/ and llavaction_jax/ of this checkout
+    from llavaction_jax import cli
+    sys.exit(cli.run(main))

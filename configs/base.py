@@ -2,7 +2,8 @@
 
 Sections: model (architecture), mesh + sharding_rules (parallelism), data (input pipeline),
 optim (Optax), train (loop, checkpoints), eval. A converted checkpoint's own config.json wins over
-the model defaults here (see llavaction_jax.convert).
+the model defaults here (see llavaction_jax.convert). These are the only defaults: the code reads keys without
+`.get(key, default)`, and configs/validate.py checks every config against this one (keys, types) at start.
 """
 import ml_collections
 

@@ -69,8 +69,11 @@ def get_config(arg=None):
         text_mcq_weight=0.3,              # share of the training mixture drawn from them (when enabled)
         # The letter-binding warm-up (demo.train_binding): `steps` steps on short text-only MCQ questions (the
         # action stated in words, then the options) before the video run, which starts from its weights.
-        binding=ml_collections.ConfigDict(dict(
-            steps=1000, lr=1e-3, batch_size=32, max_length=96, per_question=2)),
+        binding_steps=1000,
+        binding_lr=1e-3,
+        binding_batch_size=32,
+        binding_max_length=96,
+        binding_per_question=2,           # short questions per training question (fresh option orders)
         prediction_top1=0.6,              # synthetic action-model predictions (confusable distractors)
         accuracy_target=0.8,
         # The target is checked on all three protocols (llavaction_jax.eval.metrics.PROTOCOLS): (a) "generate",

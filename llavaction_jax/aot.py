@@ -324,8 +324,9 @@ def compile_train_step(config, devices, topology: str = "", *, count_flops: bool
 
 def main(argv):
     del argv
-    config = _CONFIG.value
-    topology = _TOPOLOGY.value or config.get("aot", {}).get("topology", "")
+    from configs import validate
+    config = validate.validate(_CONFIG.value)
+    topology = _TOPOLOGY.value or config.aot.topology
     if not topology:
         raise UserError("no topology", "--topology / config.aot.topology", "e.g. v5p:2x2x2")
     try:

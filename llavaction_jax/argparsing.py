@@ -101,8 +101,74 @@ def run_absl(main, doc: str, *, aliases=(), user_errors=()) -> None:
 
     def parse(argv):
         try:
-            return flags.FLAGS(argv)
-        except flags.Error as e:
+            return parse_flags(argv)
+        except cli.UserError as e:
             sys.exit(cli.report_user_error(e))
 
     app.run(lambda argv: sys.exit(cli.run(main, argv, user_errors=tuple(user_errors))), flags_parser=parse)
+
+
+def parse_flags(argv):
+    """absl's `flags.FLAGS(argv)` with its errors as cli.UserError: a bad flag value, and an ml_collections
+    `--config.<path>` override naming a key the config does not have (absl lets that one through as a bare
+    KeyError / AttributeError)."""
+    from absl import flags
+    from llavaction_jax.cli import UserError
+    try:
+        return flags.FLAGS(argv)
+    except flags.IllegalFlagValueError as e:
+        raise bad_config_override(e) or UserError(str(e)) from None
+    except flags.Error as e:
+        raise UserError(str(e)) from None
+    except (KeyError, AttributeError) as e:
+        err = unknown_config_override(e, argv)
+        if err is None:
+            raise
+        raise err from None
+
+
+_PARSER_KINDS = {"IntegerParser": "an int", "FloatParser": "a float (or an int)", "BooleanParser": "a bool",
+                 "TupleParser": "a tuple"}
+
+
+def bad_config_override(err: BaseException):
+    """For `--config.<path>=v` whose value does not parse as the field's type (ml_collections gives the override
+    the base default's parser): the UserError naming config.<path> and the type, or None for another flag."""
+    import re
+    from absl import flags
+    from llavaction_jax.cli import UserError
+    match = re.match(r"flag --(\w+\.[\w.]+)=(.*?): (.*)$", str(err), re.S)
+    if not match or match.group(1) not in flags.FLAGS:
+        return None
+    kind = _PARSER_KINDS.get(type(flags.FLAGS[match.group(1)].parser).__name__)
+    if kind is None:
+        return None
+    reason = match.group(3)
+    return UserError(f"bad config value {match.group(2)!r}", match.group(1),
+                     kind if reason.startswith("(") else f"{kind} ({reason})")
+
+
+def unknown_config_override(err: BaseException, argv):
+    """The UserError for `--config.<path>=v` naming a key the (locked) ml_collections config lacks, or None.
+
+    ml_collections' message quotes the key and may add `Did you mean "x"`; the override in `argv` holding that
+    key gives the dotted path (configs/validate.py words the same error for keys set in a config file)."""
+    import re
+    from llavaction_jax.cli import UserError
+    while err.args and isinstance(err.args[0], BaseException):
+        err = err.args[0]
+    message = str(err.args[0]) if err.args else ""
+    key = re.match(r"'(\w+)'", message)
+    if not key:
+        return None
+    key = key.group(1)
+    for arg in argv[1:]:
+        override = re.match(r"--?(?:no)?(\w+)\.([\w.]+)", arg)
+        if override and key in override.group(2).split("."):
+            flag, parts = override.group(1), override.group(2).split(".")
+            path = ".".join([flag] + parts[:parts.index(key) + 1])
+            close = re.search(r'Did you mean "(\w+)"', message)
+            hint = (f"did you mean {path.rsplit('.', 1)[0]}.{close.group(1)}?" if close
+                    else f"a key of the config under {path.rsplit('.', 1)[0]}")
+            return UserError(f"unknown config key {key!r}", path, hint)
+    return None

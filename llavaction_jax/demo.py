@@ -162,8 +162,8 @@ def build_data(config, workdir: str, quiet: bool = False) -> dict:
         if split == "train" and int(d.text_mcq_per_question) > 0:
             out["text_mcq"] = write_text_mcq(questions, label_space, data_dir, int(d.text_mcq_per_question),
                                              int(d.seed), quiet)
-        if split == "train" and int(d.binding.steps) > 0:
-            out["binding"] = write_text_mcq(questions, label_space, data_dir, int(d.binding.per_question),
+        if split == "train" and int(d.binding_steps) > 0:
+            out["binding"] = write_text_mcq(questions, label_space, data_dir, int(d.binding_per_question),
                                             int(d.seed) + 1, quiet, name="binding_mcq", short=True)
     return out
 
@@ -268,7 +268,7 @@ def train_model(config, data: dict, tokenizer_dir: str, workdir: str, mesh):
 
 
 def train_binding(config, data: dict, tokenizer_dir: str, workdir: str, mesh) -> str:
-    """The letter-binding warm-up: config.demo.binding.steps on the short text-only MCQ questions alone.
+    """The letter-binding warm-up: config.demo.binding_steps on the short text-only MCQ questions alone.
 
     Why: trained on video questions (with or without the full-prompt text twins mixed in) the tiny model names the
     action right but its letter stays at chance: the LM loss on the letter sits at log(5) until an in-context
@@ -278,16 +278,16 @@ def train_binding(config, data: dict, tokenizer_dir: str, workdir: str, mesh) ->
     workdir (the video run's init_from).
     """
     from llavaction_jax.train.loop import train
-    b = config.demo.binding
+    d = config.demo
     warm = config.copy_and_resolve_references()
     warm.data.train_files = data["binding"]["records"]
     warm.data.mixture_weights = ()
-    warm.data.max_length = int(b.max_length)
-    warm.data.length_buckets = (int(b.max_length),)
-    warm.data.global_batch_size = int(b.batch_size)
+    warm.data.max_length = int(d.binding_max_length)
+    warm.data.length_buckets = (int(d.binding_max_length),)
+    warm.data.global_batch_size = int(d.binding_batch_size)
     warm.data.tokenizer_path = tokenizer_dir
-    warm.optim.lr = float(b.lr)
-    warm.train.num_steps = int(b.steps)
+    warm.optim.lr = float(d.binding_lr)
+    warm.train.num_steps = int(d.binding_steps)
     warm.train.action_loss_weight = 0.0
     out = os.path.join(workdir, "train_binding")
     train(warm, out, mesh=mesh)
@@ -408,7 +408,7 @@ def print_summary(summary: dict, timer: Timer, data: dict, train_summary: dict, 
 
 def target_methods(config, summary: dict) -> List[str]:
     """The protocols the accuracy target is checked on (config.demo.target_methods), all of which were evaluated."""
-    methods = list(config.demo.get("target_methods", ("generate", "letters", "strict")))
+    methods = list(config.demo.target_methods)
     missing = [m for m in methods if m not in summary["methods"]]
     if missing:
         raise ValueError(f"config.demo.target_methods {missing} were not evaluated (summary methods: "
@@ -436,7 +436,7 @@ def run(config, workdir: str, skip_hf: bool = False, quiet: bool = False) -> dic
     if hf is None:
         with timer.stage("export to HF + transformers reload"):
             hf = hf_roundtrip(config, model, tok, mesh, data, workdir)
-    target = float(config.demo.get("accuracy_target", 0.8))
+    target = float(config.demo.accuracy_target)
     methods = target_methods(config, summary)
     cpu_s = time.process_time()
     print_summary(summary, timer, data, train_summary, hf, target, methods, cpu_s)
@@ -472,6 +472,8 @@ def main(argv=None) -> int:
     config = module.get_config()
     if args.steps is not None:
         config.train.num_steps = args.steps
+    from configs import validate
+    validate.validate(config)
     if os.path.isdir(os.path.join(args.workdir, "train", "checkpoints")):
         raise SystemExit(f"--workdir {args.workdir} already holds a training run; use a fresh directory")
     result = run(config, args.workdir, skip_hf=args.skip_hf)
@@ -479,4 +481,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from llavaction_jax import cli
+    sys.exit(cli.run(main))

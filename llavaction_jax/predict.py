@@ -112,11 +112,9 @@ def main(argv=None) -> int:
 
     from llavaction_jax.eval.checkpoint import load_for_eval
     from llavaction_jax.eval.samples import read_video_file
-    model, tok, config, mesh = load_for_eval(args.checkpoint, tokenizer=args.tokenizer)
-    if args.num_frames is not None:
-        config.data.num_frames = args.num_frames
-    if args.max_new_tokens is not None:
-        config.eval.max_new_tokens = args.max_new_tokens
+    from configs import validate
+    check = validate.with_overrides({"data.num_frames": args.num_frames, "eval.max_new_tokens": args.max_new_tokens})
+    model, tok, config, mesh = load_for_eval(args.checkpoint, tokenizer=args.tokenizer, check_config=check)
     frames = read_video_file(args.video, start, end, int(config.data.num_frames),
                              int(config.model.vision.image_size))
     if args.options:

@@ -64,10 +64,8 @@ def normalize_rules(rules) -> tuple:
     return tuple(out)
 
 
-def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
-    """Mesh with axes ('data', 'fsdp', 'tensor') (all Auto); one size may be -1 to take the remaining devices."""
-    devices = list(jax.devices() if devices is None else devices)
-    n = len(devices)
+def check_mesh_sizes(mesh_cfg: Mapping[str, int]) -> list:
+    """The axis sizes of `mesh_cfg` in MESH_AXES order: each positive or -1, at most one -1 (no devices needed)."""
     sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
     fill = [a for a, s in zip(MESH_AXES, sizes) if s == -1]
     if len(fill) > 1:
@@ -75,6 +73,15 @@ def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[Any] | None = None)
     for a, s in zip(MESH_AXES, sizes):
         if s == 0 or s < -1:
             raise ValueError(f"mesh config: axis {a!r} has size {s}; expected a positive size or -1")
+    return sizes
+
+
+def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
+    """Mesh with axes ('data', 'fsdp', 'tensor') (all Auto); one size may be -1 to take the remaining devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    n = len(devices)
+    sizes = check_mesh_sizes(mesh_cfg)
+    fill = [a for a, s in zip(MESH_AXES, sizes) if s == -1]
     known = math.prod(s for s in sizes if s != -1)
     if fill:
         if n % known:

@@ -122,13 +122,14 @@ def train_flags(monkeypatch):
     """Parses the train CLI's absl flags in-process (as `python -m llavaction_jax.train ARGS` does; the config
     overrides are read from sys.argv by ml_collections, so it is set too)."""
     from absl import flags
+    from llavaction_jax import argparsing
     from llavaction_jax.train import __main__ as train_cli
 
     def parse(*args):
         argv = ["llavaction_jax.train", "--config", os.path.join(REPO_ROOT, "configs", "tiny.py"), *args]
         monkeypatch.setattr(sys, "argv", argv)
         reset()
-        flags.FLAGS(argv)
+        argparsing.parse_flags(argv)          # what argparsing.run_absl does before main (UserError on bad flags)
         return train_cli
 
     def reset():
@@ -154,6 +155,46 @@ def test_train_refuses_bad_optimizer_values(tmp_path, capsys, train_flags, overr
     assert cli_mod.main([]) == 2
     assert one_error(capsys) == field
     assert not (tmp_path / "w").exists()          # refused before the config is saved or anything built
+
+
+REMAT_POLICIES = ("('none', 'full', 'save_qkv_proj', 'save_dot_except_mlp', 'save_all_named', "
+                  "'offload_dot_except_mlp', 'dots_saveable', 'dots_with_no_batch_dims_saveable')")
+
+
+@pytest.mark.parametrize("override, line", [
+    # unknown key (ml_collections' locked config at flag parsing), with the closest known key
+    ("--config.train.num_step=5", "error: unknown config key 'num_step' (config.train.num_step): did you mean "
+                                  "config.train.num_steps?"),
+    ("--config.trian.num_steps=5", "error: unknown config key 'trian' (config.trian): did you mean config.train?"),
+    # wrong type (the override's parser is the base default's type)
+    ("--config.train.num_steps=1.5", "error: bad config value '1.5' (config.train.num_steps): an int (invalid "
+                                     "literal for int() with base 10: '1.5')"),
+    ("--config.train.progress_bar=maybe", "error: bad config value 'maybe' (config.train.progress_bar): a bool"),
+    ("--config.data.length_buckets=(128,x)", "error: bad config value ('(128,x)',) (config.data.length_buckets): a "
+                                             "tuple of values, each an int >= 1"),
+    # out of range, bad enum (configs/validate.py)
+    ("--config.data.num_frames=0", "error: bad config value 0 (config.data.num_frames): >= 1"),
+    ("--config.eval.max_samples=-1", "error: bad config value -1 (config.eval.max_samples): >= 0"),
+    ("--config.model.remat_policy=sometimes", "error: bad config value 'sometimes' (config.model.remat_policy): "
+                                              f"expected one of {REMAT_POLICIES}"),
+    ("--config.train.lm_loss=half", "error: bad config value 'half' (config.train.lm_loss): one of ('full', "
+                                    "'chunked', 'supervised')"),
+    ("--config.model.dtype=int8", "error: bad config value 'int8' (config.model.dtype): expected one of "
+                                  "('float32', 'bfloat16', 'float16')"),
+    # cross-field
+    ("--config.model.text.num_kv_heads=3", "error: bad config value 4 (config.model.text.num_heads): a multiple "
+                                           "of model.text.num_kv_heads (3)"),
+    ("--config.data.num_frames=200", "error: bad config value 256 (config.data.max_length): more than the 1201 "
+                                     "video tokens of one 200-frame clip (+ the text)"),
+    ("--config.mesh.fsdp=-1", "error: mesh config {'data': -1, 'fsdp': -1, 'tensor': 1}: at most one axis may be "
+                              "-1, got ['data', 'fsdp'] (config.mesh)"),
+])
+def test_train_refuses_bad_config(tmp_path, capsys, train_flags, override, line):
+    """Every class of config error through the train CLI's own flag parsing and main: exit 2, one line naming
+    the key, nothing written."""
+    assert cli.run(lambda: train_flags("--workdir", str(tmp_path / "w"), override).main([])) == 2
+    assert one_error(capsys) == line
+    assert not (tmp_path / "w").exists()
 
 
 def test_train_unparseable_tokenizer_names_the_file(tmp_path, capsys, train_flags):
@@ -226,8 +267,35 @@ def test_train_help_and_flag_errors_follow_the_convention():
     assert proc.returncode == 0 and "--workdir" in proc.stdout and "(default: 'None')" in proc.stdout
     proc = run("--config", "configs/tiny.py", "--workdir", "/tmp/unused", "--config.optim.lr=fast")
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == ("error: flag --config.optim.lr=fast: could not convert "
-                                                     "string to float: 'fast'")
+    assert proc.stderr.strip().splitlines()[-1] == ("error: bad config value 'fast' (config.optim.lr): a float (or "
+                                                     "an int) (could not convert string to float: 'fast')")
+
+
+# ----------------------------------------------------------------------------------------------- eval
+def test_eval_validates_the_checkpoints_config_before_building(tmp_path, capsys):
+    """The eval CLI checks the training workdir's saved config (with its own overrides) before any model is
+    built: a bad saved value and a --num_frames too many for max_length are each one line naming the key."""
+    from configs import tiny
+    from llavaction_jax.eval import __main__ as eval_cli
+    from llavaction_jax.train import checkpointing
+    config = checkpointing.config_to_dict(tiny.get_config())
+    config["train"]["lm_loss"] = "half"
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "w" / "checkpoints"), async_save=False)
+    ckpt.save(1, {"step": np.zeros((), np.int32)}, {}, config)
+    ckpt.close()
+    args = ["--checkpoint", str(tmp_path / "w"), "--data", "x-*.tfrecord", "--out", str(tmp_path / "out")]
+    assert cli.run(eval_cli.main, args) == 2
+    assert one_error(capsys) == ("error: bad config value 'half' (config.train.lm_loss): one of ('full', "
+                                 "'chunked', 'supervised')")
+    config["train"]["lm_loss"] = "supervised"
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "w2" / "checkpoints"), async_save=False)
+    ckpt.save(1, {"step": np.zeros((), np.int32)}, {}, config)
+    ckpt.close()
+    args[1] = str(tmp_path / "w2")
+    assert cli.run(eval_cli.main, args + ["--num_frames", "200"]) == 2
+    assert one_error(capsys) == ("error: bad config value 256 (config.data.max_length): more than the 1201 video "
+                                 "tokens of one 200-frame clip (+ the text)")
+    assert not (tmp_path / "out").exists()
 
 
 # ----------------------------------------------------------------------------------------------- predict

@@ -288,4 +288,6 @@ def test_train_cli_refuses_a_bad_eval_setup_in_one_line(tmp_path, capsys, train_
                            "    c.evals.val = dict(type='ek100', data='v-*.tfrecord', every=10)\n    return c\n")
     cli_mod = train_flags("--workdir", str(tmp_path / "w2"), "--config", str(config_file))     # the last --config
     assert cli_mod.main([]) == cli.EXIT_USER
-    assert "error: unknown eval type 'ek100' (config.evals.val.type): one of ['ek100_mqa', " in one_error(capsys)
+    # Refused by the whole-config validation at start (configs/validate.py), from the registry's names.
+    assert one_error(capsys) == ("error: bad config value 'ek100' (config.evals.val.type): one of "
+                                 "('ek100_mqa', 'generic_mc', 'recognition')")

@@ -111,16 +111,16 @@ def main(argv=None) -> int:
         if mqa and str(entry["data"]).endswith(".jsonl") and not entry.get("video_root"):
             raise UserError("MQA JSONL data needs its videos", "--video_root",
                             "the root of the EK100 videos (or evaluate the MQA TFRecords, which hold the frames)")
+    from configs import validate
+    # The checkpoint's config with this command's overrides, validated before the model is built.
+    check = validate.with_overrides({"data.num_frames": args.num_frames, "eval.max_new_tokens": args.max_new_tokens,
+                                     "data.add_time_instruction": False if args.no_time_instruction else None})
     model, tok, config, mesh, provenance = load_for_eval(args.checkpoint, tokenizer=args.tokenizer,
-                                                         with_provenance=True)
-    if args.num_frames is not None:
-        config.data.num_frames = args.num_frames
-    if args.no_time_instruction:
-        config.data.add_time_instruction = False
+                                                         with_provenance=True, check_config=check)
     name, where = "cli", "--{0}"
     if args.eval:
-        evals = {str(k): v.to_dict() for k, v in (config.get("evals") or {}).items()}
-        if config.data.get("eval_files") and benchmarks.LEGACY_NAME not in evals:
+        evals = {str(k): v.to_dict() for k, v in config.evals.items()}
+        if config.data.eval_files and benchmarks.LEGACY_NAME not in evals:
             # A run configured with train.eval_every + data.eval_files: the trainer's eval of that name.
             evals[benchmarks.LEGACY_NAME] = dict(type="ek100_mqa", data=str(config.data.eval_files))
         if args.eval not in evals:

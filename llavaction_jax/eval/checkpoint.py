@@ -8,7 +8,7 @@ Accepted directories:
 `tokenizer` overrides the tokenizer directory in both cases.
 """
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import ml_collections
 
@@ -56,8 +56,11 @@ def restore_params_only(ckpt_dir: str, step: int, abstract_params):
     return restored["params"]
 
 
-def load_train_workdir(ckpt_dir: str, mesh=None, step: Optional[int] = None):
-    """(model, config, step, mesh) from a llavaction_jax.train checkpoint directory (parameters only)."""
+def load_train_workdir(ckpt_dir: str, mesh=None, step: Optional[int] = None,
+                       check_config: Optional[Callable] = None):
+    """(model, config, step, mesh) from a llavaction_jax.train checkpoint directory (parameters only).
+
+    check_config(config) -> config runs on the saved config before anything is built (the CLI's validation)."""
     from llavaction_jax.train import checkpointing, state as state_lib
     ckpt = checkpointing.Checkpointer(ckpt_dir, async_save=False)
     try:
@@ -67,14 +70,20 @@ def load_train_workdir(ckpt_dir: str, mesh=None, step: Optional[int] = None):
         config = _config_from_json(ckpt.restore_config(step))
     finally:
         ckpt.close()
+    if check_config is not None:
+        config = check_config(config)
     mesh = mesh if mesh is not None else shd.make_mesh(config.mesh)
     setup = state_lib.build_setup(config, mesh)
     params = restore_params_only(ckpt_dir, step, setup.abstract_state["params"])
     return setup.merge(params), config, step, mesh
 
 
-def load_for_eval(path: str, mesh=None, tokenizer: Optional[str] = None, with_provenance: bool = False):
+def load_for_eval(path: str, mesh=None, tokenizer: Optional[str] = None, with_provenance: bool = False,
+                  check_config: Optional[Callable] = None):
     """(model, tokenizer, config, mesh[, provenance]) from a checkpoint directory (see module docstring).
+
+    check_config(config) -> config: the caller's validation (and overrides) of the checkpoint's config, before
+    the model is built from a training workdir's (a converted checkpoint's config is its parsed config.json).
 
     provenance: {"checkpoint", "step", "config"} for the report header (step None for converted checkpoints)."""
     if not os.path.isdir(path):
@@ -82,12 +91,14 @@ def load_for_eval(path: str, mesh=None, tokenizer: Optional[str] = None, with_pr
     ckpt_dir = _train_checkpoint_dir(path)
     step = None
     if ckpt_dir is not None:
-        model, config, step, mesh = load_train_workdir(ckpt_dir, mesh)
+        model, config, step, mesh = load_train_workdir(ckpt_dir, mesh, check_config=check_config)
         tok_dir = tokenizer or config.data.tokenizer_path
     else:
         import llavaction_jax
         mesh = mesh if mesh is not None else shd.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
         model, config = llavaction_jax.load_pretrained(path, mesh=mesh)
+        if check_config is not None:
+            config = check_config(config)
         tok_dir = tokenizer or path
     if not tok_dir:
         raise UserError("no tokenizer directory (config.data.tokenizer_path is empty)", path, "pass --tokenizer DIR")

@@ -23,6 +23,7 @@ from llavaction_jax import sharding as sharding_lib
 from llavaction_jax.cli import UserError
 from llavaction_jax.eval import scoring
 from llavaction_jax.eval.items import EvalItem, parse_generation, written_letter
+from llavaction_jax.eval.metrics import METHODS
 from llavaction_jax.input.pipeline import PIXEL_LUT, TextStage
 from llavaction_jax.model.generate import prefill_and_generate
 from llavaction_jax.model import num_video_tokens
@@ -71,9 +72,9 @@ class Evaluator:
         self.config = config
         self.mesh = mesh
         self.methods = tuple(methods if methods is not None else config.eval.methods)
-        bad = [m for m in self.methods if m not in ("letters", "generate")]
+        bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
-            raise ValueError(f"eval methods must be a non-empty subset of ('letters', 'generate'), got {self.methods}")
+            raise ValueError(f"eval methods must be a non-empty subset of {METHODS}, got {self.methods}")
         self.global_batch_size = int(batch_size or config.eval.batch_size)
         self.max_new_tokens = int(max_new_tokens or config.eval.max_new_tokens)
         self.num_frames = int(config.data.num_frames)

@@ -9,6 +9,8 @@ action: the predicted verb / noun / action is that option's verb class / noun cl
 import collections
 from typing import Iterable, Mapping, Sequence
 
+# What config.eval.methods may name: the Evaluator's letter scoring and greedy generation.
+METHODS = ("letters", "generate")
 # Method name -> the record field holding its predicted letter. "strict" is derived from generation.
 METHOD_FIELDS = {"letters": "letter_pred", "generate": "gen_pred", "strict": "strict_pred"}
 

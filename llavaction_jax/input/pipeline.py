@@ -299,7 +299,7 @@ class _BatchBuilder:
     def __init__(self, config, mesh, tok, global_batch_size, packed=False):
         self.tok = tok
         self.packed = bool(packed)
-        self.max_videos = int(config.data.get("max_videos_per_row", 1))
+        self.max_videos = int(config.data.max_videos_per_row)
         if self.packed and self.max_videos < 1:
             raise ValueError(f"config.data.max_videos_per_row={self.max_videos}: a packed row needs >= 1 video slot")
         self.frame_shape = (int(config.data.num_frames), int(config.model.vision.image_size),
@@ -524,7 +524,7 @@ class TrainIterator:
         self.weights = mixture.normalise_weights(tuple(config.data.mixture_weights), len(self.sources))
         self.schedule = mixture.MixtureSchedule(self.weights, self.seed)
         self.text = TextStage(config, tok, with_answer=True)
-        self.packed = bool(config.data.get("packing", False))
+        self.packed = bool(config.data.packing)
         self.builder = _BatchBuilder(config, mesh, tok, global_batch_size or config.data.global_batch_size,
                                      packed=self.packed)
         self.decode_fn = make_decode_fn(int(config.data.num_frames), int(config.model.vision.image_size))

@@ -50,6 +50,6 @@ class BatchSchema:
 
 def batch_schema(config) -> BatchSchema:
     data = config.data
-    packed = bool(data.get("packing", False))
+    packed = bool(data.packing)
     return BatchSchema(num_frames=int(data.num_frames), image_size=int(config.model.vision.image_size),
                        videos_per_row=int(data.max_videos_per_row) if packed else 0)

@@ -8,6 +8,9 @@ from llavaction_jax.model.remat import POLICIES as REMAT_POLICIES
 POOL_MODES = ("bilinear", "average", "max")
 NEWLINE_POSITIONS = tuple(LAYOUTS)
 ATTENTION_IMPLS = (None, "auto", "xla", "blockwise", "splash", "cudnn")
+PROJECTOR_TYPES = ("mlp2x_gelu",)
+# Compute / parameter dtypes the layers accept (model.layers.as_dtype).
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,17 +71,15 @@ class ModelSpec:
         if isinstance(cfg, ModelSpec):
             return cfg
         v, t = cfg.vision, cfg.text
-        hidden_act = v.get("hidden_act", "gelu_pytorch_tanh") if hasattr(v, "get") else "gelu_pytorch_tanh"
-        if hidden_act != "gelu_pytorch_tanh":
-            raise ValueError(f"model.vision.hidden_act={hidden_act!r}: only 'gelu_pytorch_tanh' (SigLIP) is supported")
-        if v.image_size < v.patch_size:
-            raise ValueError(f"model.vision.image_size={v.image_size} is smaller than patch_size={v.patch_size}")
-        if v.hidden_size % v.num_heads:
-            raise ValueError(f"model.vision.hidden_size={v.hidden_size} not divisible by num_heads={v.num_heads}")
-        if t.num_heads % t.num_kv_heads:
-            raise ValueError(f"model.text.num_heads={t.num_heads} not a multiple of num_kv_heads={t.num_kv_heads}")
-        if t.head_dim % 2:
-            raise ValueError(f"model.text.head_dim={t.head_dim} must be even for RoPE")
+        _require(v.hidden_act == "gelu_pytorch_tanh", "vision.hidden_act", v.hidden_act,
+                 "'gelu_pytorch_tanh' (SigLIP), the only activation supported")
+        _require(v.image_size >= v.patch_size, "vision.image_size", v.image_size,
+                 f">= model.vision.patch_size ({v.patch_size})")
+        _require(v.hidden_size % v.num_heads == 0, "vision.hidden_size", v.hidden_size,
+                 f"divisible by model.vision.num_heads ({v.num_heads})")
+        _require(t.num_heads % t.num_kv_heads == 0, "text.num_heads", t.num_heads,
+                 f"a multiple of model.text.num_kv_heads ({t.num_kv_heads})")
+        _require(t.head_dim % 2 == 0, "text.head_dim", t.head_dim, "even (RoPE rotates pairs)")
         spec = cls(
             vision=VisionSpec(int(v.hidden_size), int(v.intermediate_size), int(v.num_layers), int(v.num_heads),
                               int(v.image_size), int(v.patch_size), float(v.layer_norm_eps)),
@@ -96,23 +97,35 @@ class ModelSpec:
             param_dtype=str(cfg.param_dtype),
             scan_layers=bool(cfg.scan_layers),
             remat_policy=str(cfg.remat_policy),
-            # "" = the decoder's policy (configs written before the two were separate).
-            vision_remat_policy=str(cfg.get("vision_remat_policy") or cfg.remat_policy),
+            # "" = the decoder's policy.
+            vision_remat_policy=str(cfg.vision_remat_policy or cfg.remat_policy),
             attention_impl=None if cfg.attention_impl in (None, "none", "") else str(cfg.attention_impl),
         )
-        checks = [("projector_type", spec.projector_type, ("mlp2x_gelu",)), ("pool_mode", spec.pool_mode, POOL_MODES),
+        checks = [("projector_type", spec.projector_type, PROJECTOR_TYPES), ("pool_mode", spec.pool_mode, POOL_MODES),
                   ("newline_position", spec.newline_position, NEWLINE_POSITIONS),
                   ("remat_policy", spec.remat_policy, tuple(REMAT_POLICIES)),
                   ("vision_remat_policy", spec.vision_remat_policy, tuple(REMAT_POLICIES)),
-                  ("attention_impl", spec.attention_impl, ATTENTION_IMPLS)]
+                  ("attention_impl", spec.attention_impl, ATTENTION_IMPLS),
+                  ("dtype", spec.dtype, DTYPES), ("param_dtype", spec.param_dtype, DTYPES)]
         for name, value, allowed in checks:
-            if value not in allowed:
-                raise ValueError(f"model.{name}={value!r}: expected one of {allowed}")
-        if spec.pool_stride < 1:
-            raise ValueError(f"model.pool_stride={spec.pool_stride}: expected >= 1")
-        if len(spec.action_types) != 3:
-            raise ValueError(f"model.action_types={spec.action_types}: expected (verb, noun, action) class counts")
+            _require(value in allowed, name, value, f"expected one of {allowed}")
+        _require(spec.pool_stride >= 1, "pool_stride", spec.pool_stride, "expected >= 1")
+        _require(len(spec.action_types) == 3 and min(spec.action_types) >= 1, "action_types", spec.action_types,
+                 "expected (verb, noun, action) class counts, each >= 1")
         return spec
+
+
+class ModelConfigError(ValueError):
+    """A model-section value no model can be built from; `field` is its dotted name under config.model."""
+
+    def __init__(self, field: str, value, expected: str):
+        self.field, self.value, self.expected = field, value, expected
+        super().__init__(f"model.{field}={value!r}: {expected}")
+
+
+def _require(ok: bool, field: str, value, expected: str) -> None:
+    if not ok:
+        raise ModelConfigError(field, value, expected)
 
 
 def pooled_side(side: int, mode: str, stride: int) -> int:

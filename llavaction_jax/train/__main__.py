@@ -4,9 +4,10 @@ It runs the evals named in config.evals (llavaction_jax.eval.benchmarks), each e
 config.train.eval_every > 0 also config.data.eval_files (MQA TFRecords) as the eval "ek100_mqa": scalars to
 metrics.jsonl/TensorBoard as eval/<name>/<metric>, predictions + report under <workdir>/eval/<name>/step_<N>.
 
-The resolved config is printed at start and saved to <workdir>/config.json. Exit status: 0 finished, 2 bad input
-(one `error:` line), 1 internal error, 75 (cli.EXIT_PREEMPTED) stopped by SIGTERM after saving a checkpoint:
-rerun the same command to resume.
+The whole config is checked first (configs/validate.py: unknown keys, types, ranges, cross-field rules; a bad
+value is one `error:` line naming config.<section>.<key>), then printed and saved to <workdir>/config.json.
+Exit status: 0 finished, 2 bad input (one `error:` line), 1 internal error, 75 (cli.EXIT_PREEMPTED) stopped by
+SIGTERM after saving a checkpoint: rerun the same command to resume.
 
 Multi-process runs (TPU pods, SLURM GPU clusters, or --coordinator_address/--num_processes/--process_id)
 are initialised from the environment before any device is touched.
@@ -63,16 +64,15 @@ def _save_config(config, workdir: str) -> str:
 
 def train_main(argv) -> int:
     del argv
+    from configs import validate
+    config = validate.validate(_CONFIG.value)      # the whole config, before any process or device starts
     import jax
     from llavaction_jax import distributed
     distributed.initialize_from_env(_COORD.value, _NPROC.value, _PID.value)
     quiet_orbax()
     from llavaction_jax import sharding as shd
-    from llavaction_jax.train import optimizer
     from llavaction_jax.train.loop import local_workdir, train
-    config = _CONFIG.value
     workdir = local_workdir(_WORKDIR.value)
-    optimizer.validate_config(config)
     if jax.process_index() == 0:
         text = _save_config(config, workdir)
         logging.info("config (saved to %s):\n%s", os.path.join(workdir, "config.json"), text)

@@ -65,7 +65,7 @@ class Preemption:
 def check_batch_layout(config, mesh):
     """Clear errors for a global batch the mesh / accumulation cannot split evenly."""
     batch = int(config.data.global_batch_size)
-    accum = int(config.train.get("grad_accum_steps", 1))
+    accum = int(config.train.grad_accum_steps)
     shards = int(mesh.shape["data"] * mesh.shape["fsdp"])
     error = opt_lib.ConfigError
     if batch <= 0 or accum <= 0:
@@ -114,7 +114,7 @@ def local_workdir(workdir: str) -> str:
 
 
 def _init_from(config) -> str:
-    return str(config.train.get("init_from", "") or config.get("init_from", "") or "")
+    return str(config.train.init_from)
 
 
 def _init_from_error(path, err) -> UserError:
@@ -141,7 +141,7 @@ def _load_pretrained_params(path, setup, config):
     from llavaction_jax.convert.mapping import CheckpointMismatchError
     try:
         model, _ = llavaction_jax.load_pretrained(path, dtype=config.model.param_dtype, mesh=setup.mesh,
-                                                  rules=config.get("sharding_rules"))
+                                                  rules=config.sharding_rules)
     except CheckpointMismatchError:
         raise
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:
@@ -213,7 +213,7 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
     num_steps = int(tc.num_steps)
     mesh = mesh if mesh is not None else shd.make_mesh(config.mesh)
     check_batch_layout(config, mesh)
-    if config.train.get("compilation_cache_dir"):
+    if config.train.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", str(config.train.compilation_cache_dir))
     setup = state_lib.build_setup(config, mesh)
     num_params = metrics_lib.count_params(setup.abstract_state["params"])
@@ -228,8 +228,8 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
         if own_iter and hasattr(train_iter, "close"):
             train_iter.close()      # its reader thread and tf.data pipeline
     try:
-        if train_iter is None and int(tc.get("synthetic_samples", 0)) > 0:
-            seq_len = int(tc.get("synthetic_seq_len", 0)) or int(config.data.max_length)
+        if train_iter is None and int(tc.synthetic_samples) > 0:
+            seq_len = int(tc.synthetic_seq_len) or int(config.data.max_length)
             arrays = synthetic.synthetic_arrays(config, int(tc.synthetic_samples), seq_len, seed=int(config.seed))
             train_iter = synthetic.ArrayBatchIterator(arrays, int(config.data.global_batch_size), mesh,
                                                       seed=int(config.seed))
@@ -256,11 +256,11 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
 
     step_fn = step_lib.jit_train_step(setup, config)
     peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind,
-                                             float(tc.get("peak_flops_per_device", 0.0)))
+                                             float(tc.peak_flops_per_device))
     writer = metrics_lib.MetricWriter(workdir, start_step=start)
     bar = None
     restore_log_stream = lambda: None   # noqa: E731
-    if tc.get("progress_bar", True) and jax.process_index() == 0:
+    if tc.progress_bar and jax.process_index() == 0:
         from tqdm import tqdm
         bar = tqdm(total=num_steps, initial=start, desc="train", dynamic_ncols=True)
         restore_log_stream = _log_above_bar()

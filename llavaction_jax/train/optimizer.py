@@ -18,6 +18,7 @@ from llavaction_jax.cli import UserError
 
 FROZEN = "frozen"
 DEFAULT = "default"
+SCHEDULES = ("cosine", "linear", "constant")   # config.optim.schedule
 
 
 def path_str(path) -> str:
@@ -45,8 +46,8 @@ def warmup_steps_for(num_steps: int, warmup_ratio: float) -> int:
 
 def make_schedule(peak_lr: float, num_steps: int, warmup_steps: int, kind: str = "cosine") -> Callable:
     """Linear warmup from 0 then `kind` decay to 0 at num_steps (HF get_*_schedule_with_warmup formulas)."""
-    if kind not in ("cosine", "linear", "constant"):
-        raise ValueError(f"config.optim.schedule must be cosine|linear|constant, got {kind!r}")
+    if kind not in SCHEDULES:
+        raise ValueError(f"config.optim.schedule must be one of {SCHEDULES}, got {kind!r}")
     if num_steps <= 0:
         raise ValueError(f"config.train.num_steps must be > 0, got {num_steps}")
 
@@ -76,15 +77,15 @@ def _resolve_lr(optim_cfg, value) -> float:
 def group_lrs(optim_cfg) -> dict:
     """Peak LR of every non-frozen group: 'default' plus one group per lr_overrides entry (named by its regex)."""
     lrs = {DEFAULT: float(optim_cfg.lr)}
-    for pattern, value in optim_cfg.get("lr_overrides", ()):
+    for pattern, value in optim_cfg.lr_overrides:
         lrs[pattern] = _resolve_lr(optim_cfg, value)
     return lrs
 
 
 def param_labels(params, optim_cfg) -> Any:
     """Group label of every parameter: 'frozen', the first matching lr_overrides regex, or 'default'."""
-    freeze = [re.compile(p) for p in optim_cfg.get("freeze", ())]
-    overrides = [(re.compile(p), p) for p, _ in optim_cfg.get("lr_overrides", ())]
+    freeze = [re.compile(p) for p in optim_cfg.freeze]
+    overrides = [(re.compile(p), p) for p, _ in optim_cfg.lr_overrides]
 
     def label(path):
         if any(f.search(path) for f in freeze):
@@ -99,7 +100,7 @@ def param_labels(params, optim_cfg) -> Any:
 
 def decay_mask(params, optim_cfg) -> Any:
     """True where weight decay applies: not biases, norm scales (HF excludes bias and LayerNorm weights)."""
-    exclude = [re.compile(p) for p in optim_cfg.get("weight_decay_exclude", ())]
+    exclude = [re.compile(p) for p in optim_cfg.weight_decay_exclude]
     return jax.tree.map(lambda p: not any(e.search(p) for e in exclude), leaf_paths(params))
 
 
@@ -121,7 +122,7 @@ def make_optimizer(optim_cfg, num_steps: int, params) -> tuple:
     schedules = {}
     transforms = {FROZEN: optax.set_to_zero()}
     for name, peak in group_lrs(optim_cfg).items():
-        schedules[name] = make_schedule(peak, num_steps, warmup, optim_cfg.get("schedule", "cosine"))
+        schedules[name] = make_schedule(peak, num_steps, warmup, optim_cfg.schedule)
         transforms[name] = optax.adamw(
             learning_rate=schedules[name], b1=float(optim_cfg.b1), b2=float(optim_cfg.b2),
             eps=float(optim_cfg.eps), weight_decay=float(optim_cfg.weight_decay), mask=mask)
@@ -130,7 +131,7 @@ def make_optimizer(optim_cfg, num_steps: int, params) -> tuple:
     if not transforms:
         raise ValueError("the model has no parameters to optimise")
     chain = [_zero_frozen(labels)]
-    clip = float(optim_cfg.get("grad_clip_norm", 0.0) or 0.0)
+    clip = float(optim_cfg.grad_clip_norm or 0.0)   # None = no clipping, as 0
     if clip > 0:
         chain.append(optax.clip_by_global_norm(clip))
     chain.append(optax.multi_transform(transforms, labels))
@@ -165,10 +166,11 @@ def _finite(x) -> bool:
 
 def validate_config(config) -> None:
     """Refuse optimizer / schedule / loop values that would train wrongly rather than fail (a negative lr
-    trains uphill): a UserError naming the config field. Called at train start, before anything is built."""
+    trains uphill): a UserError naming the config field. configs/validate.py calls it in the whole-config check
+    every CLI does at start; loop.train calls it too, for library callers."""
     o, t = config.optim, config.train
     _check(_finite(o.lr) and float(o.lr) > 0, "config.optim.lr", o.lr, "a finite learning rate > 0")
-    for pattern, value in o.get("lr_overrides", ()):
+    for pattern, value in o.lr_overrides:
         try:
             re.compile(pattern)
         except re.error as e:
@@ -179,7 +181,7 @@ def validate_config(config) -> None:
         lr = o[value] if isinstance(value, str) else value
         _check(_finite(lr) and float(lr) >= 0, field, lr, "a finite learning rate >= 0")
     for name in ("freeze", "weight_decay_exclude"):
-        for pattern in o.get(name, ()):
+        for pattern in o[name]:
             try:
                 re.compile(pattern)
             except re.error as e:
@@ -191,16 +193,14 @@ def validate_config(config) -> None:
            "weight_decay >= 0")
     _check(_finite(o.warmup_ratio) and 0 <= float(o.warmup_ratio) <= 1, "config.optim.warmup_ratio",
            o.warmup_ratio, "0 <= warmup_ratio <= 1")
-    _check(o.get("schedule", "cosine") in ("cosine", "linear", "constant"), "config.optim.schedule",
-           o.get("schedule"), "cosine, linear or constant")
-    clip = o.get("grad_clip_norm", 0.0)
+    _check(o.schedule in SCHEDULES, "config.optim.schedule", o.schedule, f"one of {SCHEDULES}")
+    clip = o.grad_clip_norm
     _check(clip is None or (_finite(clip) and float(clip) >= 0), "config.optim.grad_clip_norm", clip,
            ">= 0 (0 = no clipping)")
     for name, low in (("num_steps", 1), ("grad_accum_steps", 1), ("log_every", 1), ("keep_checkpoints", 1),
                       ("checkpoint_every", 0), ("eval_every", 0)):
-        if name in t:
-            _check(isinstance(t[name], int) and t[name] >= low, f"config.train.{name}", t[name],
-                   f"an integer >= {low}")
+        _check(isinstance(t[name], int) and t[name] >= low, f"config.train.{name}", t[name],
+               f"an integer >= {low}")
     _check(isinstance(config.data.global_batch_size, int) and config.data.global_batch_size > 0,
            "config.data.global_batch_size", config.data.global_batch_size, "an integer > 0")
     _check(_finite(t.action_loss_weight) and float(t.action_loss_weight) >= 0, "config.train.action_loss_weight",

@@ -52,7 +52,7 @@ class TrainSetup:
 
 
 def _build_model(config, seed):
-    return model_build.new_model(config.model, seed=seed, rules=config.get("sharding_rules"))
+    return model_build.new_model(config.model, seed=seed, rules=config.sharding_rules)
 
 
 def _path_keys(path):
@@ -81,7 +81,7 @@ def _match_param_shardings(abstract_tree, param_shardings, param_shapes, mesh):
 def build_setup(config, mesh) -> TrainSetup:
     """Abstract model → shardings of every state leaf, and the optimizer for these parameters."""
     seed = int(config.seed)
-    abstract_model = model_build.abstract_model(config.model, mesh, config.get("sharding_rules"), seed)
+    abstract_model = model_build.abstract_model(config.model, mesh, config.sharding_rules, seed)
     graphdef, abs_params, abs_rest = nnx.split(abstract_model, nnx.Param, ...)
     params_abs = nnx.to_pure_dict(abs_params)
     tx, schedules = opt_lib.make_optimizer(config.optim, int(config.train.num_steps), params_abs)

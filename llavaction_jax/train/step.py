@@ -52,7 +52,7 @@ def _to_micro_batches(batch, accum: int, mesh):
 
 def make_loss_and_grads(setup: TrainSetup, config) -> Callable:
     """fn(params, batch) -> (loss, aux sums, grads of the trainable params, n_tok, n_valid)."""
-    accum = int(config.train.get("grad_accum_steps", 1))
+    accum = int(config.train.grad_accum_steps)
     use_action = bool(config.model.action_token)
     action_weight = float(config.train.action_loss_weight)
     parts = tuple(float(p) for p in config.train.action_loss_parts)

@@ -56,10 +56,10 @@ def build(eval_cfg, config, mesh, tokenizer, workdir: str):
 
 def configured(config) -> dict:
     """{name: resolved entry} of config.evals, plus LEGACY_NAME when config.train.eval_every > 0."""
-    out = {str(name): resolve(entry, config, str(name)) for name, entry in (config.get("evals") or {}).items()}
-    every = int(config.train.get("eval_every", 0))
+    out = {str(name): resolve(entry, config, str(name)) for name, entry in config.evals.items()}
+    every = int(config.train.eval_every)
     if every > 0:
-        files = str(config.data.get("eval_files", "") or "")
+        files = str(config.data.eval_files)
         if not files:
             raise base.EvalConfigError("config.train.eval_every > 0 needs config.data.eval_files",
                                        "config.data.eval_files",

@@ -17,7 +17,7 @@ def common_defaults(config) -> dict:
     """Fields every entry takes; unset ones fall back to the config's eval section."""
     e = config.eval
     return dict(type="", data="", every=0, methods=tuple(e.methods), batch_size=int(e.batch_size),
-                max_new_tokens=int(e.max_new_tokens), max_samples=int(e.get("max_samples", 0)))
+                max_new_tokens=int(e.max_new_tokens), max_samples=int(e.max_samples))
 
 
 def where(eval_cfg: Mapping, field: str) -> str:

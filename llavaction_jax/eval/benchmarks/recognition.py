@@ -23,7 +23,7 @@ def scalars(summary) -> dict:
 
 def build(config, eval_cfg, mesh, tokenizer, workdir):
     ks = base.int_list(eval_cfg.k, base.where(eval_cfg, "k"))
-    heads = bool(config.model.get("action_token"))
+    heads = bool(config.model.action_token)
     if heads and max(ks) > min(config.model.action_types):
         raise base.EvalConfigError(f"top-{max(ks)} of the action heads", base.where(eval_cfg, "k"),
                                    f"k <= {min(config.model.action_types)} (the smallest head's class count)")
