@@ -254,8 +254,10 @@ def train_tokenizer(config, data: dict, workdir: str):
 def train_model(config, data: dict, tokenizer_dir: str, workdir: str, mesh):
     """llavaction_jax.train on the demo's TFRecords; returns (nnx model, train summary)."""
     from llavaction_jax.train.loop import train
+    binding = None
     if "binding" in data:
-        config.train.init_from = train_binding(config, data, tokenizer_dir, workdir, mesh)
+        binding = train_binding(config, data, tokenizer_dir, workdir, mesh)
+        config.train.init_from = binding["workdir"]
     config.data.train_files = data["train"]["records"]
     if "text_mcq" in data:
         w = float(config.demo.text_mcq_weight)
@@ -264,6 +266,7 @@ def train_model(config, data: dict, tokenizer_dir: str, workdir: str, mesh):
     config.data.tokenizer_path = tokenizer_dir
     summary = train(config, os.path.join(workdir, "train"), mesh=mesh)
     model = summary["setup"].merge(summary["state"]["params"])
+    summary["binding"] = binding
     return model, summary
 
 
@@ -275,7 +278,7 @@ def train_binding(config, data: dict, tokenizer_dir: str, workdir: str, mesh) ->
     lookup (find the option that matches, copy the letter before it) forms, and in the video run's budget it never
     does. On short text-only questions at a higher rate it forms in a few hundred steps; the video run then starts
     from these weights and only has to route what it reads from the video into that lookup. Returns the warm-up's
-    workdir (the video run's init_from).
+    workdir (the video run's init_from), its step count and its final loss.
     """
     from llavaction_jax.train.loop import train
     d = config.demo
@@ -290,8 +293,8 @@ def train_binding(config, data: dict, tokenizer_dir: str, workdir: str, mesh) ->
     warm.train.num_steps = int(d.binding_steps)
     warm.train.action_loss_weight = 0.0
     out = os.path.join(workdir, "train_binding")
-    train(warm, out, mesh=mesh)
-    return out
+    summary = train(warm, out, mesh=mesh)
+    return {"workdir": out, "final_step": summary["final_step"], "final_loss": summary["losses"][-1]}
 
 
 def evaluate(config, model, tok, mesh, data: dict, workdir: str, verb_names, noun_names=None, step=None,
@@ -383,8 +386,13 @@ def print_summary(summary: dict, timer: Timer, data: dict, train_summary: dict, 
     rows += [(f"  stage: {k}", "", f"{v:.1f}s") for k, v in timer.stages.items()]
     rows += [("clips train / eval", "", f"{data['train']['num_clips']} / {data['eval']['num_clips']}"),
              ("questions train / eval", "", f"{data['train']['num_questions']} / {data['eval']['num_questions']}")]
+    if "binding" in data:
+        rows.append(("short text-only questions (warm-up)", "", str(data["binding"]["num_questions"])))
     if "text_mcq" in data:
         rows.append(("text-only letter-binding questions (train)", "", str(data["text_mcq"]["num_questions"])))
+    if train_summary.get("binding"):
+        b = train_summary["binding"]
+        rows.append(("letter-binding warm-up steps / final loss", "", f"{b['final_step']} / {b['final_loss']:.4f}"))
     rows.append(("train steps / final loss", "", f"{train_summary['final_step']} / {train_summary['losses'][-1]:.4f}"))
     rows += summary_rows(summary)
     if "skipped" in hf:
@@ -449,7 +457,7 @@ def run(config, workdir: str, skip_hf: bool = False, quiet: bool = False) -> dic
         "target": target, "target_methods": methods,
         "target_met": all(summary[m]["accuracy"] >= target for m in methods),
         "train": {k: train_summary[k] for k in ("final_step", "mean_step_time_s")} | {
-            "final_loss": train_summary["losses"][-1]},
+            "final_loss": train_summary["losses"][-1], "binding_warmup": train_summary["binding"]},
         "data": data, "eval_summary": summary, "eval_files": paths, "hf_check": hf,
     }
     with open(os.path.join(workdir, "demo_summary.json"), "w") as f:

@@ -31,6 +31,7 @@ def test_demo_smoke(tmp_path):
     config.train.num_steps = 2
     config.eval.max_new_tokens = 4
     config.demo.text_mcq_per_question = 2          # the optional letter-binding twins, exercised here
+    config.demo.binding_steps = 2                  # the letter-binding warm-up run, then the video run from it
     result = demo.run(config, str(tmp_path), quiet=True)
     summary = json.load(open(tmp_path / "demo_summary.json"))
     assert summary["train"]["final_step"] == 2
@@ -54,6 +55,19 @@ def test_demo_smoke(tmp_path):
     assert all("<image>" not in t["conversations"][0]["value"] and t["verb_class"] == -1 for t in twins)
     assert all(t["conversations"][1]["value"] == f"{t['answer']}. {t['answer_text']}" for t in twins)
     assert len({t["answer"] for t in twins}) == 5
+    # The warm-up's short questions: the stated action and the options only; the video run starts from its weights.
+    short = [json.loads(x) for x in open(data["binding"]["jsonl"])]
+    assert len(short) == config.demo.binding_per_question * data["train"]["num_questions"]
+    assert all(t["conversations"][0]["value"] == demo.SHORT_MCQ_HEAD.format(t["answer_text"]) + ", ".join(t["options"])
+               for t in short)
+    warm = summary["train"]["binding_warmup"]
+    assert warm["final_step"] == 2 and warm["workdir"] == str(tmp_path / "train_binding")
+    from llavaction_jax.train import checkpointing
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "train" / "checkpoints"), async_save=False)
+    try:
+        assert ckpt.restore_config(ckpt.latest_step())["train"]["init_from"] == warm["workdir"]
+    finally:
+        ckpt.close()
     assert summary["process_cpu_s"] > 0
     for key in ("predictions", "summary", "report.html", "samples.png"):
         assert os.path.getsize(summary["eval_files"][key]) > 0
