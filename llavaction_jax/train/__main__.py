@@ -51,13 +51,11 @@ def _user_errors():
 
 
 def _save_config(config, workdir: str) -> str:
+    from llavaction_jax import fs
     from llavaction_jax.train import checkpointing
     text = json.dumps(checkpointing.config_to_dict(config), indent=1, sort_keys=True, default=str) + "\n"
-    os.makedirs(workdir, exist_ok=True)
-    tmp = os.path.join(workdir, f"config.json.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, os.path.join(workdir, "config.json"))
+    fs.makedirs(workdir)
+    fs.atomic_write(fs.join(workdir, "config.json"), text)
     return text
 
 
@@ -69,19 +67,25 @@ def train_main(argv) -> int:
     quiet_orbax()
     from llavaction_jax import sharding as shd
     from llavaction_jax.train import optimizer
-    from llavaction_jax.train.loop import local_workdir, train
+    from llavaction_jax import fs
+    from llavaction_jax.train.loop import resolve_workdir, train
     config = _CONFIG.value
-    workdir = local_workdir(_WORKDIR.value)
+    workdir = resolve_workdir(_WORKDIR.value)
     optimizer.validate_config(config)
     if jax.process_index() == 0:
         text = _save_config(config, workdir)
-        logging.info("config (saved to %s):\n%s", os.path.join(workdir, "config.json"), text)
+        logging.info("config (saved to %s):\n%s", fs.join(workdir, "config.json"), text)
     mesh = shd.make_mesh(config.mesh)
     from llavaction_jax.eval import benchmarks
     eval_fn = benchmarks.periodic_evals(config, mesh, workdir)      # None when no eval is scheduled
     summary = train(config, workdir, eval_fn=eval_fn, mesh=mesh)
-    report = {k: summary[k] for k in ("start_step", "final_step", "preempted", "data_exhausted", "saved_steps")}
+    report = {k: summary[k] for k in ("start_step", "final_step", "preempted", "data_exhausted", "saved_steps",
+                                      "skipped_records")}
     report["last_loss"] = summary["losses"][-1] if summary["losses"] else None
+    if config.data.get("skip_corrupt_records", False):
+        from llavaction_jax.train.metrics import FAILURES_FILE
+        logging.warning("%d corrupt training record(s) skipped%s", summary["skipped_records"],
+                        f" (listed in {fs.join(workdir, FAILURES_FILE)})" if summary["skipped_records"] else "")
     logging.info("training finished: %s", json.dumps(report))
     print(json.dumps(report), file=sys.stdout, flush=True)
     if summary["preempted"]:
