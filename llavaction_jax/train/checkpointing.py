@@ -23,20 +23,25 @@ def check_compatible(saved_tree, target_tree, where: str, what: str = "parameter
     check_tree(saved_tree, target_tree, where, what)
 
 
+def checkpoint_dir(directory: str) -> str:
+    """The directory as Orbax takes it (local: absolute; file:// stripped), or a UserError for a URL scheme
+    Orbax's epath layer does not serve."""
+    directory = fs.normalize(directory)
+    if not fs.is_url(directory):
+        return os.path.abspath(directory)
+    try:
+        epath.Path(directory)
+    except KeyError:        # epath's registry has no class for this scheme
+        raise UserError(f"Orbax cannot write checkpoints to {fs.scheme(directory)}:// URLs", directory,
+                        "a local path, file://... or gs://... workdir") from None
+    return directory
+
+
 class Checkpointer:
     """CheckpointManager wrapper: save(step, state, data_state, config_dict) / restore(step, abstract)."""
 
     def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
-        directory = fs.normalize(directory)
-        if fs.is_url(directory):
-            try:
-                epath.Path(directory)
-            except KeyError:        # epath's registry has no class for this scheme
-                raise UserError(f"Orbax cannot write checkpoints to {fs.scheme(directory)}:// URLs",
-                                directory, "a local path, file://... or gs://... workdir") from None
-            self.directory = directory
-        else:
-            self.directory = os.path.abspath(directory)
+        self.directory = checkpoint_dir(directory)
         self._mngr = ocp.CheckpointManager(
             self.directory,
             item_handlers=dict(state=ocp.StandardCheckpointHandler(), data=ocp.JsonCheckpointHandler(),

@@ -103,8 +103,11 @@ def make_train_iterator(config, mesh) -> Iterator:
 
 def resolve_workdir(workdir: str) -> str:
     """The workdir as the fs layer takes it: a local path, `file://...` (-> its plain path) or a URL whose scheme
-    tf.io.gfile serves (gs://, ram://, ...); any other scheme is a UserError (never a local 'gs:' directory)."""
-    return fs.check_supported(str(workdir), f"--workdir {workdir}")
+    tf.io.gfile serves and Orbax can checkpoint to (gs://, ...); any other scheme is a UserError, raised before
+    anything is written (never a local 'gs:' directory)."""
+    path = fs.check_supported(str(workdir), f"--workdir {workdir}")
+    checkpointing.checkpoint_dir(fs.join(path, "checkpoints"))
+    return path
 
 
 def _init_from(config) -> str:
