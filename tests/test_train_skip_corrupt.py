@@ -53,7 +53,7 @@ def test_corrupt_record_is_one_line_error_by_default(data, tmp_path, capsys):
                      "an intact TFRecord file (rewrite the shard with data_prep.to_tfrecord)"]
 
 
-def test_skip_corrupt_records_counts_lists_and_consumes_the_rest(data, tmp_path):
+def test_skip_corrupt_records_counts_lists_and_consumes_the_rest(data, tmp_path, caplog):
     cfg = data["cfg"].copy_and_resolve_references()
     cfg.data.skip_corrupt_records = True
     mesh = _mesh(cfg)
@@ -76,6 +76,9 @@ def test_skip_corrupt_records_counts_lists_and_consumes_the_rest(data, tmp_path)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         counts = [r for r in map(json.loads, f) if r["prefix"] == "data"]
     assert counts == [{"step": 1, "prefix": "data", "skipped_records": 1}]
+    summary_lines = [r.getMessage() for r in caplog.records if "corrupt training record(s) skipped" in r.getMessage()]
+    assert summary_lines == ["1 corrupt training record(s) skipped (config.data.skip_corrupt_records); listed in "
+                             f"{workdir}/data_failures.jsonl"]
 
 
 def _take(it, n):

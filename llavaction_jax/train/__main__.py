@@ -82,10 +82,6 @@ def train_main(argv) -> int:
     report = {k: summary[k] for k in ("start_step", "final_step", "preempted", "data_exhausted", "saved_steps",
                                       "skipped_records")}
     report["last_loss"] = summary["losses"][-1] if summary["losses"] else None
-    if config.data.get("skip_corrupt_records", False):
-        from llavaction_jax.train.metrics import FAILURES_FILE
-        logging.warning("%d corrupt training record(s) skipped%s", summary["skipped_records"],
-                        f" (listed in {fs.join(workdir, FAILURES_FILE)})" if summary["skipped_records"] else "")
     logging.info("training finished: %s", json.dumps(report))
     print(json.dumps(report), file=sys.stdout, flush=True)
     if summary["preempted"]:

@@ -359,6 +359,11 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
             restore_log_stream()
             bar.close()
 
+    if count_skips:
+        # The one summary line; each skip was logged as it happened and is a row of data_failures.jsonl.
+        logging.warning("%d corrupt training record(s) skipped (config.data.skip_corrupt_records)%s",
+                        train_iter.num_skipped, f"; listed in {fs.join(workdir, metrics_lib.FAILURES_FILE)}"
+                        if train_iter.num_skipped else "")
     return {
         "start_step": start, "final_step": step, "losses": [log.losses[s] for s in sorted(log.losses)],
         "loss_steps": sorted(log.losses), "preempted": preempted, "data_exhausted": exhausted,
