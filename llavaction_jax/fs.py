@@ -8,8 +8,6 @@ plain path first (`normalize`), so local runs keep using the OS and Orbax (whose
 import os
 import posixpath
 import shutil
-from typing import Iterable
-
 import tensorflow as tf
 
 from llavaction_jax.cli import UserError
@@ -96,6 +94,3 @@ def copy_tree(src: str, dst: str) -> None:
         for name in files:
             tf.io.gfile.copy(os.path.join(root, name), join(target, name), overwrite=True)
 
-
-def listdir(path: str) -> Iterable[str]:
-    return tf.io.gfile.listdir(path)

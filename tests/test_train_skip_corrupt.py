@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from llavaction_jax import cli
+from llavaction_jax.cli import UserError
 from llavaction_jax.input import mixture, pipeline, recordio, synthetic
 from llavaction_jax.input.tokenizer import Tokenizer, train_tiny_tokenizer
 from llavaction_jax.train import loop
@@ -42,7 +43,8 @@ def data(tmp_path_factory):
     cfg.data.update(train_files=paths[0], tokenizer_path=str(root / "tok"), length_buckets=(256,),
                     global_batch_size=8)
     ids = [s["id"] for s in samples]
-    return dict(cfg=cfg, path=paths[0], offset=offset, bad_id=ids[record], good_ids=set(ids) - {ids[record]})
+    return dict(cfg=cfg, path=paths[0], record=record, offset=offset,
+                good_ids=set(ids) - {ids[record]})
 
 
 def test_corrupt_record_is_one_line_error_by_default(data, tmp_path, capsys):
@@ -135,3 +137,24 @@ def test_skips_are_deterministic_and_resume_exactly(data, tmp_path):
 
 def _record_offset(path, record):
     return int(recordio.scan_file(path)[0][record]) - 12
+
+
+def test_a_source_of_only_corrupt_records_is_an_error_not_an_endless_skip(data, tmp_path):
+    cfg = data["cfg"].copy_and_resolve_references()
+    path = str(tmp_path / "all-bad.tfrecord")
+    with open(data["path"], "rb") as f:
+        open(path, "wb").write(f.read())
+    for record in range(N):
+        if record != data["record"]:        # that one is damaged already
+            _flip_middle_byte(path, record)
+    cfg.data.update(train_files=path, skip_corrupt_records=True, global_batch_size=2)
+    tok = Tokenizer.load(cfg.data.tokenizer_path, video_token_id=cfg.model.video_token_id)
+    it = pipeline.make_train_iterator(cfg, _mesh(cfg), tok, seed=0)
+    try:
+        with pytest.raises(UserError) as e:
+            next(it)
+    finally:
+        it.close()
+    assert e.value.line() == (f"every record of a training source was skipped as corrupt ({N} records; the last: "
+                              f"corrupt TFRecord: data CRC mismatch) ({path}): intact TFRecord files written by "
+                              "data_prep.to_tfrecord")

@@ -180,12 +180,15 @@ class _DecodedRecords:
 
     With skip=True the stream (starting at example `start`) yields (k, Skipped) in place of such a record: the
     stream hands over a CRC failure as the CorruptRecordError itself, and a record tf.data dropped for a
-    decode error shows as a gap in k (the reason is then the error of decoding it again, eagerly).
+    decode error shows as a gap in k (the reason is then the error of decoding it again, eagerly). `max_gap`:
+    the stream stops after that many records in a row without one that decodes (all data corrupt), as the
+    consumer would otherwise wait forever.
     """
 
-    def __init__(self, stream_fn, decode_fn, num_parallel, skip=False, start=0):
+    def __init__(self, stream_fn, decode_fn, num_parallel, skip=False, start=0, max_gap=None):
         self.stream_fn, self.decode_fn, self.num_parallel = stream_fn, decode_fn, num_parallel
-        self.skip, self.start = skip, start
+        self.skip, self.start, self.max_gap = skip, start, max_gap
+        self.expected = start       # the consumer's next k (read by the generator's thread)
         self.locations = {}
         self.raws = {}              # skip: records in flight, to name a decode failure's reason
         self.crc_failed = {}        # skip: k -> reason
@@ -195,6 +198,8 @@ class _DecodedRecords:
     def _generator(self):
         try:
             for k, location, raw in self.stream_fn():
+                if self.max_gap and k - self.expected >= self.max_gap:
+                    break
                 self.locations[k] = location
                 if isinstance(raw, recordio.CorruptRecordError):
                     self.crc_failed[k] = raw.what
@@ -218,7 +223,7 @@ class _DecodedRecords:
     def __iter__(self):
         it = _decoded_dataset(self._generator, self.decode_fn, self.num_parallel,
                               skip_errors=self.skip).as_numpy_iterator()
-        expected = self.start
+        expected = self.expected = self.start
         while True:
             try:
                 k, ex = next(it)
@@ -234,7 +239,7 @@ class _DecodedRecords:
             k = int(k)
             for gap in range(expected, k):
                 yield gap, self._skipped(gap)
-            expected = k + 1
+            expected = self.expected = k + 1
             self.raws.pop(k, None)
             self.position = self.locations.pop(k, None)
             yield k, ex
@@ -529,24 +534,36 @@ class _TrainProducer:
 
     def _samples(self, k0):
         """(k, text-stage output, decoded example) of the records that make it, (k, Skipped, None) of the others."""
+        # 2n draws of a source in a row hold a whole epoch of it (checked below); the slack covers tf.data's
+        # elements in flight.
         ds = _DecodedRecords(lambda: self.record_stream(k0), self.decode_fn, self.num_parallel, skip=self.skip,
-                             start=k0)
+                             start=k0, max_gap=2 * sum(len(index) for index in self.indexes) + 1024)
         k = k0
+        failing = [0] * len(self.indexes)       # per source: draws skipped in a row
         for got, ex in ds:
             if got != k:
                 raise RuntimeError(f"input stream out of order: got example {got}, expected {k}")
             k += 1
-            if isinstance(ex, Skipped):
-                yield got, ex, None
+            if not isinstance(ex, Skipped):
+                try:
+                    text = self.text(ex["sample_json"].decode(), bool(ex["has_video"]))
+                except ValueError as e:
+                    if not self.skip:
+                        raise
+                    ex = Skipped(got, ds.position, f"sample does not parse: {e}")
+            s = self.schedule.source(got)
+            if not isinstance(ex, Skipped):
+                failing[s] = 0
+                yield got, text, ex
                 continue
-            try:
-                text = self.text(ex["sample_json"].decode(), bool(ex["has_video"]))
-            except ValueError as e:
-                if not self.skip:
-                    raise
-                yield got, Skipped(got, ds.position, f"sample does not parse: {e}"), None
-                continue
-            yield got, text, ex
+            failing[s] += 1
+            # Every record of the source failed: skipping would never end.
+            if failing[s] >= 2 * len(self.indexes[s]):
+                files = sorted(set(self.indexes[s].files))
+                raise UserError(f"every record of a training source was skipped as corrupt ({len(self.indexes[s])} "
+                                f"records; the last: {ex.record['reason']})", ", ".join(files),
+                                "intact TFRecord files written by data_prep.to_tfrecord")
+            yield got, ex, None
 
     def host_batches(self, k0):
         """(host batch, ids, examples consumed after it, rows truncated, skipped records) for the stream
