@@ -6,7 +6,9 @@ Stages
 2. Order (mixture): the host's k-th example is a pure function of (seed, k): a weighted, block-stratified choice
    of source, then that source's per-epoch permutation. Exact resume = restart the stream at k.
 3. tf.data: a generator reads the raw records in that order; a parallel, order-preserving map parses them
-   (data_prep.records.FEATURE_SPEC), decodes the JPEG frames (uint8) and resizes them if needed.
+   (data_prep.records.FEATURE_SPEC), decodes the JPEG frames (uint8) and resizes them if needed. A record
+   failing its CRC or its parse is an error naming file and offset, or, with config.data.skip_corrupt_records,
+   a skip (`Skipped`: counted, listed, still a position of the stream, so resume stays exact).
 4. Host stage (background thread): ChatML tokens + labels (chat.py; time instruction via data_prep.prompts),
    truncation of text beyond max_length (counted, warned; video slots are never cut), right padding to the
    smallest length bucket that fits the row, stacking into numpy batches. With config.data.packing the
@@ -534,8 +536,7 @@ class _TrainProducer:
 
     def _samples(self, k0):
         """(k, text-stage output, decoded example) of the records that make it, (k, Skipped, None) of the others."""
-        # 2n draws of a source in a row hold a whole epoch of it (checked below); the slack covers tf.data's
-        # elements in flight.
+        # max_gap: every source failing (below) plus the elements tf.data may hold in flight.
         ds = _DecodedRecords(lambda: self.record_stream(k0), self.decode_fn, self.num_parallel, skip=self.skip,
                              start=k0, max_gap=2 * sum(len(index) for index in self.indexes) + 1024)
         k = k0
@@ -551,13 +552,16 @@ class _TrainProducer:
                     if not self.skip:
                         raise
                     ex = Skipped(got, ds.position, f"sample does not parse: {e}")
+            if not self.skip:
+                yield got, text, ex
+                continue
             s = self.schedule.source(got)
             if not isinstance(ex, Skipped):
                 failing[s] = 0
                 yield got, text, ex
                 continue
             failing[s] += 1
-            # Every record of the source failed: skipping would never end.
+            # 2n draws of a source in a row hold a whole epoch of it: every record failed, skipping would not end.
             if failing[s] >= 2 * len(self.indexes[s]):
                 files = sorted(set(self.indexes[s].files))
                 raise UserError(f"every record of a training source was skipped as corrupt ({len(self.indexes[s])} "
