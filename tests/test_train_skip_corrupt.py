@@ -91,9 +91,10 @@ def _take(it, n):
     return out
 
 
-def test_skips_are_deterministic_and_resume_exactly(data, tmp_path):
+@pytest.mark.parametrize("packing", [False, True])
+def test_skips_are_deterministic_and_resume_exactly(data, tmp_path, packing):
     """A record that does not parse (valid CRCs, wrong schema) is skipped too; batches after a restore from
-    get_state() equal those of the uninterrupted stream, skips and count included."""
+    get_state() equal those of the uninterrupted stream, skips and count included, packed or not."""
     cfg = data["cfg"].copy_and_resolve_references()
     src = cfg.data.train_files
     path = str(tmp_path / "mixed.tfrecord")
@@ -111,7 +112,7 @@ def test_skips_are_deterministic_and_resume_exactly(data, tmp_path):
     with tf.io.TFRecordWriter(path) as w:
         for raw in intact[:3] + [foreign] + intact[3:6]:
             w.write(raw)
-    cfg.data.update(train_files=path, skip_corrupt_records=True, global_batch_size=2)
+    cfg.data.update(train_files=path, skip_corrupt_records=True, global_batch_size=2, packing=packing)
     mesh = _mesh(cfg)
     tok = Tokenizer.load(cfg.data.tokenizer_path, video_token_id=cfg.model.video_token_id)
     full = pipeline.make_train_iterator(cfg, mesh, tok, seed=0)
@@ -147,7 +148,7 @@ def test_a_source_of_only_corrupt_records_is_an_error_not_an_endless_skip(data, 
     for record in range(N):
         if record != data["record"]:        # that one is damaged already
             _flip_middle_byte(path, record)
-    cfg.data.update(train_files=path, skip_corrupt_records=True, global_batch_size=2)
+    cfg.data.update(train_files=path, skip_corrupt_records=True, global_batch_size=2, packing=packing)
     tok = Tokenizer.load(cfg.data.tokenizer_path, video_token_id=cfg.model.video_token_id)
     it = pipeline.make_train_iterator(cfg, _mesh(cfg), tok, seed=0)
     try:
