@@ -36,6 +36,10 @@ def get_base_config():
         # [B, max_videos_per_row, F, S, S, 3] and actions [B, max_videos_per_row, 3] (llavaction_jax.input.packing).
         packing=False,
         max_videos_per_row=2,
+        # False: a training record failing its CRC or not parsing is an error naming file and offset. True: it
+        # is skipped (deterministically, so resume stays exact), listed in <workdir>/data_failures.jsonl and
+        # counted (metrics data/skipped_records); the batch is filled with the next records.
+        skip_corrupt_records=False,
     ))
 
     config.optim = ml_collections.ConfigDict(dict(

@@ -230,13 +230,21 @@ def test_train_init_from_another_model_size_is_one_line(capsys):
 
 
 def test_train_workdir_urls(tmp_path, capsys, train_flags):
-    from llavaction_jax.train.loop import local_workdir
-    assert local_workdir(f"file://{tmp_path}/w") == f"{tmp_path}/w"
-    cli_mod = train_flags("--workdir", "gs://bucket/run")
+    """file:// is the local path; a scheme no filesystem serves (or one Orbax cannot checkpoint to) is one
+    line before anything is written. Runs on file:// and ram:// workdirs: tests/test_train_workdir_fs.py."""
+    from llavaction_jax.train.loop import resolve_workdir
+    assert resolve_workdir(f"file://{tmp_path}/w") == f"{tmp_path}/w"
+    cli_mod = train_flags("--workdir", "foo://bucket/run")
     assert cli_mod.main([]) == 2
-    assert one_error(capsys) == ("error: remote workdirs are not supported yet (--workdir gs://bucket/run): a local "
-                                 "or mounted path (e.g. a gcsfuse mount of the bucket); data globs may be gs://")
-    assert not os.path.exists("gs:")                 # no local 'gs:' directory made
+    assert one_error(capsys) == ("error: no filesystem for the scheme foo:// (--workdir foo://bucket/run): a local "
+                                 "path, file://... or a scheme tf.io.gfile serves (gs://, ...)")
+    assert not os.path.exists("foo:")                # no local 'foo:' directory made
+    cli_mod = train_flags("--workdir", "ram://run")
+    assert cli_mod.main([]) == 2
+    assert one_error(capsys) == ("error: Orbax cannot write checkpoints to ram:// URLs (ram://run/checkpoints): "
+                                 "a local path, file://... or gs://... workdir")
+    import tensorflow as tf
+    assert not tf.io.gfile.exists("ram://run")       # refused before the config is saved
 
 
 def _env():

@@ -1,5 +1,7 @@
 """The trainer on the real input pipeline (TFRecords -> tokens -> global batches): trains, checkpoints the
 iterator position with the model, and a resumed run continues with exactly the same batches."""
+import json
+
 import numpy as np
 import pytest
 
@@ -25,17 +27,26 @@ def data_config(tmp_path_factory):
     return cfg
 
 
-def test_resume_on_tfrecords_sees_the_same_batches(data_config, tmp_path):
+def test_resume_on_tfrecords_sees_the_same_batches(data_config, tmp_path, monkeypatch):
+    """Also the file:// workdir (llavaction_jax.fs): the interrupted run and its resume write to
+    file://<tmp>/part, which is the local dir <tmp>/part (ram:// writers: tests/test_train_workdir_fs.py)."""
+    monkeypatch.chdir(tmp_path)                       # a stray relative 'file:' dir would land here
     cfg = data_config
     mesh = _mesh(cfg)
     full = loop.train(cfg, str(tmp_path / "full"), mesh=mesh)
     assert full["final_step"] == 3 and np.isfinite(full["losses"]).all()
-    part = loop.train(cfg, str(tmp_path / "part"), train_iter=_Limited(loop.make_train_iterator(cfg, mesh), 2),
-                      mesh=mesh)
+    part_url = f"file://{tmp_path}/part"
+    part = loop.train(cfg, part_url, train_iter=_Limited(loop.make_train_iterator(cfg, mesh), 2), mesh=mesh)
     assert part["final_step"] == 2 and part["saved_steps"] == [1, 2]
-    rest = loop.train(cfg, str(tmp_path / "part"), mesh=mesh)      # restores the model AND the reader position
+    rest = loop.train(cfg, part_url, mesh=mesh)      # restores the model AND the reader position
     assert rest["start_step"] == 2
-    assert part["losses"] + rest["losses"] == full["losses"]
+    assert part["losses"] + rest["losses"] == full["losses"]      # exact float equality
+    part_dir = tmp_path / "part"
+    assert sorted(int(d.name) for d in (part_dir / "checkpoints").iterdir() if d.name.isdigit()) == [1, 2, 3]
+    with open(part_dir / "metrics.jsonl") as f:
+        assert [json.loads(line)["step"] for line in f] == [2, 3]     # log_every=10: the last step of each run
+    assert len(list((part_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    assert not (tmp_path / "file:").exists()
 
 
 def test_periodic_eval_on_tfrecords_logs_and_writes_reports(data_config, tmp_path):

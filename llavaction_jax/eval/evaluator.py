@@ -103,7 +103,7 @@ class Evaluator:
                                 "--tokenizer", f"ids < {vocab}")
         # Records carry the action heads' head_top_k best classes (head_topk) when > 1; head_pred is the best.
         self.head_top_k = int(head_top_k)
-        if config.model.get("action_token") and not 1 <= self.head_top_k <= min(config.model.action_types):
+        if config.model.action_token and not 1 <= self.head_top_k <= min(config.model.action_types):
             raise ValueError(f"head_top_k {self.head_top_k} must be in [1, {min(config.model.action_types)}] "
                              "(the smallest action head's class count)")
         self.num_report_frames = num_report_frames

@@ -6,7 +6,9 @@ Stages
 2. Order (mixture): the host's k-th example is a pure function of (seed, k): a weighted, block-stratified choice
    of source, then that source's per-epoch permutation. Exact resume = restart the stream at k.
 3. tf.data: a generator reads the raw records in that order; a parallel, order-preserving map parses them
-   (data_prep.records.FEATURE_SPEC), decodes the JPEG frames (uint8) and resizes them if needed.
+   (data_prep.records.FEATURE_SPEC), decodes the JPEG frames (uint8) and resizes them if needed. A record
+   failing its CRC or its parse is an error naming file and offset, or, with config.data.skip_corrupt_records,
+   a skip (`Skipped`: counted, listed, still a position of the stream, so resume stays exact).
 4. Host stage (background thread): ChatML tokens + labels (chat.py; time instruction via data_prep.prompts),
    truncation of text beyond max_length (counted, warned; video slots are never cut), right padding to the
    smallest length bucket that fits the row, stacking into numpy batches. With config.data.packing the
@@ -145,39 +147,85 @@ def make_decode_fn(num_frames, image_size):
     return decode
 
 
-def _decoded_dataset(generator, decode_fn, num_parallel):
+def _decoded_dataset(generator, decode_fn, num_parallel, skip_errors=False):
     ds = tf.data.Dataset.from_generator(
         generator, output_signature=(tf.TensorSpec((), tf.int64), tf.TensorSpec((), tf.string)))
     ds = ds.map(lambda k, raw: (k, decode_fn(raw)), num_parallel_calls=num_parallel, deterministic=True)
+    if skip_errors:
+        # Drops the elements whose decode fails; their k is then missing from the ordered stream.
+        ds = ds.ignore_errors()
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options).prefetch(_PREFETCH)
 
 
+def _where(position):
+    path, offset = position
+    return f"{path} record at byte {offset}"
+
+
+class Skipped:
+    """A record left out of the stream (config.data.skip_corrupt_records): `record` = {example, file, offset,
+    reason}, the row data_failures.jsonl gets."""
+
+    def __init__(self, k, position, reason):
+        self.record = {"example": int(k), "file": position[0], "offset": int(position[1]), "reason": reason}
+
+
 class _DecodedRecords:
-    """(k, decoded example) for a stream of (k, location, raw record), keeping what tf.data would hide.
+    """(k, decoded example) for a stream of (k, (file, offset), raw record), keeping what tf.data would hide.
 
     tf.data turns an exception of the Python generator (a CRC failure) into a generic error with a traceback in
     its message, and a record that does not parse (wrong schema, wrong frame count) into an op error that names
     no file. Here the generator's own exception is re-raised, and a decode error names the record's file and
     offset (the first record in flight is the one that failed: the map is deterministic, so order is kept).
+
+    With skip=True the stream (starting at example `start`) yields (k, Skipped) in place of such a record: the
+    stream hands over a CRC failure as the CorruptRecordError itself, and a record tf.data dropped for a
+    decode error shows as a gap in k (the reason is then the error of decoding it again, eagerly). `max_gap`:
+    the stream stops after that many records in a row without one that decodes (all data corrupt), as the
+    consumer would otherwise wait forever.
     """
 
-    def __init__(self, stream_fn, decode_fn, num_parallel):
+    def __init__(self, stream_fn, decode_fn, num_parallel, skip=False, start=0, max_gap=None):
         self.stream_fn, self.decode_fn, self.num_parallel = stream_fn, decode_fn, num_parallel
+        self.skip, self.start, self.max_gap = skip, start, max_gap
+        self.expected = start       # the consumer's next k (read by the generator's thread)
         self.locations = {}
+        self.raws = {}              # skip: records in flight, to name a decode failure's reason
+        self.crc_failed = {}        # skip: k -> reason
+        self.position = None        # (file, offset) of the example yielded last
         self.error = None
 
     def _generator(self):
         try:
             for k, location, raw in self.stream_fn():
+                if self.max_gap and k - self.expected >= self.max_gap:
+                    break
                 self.locations[k] = location
+                if isinstance(raw, recordio.CorruptRecordError):
+                    self.crc_failed[k] = raw.what
+                    continue
+                if self.skip:
+                    self.raws[k] = raw
                 yield k, raw
         except Exception as e:    # noqa: BLE001 - handed to the consumer as it is
             self.error = e
 
+    def _skipped(self, k):
+        raw, reason = self.raws.pop(k, None), self.crc_failed.pop(k, None)
+        if reason is None:
+            try:
+                self.decode_fn(tf.constant(raw))
+                reason = "record does not decode as a training sample"
+            except tf.errors.OpError as e:
+                reason = "record does not decode as a training sample: " + _first_line(e)
+        return Skipped(k, self.locations.pop(k), reason)
+
     def __iter__(self):
-        it = _decoded_dataset(self._generator, self.decode_fn, self.num_parallel).as_numpy_iterator()
+        it = _decoded_dataset(self._generator, self.decode_fn, self.num_parallel,
+                              skip_errors=self.skip).as_numpy_iterator()
+        expected = self.expected = self.start
         while True:
             try:
                 k, ex = next(it)
@@ -186,15 +234,26 @@ class _DecodedRecords:
             except tf.errors.OpError as e:
                 if self.error is not None:
                     raise self.error from None
-                where = self.locations[min(self.locations)] if self.locations else "a TFRecord file"
-                first = (e.message or type(e).__name__).strip().splitlines()[0]
-                raise UserError(f"record does not decode as a training sample: {first}", where,
+                where = _where(self.locations[min(self.locations)]) if self.locations else "a TFRecord file"
+                raise UserError(f"record does not decode as a training sample: {_first_line(e)}", where,
                                 "records written by data_prep.to_tfrecord with config.data.num_frames frames "
                                 "per video") from None
-            self.locations.pop(int(k), None)
+            k = int(k)
+            for gap in range(expected, k):
+                yield gap, self._skipped(gap)
+            expected = self.expected = k + 1
+            self.raws.pop(k, None)
+            self.position = self.locations.pop(k, None)
             yield k, ex
+        for gap in sorted(self.locations):       # records skipped after the last good one
+            if gap >= expected:
+                yield gap, self._skipped(gap)
         if self.error is not None:
             raise self.error
+
+
+def _first_line(error):
+    return (error.message or type(error).__name__).strip().splitlines()[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -281,11 +340,18 @@ def agreed_pad_length(local_length):
     return int(np.max(multihost_utils.process_allgather(np.asarray([local_length], np.int64))))
 
 
-def _examples_per_process(k):
-    """Every host's stream position (one tiny allgather, in the caller's thread like the pad length)."""
+def _allgather_ints(values):
+    """[process_count, len(values)] int64: every host's `values` (one tiny allgather, in the caller's thread
+    like the pad length)."""
+    local = np.asarray(values, np.int64).reshape(1, -1)
     if jax.process_count() == 1:
-        return [int(k)]
-    return [int(x) for x in np.asarray(multihost_utils.process_allgather(np.asarray([k], np.int64))).reshape(-1)]
+        return local
+    return np.asarray(multihost_utils.process_allgather(local[0])).reshape(jax.process_count(), -1)
+
+
+def _examples_per_process(k):
+    """Every host's stream position."""
+    return [int(x) for x in _allgather_ints([k])[:, 0]]
 
 
 def _batch_sharding(mesh):
@@ -428,14 +494,21 @@ class _Prefetcher:
 
 
 class _TrainProducer:
-    """Host side of the training stream (runs in the background thread)."""
+    """Host side of the training stream (runs in the background thread).
 
-    def __init__(self, seed, indexes, schedule, text, builder, decode_fn, num_parallel):
+    skip (config.data.skip_corrupt_records): a record failing its CRC, its decode or the text stage is left
+    out and reported with the batch whose stream span holds it; the batch takes the next records instead. The
+    stream position k still counts it, so a batch depends only on where it starts and resume stays exact.
+    """
+
+    def __init__(self, seed, indexes, schedule, text, builder, decode_fn, num_parallel, skip=False):
         self.seed, self.indexes, self.schedule = seed, indexes, schedule
         self.text, self.builder, self.decode_fn, self.num_parallel = text, builder, decode_fn, num_parallel
+        self.skip = skip
 
     def record_stream(self, k0):
-        """(k, raw record) for k = k0, k0+1, ... on this host."""
+        """(k, (file, offset), raw record) for k = k0, k0+1, ... on this host (with skip, the
+        CorruptRecordError in place of a record that fails its CRC)."""
         consumed = self.schedule.consumed(k0)
         readers = [recordio.RecordReader(index) for index in self.indexes]
         orders = {}
@@ -448,52 +521,92 @@ class _TrainProducer:
                 if orders.get(s, (None,))[0] != epoch:
                     orders[s] = (epoch, mixture.epoch_order(self.seed, s, epoch, n))
                 i = int(orders[s][1][pos])
-                yield k, self.indexes[s].location(i), readers[s].read(i)
+                try:
+                    raw = readers[s].read(i)
+                except recordio.CorruptRecordError as e:
+                    if not self.skip:
+                        raise
+                    raw = e
+                yield k, self.indexes[s].position(i), raw
                 consumed[s] += 1
                 k += 1
         finally:
             for reader in readers:
                 reader.close()
 
-    def host_batches(self, k0):
-        """(host batch, ids, examples consumed after it, rows truncated) for the stream starting at example k0."""
-        if self.builder.packed:
-            yield from self.packed_host_batches(k0)
-            return
-        ds = _DecodedRecords(lambda: self.record_stream(k0), self.decode_fn, self.num_parallel)
-        rows, ids, k, truncated = [], [], k0, 0
+    def _samples(self, k0):
+        """(k, text-stage output, decoded example) of the records that make it, (k, Skipped, None) of the others."""
+        # max_gap: every source failing (below) plus the elements tf.data may hold in flight.
+        ds = _DecodedRecords(lambda: self.record_stream(k0), self.decode_fn, self.num_parallel, skip=self.skip,
+                             start=k0, max_gap=2 * sum(len(index) for index in self.indexes) + 1024)
+        k = k0
+        failing = [0] * len(self.indexes)       # per source: draws skipped in a row
         for got, ex in ds:
             if got != k:
                 raise RuntimeError(f"input stream out of order: got example {got}, expected {k}")
-            sid, tokens, labels, cut = self.text(ex["sample_json"].decode(), bool(ex["has_video"]))
+            k += 1
+            if not isinstance(ex, Skipped):
+                try:
+                    text = self.text(ex["sample_json"].decode(), bool(ex["has_video"]))
+                except ValueError as e:
+                    if not self.skip:
+                        raise
+                    ex = Skipped(got, ds.position, f"sample does not parse: {e}")
+            if not self.skip:
+                yield got, text, ex
+                continue
+            s = self.schedule.source(got)
+            if not isinstance(ex, Skipped):
+                failing[s] = 0
+                yield got, text, ex
+                continue
+            failing[s] += 1
+            # 2n draws of a source in a row hold a whole epoch of it: every record failed, skipping would not end.
+            if failing[s] >= 2 * len(self.indexes[s]):
+                files = sorted(set(self.indexes[s].files))
+                raise UserError(f"every record of a training source was skipped as corrupt ({len(self.indexes[s])} "
+                                f"records; the last: {ex.record['reason']})", ", ".join(files),
+                                "intact TFRecord files written by data_prep.to_tfrecord")
+            yield got, ex, None
+
+    def host_batches(self, k0):
+        """(host batch, ids, examples consumed after it, rows truncated, skipped records) for the stream
+        starting at example k0."""
+        if self.builder.packed:
+            yield from self.packed_host_batches(k0)
+            return
+        rows, ids, truncated, skipped = [], [], 0, []
+        for k, text, ex in self._samples(k0):
+            if isinstance(text, Skipped):
+                skipped.append(text.record)
+                continue
+            sid, tokens, labels, cut = text
             rows.append((tokens, labels, ex["frames"], ex["actions"]))
             ids.append(sid)
             truncated += cut
-            k += 1
             if len(rows) == self.builder.local_batch_size:
-                yield self.builder.host_batch(rows), ids, k, truncated
-                rows, ids, truncated = [], [], 0
+                yield self.builder.host_batch(rows), ids, k + 1, truncated, skipped
+                rows, ids, truncated, skipped = [], [], 0, []
 
     def packed_host_batches(self, k0):
-        """Packed batches: (host batch, per-row ids, first example NOT in the batch, samples truncated).
+        """Packed batches: (host batch, per-row ids, first example NOT in the batch, samples truncated, skipped).
 
         The sample that fits no row closes the batch and opens the next one; a batch therefore depends only on
         the example it starts at, and resuming at the returned position rebuilds the next batch exactly.
         """
-        ds = _DecodedRecords(lambda: self.record_stream(k0), self.decode_fn, self.num_parallel)
-        packer, k = self.builder.new_packer(), k0
-        for got, ex in ds:
-            if got != k:
-                raise RuntimeError(f"input stream out of order: got example {got}, expected {k}")
+        packer, skipped = self.builder.new_packer(), []
+        for k, text, ex in self._samples(k0):
+            if isinstance(text, Skipped):
+                skipped.append(text.record)
+                continue
             has_video = bool(ex["has_video"])
-            sid, tokens, labels, cut = self.text(ex["sample_json"].decode(), has_video)
+            sid, tokens, labels, cut = text
             sample = packing.Sample(sid, tokens, labels, ex["frames"], ex["actions"], has_video, bool(cut))
             if not packer.add(sample):
                 host, ids, truncated = self._packed(packer)
-                yield host, ids, k, truncated
-                packer = self.builder.new_packer()
+                yield host, ids, k, truncated, skipped
+                packer, skipped = self.builder.new_packer(), []
                 packer.add(sample)      # an empty packer takes any sample of <= max_length tokens
-            k += 1
 
     def _packed(self, packer):
         host = self.builder.host_batch_packed(packer.rows)
@@ -525,6 +638,7 @@ class TrainIterator:
         self.schedule = mixture.MixtureSchedule(self.weights, self.seed)
         self.text = TextStage(config, tok, with_answer=True)
         self.packed = bool(config.data.packing)
+        self.skip_corrupt = bool(config.data.skip_corrupt_records)
         self.builder = _BatchBuilder(config, mesh, tok, global_batch_size or config.data.global_batch_size,
                                      packed=self.packed)
         self.decode_fn = make_decode_fn(int(config.data.num_frames), int(config.model.vision.image_size))
@@ -533,6 +647,8 @@ class TrainIterator:
         self.last_ids = []          # packed: one list of sample ids per local row
         self._per_process = None    # packed: every host's stream position (hosts consume different counts)
         self.num_truncated = 0      # rows with text cut to max_length among the batches returned so far
+        self.last_skipped = []      # skip_corrupt: this host's records left out of the last batch's stream span
+        self.num_skipped = 0        # skip_corrupt: records skipped so far on all hosts (kept in the state)
         self._prefetch = None
         self._start(0)
 
@@ -544,7 +660,7 @@ class TrainIterator:
         self.close()
         # The producer must not reference `self`: then dropping the iterator runs __del__, which stops the thread.
         producer = _TrainProducer(self.seed, self.indexes, self.schedule, self.text, self.builder, self.decode_fn,
-                                  self.num_parallel)
+                                  self.num_parallel, skip=self.skip_corrupt)
         self._prefetch = _Prefetcher(functools.partial(producer.host_batches, k0), self.prefetch_batches)
         self._examples = k0
 
@@ -566,12 +682,21 @@ class TrainIterator:
     def __next__(self):
         if self._prefetch is None:
             self._start(self._examples)
-        host, ids, k, truncated = self._prefetch.get()
+        host, ids, k, truncated, skipped = self._prefetch.get()
         batch = self.builder.to_global(host)
         self._examples = k
-        if self.packed:
+        if self.skip_corrupt:
+            # A host that skipped a record has read further: positions differ per host, as when packed.
+            gathered = _allgather_ints([k, len(skipped)])
+            self._per_process = [int(x) for x in gathered[:, 0]]
+            self.num_skipped += int(gathered[:, 1].sum())
+            for r in skipped:
+                log.warning("skipped the training record at byte %d of %s (example %d): %s",
+                            r["offset"], r["file"], r["example"], r["reason"])
+        elif self.packed:
             self._per_process = _examples_per_process(k)
         self.last_ids = ids
+        self.last_skipped = skipped
         self.num_truncated += truncated
         return batch
 
@@ -583,19 +708,23 @@ class TrainIterator:
     def get_state(self):
         """Small JSON-serialisable state; identical on every host (it only depends on (seed, k)).
 
-        Packed: hosts consume different numbers of examples per batch, so the state lists every host's k
-        (gathered with each batch) and each host resumes at its own.
+        Packed, or skipping corrupt records: hosts consume different numbers of examples per batch, so the state
+        lists every host's k (gathered with each batch) and each host resumes at its own; with skipping it also
+        holds the number of records skipped so far on all hosts.
         """
-        if self.packed:
+        if self.packed or self.skip_corrupt:
             per_process = self._per_process or [int(self._examples)] * jax.process_count()
-            return {
+            state = {
                 "version": STATE_VERSION,
                 "seed": self.seed,
-                "packing": True,
+                "packing": self.packed,
                 "examples_per_process": [int(k) for k in per_process],
                 "draws_per_source": [[int(c) for c in self.schedule.consumed(k)] for k in per_process],
                 "weights": [float(w) for w in self.weights],
             }
+            if self.skip_corrupt:
+                state["skipped_records"] = int(self.num_skipped)
+            return state
         return {
             "version": STATE_VERSION,
             "seed": self.seed,
@@ -615,9 +744,10 @@ class TrainIterator:
             if len(per_process) != pc:
                 raise ValueError(f"input state has examples_per_process for {len(per_process)} processes, "
                                  f"this run has {pc}: a packed stream resumes only on the same process count")
-            if not self.packed and len(set(per_process)) > 1:
-                raise ValueError("input state comes from a packed run (config.data.packing) whose hosts stopped "
-                                 f"at different examples {per_process}; resume it with packing on")
+            if not (self.packed or self.skip_corrupt) and len(set(per_process)) > 1:
+                raise ValueError("input state comes from a packed run (config.data.packing) or one that skipped "
+                                 "corrupt records, whose hosts stopped at different examples "
+                                 f"{per_process}; resume it with the same packing / skip_corrupt_records")
             saved_draws = state["draws_per_source"][pi]
         else:       # an unpacked state: every host is at the same k
             per_process = [int(state["examples"])] * pc
@@ -629,7 +759,8 @@ class TrainIterator:
                              f"saved draws {saved_draws} weights {state['weights']}, "
                              f"here {draws} {list(self.weights)}")
         self._start(k)
-        self._per_process = per_process if self.packed else None
+        self._per_process = per_process if (self.packed or self.skip_corrupt) else None
+        self.num_skipped = int(state.get("skipped_records", 0))
 
 
 def make_train_iterator(config, mesh, tok, files=None, seed=None, global_batch_size=None, num_parallel=None,
@@ -678,7 +809,7 @@ class EvalIterator:
         reader = recordio.RecordReader(index)
         try:
             for i in range(len(index)):
-                yield i, index.location(i), reader.read(i)
+                yield i, index.position(i), reader.read(i)
         finally:
             reader.close()
 

@@ -111,8 +111,12 @@ class RecordIndex:
         sub.file_idx, sub.offsets, sub.lengths = self.file_idx[rows], self.offsets[rows], self.lengths[rows]
         return sub
 
+    def position(self, i):
+        """(file, byte offset of record i's header): where a CorruptRecordError points."""
+        return self.files[self.file_idx[i]], int(self.offsets[i] - _HEADER)
+
     def location(self, i):
-        return f"{self.files[self.file_idx[i]]} record at byte {self.offsets[i] - _HEADER}"
+        return "{} record at byte {}".format(*self.position(i))
 
 
 class RecordReader:

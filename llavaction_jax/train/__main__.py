@@ -52,13 +52,11 @@ def _user_errors():
 
 
 def _save_config(config, workdir: str) -> str:
+    from llavaction_jax import fs
     from llavaction_jax.train import checkpointing
     text = json.dumps(checkpointing.config_to_dict(config), indent=1, sort_keys=True, default=str) + "\n"
-    os.makedirs(workdir, exist_ok=True)
-    tmp = os.path.join(workdir, f"config.json.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, os.path.join(workdir, "config.json"))
+    fs.makedirs(workdir)
+    fs.atomic_write(fs.join(workdir, "config.json"), text)
     return text
 
 
@@ -71,16 +69,18 @@ def train_main(argv) -> int:
     distributed.initialize_from_env(_COORD.value, _NPROC.value, _PID.value)
     quiet_orbax()
     from llavaction_jax import sharding as shd
-    from llavaction_jax.train.loop import local_workdir, train
-    workdir = local_workdir(_WORKDIR.value)
+    from llavaction_jax import fs
+    from llavaction_jax.train.loop import resolve_workdir, train
+    workdir = resolve_workdir(_WORKDIR.value)
     if jax.process_index() == 0:
         text = _save_config(config, workdir)
-        logging.info("config (saved to %s):\n%s", os.path.join(workdir, "config.json"), text)
+        logging.info("config (saved to %s):\n%s", fs.join(workdir, "config.json"), text)
     mesh = shd.make_mesh(config.mesh)
     from llavaction_jax.eval import benchmarks
     eval_fn = benchmarks.periodic_evals(config, mesh, workdir)      # None when no eval is scheduled
     summary = train(config, workdir, eval_fn=eval_fn, mesh=mesh)
-    report = {k: summary[k] for k in ("start_step", "final_step", "preempted", "data_exhausted", "saved_steps")}
+    report = {k: summary[k] for k in ("start_step", "final_step", "preempted", "data_exhausted", "saved_steps",
+                                      "skipped_records")}
     report["last_loss"] = summary["losses"][-1] if summary["losses"] else None
     logging.info("training finished: %s", json.dumps(report))
     print(json.dumps(report), file=sys.stdout, flush=True)

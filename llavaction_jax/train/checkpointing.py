@@ -2,7 +2,8 @@
 
 Layout: <workdir>/checkpoints/<step>/{state, data, config}. Saves are async (the loop keeps training while
 the arrays are written) and atomic (Orbax writes to a tmp dir and renames on commit, so a save killed
-half-way is invisible to latest_step()).
+half-way is invisible to latest_step()). The directory may be local, file:// or any scheme Orbax's epath layer
+serves (gs://); others (e.g. TF's ram://, which tensorstore cannot write) are a UserError before any thread starts.
 """
 import json
 import os
@@ -10,7 +11,10 @@ from typing import Any, Optional, Tuple
 
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
+from llavaction_jax import fs
+from llavaction_jax.cli import UserError
 from llavaction_jax.convert.mapping import CheckpointMismatchError, check_tree  # noqa: F401 (re-exported)
 
 
@@ -19,11 +23,25 @@ def check_compatible(saved_tree, target_tree, where: str, what: str = "parameter
     check_tree(saved_tree, target_tree, where, what)
 
 
+def checkpoint_dir(directory: str) -> str:
+    """The directory as Orbax takes it (local: absolute; file:// stripped), or a UserError for a URL scheme
+    Orbax's epath layer does not serve."""
+    directory = fs.normalize(directory)
+    if not fs.is_url(directory):
+        return os.path.abspath(directory)
+    try:
+        epath.Path(directory)
+    except KeyError:        # epath's registry has no class for this scheme
+        raise UserError(f"Orbax cannot write checkpoints to {fs.scheme(directory)}:// URLs", directory,
+                        "a local path, file://... or gs://... workdir") from None
+    return directory
+
+
 class Checkpointer:
     """CheckpointManager wrapper: save(step, state, data_state, config_dict) / restore(step, abstract)."""
 
     def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = checkpoint_dir(directory)
         self._mngr = ocp.CheckpointManager(
             self.directory,
             item_handlers=dict(state=ocp.StandardCheckpointHandler(), data=ocp.JsonCheckpointHandler(),

@@ -8,7 +8,6 @@ a JSON-able dict and `set_state(d)` restores it (saved with every checkpoint, so
 true (llavaction_jax.eval.benchmarks.PeriodicEvals: each config.evals entry at its own `every`), or, for a plain
 function, every config.train.eval_every steps; its results go to metrics.jsonl / TensorBoard with prefix "eval".
 """
-import os
 import signal
 import sys
 import threading
@@ -20,6 +19,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from llavaction_jax import fs
 from llavaction_jax import sharding as shd
 from llavaction_jax.cli import UserError
 from llavaction_jax.train import checkpointing, metrics as metrics_lib, optimizer as opt_lib
@@ -101,16 +101,13 @@ def make_train_iterator(config, mesh) -> Iterator:
     return make_iter(config, mesh, tok, files=config.data.train_files, seed=int(config.seed))
 
 
-def local_workdir(workdir: str) -> str:
-    """A `file://` workdir as a plain path. Other URL schemes are refused: os.makedirs('gs://b/run') would make a
-    local directory 'gs:' and write the run there (use a mounted bucket, e.g. gcsfuse, instead)."""
-    workdir = str(workdir)
-    if workdir.startswith("file://"):
-        return workdir[len("file://"):]
-    if "://" in workdir:
-        raise UserError("remote workdirs are not supported yet", f"--workdir {workdir}",
-                        "a local or mounted path (e.g. a gcsfuse mount of the bucket); data globs may be gs://")
-    return workdir
+def resolve_workdir(workdir: str) -> str:
+    """The workdir as the fs layer takes it: a local path, `file://...` (-> its plain path) or a URL whose scheme
+    tf.io.gfile serves and Orbax can checkpoint to (gs://, ...); any other scheme is a UserError, raised before
+    anything is written (never a local 'gs:' directory)."""
+    path = fs.check_supported(str(workdir), f"--workdir {workdir}")
+    checkpointing.checkpoint_dir(fs.join(path, "checkpoints"))
+    return path
 
 
 def _init_from(config) -> str:
@@ -207,8 +204,8 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
     opt_lib.validate_config(config)
     if _init_from(config):
         check_init_from(_init_from(config))
-    workdir = local_workdir(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = resolve_workdir(workdir)
+    fs.makedirs(workdir)
     tc = config.train
     num_steps = int(tc.num_steps)
     mesh = mesh if mesh is not None else shd.make_mesh(config.mesh)
@@ -220,7 +217,7 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
     groups = opt_lib.summarize_groups(setup.abstract_state["params"], config.optim)
     logging.info("mesh %s, %d params, groups %s", dict(mesh.shape), num_params, groups)
 
-    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(tc.keep_checkpoints),
+    ckpt = checkpointing.Checkpointer(fs.join(workdir, "checkpoints"), keep=int(tc.keep_checkpoints),
                                       async_save=bool(tc.async_checkpointing))
     own_iter = train_iter is None
 
@@ -270,6 +267,8 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
     saved_steps = []
     tokens_per_step = None
     preempted = exhausted = False
+    # config.data.skip_corrupt_records: the iterator reports what it left out of each batch's stream span.
+    count_skips = bool(config.data.skip_corrupt_records) and hasattr(train_iter, "num_skipped")
 
     def drain(keep_last: bool):
         items = pending[:-1] if keep_last else pending[:]
@@ -295,6 +294,8 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
             flops = metrics_lib.train_flops_per_step(num_params, tokens_per_step)
             scalars["mfu"] = metrics_lib.mfu(flops, step_time, jax.device_count(), peak)
         writer.write(step, scalars)
+        if count_skips:
+            writer.write(step, {"skipped_records": int(train_iter.num_skipped)}, prefix="data")
         log.last = scalars
         log.window = []
 
@@ -321,6 +322,8 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
                     logging.warning("train data exhausted at step %d; stopping early", step)
                     exhausted = True
                     break
+                if count_skips:
+                    writer.failures(step + 1, train_iter.last_skipped)
                 if tokens_per_step is None:
                     tokens_per_step = int(np.prod(batch["input_ids"].shape))
                 state, m = step_fn(state, batch)
@@ -356,10 +359,16 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
             restore_log_stream()
             bar.close()
 
+    if count_skips:
+        # The one summary line; each skip was logged as it happened and is a row of data_failures.jsonl.
+        logging.warning("%d corrupt training record(s) skipped (config.data.skip_corrupt_records)%s",
+                        train_iter.num_skipped, f"; listed in {fs.join(workdir, metrics_lib.FAILURES_FILE)}"
+                        if train_iter.num_skipped else "")
     return {
         "start_step": start, "final_step": step, "losses": [log.losses[s] for s in sorted(log.losses)],
         "loss_steps": sorted(log.losses), "preempted": preempted, "data_exhausted": exhausted,
         "saved_steps": saved_steps, "num_params": num_params, "param_groups": groups,
+        "skipped_records": int(train_iter.num_skipped) if count_skips else 0,
         "last_metrics": log.last, "mean_step_time_s": float(np.mean(log.times)) if log.times else None,
         "state": state, "setup": setup,
     }

@@ -1,12 +1,19 @@
-"""Throughput / MFU bookkeeping and metric writers (TensorBoard via tensorboardX + console)."""
+"""Throughput / MFU bookkeeping and metric writers (TensorBoard via tensorboardX + console).
+
+Every file goes through llavaction_jax.fs, so the workdir may be local or remote (gs://, ram://): tensorboardX
+writes event files of a URL workdir through a writer factory registered for that scheme (`_GfileEvents`).
+"""
 import json
 import math
-import os
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import jax
 import numpy as np
 from absl import logging
+
+from llavaction_jax import fs
+
+FAILURES_FILE = "data_failures.jsonl"
 
 # Dense bf16 peak FLOP/s per JAX device (per TensorCore pair / chip as JAX exposes it).
 PEAK_FLOPS = (
@@ -48,20 +55,45 @@ def mfu(flops_per_step: float, step_time_s: float, num_devices: int, peak: Optio
     return flops_per_step / (step_time_s * num_devices * peak)
 
 
+class _GfileEvents:
+    """tensorboardX writer factory (record_writer.register_writer_factory) for one URL scheme: event files
+    are opened through the fs layer instead of tensorboardX's own S3 / GCS clients."""
+
+    @staticmethod
+    def directory_check(path):
+        fs.makedirs(path)
+
+    @staticmethod
+    def open(path):
+        return fs.open_file(path, "wb")
+
+
+def _summary_writer(logdir: str):
+    from tensorboardX import SummaryWriter, record_writer
+    if fs.is_url(logdir):
+        record_writer.register_writer_factory(fs.scheme(logdir), _GfileEvents())
+    return SummaryWriter(logdir)
+
+
 class MetricWriter:
-    """Writes scalars to TensorBoard, to <workdir>/metrics.jsonl (exact values) and the console; process 0 only."""
+    """Writes scalars to TensorBoard, to <workdir>/metrics.jsonl (exact values) and the console; process 0 only.
+    `failures(step, records)` lists skipped training records in <workdir>/data_failures.jsonl."""
 
     def __init__(self, workdir: Optional[str], start_step: Optional[int] = None):
         """`start_step`: the step a resumed run starts from; rows of later steps (written after the checkpoint
-        it resumes from, so about to be re-run) are dropped from metrics.jsonl first, so no step appears twice."""
+        it resumes from, so about to be re-run) are dropped from metrics.jsonl and data_failures.jsonl first,
+        so no step appears twice."""
         self._tb = self._jsonl = None
+        self._failures_path = None
         if workdir and jax.process_index() == 0:
-            from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-            path = os.path.join(workdir, "metrics.jsonl")
-            if start_step is not None and os.path.exists(path):
-                _truncate_after(path, start_step)
-            self._jsonl = open(path, "a")
+            self._tb = _summary_writer(fs.join(workdir, "tensorboard"))
+            path = fs.join(workdir, "metrics.jsonl")
+            self._failures_path = fs.join(workdir, FAILURES_FILE)
+            if start_step is not None:
+                for p in (path, self._failures_path):
+                    if fs.exists(p):
+                        _truncate_after(p, start_step)
+            self._jsonl = fs.open_file(path, "a")
 
     def write(self, step: int, scalars: Mapping[str, float], prefix: str = "train"):
         if jax.process_index() != 0:
@@ -76,6 +108,13 @@ class MetricWriter:
             self._jsonl.flush()
         logging.info("%s step %d: %s", prefix, step, format_scalars(scalars))
 
+    def failures(self, step: int, records: Sequence[Mapping]):
+        """Appends one row per record ({step, file, offset, reason, ...}) to data_failures.jsonl."""
+        if self._failures_path is None or not records:
+            return
+        with fs.open_file(self._failures_path, "a") as f:
+            f.write("".join(json.dumps({"step": int(step), **r}) + "\n" for r in records))
+
     def close(self):
         if self._tb is not None:
             self._tb.close()
@@ -84,22 +123,18 @@ class MetricWriter:
 
 def _truncate_after(path: str, step: int) -> None:
     kept, dropped = [], 0
-    with open(path) as f:
-        for line in f:
-            try:
-                rec_step = int(json.loads(line)["step"])
-            except (ValueError, KeyError, TypeError):
-                dropped += 1          # a torn last line of a killed run
-                continue
-            if rec_step <= step:
-                kept.append(line if line.endswith("\n") else line + "\n")
-            else:
-                dropped += 1
+    for line in fs.read_text(path).splitlines():
+        try:
+            rec_step = int(json.loads(line)["step"])
+        except (ValueError, KeyError, TypeError):
+            dropped += 1          # a torn last line of a killed run
+            continue
+        if rec_step <= step:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
     if dropped:
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
+        fs.atomic_write(path, "".join(kept))
         logging.info("%s: dropped %d row(s) after step %d (re-run from the checkpoint)", path, dropped, step)
 
 

@@ -12,10 +12,14 @@ the eval CLI runs one (`--eval NAME` / `--type TYPE`). The older `config.train.e
 `config.data.eval_files` is the entry `ek100_mqa` (LEGACY_NAME).
 """
 import os
+import shutil
+import tempfile
 from typing import Mapping, Optional
 
+import jax
 import ml_collections
 
+from llavaction_jax import fs
 from llavaction_jax.eval.benchmarks import base, ek100_mqa, generic_mc, recognition
 
 REGISTRY = {
@@ -84,20 +88,31 @@ def detect_type(data: str) -> str:
 
 class PeriodicEvals:
     """The trainer's eval hook: `due(step)` when any benchmark's `every` divides step; calling it runs those and
-    returns {"<name>/<metric>": value} (the trainer logs them with prefix "eval")."""
+    returns {"<name>/<metric>": value} (the trainer logs them with prefix "eval").
+
+    An entry (every, benchmark, (staging, remote)) has a benchmark built on the local dir `staging`: after each
+    run its step_<N> dir is copied to remote/step_<N> through llavaction_jax.fs (the report writers use the OS)."""
 
     def __init__(self, benchmarks: Mapping[str, tuple]):
-        self.benchmarks = dict(benchmarks)      # name -> (every, benchmark)
+        self.benchmarks = {n: tuple(b) + (None,) * (3 - len(b)) for n, b in benchmarks.items()}
 
     def due(self, step: int) -> bool:
-        return any(step % every == 0 for every, _ in self.benchmarks.values())
+        return any(step % every == 0 for every, _, _ in self.benchmarks.values())
 
     def __call__(self, model, step: int) -> dict:
         out = {}
-        for name, (every, bench) in self.benchmarks.items():
+        for name, (every, bench, upload) in self.benchmarks.items():
             if step % every == 0:
                 out.update({f"{name}/{k}": float(v) for k, v in bench.run(model, step).items()})
+                if upload is not None:
+                    _upload(os.path.join(upload[0], f"step_{step}"), fs.join(upload[1], f"step_{step}"))
         return out
+
+
+def _upload(local: str, remote: str) -> None:
+    if jax.process_index() == 0 and os.path.isdir(local):
+        fs.copy_tree(local, remote)
+        shutil.rmtree(local)
 
 
 def periodic_evals(config, mesh, workdir: str, tokenizer=None) -> Optional[PeriodicEvals]:
@@ -108,5 +123,13 @@ def periodic_evals(config, mesh, workdir: str, tokenizer=None) -> Optional[Perio
     if tokenizer is None:
         from llavaction_jax.input.tokenizer import Tokenizer
         tokenizer = Tokenizer.load(config.data.tokenizer_path, video_token_id=int(config.model.video_token_id))
-    return PeriodicEvals({n: (int(c.every), build(c, config, mesh, tokenizer, os.path.join(workdir, "eval", n)))
-                          for n, c in entries.items()})
+    workdir = fs.normalize(workdir)
+    benchmarks = {}
+    for n, c in entries.items():
+        out = fs.join(workdir, "eval", n)
+        if fs.is_url(workdir):      # staged locally, uploaded after each run (PeriodicEvals)
+            staging = tempfile.mkdtemp(prefix=f"eval-{n}-")
+            benchmarks[n] = (int(c.every), build(c, config, mesh, tokenizer, staging), (staging, out))
+        else:
+            benchmarks[n] = (int(c.every), build(c, config, mesh, tokenizer, out))
+    return PeriodicEvals(benchmarks)
