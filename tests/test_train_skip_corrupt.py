@@ -148,7 +148,7 @@ def test_a_source_of_only_corrupt_records_is_an_error_not_an_endless_skip(data, 
     for record in range(N):
         if record != data["record"]:        # that one is damaged already
             _flip_middle_byte(path, record)
-    cfg.data.update(train_files=path, skip_corrupt_records=True, global_batch_size=2, packing=packing)
+    cfg.data.update(train_files=path, skip_corrupt_records=True, global_batch_size=2)
     tok = Tokenizer.load(cfg.data.tokenizer_path, video_token_id=cfg.model.video_token_id)
     it = pipeline.make_train_iterator(cfg, _mesh(cfg), tok, seed=0)
     try:
