@@ -270,7 +270,7 @@ def train_model(config, data: dict, tokenizer_dir: str, workdir: str, mesh):
     return model, summary
 
 
-def train_binding(config, data: dict, tokenizer_dir: str, workdir: str, mesh) -> str:
+def train_binding(config, data: dict, tokenizer_dir: str, workdir: str, mesh) -> dict:
     """The letter-binding warm-up: config.demo.binding_steps on the short text-only MCQ questions alone.
 
     Why: trained on video questions (with or without the full-prompt text twins mixed in) the tiny model names the
