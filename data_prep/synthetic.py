@@ -7,7 +7,9 @@ Two kinds of content:
   static noise texture:
     noun -> colour ``NOUN_COLOURS[noun % 12]`` and shape ``SHAPES[(noun // 12) % 3]``  (36 distinct nouns)
     verb -> direction ``(verb % 8) * 45 deg`` and pattern ``MOTIONS[(verb // 8) % 3]`` (24 distinct verbs)
-  Outside every row's clip only the background is shown.
+  Outside every row's clip only the background is shown. The path (``PATHS``) either crosses the frame centre
+  ("through": opposite directions pass the same places in reverse order, so only the order of the frames tells
+  them apart) or starts there ("outward": each direction sweeps its own ray, so one late frame tells it).
 * Frame-index videos (``frame_index_video``): every frame carries its own global 0-based frame index as a
   grid of bright/dark blocks (robust to H.264 and resizing), read back with ``decode_frame_index``.
 
@@ -36,6 +38,7 @@ NOUN_COLOURS = np.array([
 ], np.uint8)
 SHAPES = ("square", "disk", "triangle")
 MOTIONS = ("linear", "back_and_forth", "zigzag")
+PATHS = ("through", "outward")
 
 
 # ----------------------------------------------------------------------------- writers
@@ -162,15 +165,19 @@ def verb_motion(verb_class: int) -> tuple[float, str]:
     return (verb_class % 8) * math.pi / 4, MOTIONS[(verb_class // 8) % len(MOTIONS)]
 
 
-def object_offset(verb_class: int, progress: float, path_len: float) -> tuple[float, float]:
-    """(dy, dx) of the object from the frame centre at clip progress in [0, 1]."""
+def object_offset(verb_class: int, progress: float, path_len: float, path: str = "through") -> tuple[float, float]:
+    """(dy, dx) of the object from the frame centre at clip progress in [0, 1] (``path``: see PATHS)."""
+    if path not in PATHS:
+        raise ValueError(f"unknown path {path!r}; expected one of {PATHS}")
     angle, motion = verb_motion(verb_class)
     if motion == "linear":
-        along, across = progress - 0.5, 0.0
+        along, across = progress, 0.0
     elif motion == "back_and_forth":
-        along, across = (1.0 - abs(2.0 * progress - 1.0)) - 0.5, 0.0
+        along, across = 1.0 - abs(2.0 * progress - 1.0), 0.0
     else:
-        along, across = progress - 0.5, 0.25 * math.sin(4.0 * math.pi * progress)
+        along, across = progress, 0.25 * math.sin(4.0 * math.pi * progress)
+    # "through" runs along [-1/2, 1/2] of the path, "outward" along [0, 1/2] (from the centre to the edge).
+    along = along - 0.5 if path == "through" else 0.5 * along
     ux, uy = math.cos(angle), -math.sin(angle)    # image y grows downwards
     return (along * uy + across * ux) * path_len, (along * ux - across * uy) * path_len
 
@@ -211,8 +218,11 @@ def row_times(row: dict) -> tuple[float, float]:
 class ClassPatternRenderer:
     """Renders the frames of one synthetic video from its annotation rows."""
 
-    def __init__(self, rows: Sequence[dict], fps: float, size: int = 64, seed: int = 0, object_frac: float = 0.25):
-        self.fps, self.size = fps, size
+    def __init__(self, rows: Sequence[dict], fps: float, size: int = 64, seed: int = 0, object_frac: float = 0.25,
+                 path: str = "through"):
+        if path not in PATHS:
+            raise ValueError(f"unknown path {path!r}; expected one of {PATHS}")
+        self.fps, self.size, self.path = fps, size, path
         self.background = background_texture(seed, size)
         self.side = max(4, int(size * object_frac))
         self.path_len = size - self.side - 4
@@ -229,7 +239,7 @@ class ClassPatternRenderer:
             if not start <= t <= stop:
                 continue
             progress = 0.5 if stop <= start else (t - start) / (stop - start)
-            dy, dx = object_offset(verb, progress, self.path_len)
+            dy, dx = object_offset(verb, progress, self.path_len, self.path)
             y = int(round(self.size / 2 + dy - self.side / 2))
             x = int(round(self.size / 2 + dx - self.side / 2))
             y0, x0 = max(y, 0), max(x, 0)
@@ -244,16 +254,19 @@ class ClassPatternRenderer:
 def make_synthetic_dataset(rows: Sequence[dict], root: str, layout: str = "original", fps: float = 30.0,
                            size: int = 64, chunk_len: int = 15, seed: int = 0, compact: bool = False,
                            gap: float = 0.5, max_clip_seconds: float | None = None, tail: float = 1.0,
-                           ext: str = "MP4", crf: int = 18) -> dict:
+                           ext: str = "MP4", crf: int = 18, path: str = "through") -> dict:
     """Write one class-pattern video per video_id covering all its rows; returns a summary.
 
     ``compact=True`` re-times each video's rows back to back (``gap`` seconds apart, each at most
     ``max_clip_seconds`` long) so that rows from late in a long EK100 video do not force writing
     the whole video; the returned ``rows`` carry the timestamps actually used (in both the
     'start_timestamp'/'stop_timestamp' and, when present in the input, 'start'/'stop' fields).
+    ``path``: the object's path (PATHS).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+    if path not in PATHS:
+        raise ValueError(f"unknown path {path!r}; expected one of {PATHS}")
     by_video: dict[str, list[dict]] = {}
     all_rows = []
     for i, row in enumerate(rows):
@@ -269,8 +282,8 @@ def make_synthetic_dataset(rows: Sequence[dict], root: str, layout: str = "origi
         by_video.setdefault(row["video_id"], []).append(out)
         all_rows.append(out)
 
-    summary = {"root": root, "layout": layout, "fps": fps, "size": size, "chunk_len": chunk_len, "videos": {},
-               "rows": []}
+    summary = {"root": root, "layout": layout, "fps": fps, "size": size, "chunk_len": chunk_len, "path": path,
+               "videos": {}, "rows": []}
     for v_index, (video_id, vrows) in enumerate(sorted(by_video.items())):
         if compact:
             t = gap
@@ -285,7 +298,7 @@ def make_synthetic_dataset(rows: Sequence[dict], root: str, layout: str = "origi
                 r["start"], r["stop"] = r["start_timestamp"], r["stop_timestamp"]
         end = max(r["stop_timestamp"] for r in vrows) + tail
         num_frames = int(math.ceil(end * fps))
-        renderer = ClassPatternRenderer(vrows, fps, size, seed=seed * 100003 + v_index)
+        renderer = ClassPatternRenderer(vrows, fps, size, seed=seed * 100003 + v_index, path=path)
         paths = write_video(renderer, num_frames, root, layout, video_id, fps, chunk_len, ext,
                             vrows[0]["participant_id"], crf)
         summary["videos"][video_id] = {"num_frames": num_frames, "duration": num_frames / fps,

@@ -68,24 +68,15 @@ def answer_options(model, tok, config, mesh, frames: np.ndarray, options: Sequen
 
 def answer_question(model, tok, config, mesh, frames: np.ndarray, question: str, start: float, end: float,
                     max_new_tokens: Optional[int] = None) -> str:
-    """Greedy generation for a free-form question about the clip."""
-    import jax
-    from llavaction_jax.eval.evaluator import Evaluator, _strip_after_eos
-    from llavaction_jax.eval.items import normalize_frames
-    from llavaction_jax.model import generate
-    n = _batch_devices(mesh)
-    evaluator = Evaluator(model, tok, config, mesh, methods=("generate",), batch_size=n,
+    """Greedy generation for a free-form question about the clip, through the eval batching (the prompt from
+    the training text stage, uint8 frames normalised on the device, the original's special-token-free decode)."""
+    from llavaction_jax.eval.evaluator import Evaluator
+    from llavaction_jax.eval.items import EvalItem
+    evaluator = Evaluator(model, tok, config, mesh, methods=("generate",), batch_size=_batch_devices(mesh),
                           max_new_tokens=max_new_tokens)
     sample = {"id": "input", "start_timestamp": start, "stop_timestamp": end,
               "conversations": [{"from": "human", "value": prompts.IMAGE_PLACEHOLDER + "\n" + question}]}
-    ids = evaluator.prompt_ids(sample, has_video=True)
-    # The batch axis is sharded over the mesh: repeat the single prompt on every batch shard.
-    input_ids = np.tile(np.asarray([ids], np.int32), (n, 1))
-    pix = np.tile(normalize_frames(frames)[None], (n, 1, 1, 1, 1))
-    put = lambda x: jax.device_put(x, evaluator.batch_sharding)
-    tokens = generate(model, put(input_ids), put(pix), put(np.ones_like(input_ids)), evaluator.max_new_tokens,
-                      tok.eos_id, tok.pad_id)
-    return tok.decode(_strip_after_eos(np.asarray(tokens)[0], tok.eos_id))
+    return evaluator.evaluate([EvalItem(sample, lambda: frames)], 1)[0]["raw_generation"]
 
 
 def _batch_devices(mesh) -> int:

@@ -36,6 +36,29 @@ def test_appearance_and_motion_mappings():
     assert object_offset(8, 0.0, 40) == pytest.approx(object_offset(8, 1.0, 40))
 
 
+def test_outward_path_gives_each_direction_its_own_ray():
+    # "through" (default): opposite directions pass the same places in reverse order.
+    assert object_offset(0, 0.25, 40) == pytest.approx(object_offset(4, 0.75, 40), abs=1e-9)
+    # "outward": from the centre to the edge, so take (0 deg) and close (180 deg) never share a place after t=0.
+    assert object_offset(0, 0.0, 40, "outward") == pytest.approx((0.0, 0.0))
+    assert object_offset(0, 1.0, 40, "outward") == pytest.approx((0.0, 20.0), abs=1e-9)
+    assert object_offset(2, 1.0, 40, "outward") == pytest.approx((-20.0, 0.0), abs=1e-9)
+    for p in (0.1, 0.5, 0.9):
+        assert object_offset(0, p, 40, "outward")[1] > 0 > object_offset(4, p, 40, "outward")[1]
+    with pytest.raises(ValueError, match="unknown path 'sideways'"):
+        object_offset(0, 0.5, 40, "sideways")
+    with pytest.raises(ValueError, match="unknown path 'sideways'"):
+        ClassPatternRenderer(ROWS[:1], FPS, 64, path="sideways")
+    # Rendered: at the end of a verb-0 clip the object is right of the centre, at its start on the centre.
+    row = dict(ROWS[0], verb_class=0)
+    r = ClassPatternRenderer([row], FPS, 64, seed=5, path="outward")
+    start, stop = row_times(row)
+    colour = NOUN_COLOURS[row["noun_class"] % len(NOUN_COLOURS)]
+    first = np.nonzero(_colour_mask(r(int(math.ceil(start * FPS))), colour))[1].mean()
+    last = np.nonzero(_colour_mask(r(int(stop * FPS)), colour))[1].mean()
+    assert abs(first - 31.5) < 3 and last > 50
+
+
 def test_row_times_accepts_seconds_and_ek100_strings():
     assert row_times({"start_timestamp": 1.5, "stop_timestamp": 2}) == (1.5, 2.0)
     assert row_times({"start": "00:01:02.50", "stop": "00:01:04.00"}) == (62.5, 64.0)

@@ -52,6 +52,33 @@ def test_predict_cli_question(checkpoint, capsys):
     assert len(out) == 1 and out[0].startswith("answer: ")
 
 
+def test_predict_question_goes_through_the_eval_batching(checkpoint):
+    """--question: uint8 frames normalised on the device by the eval batching give exactly the tokens of a direct
+    greedy generate on host-normalised frames (the training input's table), decoded without special tokens."""
+    import jax
+    import numpy as np
+    from llavaction_jax.eval.checkpoint import load_for_eval
+    from llavaction_jax.eval.evaluator import Evaluator, _strip_after_eos
+    from llavaction_jax.eval.items import normalize_frames
+    from llavaction_jax.eval.samples import read_video_file
+    from llavaction_jax.model import generate
+    ckpt, video, _ = checkpoint
+    model, tok, config, mesh = load_for_eval(ckpt)
+    config.data.num_frames = 4
+    frames = read_video_file(video, 0.5, 2.5, 4, int(config.model.vision.image_size))
+    answer = predict.answer_question(model, tok, config, mesh, frames, "What am I doing?", 0.5, 2.5, 6)
+    n = predict._batch_devices(mesh)
+    ev = Evaluator(model, tok, config, mesh, methods=("generate",), batch_size=n, max_new_tokens=6)
+    sample = {"id": "x", "start_timestamp": 0.5, "stop_timestamp": 2.5,
+              "conversations": [{"from": "human", "value": "<image>\nWhat am I doing?"}]}
+    ids = np.tile(np.asarray([ev.prompt_ids(sample, has_video=True)], np.int32), (n, 1))
+    pix = np.tile(normalize_frames(frames)[None], (n, 1, 1, 1, 1))
+    put = lambda x: jax.device_put(x, ev.batch_sharding)   # noqa: E731
+    tokens = generate(model, put(ids), put(pix), put(np.ones_like(ids)), 6, tok.eos_id, tok.pad_id)
+    expected = tok.decode(_strip_after_eos(np.asarray(tokens)[0], tok.eos_id), skip_special_tokens=True)
+    assert answer == expected and len(_strip_after_eos(np.asarray(tokens)[0], tok.eos_id)) > 0
+
+
 def test_predict_rejects_bad_input(checkpoint):
     ckpt, video, root = checkpoint
     with pytest.raises(SystemExit):

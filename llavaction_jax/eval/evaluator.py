@@ -279,7 +279,7 @@ class Evaluator:
 
     def _record(self, item: EvalItem, r: int, local: dict) -> dict:
         s = item.sample
-        options = list(s["options"])
+        options = list(s.get("options") or [])     # none for a free-form question (predict --question)
         answer = s.get("answer") or None
         record = {
             "id": s["id"], "index": item.index, "video_id": s.get("video_id"), "source": s.get("source", "unknown"),
@@ -292,6 +292,8 @@ class Evaluator:
             "action_id": int(s.get("action_id", -1)), "option_actions": s.get("option_actions"),
         }
         if "letters" in local:
+            if not options:
+                raise UserError(f"sample {s['id']!r} has no options", "options", "letter scoring needs >= 2 options")
             row = local["letters"][r][:len(options)]
             if not np.all(np.isfinite(row)):
                 raise FloatingPointError(f"sample {s['id']!r}: non-finite letter scores {row.tolist()} (a broken "
