@@ -131,7 +131,8 @@ def build_data(config, workdir: str, quiet: bool = False) -> dict:
         seed = int(d.seed) * 2 + (split == "eval")
         drawn = synthetic.make_synthetic_dataset(
             rows, video_root, layout="original", fps=float(d.fps), size=int(d.render_size), seed=seed,
-            compact=True, gap=0.25, max_clip_seconds=float(d.max_clip_seconds), tail=0.25)["rows"]
+            compact=True, gap=0.25, max_clip_seconds=float(d.max_clip_seconds), tail=0.25,
+            path=str(d.motion_path))["rows"]
         segs = rows_to_segments(drawn, train_rows + eval_rows)
         ann = ek100.Annotations(path=f"demo-{split}", segments=segs, label_space=label_space)
         k = int(d.num_options)
@@ -290,6 +291,7 @@ def train_binding(config, data: dict, tokenizer_dir: str, workdir: str, mesh) ->
     warm.data.global_batch_size = int(d.binding_batch_size)
     warm.data.tokenizer_path = tokenizer_dir
     warm.optim.lr = float(d.binding_lr)
+    warm.optim.b2 = float(d.binding_b2)
     warm.train.num_steps = int(d.binding_steps)
     warm.train.action_loss_weight = 0.0
     out = os.path.join(workdir, "train_binding")

@@ -64,10 +64,18 @@ def test_demo_smoke(tmp_path):
     assert warm["final_step"] == 2 and warm["workdir"] == str(tmp_path / "train_binding")
     from llavaction_jax.train import checkpointing
     ckpt = checkpointing.Checkpointer(str(tmp_path / "train" / "checkpoints"), async_save=False)
+    warm_ckpt = checkpointing.Checkpointer(str(tmp_path / "train_binding" / "checkpoints"), async_save=False)
     try:
-        assert ckpt.restore_config(ckpt.latest_step())["train"]["init_from"] == warm["workdir"]
+        video_cfg = ckpt.restore_config(ckpt.latest_step())
+        assert video_cfg["train"]["init_from"] == warm["workdir"]
+        # The warm-up's own optimizer settings (config.demo.binding_*); the video run keeps config.optim's.
+        warm_cfg = warm_ckpt.restore_config(warm_ckpt.latest_step())
+        assert (warm_cfg["optim"]["lr"], warm_cfg["optim"]["b2"]) == (config.demo.binding_lr, config.demo.binding_b2)
+        assert (video_cfg["optim"]["lr"], video_cfg["optim"]["b2"]) == (config.optim.lr, config.optim.b2)
+        assert warm_cfg["data"]["global_batch_size"] == config.demo.binding_batch_size
     finally:
         ckpt.close()
+        warm_ckpt.close()
     assert summary["process_cpu_s"] > 0
     for key in ("predictions", "summary", "report.html", "samples.png"):
         assert os.path.getsize(summary["eval_files"][key]) > 0
