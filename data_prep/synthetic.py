@@ -165,10 +165,14 @@ def verb_motion(verb_class: int) -> tuple[float, str]:
     return (verb_class % 8) * math.pi / 4, MOTIONS[(verb_class // 8) % len(MOTIONS)]
 
 
-def object_offset(verb_class: int, progress: float, path_len: float, path: str = "through") -> tuple[float, float]:
-    """(dy, dx) of the object from the frame centre at clip progress in [0, 1] (``path``: see PATHS)."""
+def _check_path(path: str) -> None:
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}; expected one of {PATHS}")
+
+
+def object_offset(verb_class: int, progress: float, path_len: float, path: str = "through") -> tuple[float, float]:
+    """(dy, dx) of the object from the frame centre at clip progress in [0, 1] (``path``: see PATHS)."""
+    _check_path(path)
     angle, motion = verb_motion(verb_class)
     if motion == "linear":
         along, across = progress, 0.0
@@ -220,8 +224,7 @@ class ClassPatternRenderer:
 
     def __init__(self, rows: Sequence[dict], fps: float, size: int = 64, seed: int = 0, object_frac: float = 0.25,
                  path: str = "through"):
-        if path not in PATHS:
-            raise ValueError(f"unknown path {path!r}; expected one of {PATHS}")
+        _check_path(path)
         self.fps, self.size, self.path = fps, size, path
         self.background = background_texture(seed, size)
         self.side = max(4, int(size * object_frac))
@@ -265,8 +268,7 @@ def make_synthetic_dataset(rows: Sequence[dict], root: str, layout: str = "origi
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
-    if path not in PATHS:
-        raise ValueError(f"unknown path {path!r}; expected one of {PATHS}")
+    _check_path(path)
     by_video: dict[str, list[dict]] = {}
     all_rows = []
     for i, row in enumerate(rows):
@@ -323,7 +325,7 @@ def _hms(seconds: float) -> str:
 def synthesize_from_csv(csv_path: str, out_dir: str, layout: str = "original", max_rows: int | None = 32,
                         video_ids: Sequence[str] | None = None, fps: float = 30.0, size: int = 64,
                         chunk_len: int = 15, seed: int = 0, max_clip_seconds: float | None = 4.0,
-                        copy_class_csvs: bool = True) -> dict:
+                        copy_class_csvs: bool = True, path: str = "through") -> dict:
     """Synthetic videos for (a subset of) an EK100 segment CSV, plus that CSV re-timed to match them.
 
     Writes ``out_dir/videos/`` (``layout``), ``out_dir/annotations/<csv name>`` (same columns; timestamps and
@@ -368,7 +370,7 @@ def synthesize_from_csv(csv_path: str, out_dir: str, layout: str = "original", m
             raise AnnotationError(f"{csv_path}: selected row {n - 1} ({line[:1]}): malformed verb/noun class") from None
     summary = make_synthetic_dataset(rows, os.path.join(out_dir, "videos"), layout, fps=fps, size=size,
                                      chunk_len=chunk_len, seed=seed, compact=True,
-                                     max_clip_seconds=max_clip_seconds)
+                                     max_clip_seconds=max_clip_seconds, path=path)
     ann_dir = os.path.join(out_dir, "annotations")
     os.makedirs(ann_dir, exist_ok=True)
     with open(os.path.join(ann_dir, os.path.basename(csv_path)), "w", newline="") as f:
@@ -407,10 +409,11 @@ def main(argv=None) -> int:
     p.add_argument("--chunk_len", type=int, default=15)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max_clip_seconds", type=float, default=4.0)
+    p.add_argument("--path", default="through", choices=list(PATHS), help="the object's path (PATHS)")
     args = p.parse_args(argv)
     summary = synthesize_from_csv(args.csv, args.out, args.layout, args.max_rows,
                                   [v for v in args.video_ids.split(",") if v] or None, args.fps, args.size,
-                                  args.chunk_len, args.seed, args.max_clip_seconds)
+                                  args.chunk_len, args.seed, args.max_clip_seconds, path=args.path)
     print(f"wrote {len(summary['videos'])} videos ({args.layout}) for {len(summary['rows'])} rows to {args.out}")
     return 0
 
