@@ -79,6 +79,19 @@ def test_predict_question_goes_through_the_eval_batching(checkpoint):
     assert answer == expected and len(_strip_after_eos(np.asarray(tokens)[0], tok.eos_id)) > 0
 
 
+def test_letter_scoring_refuses_a_sample_without_options(checkpoint):
+    from llavaction_jax.cli import UserError
+    from llavaction_jax.eval.checkpoint import load_for_eval
+    from llavaction_jax.eval.evaluator import Evaluator
+    from llavaction_jax.eval.items import EvalItem
+    ckpt, _, _ = checkpoint
+    model, tok, config, mesh = load_for_eval(ckpt)
+    ev = Evaluator(model, tok, config, mesh, methods=("letters",), batch_size=predict._batch_devices(mesh))
+    sample = {"id": "q", "conversations": [{"from": "human", "value": "What am I doing?"}]}
+    with pytest.raises(UserError, match="sample 'q' has no options"):
+        ev.evaluate([EvalItem(sample)], 1)
+
+
 def test_predict_rejects_bad_input(checkpoint):
     ckpt, video, root = checkpoint
     with pytest.raises(SystemExit):

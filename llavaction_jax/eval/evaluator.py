@@ -212,6 +212,9 @@ class Evaluator:
         ids, frames = self._build_local_batch(chunk) if chunk else ([[self.tokenizer.pad_id]], None)
         vocab = int(self.config.model.text.vocab_size)
         for it_ids, (item, _) in zip(ids, chunk):
+            if "letters" in self.methods and not item.sample.get("options"):
+                raise UserError(f"sample {item.sample.get('id')!r} has no options", "options",
+                                "letter scoring needs >= 2 options")
             bad = [t for t in it_ids if not 0 <= t < vocab]
             if bad:
                 raise UserError(f"sample {item.sample.get('id')!r}: token ids {sorted(set(bad))[:5]} are outside the "
@@ -292,8 +295,6 @@ class Evaluator:
             "action_id": int(s.get("action_id", -1)), "option_actions": s.get("option_actions"),
         }
         if "letters" in local:
-            if not options:
-                raise UserError(f"sample {s['id']!r} has no options", "options", "letter scoring needs >= 2 options")
             row = local["letters"][r][:len(options)]
             if not np.all(np.isfinite(row)):
                 raise FloatingPointError(f"sample {s['id']!r}: non-finite letter scores {row.tolist()} (a broken "
