@@ -321,6 +321,8 @@ def hf_roundtrip(config, model, tok, mesh, data: dict, workdir: str) -> dict:
     trained model's own video layout (grid newlines + action token) has no HF counterpart, so it cannot be
     compared directly.
     """
+    from llavaction_jax.torch_env import hide_triton
+    hide_triton()
     try:
         import torch
         from transformers import LlavaOnevisionForConditionalGeneration

@@ -17,6 +17,10 @@ import tempfile  # noqa: E402
 
 import jax  # noqa: E402
 
+from llavaction_jax.torch_env import hide_triton  # noqa: E402
+
+hide_triton()   # torch's triton segfaults beside TensorFlow (llavaction_jax/torch_env.py)
+
 _CACHE_DIR = tempfile.mkdtemp(prefix="jax_cache_")
 atexit.register(shutil.rmtree, _CACHE_DIR, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
