@@ -73,6 +73,7 @@ def test_demo_smoke(tmp_path):
         assert (warm_cfg["optim"]["lr"], warm_cfg["optim"]["b2"]) == (config.demo.binding_lr, config.demo.binding_b2)
         assert (video_cfg["optim"]["lr"], video_cfg["optim"]["b2"]) == (config.optim.lr, config.optim.b2)
         assert warm_cfg["data"]["global_batch_size"] == config.demo.binding_batch_size
+        assert warm_cfg["data"]["num_frames"] == 0          # text only: the vision tower is not run
     finally:
         ckpt.close()
         warm_ckpt.close()

@@ -73,3 +73,21 @@ def test_bad_config_values_are_clear_errors():
     cfg.remat_policy = "sometimes"
     with pytest.raises(ValueError, match="remat_policy='sometimes'"):
         LlavaActionModel(cfg, rngs=nnx.Rngs(0))
+
+
+def test_zero_frames_is_a_text_only_batch():
+    """pixel_values with 0 frames (config.data.num_frames = 0, the demo's text-only warm-up) is the batch without
+    video: the same logits as pixel_values=None, no vision tower in the program, and a video slot is refused."""
+    cfg = tiny.get_config().model
+    model = LlavaActionModel(cfg, rngs=nnx.Rngs(0))
+    rng = np.random.RandomState(1)
+    ids = rng.randint(4, cfg.text.vocab_size, size=(2, 9)).astype(np.int32)
+    mask = np.ones_like(ids)
+    empty = np.zeros((2, 0, 32, 32, 3), np.float32)
+    np.testing.assert_array_equal(np.asarray(model(ids, empty, mask).logits), np.asarray(model(ids, None, mask).logits))
+    def dots(pix):
+        return jax.jit(lambda i, p, m: model(i, p, m).logits).lower(ids, pix, mask).as_text().count("dot_general")
+    assert dots(empty) == dots(None) < dots(np.zeros((2, 1, 32, 32, 3), np.float32))   # no vision tower matmuls
+    ids[0, 2] = cfg.video_token_id
+    with pytest.raises(ValueError, match="row 0: 1 video slots"):
+        model(ids, empty, mask)

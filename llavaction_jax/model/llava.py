@@ -125,6 +125,9 @@ class LlavaActionModel(nnx.Module):
             raise ValueError(f"input_ids must be [B, L], got shape {input_ids.shape}")
         if pixel_values is not None and pixel_values.shape[0] != input_ids.shape[0]:
             raise ValueError(f"pixel_values batch {pixel_values.shape[0]} != input_ids batch {input_ids.shape[0]}")
+        if pixel_values is not None and pixel_values.shape[-4] == 0:
+            # Zero frames (a text-only run, config.data.num_frames = 0): no video tokens, and no vision tower pass.
+            pixel_values = None
         self._check_slots(input_ids, pixel_values)
         slots = input_ids == self.spec.video_token_id
         # The placeholder id may be negative (-200 for llava_qwen): look up id 0 there instead.
