@@ -289,7 +289,7 @@ def train_binding(config, data: dict, tokenizer_dir: str, workdir: str, mesh) ->
     warm.data.max_length = int(d.binding_max_length)
     warm.data.length_buckets = (int(d.binding_max_length),)
     warm.data.global_batch_size = int(d.binding_batch_size)
-    # Text only: no frames, so no vision tower and no pixel transfer (the same losses, steps ~40% cheaper here).
+    # Text only: no frames, so no vision tower and no pixel transfer (the same losses; 5.65 instead of 5.0 steps/s).
     warm.data.num_frames = 0
     warm.data.tokenizer_path = tokenizer_dir
     warm.optim.lr = float(d.binding_lr)
