@@ -152,26 +152,6 @@ def test_tfds_builder_records_are_evaluable(tmp_path):
     assert frames.shape == (f, 32, 32, 3) and abs(int(frames.astype(int).mean()) - 100) <= 2
 
 
-def test_eval_restores_parameters_only(tmp_path):
-    """A training checkpoint's params come back without the optimizer state being requested or allocated."""
-    import jax
-    from llavaction_jax.eval.checkpoint import restore_params_only
-    from llavaction_jax.train.checkpointing import Checkpointer
-    state = {"params": {"w": jnp.arange(12.0).reshape(3, 4), "b": jnp.ones(4)},
-             "opt_state": {"mu": jnp.full((3, 4), 7.0), "nu": jnp.full((3, 4), 9.0)}, "step": jnp.asarray(5)}
-    ckpt = Checkpointer(str(tmp_path / "ckpt"), async_save=False)
-    ckpt.save(5, state, {"k": 1}, {"c": 1})
-    ckpt.close()
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding) for k, v in state["params"].items()}
-    params = restore_params_only(str(tmp_path / "ckpt"), 5, abstract)
-    assert set(params) == {"w", "b"}
-    np.testing.assert_array_equal(np.asarray(params["w"]), np.arange(12.0).reshape(3, 4))
-    with pytest.raises(ValueError):
-        restore_params_only(str(tmp_path / "ckpt"), 5, dict(abstract, w=jax.ShapeDtypeStruct((4, 4), jnp.float32,
-                                                                                          sharding=sharding)))
-
-
 def test_tfrecord_duplicates_and_corrupt_bytes_are_user_errors(tmp_path):
     sample = _sample(0, _options(0), "B")
     jpegs = [records.encode_jpeg(np.zeros((32, 32, 3), np.uint8))] * 4

@@ -1,7 +1,8 @@
 """Load / import / export over the format registry (convert/formats): every call detects or names a format and
 hands the work to that format's module; nothing here knows one format from another.
 
-  load_pretrained(path)            any readable checkpoint -> (sharded model, full config)
+  load_pretrained(path)            any readable checkpoint -> (sharded model, full config); the one reader of
+                                   training checkpoints (a run dir or a step dir: the config the run saved)
   import_checkpoint(src, dst)      any readable checkpoint -> our Orbax params dir (formats/orbax.py)
   export_checkpoint(src, dst, f)   any readable checkpoint -> format f
   export_model(model, cfg, dst, f) an in-memory model -> format f
@@ -12,6 +13,7 @@ from typing import Optional, Sequence
 
 from llavaction_jax.convert import common
 from llavaction_jax.convert.formats import detect_format, get as get_format, orbax as orbax_format, writer
+from llavaction_jax.convert.formats import train as train_format
 
 __all__ = ["detect_format", "export_checkpoint", "export_model", "full_config", "import_checkpoint",
            "load_pretrained"]
@@ -39,17 +41,24 @@ def load_pretrained(path: str, dtype=None, mesh=None, config_overrides=None, all
     """Loads a checkpoint directory of any registered format (HF, llava_qwen, an Orbax dir from `convert
     import`, a training checkpoint, ...).
 
-    Returns (model, config): config is the full base config (configs/base.py) whose `model` section comes
-    from the checkpoint (its own config wins over defaults) + `config_overrides` (dotted keys).
+    Returns (model, config). A training checkpoint (its workdir, checkpoints dir or one step dir; the latest
+    committed step unless a step dir is given): config is the training config the run saved (tokenizer, frame
+    count, video layout, evals), paths absolute. Any other format: the full base config (configs/base.py) whose
+    `model` section comes from the checkpoint. Either way `config.model` is the checkpoint's model section +
+    `config_overrides` (dotted keys).
     `dtype` sets the parameter dtype (default: the checkpoint's, so bf16 stays bf16). Params are placed in
     their shardings on `mesh` (default: all devices, data parallel). `allow_missing`: regexes of parameter
     paths that may be absent and are then initialised by the model (e.g. '^action/' for LLaVA-Video).
     """
-    loaded = _load(path, detect_format(path), mesh, dtype=dtype, config_overrides=config_overrides,
+    fmt = detect_format(path)
+    loaded = _load(path, fmt, mesh, dtype=dtype, config_overrides=config_overrides,
                    allow_missing=allow_missing, rules=rules)
     if loaded.unused_keys:
         log.info("%s: expected unused checkpoint keys (not loaded): %s", path, loaded.unused_keys)
-    config = full_config(loaded.model_cfg)
+    if fmt == train_format.NAME:
+        config = train_format.train_config(loaded.train_config, loaded.model_cfg)
+    else:
+        config = full_config(loaded.model_cfg)
     if rules is not None:
         config.sharding_rules = tuple(rules)
     return loaded.model, config

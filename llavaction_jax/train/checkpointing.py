@@ -85,6 +85,27 @@ class Checkpointer:
         self._mngr.close()
 
 
+# Config fields that hold local paths or URLs (data fields: comma-separated globs). Saved absolute, so a run's
+# config.json and checkpoints read the same from any working directory (eval / predict / export on the run).
+PATH_FIELDS = (("data", "train_files"), ("data", "eval_files"), ("data", "tokenizer_path"), ("train", "init_from"),
+               ("train", "compilation_cache_dir"))
+EVAL_PATH_FIELDS = ("data", "video_root", "fps_csv")     # of each entry of config.evals
+
+
+def absolute_path(value: str) -> str:
+    """Each comma-separated local path made absolute; URLs (gs://, file://) and "" unchanged."""
+    parts = [p.strip() for p in str(value).split(",")]
+    return ",".join(p if not p or fs.is_url(p) else os.path.abspath(os.path.expanduser(p)) for p in parts)
+
+
 def config_to_dict(config) -> dict:
-    """JSON-safe dict of an ml_collections config (tuples become lists)."""
-    return json.loads(config.to_json_best_effort())
+    """JSON-safe dict of an ml_collections config (tuples become lists), its paths absolute (PATH_FIELDS)."""
+    d = json.loads(config.to_json_best_effort())
+    for section, key in PATH_FIELDS:
+        if isinstance(d.get(section, {}).get(key), str):
+            d[section][key] = absolute_path(d[section][key])
+    for entry in (d.get("evals") or {}).values():
+        for key in EVAL_PATH_FIELDS:
+            if isinstance(entry, dict) and isinstance(entry.get(key), str):
+                entry[key] = absolute_path(entry[key])
+    return d

@@ -1,13 +1,17 @@
 """A training checkpoint (format "train"): <workdir>/checkpoints/<step>/{state, data, config} from llavaction_jax.train.
 
-Read only: the parameters (the `params` entry of the `state` item; the optimizer state is never read) and the
-config (the `config` item), both through Orbax's public API. Accepts the workdir, its checkpoints dir or a
-step dir; picks the latest committed step (Orbax renames a step dir to its number only when the save
-committed).
+The one reader of training checkpoints (eval, predict, export and `train.init_from` all come through
+`load_pretrained`). Read only: the parameters (the `params` entry of the `state` item; the optimizer state is
+never read) and the config (the `config` item), both through Orbax's public API. Accepts the workdir, its
+checkpoints dir or a step dir; picks the latest committed step (Orbax renames a step dir to its number only
+when the save committed), or the one `step_dir(path, step)` names.
 """
 import os
 from typing import Optional, Sequence
 
+import ml_collections
+
+from llavaction_jax.cli import UserError
 from llavaction_jax.convert import common, hf_processor, model_card
 from llavaction_jax.convert.formats import orbax as orbax_format
 
@@ -19,18 +23,45 @@ NOT_WRITABLE = ("training checkpoints are written by `python -m llavaction_jax.t
                 "params dir of this model")
 
 
-def step_dir(path: str) -> Optional[str]:
-    """The step dir of the latest committed step under `path` (workdir, checkpoints dir or step dir), or None."""
-    def is_step(d):
-        return os.path.isdir(os.path.join(d, STATE_ITEM)) and os.path.isdir(os.path.join(d, CONFIG_ITEM))
-    if is_step(path):
-        return path
+def _is_step(d: str) -> bool:
+    return os.path.isdir(os.path.join(d, STATE_ITEM)) and os.path.isdir(os.path.join(d, CONFIG_ITEM))
+
+
+def _steps(path: str):
+    """(checkpoints dir, its committed steps) of a workdir or checkpoints dir, or (None, [])."""
     for d in (path, os.path.join(path, "checkpoints")):
         if os.path.isdir(d):
-            steps = [int(n) for n in os.listdir(d) if n.isdigit() and is_step(os.path.join(d, n))]
+            steps = sorted(int(n) for n in os.listdir(d) if n.isdigit() and _is_step(os.path.join(d, n)))
             if steps:
-                return os.path.join(d, str(max(steps)))
-    return None
+                return d, steps
+    return None, []
+
+
+def step_dir(path: str) -> Optional[str]:
+    """The step dir of the latest committed step under `path` (workdir, checkpoints dir or step dir), or None."""
+    if _is_step(path):
+        return path
+    d, steps = _steps(path)
+    return os.path.join(d, str(steps[-1])) if steps else None
+
+
+def select_step(path: str, step: int) -> str:
+    """The step dir of committed step `step` of the run at `path` (workdir or checkpoints dir); a UserError
+    listing the steps there otherwise."""
+    d, steps = _steps(path)
+    if step not in steps:
+        raise UserError(f"no committed checkpoint step {step}", path,
+                        f"one of the run's steps {steps}" if steps else "a training workdir (llavaction_jax.train)")
+    return os.path.join(d, str(step))
+
+
+def run_dir(path: str) -> str:
+    """The workdir of a training checkpoint (`path`: workdir, checkpoints dir or step dir)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(step_dir(path))))
+
+
+def step_of(path: str) -> int:
+    return int(os.path.basename(os.path.abspath(step_dir(path))))
 
 
 def detect(path: str) -> bool:
@@ -46,6 +77,17 @@ def saved_config(path: str) -> dict:
     if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
         raise ValueError(f"{item}: the saved config has no 'model' section")
     return saved
+
+
+def train_config(saved: dict, model_cfg=None) -> ml_collections.ConfigDict:
+    """The saved training config as the ConfigDict the run trained with; `model_cfg` replaces its model section
+    (the loaded model's, with dtype / overrides)."""
+    config = ml_collections.ConfigDict(saved)
+    # JSON turned tuples into lists; the model config and sharding rules expect tuples.
+    config.model = model_cfg if model_cfg is not None else common.model_config_from_dict(saved["model"])
+    config.sharding_rules = tuple((r[0], tuple(r[1]) if isinstance(r[1], list) else r[1])
+                                  for r in saved.get("sharding_rules") or ())
+    return config
 
 
 def read_config(path: str, config_overrides=None, dtype=None):
