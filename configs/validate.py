@@ -150,10 +150,21 @@ NAMED_SECTIONS = {"evals": _eval_entry_rules}
 NULLABLE = ("optim.grad_clip_norm", "model.attention_impl")
 
 
+def known_keys() -> list:
+    """Every dotted key ("config.train.num_steps") of configs/base.py and of the optional sections."""
+    return _dotted_keys(base.get_base_config()) + [f"{ROOT}.{s}.{k}" for s, f in OPTIONAL_SECTIONS.items()
+                                                   for k in f()]
+
+
+def lookup(config, key: str):
+    """The value at dotted `key` ("train.num_steps") of `config`."""
+    return _lookup(config, key)
+
+
 def validate(config) -> Any:
     """Check `config` (see the module docstring); returns it unchanged. Raises cli.UserError."""
     base_config = base.get_base_config()
-    known = _dotted_keys(base_config) + [f"{ROOT}.{s}.{k}" for s, f in OPTIONAL_SECTIONS.items() for k in f()]
+    known = known_keys()
     _check_section(config, base_config, ROOT, known)
     for key, rule in base_rules().items():
         _apply(rule, _lookup(config, key), f"{ROOT}.{key}")

@@ -1,6 +1,7 @@
 """Plan a run before renting chips: compile the real train step for a TPU topology on this (CPU) machine.
 
-python -m llavaction_jax.aot --config configs/llavaction_7b.py [--topology v5p:2x2x2] [--config.x=y ...]
+llavaction-aot --config configs/llavaction_7b.py [--topology v5p:2x2x2] [--config.x=y ...]
+(or python -m llavaction_jax.aot ...; TPU topologies need the `tpu` extra: pip install ".[tpu]")
 
 Uses libtpu's topology description (no TPU needed): the mesh comes from config.mesh over the topology's
 devices, the state and batch are abstract (ShapeDtypeStructs with shardings), and XLA's memory analysis of the
@@ -34,6 +35,8 @@ import sys
 import time
 from typing import Optional
 
+from configs import loader
+from llavaction_jax import argparsing, cli
 from llavaction_jax.cli import UserError
 
 GiB = 1024 ** 3
@@ -322,39 +325,47 @@ def compile_train_step(config, devices, topology: str = "", *, count_flops: bool
         peak_flops_per_device=metrics_lib.peak_flops_per_device(kind), **mem_fields)
 
 
-def main(argv):
-    del argv
-    from configs import validate
-    config = validate.validate(_CONFIG.value)
-    topology = _TOPOLOGY.value or config.aot.topology
+def build_parser() -> argparsing.ArgumentParser:
+    p = argparsing.ArgumentParser(prog="llavaction-aot", description=__doc__, epilog=loader.keys_help())
+    p.add_argument("--config", required=True, metavar="FILE[:ARG]",
+                   help="config file with get_config([ARG]); --config.<key>=<value> overrides any key listed below")
+    p.add_argument("--topology", default="", help="TPU topology, e.g. v5e:2x2, v5p:2x2x2, v6e:4x4 "
+                   "(default: config.aot.topology)")
+    p.add_argument("--num_slices", type=int, default=1, help="number of slices (multi-slice / DCN)")
+    p.add_argument("--json_out", default="", help="also write the report as JSON here")
+    p.add_argument("--noflops", dest="flops", action="store_false",
+                   help="memory only: skip the executed-FLOP count (from the traced step; no extra compile)")
+    p.add_argument("--text_tokens", type=int, default=DEFAULT_TEXT_TOKENS,
+                   help="text tokens of a typical sample, for the model FLOPs")
+    return p
+
+
+def aot_main(argv=None) -> int:
+    rest, overrides = loader.split_overrides(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(rest)
+    config = loader.load(args.config, overrides)
+    topology = args.topology or config.aot.topology
     if not topology:
         raise UserError("no topology", "--topology / config.aot.topology", "e.g. v5p:2x2x2")
     try:
-        devices = topology_devices(topology, _SLICES.value)
-        report = compile_train_step(config, devices, topology, count_flops=_FLOPS.value,
-                                    text_tokens=_TEXT_TOKENS.value)
+        devices = topology_devices(topology, args.num_slices)
+        report = compile_train_step(config, devices, topology, count_flops=args.flops,
+                                    text_tokens=args.text_tokens)
     except ValueError as e:
         raise UserError(str(e), f"--topology {topology}") from None
     for line in report.lines():
         print(line, flush=True)
-    if _JSON.value:
-        with open(_JSON.value, "w") as f:
+    if args.json_out:
+        with open(args.json_out, "w") as f:
             json.dump(dict(dataclasses.asdict(report), flops_ratio=report.flops_ratio,
                            ideal_step_s=report.ideal_step_s, headroom=report.headroom), f, indent=1)
     return 0 if report.fits is not False else 3
 
 
+def main(argv=None) -> int:
+    """The console script / `python -m` entry: the exit status under llavaction_jax.cli's convention."""
+    return cli.run(aot_main, argv)
+
+
 if __name__ == "__main__":
-    from absl import flags
-    from ml_collections import config_flags
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file (path[:arg]).")
-    _TOPOLOGY = flags.DEFINE_string("topology", "", "TPU topology, e.g. v5e:2x2, v5p:2x2x2, v6e:4x4 "
-                                    "(default: config.aot.topology).")
-    _SLICES = flags.DEFINE_integer("num_slices", 1, "Number of slices (multi-slice / DCN).")
-    _JSON = flags.DEFINE_string("json_out", "", "Also write the report as JSON here.")
-    _FLOPS = flags.DEFINE_boolean("flops", True, "Count executed FLOPs (from the traced step; no extra compile).")
-    _TEXT_TOKENS = flags.DEFINE_integer("text_tokens", DEFAULT_TEXT_TOKENS,
-                                        "Text tokens of a typical sample, for the model FLOPs.")
-    flags.mark_flags_as_required(["config"])
-    from llavaction_jax import argparsing
-    argparsing.run_absl(main, __doc__, aliases=("num_slices", "json_out", "text_tokens"))
+    sys.exit(main())

@@ -1,12 +1,17 @@
-"""argparse with the project's flag conventions, for every command-line tool.
+"""argparse with the project's flag conventions, the one parser library of every command-line tool.
 
 - Flags are spelled with underscores (`--video_root`); the dash spelling (`--video-root`) is accepted as an alias
   (and a flag declared with dashes gets its underscore spelling), so either style works everywhere.
-- `--help` shows each option's default.
+- Every flag has help text (a flag declared without is a TypeError when the parser is built), and `--help`
+  shows each option's default and the whole description, examples included.
+- Every tool answers `--version`, `--verbose` (llavaction_jax.logs: the library and TF/JAX/Orbax logs that are
+  hidden by default) and `--debug` (the traceback of a user error too, llavaction_jax.cli).
 - Bad flags exit 2 with argparse's usage line and one `error:` line, as llavaction_jax.cli does for other
   user errors.
 """
 import argparse
+
+from llavaction_jax import __version__, logs
 
 __all__ = ["ArgumentParser", "HelpFormatter"]
 
@@ -49,126 +54,54 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             action.option_strings = saved
 
 
+def _checked(names, kwargs):
+    if not kwargs.get("help"):
+        raise TypeError(f"argument {'/'.join(names)} has no help text (every flag says what it does)")
+    return _spellings(names), kwargs
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    def __init__(self, *args, **kwargs):
+    """`common_flags`: add --version / --verbose / --debug (a subcommand's parser leaves them to its parent)."""
+
+    def __init__(self, *args, common_flags: bool = True, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+        if common_flags:
+            self.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                              help="print the version and exit")
+            self.add_argument("--verbose", action="store_true",
+                              help="show the TensorFlow / JAX / Orbax start-up and checkpoint logs hidden by default")
+            self.add_argument("--debug", action="store_true",
+                              help="show the traceback of a user error too (or set LLAVACTION_DEBUG=1)")
 
     def add_argument(self, *names, **kwargs):
-        return super().add_argument(*_spellings(names), **_with_default_help(kwargs))
+        names, kwargs = _checked(names, kwargs)
+        return super().add_argument(*names, **kwargs)
 
     def add_argument_group(self, *args, **kwargs):
-        group = super().add_argument_group(*args, **kwargs)
-        _patch(group)
-        return group
+        return _patch(super().add_argument_group(*args, **kwargs))
 
     def add_mutually_exclusive_group(self, **kwargs):
-        group = super().add_mutually_exclusive_group(**kwargs)
-        _patch(group)
-        return group
+        return _patch(super().add_mutually_exclusive_group(**kwargs))
+
+    def add_subparsers(self, **kwargs):
+        kwargs.setdefault("parser_class", _SubcommandParser)
+        return super().add_subparsers(**kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, rest = super().parse_known_args(args, namespace)
+        if hasattr(parsed, "verbose"):
+            logs.configure(verbose=bool(parsed.verbose))
+        return parsed, rest
 
 
-def _with_default_help(kwargs):
-    # argparse prints no help line (so no default) for an option without help text.
-    if not kwargs.get("help") and kwargs.get("default") not in (None, False, argparse.SUPPRESS):
-        kwargs = dict(kwargs, help="(default: %(default)s)")
-    return kwargs
+class _SubcommandParser(ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("common_flags", False)
+        super().__init__(*args, **kwargs)
 
 
 def _patch(group):
     add = group.add_argument
-    group.add_argument = lambda *names, **kwargs: add(*_spellings(names), **_with_default_help(kwargs))
-
-
-HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "-?")
-
-
-def run_absl(main, doc: str, *, aliases=(), user_errors=()) -> None:
-    """`absl.app.run(main)` under the same conventions as the argparse tools: each flag in `aliases` also
-    answers to its dash spelling, `--help` prints `doc` and the flags with their defaults and exits 0 (absl
-    exits 1), a bad flag is one `error:` line and exit 2 (absl: exit 1), and `main`'s user errors follow
-    llavaction_jax.cli (exit 2, one line)."""
-    import sys
-    from absl import app, flags
-    from llavaction_jax import cli
-    for name in aliases:
-        flags.DEFINE_alias(name.replace("_", "-"), name)
-    if any(a in HELP_FLAGS for a in sys.argv[1:]):
-        flags.FLAGS.mark_as_parsed()
-        print(doc)
-        print(flags.FLAGS.main_module_help())
-        sys.exit(0)
-
-    def parse(argv):
-        try:
-            return parse_flags(argv)
-        except cli.UserError as e:
-            sys.exit(cli.report_user_error(e))
-
-    app.run(lambda argv: sys.exit(cli.run(main, argv, user_errors=tuple(user_errors))), flags_parser=parse)
-
-
-def parse_flags(argv):
-    """absl's `flags.FLAGS(argv)` with its errors as cli.UserError: a bad flag value, and an ml_collections
-    `--config.<path>` override naming a key the config does not have (absl lets that one through as a bare
-    KeyError / AttributeError)."""
-    from absl import flags
-    from llavaction_jax.cli import UserError
-    try:
-        return flags.FLAGS(argv)
-    except flags.IllegalFlagValueError as e:
-        raise bad_config_override(e) or UserError(str(e)) from None
-    except flags.Error as e:
-        raise UserError(str(e)) from None
-    except (KeyError, AttributeError) as e:
-        err = unknown_config_override(e, argv)
-        if err is None:
-            raise
-        raise err from None
-
-
-_PARSER_KINDS = {"IntegerParser": "an int", "FloatParser": "a float (or an int)", "BooleanParser": "a bool",
-                 "TupleParser": "a tuple"}
-
-
-def bad_config_override(err: BaseException):
-    """For `--config.<path>=v` whose value does not parse as the field's type (ml_collections gives the override
-    the base default's parser): the UserError naming config.<path> and the type, or None for another flag."""
-    import re
-    from absl import flags
-    from llavaction_jax.cli import UserError
-    match = re.match(r"flag --(\w+\.[\w.]+)=(.*?): (.*)$", str(err), re.S)
-    if not match or match.group(1) not in flags.FLAGS:
-        return None
-    kind = _PARSER_KINDS.get(type(flags.FLAGS[match.group(1)].parser).__name__)
-    if kind is None:
-        return None
-    reason = match.group(3)
-    return UserError(f"bad config value {match.group(2)!r}", match.group(1),
-                     kind if reason.startswith("(") else f"{kind} ({reason})")
-
-
-def unknown_config_override(err: BaseException, argv):
-    """The UserError for `--config.<path>=v` naming a key the (locked) ml_collections config lacks, or None.
-
-    ml_collections' message quotes the key and may add `Did you mean "x"`; the override in `argv` holding that
-    key gives the dotted path (configs/validate.py words the same error for keys set in a config file)."""
-    import re
-    from llavaction_jax.cli import UserError
-    while err.args and isinstance(err.args[0], BaseException):
-        err = err.args[0]
-    message = str(err.args[0]) if err.args else ""
-    key = re.match(r"'(\w+)'", message)
-    if not key:
-        return None
-    key = key.group(1)
-    for arg in argv[1:]:
-        override = re.match(r"--?(?:no)?(\w+)\.([\w.]+)", arg)
-        if override and key in override.group(2).split("."):
-            flag, parts = override.group(1), override.group(2).split(".")
-            path = ".".join([flag] + parts[:parts.index(key) + 1])
-            close = re.search(r'Did you mean "(\w+)"', message)
-            hint = (f"did you mean {path.rsplit('.', 1)[0]}.{close.group(1)}?" if close
-                    else f"a key of the config under {path.rsplit('.', 1)[0]}")
-            return UserError(f"unknown config key {key!r}", path, hint)
-    return None
+    group.add_argument = lambda *names, **kwargs: add(*_checked(names, kwargs)[0], **kwargs)
+    return group

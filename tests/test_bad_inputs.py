@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -118,29 +119,15 @@ def test_convert_truncated_safetensors_names_the_file(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------------------------- train
 @pytest.fixture()
-def train_flags(monkeypatch):
-    """Parses the train CLI's absl flags in-process (as `python -m llavaction_jax.train ARGS` does; the config
-    overrides are read from sys.argv by ml_collections, so it is set too)."""
-    from absl import flags
-    from llavaction_jax import argparsing
+def train_flags():
+    """The train CLI with its flags bound (what `llavaction-train ARGS` runs): `.main()` parses them (config file,
+    --config.<key> overrides) and trains, returning the exit status."""
     from llavaction_jax.train import __main__ as train_cli
 
     def parse(*args):
-        argv = ["llavaction_jax.train", "--config", os.path.join(REPO_ROOT, "configs", "tiny.py"), *args]
-        monkeypatch.setattr(sys, "argv", argv)
-        reset()
-        argparsing.parse_flags(argv)          # what argparsing.run_absl does before main (UserError on bad flags)
-        return train_cli
-
-    def reset():
-        # ml_collections defines one `--config.<field>` flag per override at parse time: drop them so the next
-        # in-process parse (a real CLI parses once) can define them again.
-        for name in [n for n in flags.FLAGS if n.startswith("config.")]:
-            delattr(flags.FLAGS, name)
-        flags.FLAGS.unparse_flags()
-
-    yield parse
-    reset()
+        argv = ["--config", os.path.join(REPO_ROOT, "configs", "tiny.py"), *args]
+        return types.SimpleNamespace(main=lambda _argv=None: train_cli.main(argv))
+    return parse
 
 
 @pytest.mark.parametrize("override, field", [
@@ -162,16 +149,18 @@ REMAT_POLICIES = ("('none', 'full', 'save_qkv_proj', 'save_dot_except_mlp', 'sav
 
 
 @pytest.mark.parametrize("override, line", [
-    # unknown key (ml_collections' locked config at flag parsing), with the closest known key
+    # unknown key, with the closest known key
     ("--config.train.num_step=5", "error: unknown config key 'num_step' (config.train.num_step): did you mean "
                                   "config.train.num_steps?"),
     ("--config.trian.num_steps=5", "error: unknown config key 'trian' (config.trian): did you mean config.train?"),
-    # wrong type (the override's parser is the base default's type)
+    # wrong type (the override parses as the type of the config file's value)
     ("--config.train.num_steps=1.5", "error: bad config value '1.5' (config.train.num_steps): an int (invalid "
                                      "literal for int() with base 10: '1.5')"),
-    ("--config.train.progress_bar=maybe", "error: bad config value 'maybe' (config.train.progress_bar): a bool"),
-    ("--config.data.length_buckets=(128,x)", "error: bad config value ('(128,x)',) (config.data.length_buckets): a "
-                                             "tuple of values, each an int >= 1"),
+    ("--config.train.progress_bar=maybe", "error: bad config value 'maybe' (config.train.progress_bar): a bool "
+                                          "(true or false)"),
+    ("--config.data.length_buckets=(128,x)", "error: bad config value '(128,x)' (config.data.length_buckets): a "
+                                             "tuple (a Python literal) (malformed node or string on line 1: "
+                                             "<ast.Name object at"),
     # out of range, bad enum (configs/validate.py)
     ("--config.data.num_frames=0", "error: bad config value 0 (config.data.num_frames): >= 1"),
     ("--config.eval.max_samples=-1", "error: bad config value -1 (config.eval.max_samples): >= 0"),
@@ -193,7 +182,7 @@ def test_train_refuses_bad_config(tmp_path, capsys, train_flags, override, line)
     """Every class of config error through the train CLI's own flag parsing and main: exit 2, one line naming
     the key, nothing written."""
     assert cli.run(lambda: train_flags("--workdir", str(tmp_path / "w"), override).main([])) == 2
-    assert one_error(capsys) == line
+    assert one_error(capsys).startswith(line) if "<ast." in line else one_error(capsys) == line
     assert not (tmp_path / "w").exists()
 
 
@@ -224,7 +213,7 @@ def test_train_init_from_another_model_size_is_one_line(capsys):
     def main():
         raise CheckpointMismatchError("init_from /ckpt: parameter 'llm/norm/scale' has shape (64,) in the\n"
                                       "checkpoint but (32,) in this model (checkpoint from another model size?)")
-    assert cli.run(main, user_errors=train_cli._user_errors()) == 2
+    assert cli.run(main, user_errors=train_cli.USER_ERRORS) == 2
     assert one_error(capsys) == ("error: init_from /ckpt: parameter 'llm/norm/scale' has shape (64,) in the "
                                  "checkpoint but (32,) in this model (checkpoint from another model size?)")
 
@@ -272,7 +261,7 @@ def test_train_help_and_flag_errors_follow_the_convention():
     run = lambda *a: subprocess.run([sys.executable, "-m", "llavaction_jax.train", *a], cwd=REPO_ROOT, env=_env(),
                                     capture_output=True, text=True, timeout=120)
     proc = run("--help")
-    assert proc.returncode == 0 and "--workdir" in proc.stdout and "(default: 'None')" in proc.stdout
+    assert proc.returncode == 0 and "--workdir" in proc.stdout and "--config.train.num_steps=1000" in proc.stdout
     proc = run("--config", "configs/tiny.py", "--workdir", "/tmp/unused", "--config.optim.lr=fast")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == ("error: bad config value 'fast' (config.optim.lr): a float (or "

@@ -2,6 +2,7 @@
 filtered, metrics.jsonl without duplicate steps after a resume)."""
 import json
 import logging
+import os
 
 import pytest
 
@@ -10,10 +11,10 @@ from llavaction_jax import argparsing
 
 def test_underscore_flags_with_dash_aliases_and_defaults_in_help(capsys):
     p = argparsing.ArgumentParser(prog="x")
-    p.add_argument("--video_root", required=True)
-    p.add_argument("--label-csvs", nargs="*", default=None)        # declared with dashes: underscore added
+    p.add_argument("--video_root", required=True, help="videos")
+    p.add_argument("--label-csvs", nargs="*", default=None, help="csvs")   # declared with dashes: underscore added
     p.add_argument("--num_frames", type=int, default=16, help="frames per clip")
-    p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--no_progress", action="store_true", help="no bar")
     a = p.parse_args(["--video-root", "v", "--label_csvs", "a.csv", "--num-frames", "8"])
     assert (a.video_root, a.label_csvs, a.num_frames, a.no_progress) == ("v", ["a.csv"], 8, False)
     assert p.parse_args(["--video_root", "w", "--label-csvs"]).label_csvs == []
@@ -42,19 +43,29 @@ def test_every_argparse_cli_help_exits_0_with_defaults(capsys, module, argv):
                 line.lstrip()[2:].split()[0].split(",")[0]], "a dash-spelled flag in --help"
 
 
-def test_orbax_info_lines_are_dropped_but_its_warnings_kept():
+def test_orbax_info_and_metadata_warning_are_dropped_unless_verbose():
     from absl import logging as absl_logging
-    from llavaction_jax.train.__main__ import quiet_orbax
-    quiet_orbax()
-    quiet_orbax()                                        # idempotent: one filter
+    from llavaction_jax import logs
+    logs.configure()
+    logs.configure()                                     # idempotent: one filter
     logger = absl_logging.get_absl_logger()
-    assert sum(getattr(f, "__name__", "") == "_not_orbax_info" for f in logger.filters) == 1
+    assert sum(f is logs._drop_noise for f in logger.filters) == 1
 
-    def record(level, path):
-        return logging.LogRecord("absl", level, path, 1, "m", None, None)
-    assert not logger.filter(record(logging.INFO, "/x/site-packages/orbax/checkpoint/checkpoint_manager.py"))
-    assert logger.filter(record(logging.WARNING, "/x/site-packages/orbax/checkpoint/checkpoint_manager.py"))
+    def record(level, path, msg="m"):
+        return logging.LogRecord("absl", level, path, 1, msg, None, None)
+    orbax = "/x/site-packages/orbax/checkpoint/checkpoint_manager.py"
+    assert not logger.filter(record(logging.INFO, orbax))
+    assert not logger.filter(record(logging.WARNING, orbax, "Metadata file does not exist: /r/1/_CHECKPOINT_METADATA"))
+    assert logger.filter(record(logging.WARNING, orbax))
     assert logger.filter(record(logging.INFO, "/x/llavaction_jax/train/checkpointing.py"))
+    assert logging.getLogger("jax._src.xla_bridge").level == logging.WARNING     # no "Unable to initialize backend"
+    try:
+        logs.configure(verbose=True)
+        assert logger.filter(record(logging.INFO, orbax))
+        assert logging.getLogger("jax._src.xla_bridge").level == logging.NOTSET
+    finally:
+        os.environ.pop(logs.VERBOSE_ENV, None)
+        logs.configure()
 
 
 def test_metrics_rows_after_the_resume_step_are_dropped(tmp_path):

@@ -4,7 +4,6 @@ import importlib
 import json
 import os
 import sys
-import types
 
 import ml_collections
 import pytest
@@ -147,16 +146,14 @@ def test_optional_demo_section_has_its_own_rules():
     assert _error(c).startswith("error: missing config key (config.demo.accuracy_target)")
 
 
-def test_demo_and_aot_clis_validate_before_anything(tmp_path, capsys, monkeypatch):
+def test_demo_and_aot_clis_validate_before_anything(tmp_path, capsys):
     """The demo's and the AOT planner's entry points check the config first (exit 2, one line, nothing made)."""
     from llavaction_jax import aot, cli, demo
     assert cli.run(demo.main, ["--workdir", str(tmp_path / "demo"), "--steps", "0"]) == 2
     assert capsys.readouterr().err == ("error: bad config value 0 (config.train.num_steps): an integer >= 1\n")
     assert not (tmp_path / "demo").exists()
-    config = importlib.import_module("configs.llavaction_7b").get_config("v5p-8")
-    config.model.attention_impl = "flash"
-    monkeypatch.setattr(aot, "_CONFIG", types.SimpleNamespace(value=config), raising=False)
-    assert cli.run(aot.main, []) == 2
+    assert aot.main(["--config", os.path.join(REPO_ROOT, "configs", "llavaction_7b.py:v5p-8"),
+                     "--config.model.attention_impl=flash"]) == 2
     assert capsys.readouterr().err.startswith("error: bad config value 'flash' (config.model.attention_impl): ")
     sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
     try:
