@@ -23,22 +23,27 @@ TASKS = ("mcq", "direct_narration", "temporal_detection", "convert_ek100", "vide
 
 def build_parser() -> argparsing.ArgumentParser:
     p = argparsing.ArgumentParser(prog="python -m data_prep.make_instructions", description=__doc__)
-    p.add_argument("--task", choices=TASKS, required=True)
+    p.add_argument("--task", choices=TASKS, required=True, help="the instruction task to build")
     p.add_argument("--annotations", default=None, help="EK100 segment CSV (required except for video_qa)")
     p.add_argument("--label_csvs", nargs="*", default=None, help="label-space CSVs (default: see make_mqa)")
-    p.add_argument("--class_dir", default=None)
+    p.add_argument("--class_dir", default=None, help="folder with the verb/noun class CSVs (default: the "
+                   "annotations' folder)")
     p.add_argument("--predictions", default=None, help="action-model top-k JSON (mcq with --mode train)")
     p.add_argument("--source", default="avion", help="distractor source name (mcq, convert_ek100)")
     p.add_argument("--mode", choices=("train", "random"), default="train", help="mcq distractors")
-    p.add_argument("--k", type=int, default=5)
-    p.add_argument("--representation", choices=mqa.REPRESENTATIONS, default="GT_random_narration")
-    p.add_argument("--prior_fraction", type=float, default=instructions.DEFAULT_PRIOR_FRACTION)
-    p.add_argument("--max_gap", type=float, default=instructions.DEFAULT_MAX_GAP)
+    p.add_argument("--k", type=int, default=5, help="options per question (mcq)")
+    p.add_argument("--representation", choices=mqa.REPRESENTATIONS, default="GT_random_narration",
+                   help="how an action is written as an option")
+    p.add_argument("--prior_fraction", type=float, default=instructions.DEFAULT_PRIOR_FRACTION,
+                   help="fraction of mcq questions that state the previous actions")
+    p.add_argument("--max_gap", type=float, default=instructions.DEFAULT_MAX_GAP,
+                   help="largest gap (s) between a segment and the previous actions it mentions")
     p.add_argument("--delta", type=float, default=instructions.DEFAULT_DELTA, help="temporal detection padding (s)")
     p.add_argument("--input", default=None, help="external JSONL (convert_ek100, video_qa)")
-    p.add_argument("--allow_unseen_actions", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--allow_unseen_actions", action="store_true",
+                   help="keep segments whose action is not in the label space")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--out", required=True, help="output instruction JSON")
     return p
 
 

@@ -25,11 +25,14 @@ def build_parser() -> argparsing.ArgumentParser:
     p.add_argument("--class_dir", default=None, help="folder with the verb/noun class CSVs (default: annotations')")
     p.add_argument("--predictions", default=None, help="AVION/TIM top-k JSON (not needed for --mode random)")
     p.add_argument("--source", default=None, help="distractor source recorded per question (tim, avion, ...)")
-    p.add_argument("--mode", choices=mqa.MODES, default="benchmark")
+    p.add_argument("--mode", choices=mqa.MODES, default="benchmark",
+                   help="benchmark / recognition: distractors from --predictions; train: for training; random: "
+                   "random distractors")
     p.add_argument("--k", type=int, default=None, help="options per question (default: 5, recognition 20)")
-    p.add_argument("--representation", choices=mqa.REPRESENTATIONS, default="GT_random_narration")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--representation", choices=mqa.REPRESENTATIONS, default="GT_random_narration",
+                   help="how an action is written as an option")
+    p.add_argument("--seed", type=int, default=0, help="random seed (option order, narrations)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes")
     p.add_argument("--allow_unseen_actions", action="store_true",
                    help="accept predicted actions missing from the label space (they get official-key texts)")
     p.add_argument("--out", default=None, help="output JSONL")

@@ -30,6 +30,8 @@ import av
 import numpy as np
 from PIL import Image
 
+from data_prep.ek100 import AnnotationError
+
 from data_prep.video import LAYOUTS, participant_of
 
 NOUN_COLOURS = np.array([
@@ -400,15 +402,15 @@ def main(argv=None) -> int:
                                 description="Write synthetic EK100-style videos for rows of an EK100 CSV and the "
                                             "CSV re-timed to match (a manual_dir for the ek100_mqa builder).")
     p.add_argument("--csv", required=True, help="EK100 segment CSV, e.g. EPIC_100_validation.csv")
-    p.add_argument("--out", required=True)
-    p.add_argument("--layout", default="original", choices=list(LAYOUTS))
-    p.add_argument("--max_rows", type=int, default=32)
+    p.add_argument("--out", required=True, help="output dir for the videos")
+    p.add_argument("--layout", default="original", choices=list(LAYOUTS), help="video layout to write")
+    p.add_argument("--max_rows", type=int, default=32, help="CSV rows to make clips for")
     p.add_argument("--video_ids", default="", help="comma-separated video ids to keep (default: all)")
-    p.add_argument("--fps", type=float, default=30.0)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--chunk_len", type=int, default=15)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max_clip_seconds", type=float, default=4.0)
+    p.add_argument("--fps", type=float, default=30.0, help="frame rate of the videos")
+    p.add_argument("--size", type=int, default=64, help="square frame side (pixels)")
+    p.add_argument("--chunk_len", type=int, default=15, help="seconds per chunk (chunks layout)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--max_clip_seconds", type=float, default=4.0, help="longest synthetic clip (s)")
     p.add_argument("--path", default="through", choices=list(PATHS), help="the object's path (PATHS)")
     args = p.parse_args(argv)
     summary = synthesize_from_csv(args.csv, args.out, args.layout, args.max_rows,
@@ -418,7 +420,9 @@ def main(argv=None) -> int:
     return 0
 
 
+# Library errors that mean bad input (each names its file).
+USER_ERRORS = (AnnotationError, FileNotFoundError)
+
 if __name__ == "__main__":
     from llavaction_jax import cli
-    from data_prep.ek100 import AnnotationError
-    sys.exit(cli.run(main, user_errors=(AnnotationError, FileNotFoundError)))
+    sys.exit(cli.run(main, user_errors=USER_ERRORS))

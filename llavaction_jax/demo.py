@@ -1,4 +1,5 @@
-"""The end-to-end demo: python -m llavaction_jax.demo --workdir DIR [--config configs/demo.py] [--steps N] [--skip_hf]
+"""The end-to-end demo: llavaction-demo --workdir DIR [--config configs/demo.py] [--steps N] [--skip_hf]
+(python -m llavaction_jax.demo ... is the same command)
 
 1. data:   real EK100 annotation rows (data_prep/assets/ek100_sample) of a few verbs x nouns -> synthetic EK-style
            clips (data_prep.synthetic: noun = colour/shape, verb = motion) -> synthetic action-model predictions with
@@ -323,13 +324,12 @@ def hf_roundtrip(config, model, tok, mesh, data: dict, workdir: str) -> dict:
     trained model's own video layout (grid newlines + action token) has no HF counterpart, so it cannot be
     compared directly.
     """
-    from llavaction_jax.torch_env import hide_triton
-    hide_triton()
-    try:
+    try:      # triton is already hidden (llavaction_jax/__init__.py): it crashes beside TensorFlow
         import torch
         from transformers import LlavaOnevisionForConditionalGeneration
     except ImportError as e:
-        return {"skipped": f"torch/transformers not importable ({e}); HF reload check skipped"}
+        return {"skipped": f"HF reload check skipped: torch/transformers not importable ({e}); "
+                           "pip install 'llavaction_jax[hf]' to run it"}
     import jax.numpy as jnp
     import llavaction_jax
     from llavaction_jax.eval import samples
@@ -472,8 +472,8 @@ def run(config, workdir: str, skip_hf: bool = False, quiet: bool = False) -> dic
 
 
 def main(argv=None) -> int:
-    import argparse
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from llavaction_jax import argparsing
+    parser = argparsing.ArgumentParser(prog="llavaction-demo", description=__doc__)
     parser.add_argument("--workdir", required=True, help="output directory (data, checkpoints, eval, export)")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="config file with get_config() (configs/demo.py)")
     parser.add_argument("--steps", type=int, default=None, help="override config.train.num_steps")
@@ -494,6 +494,11 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def console_main(argv=None) -> int:
+    """The console script / `python -m` entry: the exit status under llavaction_jax.cli's convention."""
     from llavaction_jax import cli
-    sys.exit(cli.run(main))
+    return cli.run(main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(console_main())

@@ -1,7 +1,11 @@
 """Answer one question about one video clip.
 
-python -m llavaction_jax.predict --checkpoint DIR --video FILE [--start S --end E]
+llavaction-predict --checkpoint DIR [--step N] --video FILE [--start S --end E]
     (--options "take plate" "open fridge" ... | --question "What am I doing?")
+(python -m llavaction_jax.predict ... is the same command)
+
+--checkpoint: a training workdir, its checkpoints dir, one step dir, or a converted / HF checkpoint dir; a training
+run's saved config gives the tokenizer, frame count and video layout.
 
 With --options the options get letters A, B, ... and the LLaVAction MCQ prompt (data_prep.prompts.mcq_prompt); the
 answer is printed from option-letter scoring and from greedy generation (parsed with the reference parser). With
@@ -84,8 +88,11 @@ def _batch_devices(mesh) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparsing.ArgumentParser(prog="python -m llavaction_jax.predict", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", required=True, help="training workdir or converted/HF checkpoint dir")
+    p = argparsing.ArgumentParser(prog="llavaction-predict", description=__doc__)
+    p.add_argument("--checkpoint", required=True, help="training workdir, checkpoints dir or step dir, or a "
+                   "converted/HF checkpoint dir")
+    p.add_argument("--step", type=int, default=None, help="that committed step of the training run at "
+                   "--checkpoint (default: the latest)")
     p.add_argument("--video", required=True, help="video file")
     p.add_argument("--start", type=float, default=None, help="clip start (s); default: start of the video")
     p.add_argument("--end", type=float, default=None, help="clip end (s); default: end of the video")
@@ -93,8 +100,10 @@ def main(argv=None) -> int:
     group.add_argument("--options", nargs="+", help="answer options (letters A, B, ... are added)")
     group.add_argument("--question", help="free-form question")
     p.add_argument("--tokenizer", default=None, help="dir with tokenizer.json (default: from the checkpoint)")
-    p.add_argument("--num_frames", type=int, default=None)
-    p.add_argument("--max_new_tokens", type=int, default=None)
+    p.add_argument("--num_frames", type=int, default=None, help="frames read from the clip (default: the "
+                   "checkpoint's config.data.num_frames)")
+    p.add_argument("--max_new_tokens", type=int, default=None, help="generation length (default: the "
+                   "checkpoint's config.eval.max_new_tokens)")
     args = p.parse_args(argv)
     if args.options is not None and not 2 <= len(args.options) <= len(LETTERS):
         raise UserError(f"--options needs 2..26 options, got {len(args.options)}", "--options")
@@ -105,7 +114,8 @@ def main(argv=None) -> int:
     from llavaction_jax.eval.samples import read_video_file
     from configs import validate
     check = validate.with_overrides({"data.num_frames": args.num_frames, "eval.max_new_tokens": args.max_new_tokens})
-    model, tok, config, mesh = load_for_eval(args.checkpoint, tokenizer=args.tokenizer, check_config=check)
+    model, tok, config, mesh = load_for_eval(args.checkpoint, tokenizer=args.tokenizer, check_config=check,
+                                           step=args.step)
     frames = read_video_file(args.video, start, end, int(config.data.num_frames),
                              int(config.model.vision.image_size))
     if args.options:
@@ -127,5 +137,10 @@ def _user_errors():
     return (VideoError, CheckpointMismatchError, FileNotFoundError)
 
 
+def console_main(argv=None) -> int:
+    """The console script / `python -m` entry: the exit status under llavaction_jax.cli's convention."""
+    return cli.run(main, argv, user_errors=_user_errors())
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main, user_errors=_user_errors()))
+    sys.exit(console_main())

@@ -42,7 +42,7 @@ def _described(names):
 
 def main(argv=None):
     from llavaction_jax.convert import api, formats
-    parser = argparsing.ArgumentParser(prog="python -m llavaction_jax.convert", description=__doc__)
+    parser = argparsing.ArgumentParser(prog="llavaction-convert", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     imp = sub.add_parser("import", help="checkpoint dir -> Orbax params dir (+ model_config.json)")
     imp.add_argument("--format", required=True, choices=sorted(formats.FORMATS),
@@ -57,7 +57,7 @@ def main(argv=None):
                      help="the destination's format: " + _described(formats.writable()))
     exp.add_argument("--extra_tensors", default=None,
                      help="llava_qwen: safetensors file/dir holding the dropped SigLIP layer to write back")
-    exp.add_argument("--max_shard_gb", type=float, default=2.0)
+    exp.add_argument("--max_shard_gb", type=float, default=2.0, help="largest safetensors shard (GB)")
     exp.add_argument("--allow_layout_change", action="store_true",
                      help="hf: export a grid-newline model anyway (HF computes the one_token layout)")
     exp.add_argument("--override", action="append", help="model config override key=value")
@@ -100,5 +100,10 @@ def _user_errors():
     return (CheckpointMismatchError, ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError)
 
 
+def console_main(argv=None) -> int:
+    """The console script / `python -m` entry: the exit status under llavaction_jax.cli's convention."""
+    return cli.run(main, argv, user_errors=_user_errors())
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main, user_errors=_user_errors()))
+    sys.exit(console_main())

@@ -1,10 +1,14 @@
-"""CLI: evaluate a checkpoint on one benchmark of the registry (llavaction_jax.eval.benchmarks): EK100-MQA,
+"""Evaluate a checkpoint on one benchmark of the registry (llavaction_jax.eval.benchmarks): EK100-MQA,
 EK100 recognition top-k, or generic video multiple choice.
 
-python -m llavaction_jax.eval --checkpoint DIR --data X.jsonl|'shards-*.tfrecord' [--video_root ROOT] --out OUT
-python -m llavaction_jax.eval --checkpoint WORKDIR --eval NAME --out OUT        # an entry of the run's config.evals
+llavaction-eval --checkpoint DIR --data X.jsonl|'shards-*.tfrecord' [--video_root ROOT] --out OUT
+llavaction-eval --checkpoint WORKDIR --eval NAME --out OUT        # an entry of the run's config.evals
+llavaction-eval --checkpoint WORKDIR --step 10 --data 'val-*.tfrecord' --out OUT   # one saved step
+(python -m llavaction_jax.eval ... is the same command)
 
---checkpoint: a training workdir (llavaction_jax.train) or a converted / HF checkpoint dir (see eval/checkpoint.py).
+--checkpoint: a training workdir (llavaction_jax.train), its checkpoints dir, one step dir (.../checkpoints/N), or a
+  converted / HF checkpoint dir. A training run's saved config gives the tokenizer, frame count and video layout.
+--step N: that committed step of the training run (default: the latest).
 --eval NAME: the entry NAME of the checkpoint's config.evals (its type, data and fields; flags given override them).
 --type: the benchmark (ek100_mqa, recognition, generic_mc); default the entry's, else from --data: a generic MC
   JSONL ({"video", "start", "end", "question", "options", "answer"} per line) is generic_mc, anything else ek100_mqa.
@@ -18,8 +22,9 @@ import json
 import os
 import sys
 
-from llavaction_jax import cli
+from llavaction_jax import argparsing, cli
 from llavaction_jax.cli import UserError
+from llavaction_jax.convert.mapping import CheckpointMismatchError
 
 # Flags that set a field of the benchmark entry (dest -> field); None = not given, the entry / defaults decide.
 _FIELD_FLAGS = {"data": "data", "video_root": "video_root", "video_layout": "video_layout", "chunk_len": "chunk_len",
@@ -28,9 +33,12 @@ _FIELD_FLAGS = {"data": "data", "video_root": "video_root", "video_layout": "vid
                 "allow_absolute_paths": "allow_absolute_paths", "k": "k"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m llavaction_jax.eval", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", required=True, help="training workdir or converted/HF checkpoint dir")
+def build_parser() -> argparsing.ArgumentParser:
+    p = argparsing.ArgumentParser(prog="llavaction-eval", description=__doc__)
+    p.add_argument("--checkpoint", required=True, help="training workdir, checkpoints dir or step dir, or a "
+                   "converted/HF checkpoint dir")
+    p.add_argument("--step", type=int, default=None, help="that committed step of the training run at "
+                   "--checkpoint (default: the latest)")
     p.add_argument("--data", default=None, help="MQA .jsonl, generic MC .jsonl, or TFRecord glob(s) "
                    "(default: the --eval entry's)")
     p.add_argument("--out", required=True, help="output dir for predictions, summary and report")
@@ -48,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="dir with tokenizer.json (default: from the checkpoint)")
     p.add_argument("--methods", default=None, help="comma list of letters,generate (default: config.eval.methods)")
     p.add_argument("--batch_size", type=int, default=None, help="global eval batch size (default: config)")
-    p.add_argument("--max_new_tokens", type=int, default=None)
+    p.add_argument("--max_new_tokens", type=int, default=None, help="generation length of the generate method "
+                   "(default: config.eval.max_new_tokens)")
     p.add_argument("--num_frames", type=int, default=None, help="frames per clip (default: config.data.num_frames)")
     p.add_argument("--no_time_instruction", action="store_true", help="do not insert the time instruction")
     p.add_argument("--limit", "--max_samples", dest="limit", type=int, default=None,
@@ -57,10 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generic MC: accept absolute video paths (default: every path must be under --video_root)")
     p.add_argument("--no_resume", action="store_true", help="ignore predictions an earlier run left in --out")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
-    p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
-    p.add_argument("--coordinator_address", default=None)
-    p.add_argument("--num_processes", type=int, default=None)
-    p.add_argument("--process_id", type=int, default=None)
+    p.add_argument("--coordinator_address", default=None, help="host:port of process 0 (multi-process; default: "
+                   "from the environment)")
+    p.add_argument("--num_processes", type=int, default=None, help="number of processes (multi-process)")
+    p.add_argument("--process_id", type=int, default=None, help="this process's index (multi-process)")
     return p
 
 
@@ -116,7 +125,7 @@ def main(argv=None) -> int:
     check = validate.with_overrides({"data.num_frames": args.num_frames, "eval.max_new_tokens": args.max_new_tokens,
                                      "data.add_time_instruction": False if args.no_time_instruction else None})
     model, tok, config, mesh, provenance = load_for_eval(args.checkpoint, tokenizer=args.tokenizer,
-                                                         with_provenance=True, check_config=check)
+                                                         with_provenance=True, check_config=check, step=args.step)
     name, where = "cli", "--{0}"
     if args.eval:
         evals = {str(k): v.to_dict() for k, v in config.evals.items()}
@@ -140,5 +149,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def console_main(argv=None) -> int:
+    """The console script / `python -m` entry: the exit status under llavaction_jax.cli's convention."""
+    return cli.run(main, argv, user_errors=(argparse.ArgumentError, CheckpointMismatchError))
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main, user_errors=(argparse.ArgumentError,)))
+    sys.exit(console_main())
