@@ -10,6 +10,8 @@ import dataclasses
 import json
 import os
 import stat
+import subprocess
+import sys
 import types
 
 import jax
@@ -339,3 +341,23 @@ def test_cli_export_of_a_training_run_takes_its_tokenizer_and_latest_eval(export
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
         api.export_checkpoint(str(tmp_path / "work"), str(tmp_path / "out2"), "hf", mesh=_mesh(),
                               tokenizer_path=str(tmp_path))
+
+
+IMPORT_ORDER_SCRIPT = """
+import sys
+import llavaction_jax.input.pipeline   # the input pipeline (TensorFlow) first, as in the demo and the eval CLI
+import torchvision  # noqa: F401
+from transformers import AutoProcessor
+processor = AutoProcessor.from_pretrained(sys.argv[1])
+print("processor", type(processor).__name__)
+"""
+
+
+def test_input_pipeline_then_torchvision_then_autoprocessor_in_one_process(exported):
+    """torch 2.14's triton crashed a process that had loaded TensorFlow first (SIGSEGV, rc 139): importing
+    llavaction_jax hides it, so this order, the one a user's script takes, loads the export's processor."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run([sys.executable, "-c", IMPORT_ORDER_SCRIPT, exported["out"]], capture_output=True,
+                          text=True, timeout=600, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-3000:])
+    assert "processor LlavaOnevisionProcessor" in proc.stdout

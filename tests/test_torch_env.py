@@ -8,9 +8,8 @@ import pytest
 SCRIPT = textwrap.dedent("""
     import os
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import llavaction_jax  # noqa: F401  (hides triton: llavaction_jax/__init__.py)
     import tensorflow  # noqa: F401  (the input pipeline's TF, loaded first as in the demo)
-    from llavaction_jax.torch_env import hide_triton
-    hide_triton()
     import torch._dynamo  # noqa: F401  (transformers' masking_utils imports it; it probes for triton)
     from transformers import LlavaOnevisionForConditionalGeneration  # noqa: F401
     import torchvision  # noqa: F401
@@ -19,7 +18,8 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_torch_and_transformers_load_beside_tensorflow():
-    """Without hide_triton() this process dies with SIGSEGV inside triton._C.libtriton (torch 2.14.1 + TF 2.21)."""
+    """Without hide_triton() (which `import llavaction_jax` runs) this process dies with SIGSEGV inside
+    triton._C.libtriton (torch 2.14.1 + TF 2.21)."""
     pytest.importorskip("torch")
     pytest.importorskip("torchvision")
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300)
