@@ -149,7 +149,8 @@ def test_eval_and_predict_on_a_step_dir_from_another_directory(relative_run, tmp
     monkeypatch.chdir(tmp_path)
     step_dir = str(relative_run / "run" / "checkpoints" / "1")
     model, tok, config, mesh, prov = load_for_eval(step_dir, with_provenance=True)
-    assert (prov["step"], int(config.data.num_frames), tok.source) == (1, 2, str(relative_run / "tok"))
+    assert (prov["step"], int(config.data.num_frames)) == (1, 2)
+    assert tok.source == str(relative_run / "tok" / "tokenizer.json")
     _, _, _, _, prov = load_for_eval(str(relative_run / "run"), with_provenance=True)
     assert prov["step"] == 2
     _, _, _, _, prov = load_for_eval(str(relative_run / "run"), with_provenance=True, step=1)
