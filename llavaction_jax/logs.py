@@ -94,9 +94,7 @@ def _drop_noise(record: logging.LogRecord) -> bool:
 
 
 def configure(verbose: bool = False) -> None:
-    """A CLI's logging: absl INFO lines (the trainer's progress) on, the noise above off unless `verbose`.
-    Idempotent."""
-    absl_logging.set_verbosity(absl_logging.INFO)
+    """A CLI's logging: the noise above off unless `verbose` (argparsing calls it after parsing). Idempotent."""
     absl_logger = absl_logging.get_absl_logger()
     orbax_logger = logging.getLogger("orbax")
     if verbose:
