@@ -4,7 +4,7 @@ The annotation files are by the EPIC-KITCHENS authors (Damen et al., "Rescaling 
 https://github.com/epic-kitchens/epic-kitchens-100-annotations), released under CC BY-NC 4.0
 (https://creativecommons.org/licenses/by-nc/4.0/); use them only non-commercially and keep this credit.
 
-Label space rules (LLaVAction `generate_label_map`, see shared/reference/llavaction.md §2.1):
+Label space rules (as `generate_label_map` in llavaction/action/utils.py of LLaVAction):
 - an action is the string "{verb_class}:{noun_class}"; every pair seen in the given CSVs (train + validation in
   the original, 3806 actions) is sorted AS STRINGS ("0:10" < "0:2") and the action id is the index in that list;
 - verb text is the verb CSV `key`; noun text is the noun CSV `key` with its colon parts rotated ("a:b:c" -> "b c a",

@@ -1,6 +1,7 @@
 """LLaVAction instruction data for EK100 (LLaVA conversation JSONL in the contract's sample schema).
 
-Tasks (shared/reference/llavaction.md §2.5, §3.2):
+Tasks (as LLaVAction's llavaction/action/generate_description.py, generate_temporal_detection_data.py and the
+training mixture scripts/train/avion_tim_top5_gpt4o_detection_direct_178K_100percent.yaml build them):
 - mqa / prior_mqa: hard-negative multiple choice (train mode: distractors from the action model's top 2k); on a
   fraction (default 0.3) of the clips that have two close previous actions, the prior-action prompt is used.
 - direct_narration: "What action are you performing?" -> the clip's narration.

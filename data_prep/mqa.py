@@ -1,6 +1,6 @@
 """EK100-MQA question generation (LLaVAction's multiple-choice action questions).
 
-Modes (shared/reference/llavaction.md §2.3):
+Modes (as `AvionMultiChoiceGenerator` / `RandomMultiChoiceGenerator` in llavaction/action/utils.py of LLaVAction):
 - benchmark:   top-k action-model predictions; if the GT is missing the k-th prediction is replaced by the GT.
 - recognition: top-k (default 20), no GT injection; when the GT is absent `answer` is null and
                `gt_in_options` is false (the two-stage recognition setting, accuracy capped by recall@k).
@@ -9,9 +9,10 @@ Modes (shared/reference/llavaction.md §2.3):
 Options are shuffled by a per-question RNG derived from (seed, narration_id) and frozen in the file, so the same
 seed gives byte-identical output whatever the number of worker processes.
 
-Representations (§2.2): official_key ("verb noun" class texts), GT_key (GT = the clip's narration, distractors =
-official keys), GT_random_narration (GT = the clip's narration, distractors = a random real narration of their
-class), top1_narration (each action's most frequent narration).
+Representations (LLaVAction's `--action_representation`, handled by `parse_vn_ids` in the same utils.py):
+official_key ("verb noun" class texts), GT_key (GT = the clip's narration, distractors = official keys),
+GT_random_narration (GT = the clip's narration, distractors = a random real narration of their class),
+top1_narration (each action's most frequent narration).
 
 EK100 annotations: EPIC-KITCHENS authors (Damen et al., IJCV 2022), CC BY-NC 4.0.
 """

@@ -1,9 +1,9 @@
 """The exact prompt strings of LLaVAction, in one place, plus the original answer parser.
 
-Every string here reproduces the reference implementation character for character (see
-shared/reference/llavaction.md §2.5): trailing spaces, the double space after the perspective prefix in the
-direct-narration and caption prompts, and the missing separator between the time instruction and the task prompt
-are all intentional. Tests assert them verbatim, so do not "tidy" these strings.
+Every string here reproduces LLaVAction character for character (`format_task_related_prompt`,
+`format_time_instruction` and `format_llava_prompt` in llavaction/action/utils.py): trailing spaces, the double
+space after the perspective prefix in the direct-narration and caption prompts, and the missing separator between
+the time instruction and the task prompt are all intentional. Tests assert them verbatim, so do not "tidy" these strings.
 """
 import re
 from typing import Mapping, Optional, Sequence

@@ -116,18 +116,19 @@ def test_report_files(tmp_path):
             head = f.read(8)
         assert head == b"\x89PNG\r\n\x1a\n" and os.path.getsize(paths[name]) > 1000
     page = open(paths[report.REPORT_HTML], encoding="utf-8").read()
-    for name in (report.PER_VERB_PNG, report.BY_SOURCE_PNG, report.SAMPLES_PNG):
+    for name in (report.PER_VERB_PNG, report.BY_SOURCE_PNG):
         assert f'src="{name}"' in page
+    assert f'href="{report.SAMPLES_PNG}"' in page
     assert "40.0%" in page and "20.0%" in page         # letters accuracy and chance in the table
     json.dumps(summary)                                # the summary is JSON-serialisable
 
 
 def test_report_contents_escaping_and_mathtext(tmp_path):
-    """Provenance, links, names, confusion, failures, correct AND wrong samples; text escaped; '$' is text."""
+    """Provenance, links, names, confusion, failures, the error gallery; text escaped; '$' is text."""
     recs = [dict(r, raw_generation="<script>alert(1)</script> $x^2$", question="Pay $5 or $10$?",
                  letter_scores=[0.1, 0.2, 0.3, 0.4, 0.5][:len(r["options"])]) for r in RECORDS]
-    recs[0]["options"] = ["A. pay $5$", "B. o$", "C. <b>bold</b>", "D. oD", "E. oE"]
-    recs[0]["strict_pred"] = "C"                                      # a: right by strict generation, b: wrong
+    recs[1]["options"] = ["A. pay $5$", "B. o$", "C. <b>bold</b>", "D. oD", "E. oE"]    # b is wrong: in the gallery
+    recs[0]["strict_pred"] = "C"                                      # a: right by every protocol, not in it
     summary = metrics.summarize(recs)
     frames = {r: np.full((4, 32, 32, 3), 9 * i, np.uint8) for i, r in enumerate(("a", "b"))}
     failures = [{"id": "z9", "index": 9, "video_id": "P09_09", "error": "VideoError", "reason": "moov <atom>"}]
@@ -141,7 +142,7 @@ def test_report_contents_escaping_and_mathtext(tmp_path):
                  "put (1)", "pan (1)", "lid (2)", report.CONFUSION_PNG, "(a) reference protocol",
                  "(b) letter scoring", "(c) strict generation", "Pay $5 or $10$?"):
         assert text in page, text
-    assert ">correct<" in page and ">wrong<" in page                  # both kinds of samples are shown
+    assert 'id="q-b"' in page and 'id="q-a"' not in page              # the gallery shows errors only
     assert os.path.getsize(os.path.join(tmp_path, report.SAMPLES_DIR, "000.png")) > 100
     conf = metrics.verb_confusion(recs, "gen_pred")
     # rows = true verb (0, 1, 2, 3, 4 appear as truth or options); a: 1 -> 1, b: unparsed, c: 0 -> 2, d: 3 -> 0

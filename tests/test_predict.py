@@ -133,7 +133,7 @@ def test_eval_cli_on_mqa_jsonl(checkpoint, tmp_path, capsys):
         assert {"letter_pred", "gen_pred", "raw_generation", "letter_correct", "gen_correct", "options",
                 "answer"} <= set(p)
     html = open(os.path.join(out, "report.html")).read()
-    assert 'src="samples.png"' in html and os.path.getsize(os.path.join(out, "samples.png")) > 1000
+    assert 'href="samples.png"' in html and os.path.getsize(os.path.join(out, "samples.png")) > 1000
 
 
 def test_eval_cli_frames_layout_needs_and_takes_fps(checkpoint, tmp_path, capsys):

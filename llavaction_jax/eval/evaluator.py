@@ -66,7 +66,7 @@ class Evaluator:
 
     def __init__(self, model, tokenizer, config, mesh, *, methods: Optional[Sequence[str]] = None,
                  batch_size: Optional[int] = None, max_new_tokens: Optional[int] = None,
-                 num_report_frames: int = 8, head_top_k: int = 1):
+                 num_report_frames: int = 24, head_top_k: int = 1):
         self.model = model
         self.tokenizer = tokenizer
         self.config = config
@@ -107,8 +107,7 @@ class Evaluator:
             raise ValueError(f"head_top_k {self.head_top_k} must be in [1, {min(config.model.action_types)}] "
                              "(the smallest action head's class count)")
         self.num_report_frames = num_report_frames
-        self.report_frames = {}      # sample id -> uint8 frames of this host's first correct / wrong answers
-        self.report_buckets = {}     # sample id -> "correct" | "wrong"
+        self.report_frames = {}      # sample id -> uint8 frames of this host's first wrong answers
         self.failures: List[dict] = []
         self.text_stage = TextStage(config, tokenizer, with_answer=False)
         self._identity = jax.jit(lambda x: x, out_shardings=self.batch_sharding)
@@ -196,15 +195,13 @@ class Evaluator:
         return records
 
     def _keep_report_frames(self, record: dict, frames: Optional[np.ndarray]) -> None:
-        """Frames of this host's first correct and first wrong answers (the report shows both)."""
-        if frames is None:
+        """Frames of this host's first answers that are wrong under any evaluated protocol (the report's error
+        gallery)."""
+        if frames is None or len(self.report_frames) >= self.num_report_frames:
             return
-        correct = record.get("strict_correct", record.get("gen_correct", record.get("letter_correct")))
-        bucket = "correct" if correct else "wrong"
-        kept = sum(1 for b in self.report_buckets.values() if b == bucket)
-        if kept < self.num_report_frames:
+        verdicts = [record[k] for k in ("letter_correct", "gen_correct", "strict_correct") if k in record]
+        if not all(verdicts):
             self.report_frames[record["id"]] = frames
-            self.report_buckets[record["id"]] = bucket
 
     def _run_batch(self, chunk) -> List[dict]:
         n_real = len(chunk)

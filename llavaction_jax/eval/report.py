@@ -1,9 +1,10 @@
 """Eval report: PNG figures (matplotlib, Agg backend) and one HTML page (jinja2, autoescaped) around them.
 
-The page: a provenance header (checkpoint, step, data, config, date), links to predictions / failures / summary,
-the three protocols with their one-line explanations, accuracy by distractor source, per-verb and per-noun accuracy
-with class names, a verb confusion matrix, the failures, and sample clips from both correct and wrong answers
-(frames, question, options, letter scores, generation). Mathtext is off for every label: a "$" in an option or a
+The page, in this order: the summary (provenance, the three protocols with their one-line explanations, links to
+predictions / failures / summary, every summary metric folded), the per-class tables (distractor source, verb and
+noun with class names, next to their figures and the verb confusion matrix), a gallery of distinct errors (each
+question wrong under at least one protocol shown once: frames, each protocol's answer, options with letter scores,
+generation), then the failures. Mathtext is off for every label: a "$" in an option or a
 question is text, never a matplotlib formula.
 """
 import datetime
@@ -180,47 +181,52 @@ def summary_rows(summary: Mapping) -> list:
     return rows
 
 
+# Page order: summary and protocols, per-class tables (with their figures), a gallery of distinct errors (each
+# question once), then the failures. Long tables scroll inside their box, so the page stays a few screens tall.
 _TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string("""<!doctype html>
 <html><head><meta charset="utf-8"><title>{{ title }}</title>
-<style>body{font-family:sans-serif;margin:2em;max-width:1200px} td,th{padding:2px 10px;text-align:left}
-table{border-collapse:collapse} tr:nth-child(even){background:#f4f4f4} img{max-width:100%}
-.card{border:1px solid #ccc;margin:1em 0;padding:.5em} .ok{color:#070} .bad{color:#b00} pre{white-space:pre-wrap}
+<style>body{font-family:sans-serif;font-size:14px;margin:1em 2em;max-width:1360px}
+h1{font-size:22px;margin:.3em 0} h2{font-size:18px;margin:1em 0 .4em} h3{font-size:14px;margin:.2em 0}
+td,th{padding:1px 8px;text-align:left;vertical-align:top} table{border-collapse:collapse}
+tr:nth-child(even){background:#f4f4f4} .row{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
+.scroll{max-height:360px;overflow-y:auto;border:1px solid #ddd} .fig{max-height:280px;max-width:44%}
+.gallery{display:grid;grid-template-columns:repeat(4,1fr);gap:.6em}
+.card{border:1px solid #ccc;padding:.4em;font-size:12px;overflow-wrap:anywhere} .card img{width:100%;max-height:80px;object-fit:contain}
+.ok{color:#070} .bad{color:#b00} pre{white-space:pre-wrap;margin:0} details{margin:.3em 0}
 </style></head>
 <body><h1>{{ title }}</h1>
-<h2>Provenance</h2>
-<table>{% for k, v in provenance %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table>
-{% if config %}<details><summary>config</summary><pre>{{ config }}</pre></details>{% endif %}
-<p>Files: {% for name, href in links %}<a href="{{ href }}">{{ name }}</a>{% if not loop.last %} &middot; {% endif %}{% endfor %}</p>
-<h2>Protocols</h2>
-<table><tr><th>protocol</th><th>method</th><th>accuracy</th><th>what counts as correct</th></tr>
+<section id="summary"><h2>Summary</h2>
+<div class="row"><table class="provenance">{% for k, v in provenance %}<tr><th>{{ k }}</th><td>{{ v }}</td></tr>{% endfor %}</table>
+<table class="protocols"><tr><th>protocol</th><th>method</th><th>accuracy</th><th>what counts as correct</th></tr>
 {% for p in protocols %}<tr><td>{{ p.name }}</td><td>{{ p.method }}</td><td>{{ p.accuracy }}</td><td>{{ p.explanation }}</td></tr>{% endfor %}
-</table>
-<h2>Summary</h2>
-<table><tr><th>metric</th><th>method</th><th>value</th></tr>
+</table></div>
+<p>Files: {% for name, href in links %}<a href="{{ href }}">{{ name }}</a>{% if not loop.last %} &middot; {% endif %}{% endfor %}</p>
+<details><summary>all summary metrics</summary><table class="metrics"><tr><th>metric</th><th>method</th><th>value</th></tr>
 {% for a, b, c in rows %}<tr><td>{{ a }}</td><td>{{ b }}</td><td>{{ c }}</td></tr>{% endfor %}
-</table>
-<h2>Accuracy by distractor source</h2><img src="{{ by_source_png }}" alt="accuracy by source">
-<table><tr><th>source</th><th>n</th>{% for m in methods %}<th>{{ m }}</th>{% endfor %}</tr>
-{% for row in by_source %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}</table>
-<h2>Accuracy per verb</h2><img src="{{ per_verb_png }}" alt="per-verb accuracy">
-<table><tr><th>verb</th><th>n</th>{% for m in methods %}<th>{{ m }}</th>{% endfor %}</tr>
-{% for row in per_verb %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}</table>
-<h2>Accuracy per noun</h2>
-<table><tr><th>noun</th><th>n</th>{% for m in methods %}<th>{{ m }}</th>{% endfor %}</tr>
-{% for row in per_noun %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}</table>
-{% if confusion_png %}<h2>Verb confusion ({{ confusion_method }})</h2><img src="{{ confusion_png }}" alt="verb confusion matrix">{% endif %}
-<h2>Failures ({{ failures|length }})</h2>
-{% if failures %}<table><tr><th>id</th><th>video</th><th>error</th><th>reason</th></tr>
+</table></details>
+{% if config %}<details><summary>config</summary><pre>{{ config }}</pre></details>{% endif %}
+</section>
+<section id="per-class"><h2>Per class</h2>
+<div class="row">{% for name, header, rows in class_tables %}<div><h3>{{ name }}</h3><div class="scroll"><table>
+<tr><th>{{ header }}</th><th>n</th>{% for m in methods %}<th>{{ m }}</th>{% endfor %}</tr>
+{% for row in rows %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}</table></div></div>{% endfor %}</div>
+<div class="row"><img class="fig" src="{{ by_source_png }}" alt="accuracy by source"><img class="fig" src="{{ per_verb_png }}" alt="per-verb accuracy">
+{% if confusion_png %}<img class="fig" src="{{ confusion_png }}" alt="verb confusion matrix ({{ confusion_method }})">{% endif %}</div>
+</section>
+<section id="errors"><h2>Errors: {{ num_errors }} distinct question{{ '' if num_errors == 1 else 's' }} wrong under at least one protocol{% if num_errors > cards|length %} (the first {{ cards|length }} shown; all are in predictions.jsonl){% endif %}</h2>
+{% if cards %}<div class="gallery">{% for c in cards %}<div class="card" id="q-{{ c.id }}"><b>{{ c.id }}</b> [{{ c.source }}] truth <b>{{ c.answer }}</b><br>
+{% for m, v, ok in c.preds %}<span class="{{ 'ok' if ok else 'bad' }}">{{ m }}: {{ v }}</span>{% if not loop.last %} &middot; {% endif %}{% endfor %}
+{% if c.img %}<br><img src="{{ c.img }}" alt="frames of {{ c.id }}">{% endif %}
+<table>{% for o, sc in c.options %}<tr><td>{{ '> ' if o[:1] == c.answer else '' }}{{ o }}</td><td>{{ sc }}</td></tr>{% endfor %}</table>
+{% if c.generation is not none %}generated: <code>{{ c.generation }}</code>{% endif %}
+{% if c.question %}<details><summary>prompt</summary><pre>{{ c.question }}</pre></details>{% endif %}</div>
+{% endfor %}</div>{% else %}<p>none</p>{% endif %}
+</section>
+<section id="failures"><h2>Failures ({{ failures|length + more_failures }})</h2>
+{% if failures %}<div class="scroll"><table><tr><th>id</th><th>video</th><th>error</th><th>reason</th></tr>
 {% for f in failures %}<tr><td>{{ f.id }}</td><td>{{ f.video_id }}</td><td>{{ f.error }}</td><td>{{ f.reason }}</td></tr>{% endfor %}
-</table>{% if more_failures %}<p>... and {{ more_failures }} more in failures.jsonl</p>{% endif %}{% else %}<p>none</p>{% endif %}
-<h2>Samples (correct and wrong)</h2><img src="{{ samples_png }}" alt="sample clips with predictions">
-{% for c in cards %}<div class="card"><b class="{{ 'ok' if c.correct else 'bad' }}">{{ 'correct' if c.correct else 'wrong' }}</b>
- {{ c.id }} [{{ c.source }}] truth {{ c.answer }}{% for k, v in c.preds %} &middot; {{ k }}: {{ v }}{% endfor %}<br>
-{% if c.img %}<img src="{{ c.img }}" alt="frames of {{ c.id }}"><br>{% endif %}
-<pre>{{ c.question }}</pre>
-<table><tr><th>option</th><th>letter score</th></tr>{% for o, sc in c.options %}<tr><td>{{ '> ' if o[:1] == c.answer else '' }}{{ o }}</td><td>{{ sc }}</td></tr>{% endfor %}</table>
-{% if c.generation is not none %}generated: <code>{{ c.generation }}</code>{% endif %}</div>
-{% endfor %}
+</table></div>{% if more_failures %}<p>... and {{ more_failures }} more in failures.jsonl</p>{% endif %}{% else %}<p>none</p>{% endif %}
+</section>
 </body></html>
 """)
 
@@ -236,10 +242,24 @@ def _table(summary: Mapping, key: str, names: Optional[Mapping[int, str]]) -> li
     return rows
 
 
+def error_records(records: Sequence[Mapping], methods: Sequence[str], frames: Mapping[str, np.ndarray]) -> list:
+    """Questions wrong under at least one of `methods`, each once (first record of an id wins), those with kept
+    frames first, otherwise in source order."""
+    seen, errors = set(), []
+    for r in records:
+        if r["id"] in seen:
+            continue
+        seen.add(r["id"])
+        if any(not is_correct(r, METHOD_FIELDS[m]) for m in methods):
+            errors.append(r)
+    return sorted(errors, key=lambda r: (r["id"] not in frames, int(r.get("index", -1))))
+
+
 def write_report(out_dir: str, summary: Mapping, records: Sequence[Mapping], frames: Mapping[str, np.ndarray],
                  verb_names: Optional[Mapping[int, str]] = None, title: str = "EK100-MQA evaluation",
                  failures: Sequence[Mapping] = (), provenance: Optional[Mapping] = None,
-                 noun_names: Optional[Mapping[int, str]] = None, max_failures_shown: int = 200) -> Dict[str, str]:
+                 noun_names: Optional[Mapping[int, str]] = None, max_failures_shown: int = 200,
+                 max_errors_shown: int = 24, max_samples_png: int = 8) -> Dict[str, str]:
     """Writes the PNGs and report.html into out_dir; returns their paths."""
     os.makedirs(out_dir, exist_ok=True)
     names = (PER_VERB_PNG, BY_SOURCE_PNG, SAMPLES_PNG, CONFUSION_PNG, REPORT_HTML)
@@ -248,49 +268,56 @@ def write_report(out_dir: str, summary: Mapping, records: Sequence[Mapping], fra
     # The confusion matrix of the reference protocol if evaluated, else the first method.
     confusion_method = "generate" if "generate" in methods else methods[0]
     confusion = verb_confusion(records, METHOD_FIELDS[confusion_method])
+    errors = error_records(records, methods, frames)
+    shown = errors[:max_errors_shown]
     with matplotlib.rc_context(_RC):
         plot_per_verb(summary, paths[PER_VERB_PNG], verb_names)
         plot_by_source(summary, paths[BY_SOURCE_PNG])
-        plot_samples(records, frames, paths[SAMPLES_PNG])
+        # samples.png: the first errors of the gallery as one picture (for viewers without the HTML page).
+        plot_samples([r for r in shown if r["id"] in frames][:max_samples_png], frames, paths[SAMPLES_PNG])
         if confusion["labels"]:
             plot_confusion(confusion, paths[CONFUSION_PNG], verb_names, f"verb confusion ({confusion_method})")
         else:
             del paths[CONFUSION_PNG]
-        cards = _sample_cards(records, frames, out_dir, "strict" if "strict" in methods else methods[0])
+        cards = _error_cards(shown, frames, out_dir, methods)
     prov = dict(provenance or {})
     config = prov.pop("config", None)
     prov.setdefault("date", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     protocols = [{"name": summary[m].get("protocol", m), "method": m, "accuracy": _pct(summary[m]["accuracy"]),
                   "explanation": summary[m].get("explanation", "")} for m in methods]
+    class_tables = [("By distractor source", "source", _table(summary, "by_source", None)),
+                    ("Per verb", "verb", _table(summary, "per_verb", verb_names)),
+                    ("Per noun", "noun", _table(summary, "per_noun", noun_names))]
+    links = [(n, n) for n in ("predictions.jsonl", "failures.jsonl", "summary.json", SAMPLES_PNG)]
     page = _TEMPLATE.render(
         title=title, provenance=[(k, "" if v is None else str(v)) for k, v in prov.items()], config=config,
-        links=[(n, n) for n in ("predictions.jsonl", "failures.jsonl", "summary.json")],
-        protocols=protocols, rows=summary_rows(summary), methods=methods,
-        by_source=_table(summary, "by_source", None), per_verb=_table(summary, "per_verb", verb_names),
-        per_noun=_table(summary, "per_noun", noun_names), by_source_png=BY_SOURCE_PNG, per_verb_png=PER_VERB_PNG,
+        links=links, protocols=protocols, rows=summary_rows(summary), methods=methods, class_tables=class_tables,
+        by_source_png=BY_SOURCE_PNG, per_verb_png=PER_VERB_PNG,
         confusion_png=CONFUSION_PNG if CONFUSION_PNG in paths else None, confusion_method=confusion_method,
-        failures=list(failures)[:max_failures_shown], more_failures=max(0, len(failures) - max_failures_shown),
-        samples_png=SAMPLES_PNG, cards=cards)
+        num_errors=len(errors), cards=cards,
+        failures=list(failures)[:max_failures_shown], more_failures=max(0, len(failures) - max_failures_shown))
     with open(paths[REPORT_HTML], "w", encoding="utf-8") as f:
         f.write(page)
     return paths
 
 
-def _sample_cards(records: Sequence[Mapping], frames: Mapping[str, np.ndarray], out_dir: str, method: str) -> list:
-    """One card per sample with kept frames: a frame strip PNG, the question, options + letter scores, generation."""
+def _error_cards(records: Sequence[Mapping], frames: Mapping[str, np.ndarray], out_dir: str,
+                 methods: Sequence[str]) -> list:
+    """One card per question: a frame strip PNG when its frames were kept, each protocol's answer (right or
+    wrong), the options with letter scores, the generation and the prompt (folded)."""
     cards = []
-    shown = [r for r in records if r["id"] in frames]
-    if shown:
+    if any(r["id"] in frames for r in records):
         os.makedirs(os.path.join(out_dir, SAMPLES_DIR), exist_ok=True)
-    for k, r in enumerate(shown):
-        clip = frames[r["id"]]
-        img = f"{SAMPLES_DIR}/{k:03d}.png"
-        plt.imsave(os.path.join(out_dir, img), np.concatenate(list(clip), axis=1))
+    for k, r in enumerate(records):
+        img = None
+        if r["id"] in frames:
+            img = f"{SAMPLES_DIR}/{k:03d}.png"
+            plt.imsave(os.path.join(out_dir, img), np.concatenate(list(frames[r["id"]]), axis=1))
         scores = r.get("letter_scores") or [None] * len(r["options"])
-        correct = is_correct(r, METHOD_FIELDS[method])
+        scores = ["" if sc is None else f"{sc:.2f}" for sc in scores]
+        preds = [(m, r.get(METHOD_FIELDS[m]), is_correct(r, METHOD_FIELDS[m])) for m in methods]
         cards.append({
-            "id": r["id"], "source": r.get("source"), "answer": r.get("answer"), "correct": bool(correct), "img": img,
-            "question": r.get("question", ""), "options": list(zip(r["options"], scores)),
-            "preds": [(m, r.get(f)) for m, f in METHOD_FIELDS.items() if f in r],
+            "id": r["id"], "source": r.get("source"), "answer": r.get("answer"), "img": img,
+            "question": r.get("question", ""), "options": list(zip(r["options"], scores)), "preds": preds,
             "generation": r.get("raw_generation")})
     return cards
