@@ -69,13 +69,23 @@ def train_main(argv) -> int:
     distributed.initialize_from_env(_COORD.value, _NPROC.value, _PID.value)
     quiet_orbax()
     from llavaction_jax import sharding as shd
-    from llavaction_jax import fs
+    from llavaction_jax import fs, slices
     from llavaction_jax.train.loop import resolve_workdir, train
+    # The slice and mesh before anything is written: a config sized for another slice, or a mesh these
+    # devices cannot form, is one line.
+    try:
+        slices.check_running_slice(config.aot.accelerator_type, jax.devices())
+    except ValueError as e:
+        raise cli.UserError(str(e), "config.aot.accelerator_type") from None
+    config = slices.spread_over_slices(config, shd.num_slices(jax.devices()))
+    try:
+        mesh = shd.make_mesh(config.mesh)
+    except ValueError as e:
+        raise cli.UserError(str(e), "config.mesh") from None
     workdir = resolve_workdir(_WORKDIR.value)
     if jax.process_index() == 0:
         text = _save_config(config, workdir)
         logging.info("config (saved to %s):\n%s", fs.join(workdir, "config.json"), text)
-    mesh = shd.make_mesh(config.mesh)
     from llavaction_jax.eval import benchmarks
     eval_fn = benchmarks.periodic_evals(config, mesh, workdir)      # None when no eval is scheduled
     summary = train(config, workdir, eval_fn=eval_fn, mesh=mesh)
