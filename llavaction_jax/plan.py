@@ -18,12 +18,16 @@ Exit status: 0 a slice fits, 3 none does, 2 a usage error.
 """
 import dataclasses
 import json
-import math
 from typing import Optional
 
-from llavaction_jax import aot  # noqa: F401  (sets the libtpu environment defaults before JAX loads)
+from llavaction_jax import aot  # first: it sets the libtpu environment defaults before JAX loads
+from flax import nnx
+
 from llavaction_jax import sharding as shd, slices as slices_lib
 from llavaction_jax.cli import UserError
+from llavaction_jax.model import build as model_build, num_video_tokens
+from llavaction_jax.model.remat import POLICIES
+from llavaction_jax.train import metrics as metrics_lib
 
 GiB = 1024 ** 3
 # A device kind per family, for the HBM (aot.HBM_BYTES) and peak FLOP/s (train.metrics.PEAK_FLOPS) tables.
@@ -87,7 +91,7 @@ def _saved_per_token(remat, width, heads, kv_heads, head_dim, mlp, tensor):
     return 2.0 * kept.get(remat, kept["save_all_named"] + 2 * width)
 
 
-def estimate(config, num_params: int, sample_tokens: int, remat: str, mesh: dict, accum: int, hbm: int,
+def estimate(config, num_params: int, sample_tokens: int, remat: str, mesh: dict, accum: int,
              peak: Optional[float], chips: int, model_flops: float):
     """(bytes per chip, ideal step seconds) of one candidate, without compiling."""
     t, v = config.model.text, config.model.vision
@@ -121,9 +125,6 @@ def estimate(config, num_params: int, sample_tokens: int, remat: str, mesh: dict
 
 def candidates(config, family: str, max_chips: int, remats, sample_tokens: int, peak_of):
     """Every (slice, mesh, accum, remat) of the search, with its estimate; slices smallest first."""
-    from flax import nnx
-    from llavaction_jax.model import build as model_build
-    from llavaction_jax.train import metrics as metrics_lib
     params = nnx.state(nnx.eval_shape(lambda: model_build.new_model(config.model)), nnx.Param).to_pure_dict()
     num_params = metrics_lib.count_params(params)
     model_flops = metrics_lib.model_flops_per_step(config, params, sample_tokens)
@@ -135,7 +136,7 @@ def candidates(config, family: str, max_chips: int, remats, sample_tokens: int, 
             break
         dims = tuple(int(x) for x in sl.shape.split("x") if int(x) > 1) or (1,)
         holdable = shd.holdable_sizes(dims)
-        hbm, peak = aot.hbm_bytes(DEVICE_KIND[sl.family]), peak_of(sl.family)
+        peak = peak_of(sl.family)
         for tensor in (t for t in holdable if t <= 8 and kv % t == 0 and sl.chips % t == 0):
             fsdp = sl.chips // tensor
             if fsdp not in holdable:
@@ -143,7 +144,7 @@ def candidates(config, family: str, max_chips: int, remats, sample_tokens: int, 
             mesh = dict(data=1, fsdp=fsdp, tensor=tensor)
             for accum in (a for a in range(1, batch + 1) if batch % a == 0 and (batch // a) % fsdp == 0):
                 for remat in remats:
-                    used, step_s = estimate(config, num_params, sample_tokens, remat, mesh, accum, hbm, peak,
+                    used, step_s = estimate(config, num_params, sample_tokens, remat, mesh, accum, peak,
                                             sl.chips, model_flops)
                     out.append(Candidate(sl, mesh, accum, remat, used, step_s))
     return out
@@ -164,8 +165,6 @@ def search(config, family: str, *, max_chips: int = 0, remats=DEFAULT_REMAT, max
     """(all candidates, the winner or None). Candidates whose estimate exceeds `prune_above` x HBM are not
     compiled. `compile_fn(config, topology) -> AotReport` (default: the AOT compile of the train step on
     libtpu's devices for the topology)."""
-    from llavaction_jax.model import num_video_tokens
-    from llavaction_jax.train import metrics as metrics_lib
     peak_of = lambda fam: metrics_lib.peak_flops_per_device(DEVICE_KIND[fam])          # noqa: E731
     video = num_video_tokens(config.model, int(config.data.num_frames))
     sample_tokens = min(video + int(text_tokens), int(config.data.max_length))
@@ -226,7 +225,6 @@ def main(argv):
     from configs import validate
     config = validate.validate(_CONFIG.value)
     remats = tuple(r for r in _REMAT.value.split(",") if r)
-    from llavaction_jax.model.remat import POLICIES
     bad = [r for r in remats if r not in POLICIES]
     if bad or not remats:
         raise UserError(f"--remat {_REMAT.value!r}", "--remat", f"comma-separated policies from {sorted(POLICIES)}")
