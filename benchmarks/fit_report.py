@@ -16,12 +16,17 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENTRIES = (
-    ("llavaction_0p5b", "v5e-4"), ("llavaction_0p5b", "v5p-8"),
-    ("llavaction_7b", "v5p-8"), ("llavaction_7b", "v5p-64"),
-    ("llava_video_72b", "v5p-512"),
-)
 GiB = 1024 ** 3
+
+
+def entries():
+    """(config module, topology name) for every TOPOLOGIES entry of every config in configs/, in file order."""
+    import importlib
+    out = []
+    for name in sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py")):
+        module = importlib.import_module(f"configs.{name}")
+        out += [(name, arg) for arg in getattr(module, "TOPOLOGIES", {})]
+    return out
 
 
 def run(config, arg, extra):
@@ -63,13 +68,13 @@ def main():
     p.add_argument("--noflops", action="store_true", help="memory only (skips the FLOP count)")
     args = p.parse_args()
     extra = ["--noflops"] if args.noflops else []
-    entries = [(c, a) for c, a in ENTRIES if not args.only or args.only in f"{c}:{a}"]
-    validate_entries(entries)
+    chosen = [(c, a) for c, a in entries() if not args.only or args.only in f"{c}:{a}"]
+    validate_entries(chosen)
     results = {}
     print("| config:slice | topology | batch = accum x micro | seq_len | GiB per chip / HBM | verdict | "
           "headroom | executed / model FLOPs | ideal step s | MFU bound |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for config, arg in entries:
+    for config, arg in chosen:
         r = run(config, arg, extra)
         results[f"{config}:{arg}"] = r
         print(row(config, arg, r), flush=True)

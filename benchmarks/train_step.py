@@ -4,7 +4,8 @@ Both sides: the same model sizes (SigLIP tower -> mlp2x_gelu projector -> biline
 same batch, sequence length and frames, forward + backward + AdamW step, float32 weights (bf16 compute in
 --dtype bfloat16 mode: JAX via config.model.dtype, PyTorch via autocast). The layouts match: one newline
 token per video ('one_token', as transformers does) and no action token. Prints per-step times, their
-ratio, tokens/s and an MFU estimate (6 * params * tokens / time / peak; pass --peak_flops for CPUs).
+ratio, tokens/s and the MFU the training log reports (train.metrics.model_flops_per_step; pass
+--peak_flops for CPUs). Frames are uint8, normalised on device as in training.
 
     python benchmarks/train_step.py                          # CPU, float32, 4 frames, tiny-ish model
     python benchmarks/train_step.py --device gpu --dtype bfloat16 --frames 16 --preset small   # on a GPU box
@@ -15,6 +16,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from llavaction_jax.input.schema import PIXEL_LUT  # noqa: E402  (numpy only; after the checkout is on the path)
 
 PRESETS = {
     # name: (vision hidden, vision mlp, vision layers, vision heads, image, patch,
@@ -72,7 +74,7 @@ def make_batch(cfg, seq_len, seed=0):
     labels = np.full((b, seq_len), -100, np.int32)
     labels[:, 8 + n_vid:] = ids[:, 8 + n_vid:]
     return dict(input_ids=ids, attention_mask=np.ones((b, seq_len), np.int32), labels=labels,
-                pixel_values=rng.uniform(-1, 1, size=(b, f, s, s, 3)).astype(np.float32),
+                pixel_values=rng.integers(0, 256, size=(b, f, s, s, 3), dtype=np.uint8),
                 actions=np.full((b, 3), -1, np.int32))
 
 
@@ -98,7 +100,7 @@ def time_jax(cfg, batch, args):
         state, m = step(state, dev_batch)
     jax.block_until_ready(m)
     dt = (time.perf_counter() - t0) / args.steps
-    return dt, compile_s, metrics_lib.count_params(state["params"]), float(m["loss"]), jax.devices()[0].device_kind
+    return dt, compile_s, setup.abstract_state["params"], float(m["loss"]), jax.devices()[0].device_kind
 
 
 def torch_model(cfg):
@@ -128,7 +130,8 @@ def time_torch(cfg, batch, args):
     ids = torch.from_numpy(batch["input_ids"]).long().to(device)
     mask = torch.from_numpy(batch["attention_mask"]).long().to(device)
     labels = torch.from_numpy(batch["labels"]).long().to(device)
-    pix = torch.from_numpy(batch["pixel_values"]).permute(0, 1, 4, 2, 3).contiguous().to(device)
+    # The same SigLIP normalisation the JAX step applies on device to the uint8 frames.
+    pix = torch.from_numpy(PIXEL_LUT[batch["pixel_values"]]).permute(0, 1, 4, 2, 3).contiguous().to(device)
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
@@ -165,14 +168,15 @@ def main():
     tokens = args.batch * seq_len
     print(f"preset {args.preset}, {args.device}, {args.dtype}: batch {args.batch} x seq {seq_len} "
           f"({n_vid} video tokens from {args.frames} frames)", flush=True)
-    jax_dt, compile_s, n_params, jax_loss, kind = time_jax(cfg, batch, args)
+    jax_dt, compile_s, params, jax_loss, kind = time_jax(cfg, batch, args)
+    n_params = metrics_lib.count_params(params)
     peak = metrics_lib.peak_flops_per_device(kind, args.peak_flops)
-    flops = metrics_lib.train_flops_per_step(n_params, tokens)
+    flops = metrics_lib.model_flops_per_step(cfg, params, seq_len)     # every position is a real token here
     mfu = metrics_lib.mfu(flops, jax_dt, 1, peak)
     print(f"JAX    : {jax_dt * 1e3:9.1f} ms/step  {tokens / jax_dt:10.1f} tokens/s  (compile {compile_s:.1f} s, "
           f"{n_params / 1e6:.2f} M params, loss {jax_loss:.4f}, {kind})")
     print(f"JAX MFU: {'n/a (unknown peak; pass --peak_flops)' if mfu is None else f'{100 * mfu:.2f} %'} "
-          f"(6*N*tokens = {flops:.3g} FLOP/step)")
+          f"(model FLOPs, as the training log counts them = {flops:.3g} FLOP/step)")
     if args.skip_torch:
         return
     torch_dt, torch_params, torch_loss = time_torch(cfg, batch, args)

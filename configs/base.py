@@ -8,6 +8,7 @@ the model defaults here (see llavaction_jax.convert). These are the only default
 import ml_collections
 
 # Model-section defaults and the logical-axis rule table live with the library code they configure.
+from llavaction_jax import slices
 from llavaction_jax.model.config import model_config, text_config, vision_config  # noqa: F401 (used by configs/*)
 from llavaction_jax.sharding import DEFAULT_SHARDING_RULES
 
@@ -16,8 +17,10 @@ def get_base_config():
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.model = model_config()
-    # Mesh axis sizes; -1 fills with the remaining devices.
-    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # Mesh axis sizes inside one slice (ICI); -1 fills with the remaining devices. Between slices (DCN, as
+    # MaxText's dcn_* axes): 'data' is data x dcn_data long, 'fsdp' fsdp x dcn_fsdp; dcn_data -1 = the number of
+    # slices the devices span (1 off multi-slice TPU), so a one-slice config trains data parallel over N slices.
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=-1, dcn_fsdp=1))
     config.sharding_rules = DEFAULT_SHARDING_RULES
 
     config.data = ml_collections.ConfigDict(dict(
@@ -71,8 +74,9 @@ def get_base_config():
         compilation_cache_dir="",
     ))
 
-    # The TPU topology this config is sized for (python -m llavaction_jax.aot compiles for it by default).
-    config.aot = ml_collections.ConfigDict(dict(topology=""))
+    # The TPU slice this config is sized for: its Cloud TPU accelerator type (e.g. v5p-16; checked against the
+    # running slice at start) and topology (python -m llavaction_jax.aot compiles for it by default).
+    config.aot = ml_collections.ConfigDict(dict(topology="", accelerator_type=""))
 
     config.eval = ml_collections.ConfigDict(dict(
         batch_size=8, max_new_tokens=32, methods=("letters", "generate"),
@@ -86,16 +90,24 @@ def get_base_config():
 
 
 def use_topology(config, topologies, arg):
-    """Size `config` for one entry of `topologies` {name: (TPU topology, mesh sizes, grad_accum_steps)}.
+    """Size `config` for one entry of `topologies` {name: (TPU topology, mesh sizes, grad_accum_steps[, model
+    overrides])}.
 
-    `arg` is the name (``--config configs/x.py:NAME``); None or "" takes the first entry. The global batch stays
+    `arg` is the name (``--config configs/x.py:NAME``), a Cloud TPU accelerator type whose chips the topology
+    has (llavaction_jax.slices); None or "" takes the first entry. The global batch stays
     config.data.global_batch_size; grad_accum_steps micro-batches of it make one step.
     """
     name = arg or next(iter(topologies))
     if name not in topologies:
         raise ValueError(f"config arg {name!r}: expected one of {sorted(topologies)}")
-    topology, mesh, accum = topologies[name]
+    topology, mesh, accum, *model_overrides = topologies[name]
+    if slices.slice_for_topology(topology).accelerator_type != name:
+        raise ValueError(f"config topology {name!r} is {topology}, a "
+                         f"{slices.slice_for_topology(topology).accelerator_type} in Cloud TPU's names")
     config.aot.topology = topology
+    config.aot.accelerator_type = name
     config.mesh.update(**mesh)
     config.train.grad_accum_steps = accum
+    for overrides in model_overrides:          # e.g. dict(remat_policy=...): what the planner chose for this slice
+        config.model.update(**overrides)
     return config

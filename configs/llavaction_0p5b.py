@@ -1,7 +1,7 @@
 """LLaVAction-0.5B (LLaVA-OneVision-0.5B base): Qwen2-0.5B sizes, tied embeddings, 16 frames.
 
-Sized for a TPU slice by the config arg (``--config configs/llavaction_0p5b.py:v5p-8``); the default is a
-v5e-4. The global batch of 256 comes from gradient accumulation; `python benchmarks/fit_report.py` proves
+Sized for a TPU slice by the config arg, a Cloud TPU accelerator type (``--config
+configs/llavaction_0p5b.py:v5p-16``); the default is a v5e-4 (2x2, 4 chips). The global batch of 256 comes from gradient accumulation; `python benchmarks/fit_report.py` proves
 each entry fits.
 """
 from configs import base
@@ -9,7 +9,7 @@ from configs import base
 TOPOLOGIES = {
     # name: (TPU topology, mesh, grad_accum_steps)
     "v5e-4": ("v5e:2x2", dict(data=1, fsdp=4, tensor=1), 64),        # 4 chips, 64 micro-batches of 4
-    "v5p-8": ("v5p:2x2x2", dict(data=1, fsdp=8, tensor=1), 16),      # 2 samples per chip per micro-batch
+    "v5p-16": ("v5p:2x2x2", dict(data=1, fsdp=8, tensor=1), 16),     # 8 chips, 2 samples each per micro-batch
 }
 
 

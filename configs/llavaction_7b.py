@@ -1,16 +1,16 @@
 """LLaVAction-7B (LLaVA-Video-7B-Qwen2 base): Qwen2-7B sizes, vocab 152064, untied embeddings, 64 frames.
 
-Sized for a TPU slice by the config arg (``--config configs/llavaction_7b.py:v5p-64``); the default is the
-smallest slice it fits, a v5p-8. Every entry keeps the release run's global batch of 256 through gradient
+Sized for a TPU slice by the config arg, a Cloud TPU accelerator type (``--config
+configs/llavaction_7b.py:v5p-128``); the default is the smallest slice it fits, a v5p-16 (2x2x2, 8 chips). Every entry keeps the release run's global batch of 256 through gradient
 accumulation, one sample per chip per micro-batch; `python benchmarks/fit_report.py` proves each fits.
 """
 from configs import base
 
 TOPOLOGIES = {
     # name: (TPU topology, mesh, grad_accum_steps)
-    "v5p-8": ("v5p:2x2x2", dict(data=1, fsdp=8, tensor=1), 32),      # 8 chips, 32 micro-batches of 8
-    "v5p-64": ("v5p:4x4x4", dict(data=1, fsdp=64, tensor=1), 4),     # 4 samples per chip per step
-    "v5p-256": ("v5p:4x8x8", dict(data=1, fsdp=256, tensor=1), 1),   # one sample per chip, no accumulation
+    "v5p-16": ("v5p:2x2x2", dict(data=1, fsdp=8, tensor=1), 32),     # 8 chips, 32 micro-batches of 8
+    "v5p-128": ("v5p:4x4x4", dict(data=1, fsdp=64, tensor=1), 4),    # 64 chips, 4 samples per chip per step
+    "v5p-512": ("v5p:4x8x8", dict(data=1, fsdp=256, tensor=1), 1),   # 256 chips, one sample each, no accumulation
 }
 
 
@@ -22,7 +22,7 @@ def get_config(arg=None):
         action_token=True, dtype="bfloat16",
         # Decoder: keep q/k/v, attention and o_proj outputs, recompute only the MLP's gate/up in the backward
         # pass. Vision tower (64 x 729 patches per sample): recompute everything; saving its attention outputs
-        # too leaves 9.7% of a v5p chip's HBM free on v5p-8.
+        # too leaves 9.7% of a v5p chip's HBM free on v5p-16.
         remat_policy="save_dot_except_mlp", vision_remat_policy="full",
     )
     config.data.num_frames = 64

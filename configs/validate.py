@@ -92,6 +92,8 @@ def base_rules() -> Mapping[str, Rule]:
     rules = {
         "seed": at_least(0),
         "mesh.data": MESH_SIZE, "mesh.fsdp": MESH_SIZE, "mesh.tensor": MESH_SIZE,
+        "mesh.dcn_data": Rule(lambda x: x == -1 or x >= 1, "a positive size or -1 (the number of slices)"),
+        "mesh.dcn_fsdp": at_least(1),
         "data.num_frames": at_least(1), "data.max_length": at_least(1),
         "data.length_buckets": each(at_least(1, int)), "data.mixture_weights": each(at_least(0, float)),
         "data.max_videos_per_row": at_least(1),

@@ -1,10 +1,11 @@
 """Plan a run before renting chips: compile the real train step for a TPU topology on this (CPU) machine.
 
-llavaction-aot --config configs/llavaction_7b.py [--topology v5p:2x2x2] [--config.x=y ...]
+llavaction-aot --config configs/llavaction_7b.py[:v5p-16] [--topology v5p:2x2x2] [--num_slices 2] [--config.x=y ...]
 (or python -m llavaction_jax.aot ...; TPU topologies need the `tpu` extra: pip install ".[tpu]")
 
 Uses libtpu's topology description (no TPU needed): the mesh comes from config.mesh over the topology's
-devices, the state and batch are abstract (ShapeDtypeStructs with shardings), and XLA's memory analysis of the
+devices (with --num_slices N, a hybrid ICI x DCN mesh over N such slices: config.mesh stays the per-slice mesh,
+the slices add data parallelism and the global batch is kept through the accumulation count), the state and batch are abstract (ShapeDtypeStructs with shardings), and XLA's memory analysis of the
 compiled program says whether one step fits in each chip's HBM (a program the TPU compiler refuses for lack of
 memory is reported as DOES NOT FIT with the bytes it asked for).
 
@@ -12,9 +13,10 @@ FLOPs. XLA's cost analysis counts a loop body once (scanned layers, gradient-acc
 loops the TPU partitioner adds itself) and cannot see into Pallas kernels (splash attention). So the executed
 FLOPs come from the step's jaxpr (llavaction_jax.flop_count): every matmul where it runs, backward and
 rematerialised forwards included, scan bodies times their length, plus each attention-kernel call priced by
-the blocks it visits. Model FLOPs are 6 * params * tokens plus causal attention (training = 3x forward) over
-the tokens a sample really has (video tokens + `text_tokens`), so padding, remat and masked attention blocks
-show up as the executed / model ratio.
+the blocks it visits. Model FLOPs are train.metrics.model_flops_per_step (the training log's MFU numerator):
+6 * params * tokens with the vision tower per frame, plus causal attention at half and the vision attention
+(training = 3x forward), over the tokens a sample really has (video tokens + `text_tokens`), so padding,
+remat and masked attention blocks show up as the executed / model ratio.
 
 Exit status: 0 fits, 3 does not fit, 2 a usage error (bad topology, mesh, config).
 """
@@ -37,6 +39,7 @@ from typing import Optional
 
 from configs import loader
 from llavaction_jax import argparsing, cli
+from llavaction_jax import slices as slices_lib
 from llavaction_jax.cli import UserError
 
 GiB = 1024 ** 3
@@ -252,31 +255,6 @@ def executed_flops(config, devices, seq_len):
     return count.matmul_flops + kernels, kernels
 
 
-def model_flops(config, params, sample_tokens):
-    """6 * N * tokens per sample + attention, N counted where it works: the vision tower and projector run on
-    every patch of every frame, the decoder and LM head on the text positions, the action heads once (an
-    untied input embedding is a lookup, not a matmul, and is left out).
-
-    Attention (not in 6N): causal decoder 2 * T^2 * heads * head_dim per layer forward, bidirectional vision
-    4 * P^2 * width per frame and layer; training = 3x forward.
-    """
-    import math
-    import jax
-    count = lambda tree: sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
-    v, t = config.model.vision, config.model.text
-    frames = int(config.data.num_frames)
-    patches = (int(v.image_size) // int(v.patch_size)) ** 2
-    per_patch = count(params["vision"]) + count(params["projector"])
-    per_sample = count(params.get("action", {}))     # the action heads read one position per sample
-    per_token = count(params) - per_patch - per_sample
-    if not bool(t.tie_word_embeddings):
-        per_token -= int(t.vocab_size) * int(t.hidden_size)
-    dense = 6.0 * (per_token * sample_tokens + per_patch * patches * frames + per_sample)
-    attention = 3.0 * (int(t.num_layers) * 2.0 * sample_tokens ** 2 * int(t.num_heads) * int(t.head_dim)
-                       + int(v.num_layers) * frames * 4.0 * patches ** 2 * int(v.hidden_size))
-    return (dense + attention) * int(config.data.global_batch_size)
-
-
 def compile_train_step(config, devices, topology: str = "", *, count_flops: bool = True,
                        text_tokens: int = DEFAULT_TEXT_TOKENS) -> AotReport:
     """AOT-compile the train step of `config` for `devices`; memory verdict, FLOPs and the ideal step time."""
@@ -319,7 +297,7 @@ def compile_train_step(config, devices, topology: str = "", *, count_flops: bool
         topology=topology, device_kind=kind, num_devices=len(devices), mesh=dict(mesh.shape),
         global_batch=batch_size, grad_accum_steps=int(config.train.grad_accum_steps), seq_len=seq_len,
         num_frames=frames, num_params=num_params, hbm_bytes=hbm, fits=fits, flops_per_device=flops,
-        model_flops=model_flops(config, setup.abstract_state["params"], sample_tokens), compile_s=compile_s,
+        model_flops=metrics_lib.model_flops_per_step(config, setup.abstract_state["params"], sample_tokens), compile_s=compile_s,
         required_bytes=required, executed_flops=executed, kernel_flops=kernels, sample_tokens=sample_tokens,
         flops_seq_len=flops_len if count_flops else 0,
         peak_flops_per_device=metrics_lib.peak_flops_per_device(kind), **mem_fields)
@@ -347,12 +325,17 @@ def aot_main(argv=None) -> int:
     topology = args.topology or config.aot.topology
     if not topology:
         raise UserError("no topology", "--topology / config.aot.topology", "e.g. v5p:2x2x2")
+    slices = args.num_slices
+    if slices < 1:
+        raise UserError(f"--num_slices {slices}", "--num_slices", "a positive number of slices")
+    config = slices_lib.spread_over_slices(config, slices)
+    name = topology if slices == 1 else f"{slices} x {topology}"
     try:
-        devices = topology_devices(topology, args.num_slices)
-        report = compile_train_step(config, devices, topology, count_flops=args.flops,
+        devices = topology_devices(topology, slices)
+        report = compile_train_step(config, devices, name, count_flops=args.flops,
                                     text_tokens=args.text_tokens)
     except ValueError as e:
-        raise UserError(str(e), f"--topology {topology}") from None
+        raise UserError(str(e), f"--topology {name}") from None
     for line in report.lines():
         print(line, flush=True)
     if args.json_out:

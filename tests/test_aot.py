@@ -41,6 +41,30 @@ def test_tiny_train_step_compiles_for_v5e_2x2():
     assert report.model_flops == pytest.approx(8 * (dense + attention), rel=1e-12)
     text = "\n".join(report.lines())
     assert "FITS" in text and "temporaries" in text
+    # The training log's MFU numerator is the same number: a CPU run of this config whose rows hold the
+    # report's sample length in real tokens logs mfu = model FLOPs / (step time * devices * peak).
+    _check_loop_mfu_numerator(cfg, report)
+
+
+def _check_loop_mfu_numerator(cfg, report):
+    import json
+    import tempfile
+    import numpy as np
+    from llavaction_jax import sharding as shd
+    from llavaction_jax.train import loop, synthetic
+    cfg = cfg.copy_and_resolve_references()
+    cfg.train.update(num_steps=2, log_every=2, checkpoint_every=0, progress_bar=False, peak_flops_per_device=1e12)
+    arrays = synthetic.synthetic_arrays(cfg, 8, 192, seed=0)
+    arrays["attention_mask"][:] = 0
+    arrays["attention_mask"][:, :report.sample_tokens] = 1
+    mesh = shd.make_mesh(cfg.mesh, devices=jax.devices()[:4])
+    with tempfile.TemporaryDirectory() as workdir:
+        loop.train(cfg, workdir, train_iter=synthetic.ArrayBatchIterator(arrays, 8, mesh, seed=0), mesh=mesh)
+        with open(f"{workdir}/metrics.jsonl") as f:
+            row = next(r for r in map(json.loads, f) if r["prefix"] == "train")
+    assert row["tokens"] == 8 * report.sample_tokens
+    numerator = row["mfu"] * row["step_time_s"] * jax.device_count() * 1e12
+    np.testing.assert_allclose(numerator, report.model_flops, rtol=1e-9)
 
 
 def aot_count(report, subtree):

@@ -177,12 +177,27 @@ REMAT_POLICIES = ("('none', 'full', 'save_qkv_proj', 'save_dot_except_mlp', 'sav
                                      "video tokens of one 200-frame clip (+ the text)"),
     ("--config.mesh.fsdp=-1", "error: mesh config {'data': -1, 'fsdp': -1, 'tensor': 1}: at most one axis may be "
                               "-1, got ['data', 'fsdp'] (config.mesh)"),
+    # a mesh of another size than the 8 (fake) devices: one line at start, nothing written
+    ("--config.mesh.data=3", "error: mesh config {'data': 3, 'fsdp': 1, 'tensor': 1, 'dcn_data': -1, 'dcn_fsdp': 1} "
+                             "needs 3 devices but 8 are available; expected data x fsdp x tensor = 8 (config.mesh)"),
+    ("--config.mesh.dcn_data=0", "error: bad config value 0 (config.mesh.dcn_data): a positive size or -1 (the "
+                                 "number of slices)"),
 ])
 def test_train_refuses_bad_config(tmp_path, capsys, train_flags, override, line):
     """Every class of config error through the train CLI's own flag parsing and main: exit 2, one line naming
     the key, nothing written."""
     assert cli.run(lambda: train_flags("--workdir", str(tmp_path / "w"), override).main([])) == 2
     assert one_error(capsys).startswith(line) if "<ast." in line else one_error(capsys) == line
+    assert not (tmp_path / "w").exists()
+
+
+def test_train_mesh_smaller_than_the_devices_is_one_line(tmp_path, capsys, train_flags):
+    """2 x 2 on 8 devices: refused at start with the sizes, before the workdir is made."""
+    cli_mod = train_flags("--workdir", str(tmp_path / "w"), "--config.mesh.data=2", "--config.mesh.fsdp=2")
+    assert cli_mod.main([]) == 2
+    assert one_error(capsys) == ("error: mesh config {'data': 2, 'fsdp': 2, 'tensor': 1, 'dcn_data': -1, 'dcn_fsdp': "
+                                 "1} needs 4 devices but 8 are available; expected data x fsdp x tensor = 8 "
+                                 "(config.mesh)")
     assert not (tmp_path / "w").exists()
 
 

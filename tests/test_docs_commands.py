@@ -34,6 +34,7 @@ CONSOLE_SCRIPTS = {
     "llavaction-predict": "llavaction_jax.predict",
     "llavaction-convert": "llavaction_jax.convert",
     "llavaction-aot": "llavaction_jax.aot",
+    "llavaction-plan": "llavaction_jax.plan",
 }
 PREP_SUBCOMMANDS = {"mqa": "data_prep.make_mqa", "instructions": "data_prep.make_instructions",
                     "tfrecord": "data_prep.to_tfrecord", "synthetic": "data_prep.synthetic"}

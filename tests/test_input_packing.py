@@ -15,6 +15,7 @@ from configs import tiny
 from data_prep.records import encode_example, encode_jpeg
 from llavaction_jax.input import packing, pipeline, synthetic
 from llavaction_jax.input.chat import IGNORE_INDEX
+from llavaction_jax.input.schema import normalize_pixels
 from llavaction_jax.input.tokenizer import train_tiny_tokenizer
 from llavaction_jax.model import LlavaActionModel
 from llavaction_jax.train import losses, state as state_lib, step as step_lib
@@ -156,13 +157,14 @@ def test_packed_batch_structure(data, mesh, packed_run):
                 decoded = np.stack([tf.io.decode_jpeg(encode_jpeg(f, quality=95),
                                                       dct_method=pipeline.JPEG_DCT_METHOD).numpy()
                                         for f in frames])
-                np.testing.assert_array_equal(b["pixel_values"][row, video], pipeline.PIXEL_LUT[np.asarray(decoded, np.uint8)])
+                np.testing.assert_array_equal(b["pixel_values"][row, video], decoded)     # uint8, as decoded
                 assert b["actions"][row, video].tolist() == [sample["verb_class"], sample["noun_class"],
                                                              sample["action_id"]]
                 video += 1
         assert video <= P
         assert (b["actions"][row, video:] == -1).all()
-        assert (b["pixel_values"][row, video:] == -1.0).all()     # unused slot: zero pixels, normalised
+        assert b["pixel_values"].dtype == np.uint8
+        assert (b["pixel_values"][row, video:] == 0).all()     # unused slot: zero pixels
     assert multi >= 4       # rows really hold several samples
 
 
@@ -238,7 +240,7 @@ def _unpacked_equivalent(b, ids):
             labels[:stop - start] = b["labels"][row, start:stop]
             mask[:stop - start] = 1
             has_video = (b["input_ids"][row, start:stop] == 3).any()
-            pix = b["pixel_values"][row, video] if has_video else np.full((F, S, S, 3), -1.0, np.float32)
+            pix = b["pixel_values"][row, video] if has_video else np.zeros((F, S, S, 3), np.uint8)
             act = b["actions"][row, video] if has_video else np.full(3, -1, np.int32)
             rows.append(dict(row=row, seg=seg, video=video if has_video else None, input_ids=ids_,
                              labels=labels, attention_mask=mask, pixel_values=pix, actions=act))
@@ -261,7 +263,8 @@ def test_packed_equals_unpacked_on_the_tiny_model(data, packed_run):
     rows, single = _unpacked_equivalent(b, ids)
     model = LlavaActionModel(config(data["files"]).model, rngs=nnx.Rngs(0))
     graph, params = nnx.split(model)
-    run = jax.jit(lambda p, *args: nnx.merge(graph, p)(*args))
+    # The model takes normalised frames; the batch carries uint8 ones (the train step normalises them).
+    run = jax.jit(lambda p, ids, pix, *args: nnx.merge(graph, p)(ids, normalize_pixels(pix), *args))
     packed = run(params, b["input_ids"], b["pixel_values"], b["attention_mask"], b["segment_ids"],
                  b["positions"])
     alone = run(params, single["input_ids"], single["pixel_values"], single["attention_mask"], None, None)
@@ -290,7 +293,7 @@ def test_packed_equals_unpacked_on_the_tiny_model(data, packed_run):
         assert float(c_p[name]) == float(c_a[name])
 
 
-FILL = dict(input_ids=0, attention_mask=0, labels=IGNORE_INDEX, segment_ids=0, positions=0, pixel_values=-1.0,
+FILL = dict(input_ids=0, attention_mask=0, labels=IGNORE_INDEX, segment_ids=0, positions=0, pixel_values=0,
             actions=-1)
 
 
@@ -304,7 +307,7 @@ def _one_per_row(single):
     """The samples alone, one per row, in the packed schema (video in slot 0)."""
     n, length = single["input_ids"].shape
     has_video = (single["input_ids"] == 3).any(1)
-    pix = np.full((n, P, F, S, S, 3), -1.0, np.float32)
+    pix = np.zeros((n, P, F, S, S, 3), np.uint8)
     pix[:, 0] = single["pixel_values"]
     actions = np.full((n, P, 3), -1, np.int32)
     actions[has_video, 0] = single["actions"][has_video]

@@ -42,7 +42,8 @@ def _option_lines_without_help(text: str):
 
 def test_the_console_scripts_are_the_fixed_names():
     assert sorted(SCRIPTS) == sorted(["llavaction-demo", "llavaction-train", "llavaction-eval", "llavaction-predict",
-                                      "llavaction-convert", "llavaction-aot", "llavaction-prep"])
+                                      "llavaction-convert", "llavaction-aot", "llavaction-plan",
+                                      "llavaction-prep"])
     assert _PROJECT["requires-python"] == ">=3.11,<3.14"
     assert {"tpu", "cuda", "hf", "test"} <= set(_PROJECT["optional-dependencies"])
     assert not [d for d in _PROJECT["dependencies"] if d.split(">")[0].split("=")[0] in ("torch", "transformers",

@@ -27,6 +27,38 @@ def test_make_mesh_fills_and_errors():
         shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 1})
     with pytest.raises(ValueError, match="at most one axis may be -1"):
         shd.make_mesh({"data": -1, "fsdp": -1, "tensor": 1})
+    with pytest.raises(ValueError, match=r"needs 3 devices but 8 are available; expected data x fsdp x tensor = 8"):
+        shd.make_mesh({"data": 3, "fsdp": 1, "tensor": 1})
+    # One slice of CPU devices: dcn_data -1 is 1; asking for 2 slices is an error naming the slice count.
+    assert dict(shd.make_mesh({"data": 8, "fsdp": 1, "tensor": 1, "dcn_data": -1, "dcn_fsdp": 1}).shape) == \
+        {"data": 8, "fsdp": 1, "tensor": 1}
+    with pytest.raises(ValueError, match=r"dcn_data x dcn_fsdp = 2 but the 8 devices span 1 slice\(s\)"):
+        shd.make_mesh({"data": 4, "fsdp": 1, "tensor": 1, "dcn_data": 2, "dcn_fsdp": 1})
+    with pytest.raises(ValueError, match="axis 'dcn_fsdp' has size -1; expected a positive size$"):
+        shd.check_mesh_sizes({"data": 1, "fsdp": 1, "tensor": 1, "dcn_fsdp": -1})
+
+
+def test_hybrid_mesh_over_two_tpu_slices_and_a_mesh_the_torus_cannot_hold():
+    """Two v5p 2x2x2 slices (libtpu's topology, no TPU): 'data' crosses the slices (DCN), fsdp stays inside
+    one; the per-slice mesh is the config's. fsdp 8 x tensor 8 on a 4x4x4 torus is one line naming the sizes."""
+    pytest.importorskip("libtpu")
+    from llavaction_jax import aot
+    devices = aot.topology_devices("v5p:2x2x2", num_slices=2)
+    mesh = shd.make_mesh({"data": 1, "fsdp": 8, "tensor": 1, "dcn_data": -1, "dcn_fsdp": 1}, devices)
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 8, "tensor": 1}
+    assert [{d.slice_index for d in mesh.devices[i].flat} for i in range(2)] == [{0}, {1}]
+    mesh = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2, "dcn_data": 1, "dcn_fsdp": 2}, devices)
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 2}
+    # dcn_fsdp: the outer half of 'fsdp' is the slice.
+    assert {d.slice_index for d in mesh.devices[:, :2].flat} == {0} and {d.slice_index for d in mesh.devices[:, 2:].flat} == {1}
+    with pytest.raises(ValueError, match=r"needs 32 devices but 8 per slice \(2 slices\)"):
+        shd.make_mesh({"data": 2, "fsdp": 8, "tensor": 1}, devices)
+    with pytest.raises(ValueError) as e:
+        shd.make_mesh({"data": 1, "fsdp": 8, "tensor": 8}, aot.topology_devices("v5p:4x4x4"))
+    assert str(e.value) == ("mesh data=1 fsdp=8 tensor=8 does not fit the 4x4x4 torus of TPU v5 (one slice): each of "
+                            "data, fsdp, tensor must be one of [1, 4, 16, 64] (a product of torus dimensions) and "
+                            "together use each dimension once")
+    assert shd.holdable_sizes((2, 4, 4)) == [1, 2, 4, 8, 16, 32]
 
 
 def test_logical_to_mesh_spec_rules_and_fallbacks():

@@ -53,7 +53,8 @@ def test_nan_loss_stops_without_overwriting_good_checkpoint(good_run, tmp_path):
     cfg, mesh, workdir, _ = good_run
     shutil.copytree(workdir, tmp_path / "w")
     arrays = _arrays(cfg)
-    arrays["pixel_values"][:] = np.nan
+    # Already-normalised float frames pass the step's normalisation unchanged: NaN frames give a NaN loss.
+    arrays["pixel_values"] = np.full(arrays["pixel_values"].shape, np.nan, np.float32)
     it = synthetic.ArrayBatchIterator(arrays, 8, mesh, seed=0)
     with pytest.raises(loop.NonFiniteLossError, match=r"non-finite loss at step 3.*no checkpoint is written"):
         loop.train(cfg, str(tmp_path / "w"), train_iter=it, mesh=mesh)

@@ -24,7 +24,8 @@ from llavaction_jax.cli import UserError
 from llavaction_jax.eval import scoring
 from llavaction_jax.eval.items import EvalItem, parse_generation, written_letter
 from llavaction_jax.eval.metrics import METHODS
-from llavaction_jax.input.pipeline import PIXEL_LUT, TextStage
+from llavaction_jax.input.pipeline import TextStage
+from llavaction_jax.input.schema import normalize_pixels
 from llavaction_jax.model.generate import prefill_and_generate
 from llavaction_jax.model import num_video_tokens
 
@@ -45,10 +46,8 @@ def _round_up(n: int, multiple: int) -> int:
     return int(math.ceil(n / multiple) * multiple)
 
 
-@jax.jit
-def _normalize_on_device(frames):
-    """uint8 RGB [B, F, S, S, 3] -> float32 in [-1, 1]: the training input's table lookup (bit-identical)."""
-    return jnp.asarray(PIXEL_LUT)[frames]
+# uint8 RGB [B, F, S, S, 3] -> float32 in [-1, 1]: the train step's table lookup (bit-identical).
+_normalize_on_device = jax.jit(normalize_pixels)
 
 
 @functools.partial(jax.jit, static_argnames=("top_k",))

@@ -15,8 +15,9 @@ Stages
    training rows are packed instead (packing.py: greedy first-fit in stream order, several samples per row
    with segment_ids / per-segment positions, up to config.data.max_videos_per_row videos per row).
 5. Caller's thread: all hosts agree on the padded length (the max of their buckets), the batch becomes global
-   jax.Arrays over the mesh batch axes ('data', 'fsdp') via jax.make_array_from_process_local_data, and the
-   uint8 frames are SigLIP-normalised on device ((x/255 - 0.5)/0.5, exact, by table lookup).
+   jax.Arrays over the mesh batch axes ('data', 'fsdp') via jax.make_array_from_process_local_data; the
+   frames stay uint8 and the train step SigLIP-normalises them on device (input/schema.normalize_pixels:
+   (x/255 - 0.5)/0.5, exact, by table lookup).
 """
 import functools
 import json
@@ -26,7 +27,6 @@ import queue
 import threading
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 from jax.experimental import multihost_utils
@@ -80,9 +80,6 @@ def host_index(patterns, process_index, process_count, by_record=False):
 # ---------------------------------------------------------------------------------------------------------------
 # tf.data decoding
 # ---------------------------------------------------------------------------------------------------------------
-# SigLIP normalisation table: input/schema.py (one definition for every path).
-from llavaction_jax.input.schema import PIXEL_LUT  # noqa: E402
-
 
 # The one JPEG decode of every path (training, periodic eval, the eval CLI, predict on TFRecords): TF's decoder
 # with an explicit DCT (the default, INTEGER_FAST on most builds, differs from PIL / libjpeg's accurate DCT in most
@@ -382,8 +379,6 @@ class _BatchBuilder:
         if self.global_batch_size % shards:
             raise ValueError(f"global batch size {global_batch_size} is not divisible by the {shards} "
                              "batch shards of the mesh (data x fsdp)")
-        lut = PIXEL_LUT
-        self._normalise = jax.jit(lambda frames: jnp.asarray(lut)[frames], out_shardings=self.sharding)
 
     def host_batch(self, rows):
         """rows: list of (ids, labels, uint8 frames, actions) -> numpy dict padded to this host's bucket."""
@@ -413,7 +408,8 @@ class _BatchBuilder:
         return packing.pack_rows(rows, length, self.tok.pad_id, self.max_videos, self.frame_shape)
 
     def to_global(self, host):
-        """Pads to the length all hosts agree on, builds the global arrays, normalises frames on device."""
+        """Pads to the length all hosts agree on, builds the global arrays; frames stay uint8 (the step
+        normalises them on device, schema.normalize_pixels)."""
         length = agreed_pad_length(host["input_ids"].shape[1])
         extra = length - host["input_ids"].shape[1]
         if extra:
@@ -427,7 +423,7 @@ class _BatchBuilder:
             return jax.make_array_from_process_local_data(self.sharding, x, global_shape)
 
         batch = {k: put(v) for k, v in host.items() if k != "frames"}
-        batch["pixel_values"] = self._normalise(put(host["frames"]))
+        batch["pixel_values"] = put(host["frames"])
         return batch
 
 

@@ -26,7 +26,7 @@ import jax
 from absl import logging
 
 from configs import loader
-from llavaction_jax import argparsing, cli, distributed, fs
+from llavaction_jax import argparsing, cli, distributed, fs, slices
 from llavaction_jax import sharding as shd
 from llavaction_jax.convert.mapping import CheckpointMismatchError
 from llavaction_jax.eval import benchmarks
@@ -65,11 +65,21 @@ def train_main(argv=None) -> int:
     logging.set_verbosity(logging.INFO)                # the trainer's progress lines (absl.app's default)
     config = loader.load(args.config, overrides)       # the whole config, before any process or device starts
     distributed.initialize_from_env(args.coordinator_address, args.num_processes, args.process_id)
+    # The slice and mesh before anything is written: a config sized for another slice, or a mesh these
+    # devices cannot form, is one line.
+    try:
+        slices.check_running_slice(config.aot.accelerator_type, jax.devices())
+    except ValueError as e:
+        raise cli.UserError(str(e), "config.aot.accelerator_type") from None
+    config = slices.spread_over_slices(config, shd.num_slices(jax.devices()))
+    try:
+        mesh = shd.make_mesh(config.mesh)
+    except ValueError as e:
+        raise cli.UserError(str(e), "config.mesh") from None
     workdir = resolve_workdir(args.workdir)
     if jax.process_index() == 0:
         text = _save_config(config, workdir)
         logging.info("config (saved to %s):\n%s", fs.join(workdir, "config.json"), text)
-    mesh = shd.make_mesh(config.mesh)
     eval_fn = benchmarks.periodic_evals(config, mesh, workdir)      # None when no eval is scheduled
     summary = train(config, workdir, eval_fn=eval_fn, mesh=mesh)
     report = {k: summary[k] for k in ("start_step", "final_step", "preempted", "data_exhausted", "saved_steps",

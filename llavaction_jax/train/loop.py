@@ -265,7 +265,6 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
     log = _StepLog()
     pending = []                 # (step, device metrics) not yet fetched
     saved_steps = []
-    tokens_per_step = None
     preempted = exhausted = False
     # config.data.skip_corrupt_records: the iterator reports what it left out of each batch's stream span.
     count_skips = bool(config.data.skip_corrupt_records) and hasattr(train_iter, "num_skipped")
@@ -291,7 +290,9 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
         scalars["step_time_s"] = step_time
         if step_time:
             scalars["tokens_per_s"] = scalars["tokens"] / step_time
-            flops = metrics_lib.train_flops_per_step(num_params, tokens_per_step)
+            # Real (unpadded) tokens per row, as the AOT report counts a sample (train.metrics).
+            flops = metrics_lib.model_flops_per_step(config, setup.abstract_state["params"],
+                                                     scalars["tokens"] / int(config.data.global_batch_size))
             scalars["mfu"] = metrics_lib.mfu(flops, step_time, jax.device_count(), peak)
         writer.write(step, scalars)
         if count_skips:
@@ -324,8 +325,6 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
                     break
                 if count_skips:
                     writer.failures(step + 1, train_iter.last_skipped)
-                if tokens_per_step is None:
-                    tokens_per_step = int(np.prod(batch["input_ids"].shape))
                 state, m = step_fn(state, batch)
                 step += 1
                 pending.append((step, m))

@@ -44,9 +44,29 @@ def count_params(params) -> int:
     return int(sum(math.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
-def train_flops_per_step(num_params: int, tokens_per_step: int) -> float:
-    """6 * N * tokens: forward (2N) + backward (4N) per token, attention FLOPs ignored."""
-    return 6.0 * num_params * tokens_per_step
+def model_flops_per_step(config, params, sample_tokens: float) -> float:
+    """Model FLOPs of one training step (the MFU numerator; the AOT report's model FLOPs are this same function).
+
+    6 * N * tokens per sample, N counted where it works: the vision tower and projector on every patch of every
+    frame, the decoder and LM head on the sample's `sample_tokens` real tokens (video + text, no padding), the
+    action heads once (an untied input embedding is a lookup, not a matmul, and is left out). Attention, not in
+    6N: causal decoder 2 * T^2 * heads * head_dim per layer forward (the causal half of 4 * T^2 ...),
+    bidirectional vision 4 * P^2 * width per frame and layer; training = 3x forward. Times the global batch
+    (one sample per row; a packed row counts as one sample of its total length). `params`: arrays or
+    ShapeDtypeStructs.
+    """
+    v, t = config.model.vision, config.model.text
+    frames = int(config.data.num_frames)
+    patches = (int(v.image_size) // int(v.patch_size)) ** 2
+    per_patch = count_params(params["vision"]) + count_params(params["projector"])
+    per_sample = count_params(params.get("action", {}))     # the action heads read one position per sample
+    per_token = count_params(params) - per_patch - per_sample
+    if not bool(t.tie_word_embeddings):
+        per_token -= int(t.vocab_size) * int(t.hidden_size)
+    dense = 6.0 * (per_token * sample_tokens + per_patch * patches * frames + per_sample)
+    attention = 3.0 * (int(t.num_layers) * 2.0 * sample_tokens ** 2 * int(t.num_heads) * int(t.head_dim)
+                       + int(v.num_layers) * frames * 4.0 * patches ** 2 * int(v.hidden_size))
+    return (dense + attention) * int(config.data.global_batch_size)
 
 
 def mfu(flops_per_step: float, step_time_s: float, num_devices: int, peak: Optional[float]) -> Optional[float]:

@@ -67,12 +67,15 @@ def make_loss_and_grads(setup: TrainSetup, config) -> Callable:
 
         def loss_fn(train_params, frozen_params, mb):
             model = setup.merge(_join(train_params, frozen_params))
+            # uint8 frames become float32 here, one micro-batch at a time: the step's batch argument stays 4x
+            # smaller than normalised frames.
+            pixels = schema_lib.normalize_pixels(mb["pixel_values"])
             # LM loss from the hidden states (never [B, L, V] logits unless lm_loss="full"); the action
             # heads read the same hidden states at the action token(s).
-            hidden, slots = model.hidden_states(mb["input_ids"], mb["pixel_values"], mb["attention_mask"],
+            hidden, slots = model.hidden_states(mb["input_ids"], pixels, mb["attention_mask"],
                                                 mb.get("segment_ids"), mb.get("positions"))
             lm_sum, _ = losses.lm_loss_sums_from_hidden(model.lm_logits, hidden, mb["labels"], **lm_kwargs)
-            out = (ModelOutput(None, *model.video_action_logits(hidden, slots, mb["pixel_values"]))
+            out = (ModelOutput(None, *model.video_action_logits(hidden, slots, pixels))
                    if use_action else None)
             aux = {"lm_sum": lm_sum}
             # Dividing by the global counts makes micro-batch losses (and grads) add up to the full batch's.

@@ -39,7 +39,7 @@ def synthetic_arrays(config, num_samples: int, seq_len: int, seed: int = 0, answ
         ids[i, :len(row)] = row
         mask[i, :len(row)] = 1
         labels[i, prefix + n_video:len(row)] = text[prefix:]
-    pixels = rng.uniform(-1, 1, size=(num_samples, frames, side, side, 3)).astype(np.float32)
+    pixels = rng.integers(0, 256, size=(num_samples, frames, side, side, 3), dtype=np.uint8)
     verb, noun, action = (int(c) for c in mc.action_types)
     actions = np.stack([rng.integers(0, verb, num_samples), rng.integers(0, noun, num_samples),
                         rng.integers(0, action, num_samples)], axis=1).astype(np.int32)
