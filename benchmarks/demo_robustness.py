@@ -9,6 +9,7 @@ rounds twice (capping at AVX2 changes nothing on an AVX-512 machine: XLA already
         --workdir runs/robustness --out runs/robustness/robustness.json
 
 A variant's optional ":S+S" suffix limits it to those seeds (a full demo run takes ~7 minutes on 2 cores).
+`--merge A.json B.json ...` prints the table of runs made by several invocations (e.g. halves run side by side).
 The load average is recorded before and after every run: wall times from a loaded machine are not the demo's own.
 """
 import argparse
@@ -85,7 +86,7 @@ def run_one(args, name: str, flags: str, seed: int) -> dict:
     row = {"variant": name, "xla_flags": flags, "seed": seed, "exit_code": proc.returncode,
            "wall_time_s": s["wall_time_s"], "process_wall_s": elapsed, "stages_s": s["stages_s"],
            "load_before": load_before, "load_after": load_after, "target_met": s["target_met"],
-           "binding_final_loss": s["train"]["binding_warmup"]["final_loss"] if s["train"]["binding_warmup"] else None}
+           "process_cpu_s": s["process_cpu_s"], "binding_final_loss": s["train"]["binding_warmup"]["final_loss"] if s["train"]["binding_warmup"] else None}
     for m in PROTOCOLS:
         row[m] = s[f"accuracy_{m}"]
     print(f"{name:>10} seed {seed}: " + " ".join(f"{m} {row[m]:.1%}" for m in PROTOCOLS)
@@ -101,14 +102,41 @@ def spread(rows: list, key: str) -> tuple:
 
 def table(rows: list) -> str:
     lines = ["| variant | runs | " + " | ".join(f"{m} min / median / max" for m in PROTOCOLS)
-             + " | demo wall s min / median / max |", "|---|---|" + "---|" * (len(PROTOCOLS) + 1)]
+             + " | demo wall s min / median / max | process CPU s min / max |",
+             "|---|---|" + "---|" * (len(PROTOCOLS) + 2)]
     for name in dict.fromkeys(r["variant"] for r in rows):
         sub = [r for r in rows if r["variant"] == name]
         cells = [" / ".join(f"{v:.1%}" for v in spread(sub, m)) for m in PROTOCOLS]
         walls = " / ".join(f"{v:.0f}" for v in spread(sub, "wall_time_s"))
+        cpu = [r["process_cpu_s"] for r in sub if "process_cpu_s" in r]
+        cpu_cell = f"{min(cpu):.0f} / {max(cpu):.0f}" if cpu else "n/a"
         seeds = ",".join(str(r["seed"]) for r in sub)
-        lines.append(f"| {name} (seeds {seeds}) | {len(sub)} | " + " | ".join(cells) + f" | {walls} |")
+        lines.append(f"| {name} (seeds {seeds}) | {len(sub)} | " + " | ".join(cells) + f" | {walls} | {cpu_cell} |")
     return "\n".join(lines)
+
+
+def summary_lines(rows: list) -> list:
+    worst = {m: min(r[m] for r in rows) for m in PROTOCOLS}
+    return [table(rows), "", "worst run per protocol: " + ", ".join(f"{m} {v:.1%}" for m, v in worst.items())
+            + f"; all runs >= 85% on every protocol: {min(worst.values()) >= 0.85}; demo wall "
+            f"{min(r['wall_time_s'] for r in rows):.0f}-{max(r['wall_time_s'] for r in rows):.0f}s; load average "
+            f"(1 min) at the starts {min(r['load_before'][0] for r in rows):.1f}-"
+            f"{max(r['load_before'][0] for r in rows):.1f}"]
+
+
+def merge(paths: list, out: str = None):
+    headers, rows = [], []
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        rows += data.pop("runs")
+        headers.append(data)
+    cpus = sorted({h["cpu_model"] for h in headers})
+    print(f"CPU: {', '.join(cpus)}; {len(rows)} runs from {len(paths)} file(s)")
+    print("\n".join(summary_lines(rows)))
+    if out:
+        with open(out, "w") as f:
+            json.dump(headers[0] | {"merged_from": paths, "runs": rows}, f, indent=2)
 
 
 def main():
@@ -116,10 +144,15 @@ def main():
     p.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated demo seeds")
     p.add_argument("--variants", default="default", help="NAME[=XLA_FLAGS[:S+S]],... (see above)")
     p.add_argument("--config", default=os.path.join(ROOT, "configs", "demo.py"))
-    p.add_argument("--workdir", required=True, help="one fresh demo workdir per run is made under it")
+    p.add_argument("--workdir", help="one fresh demo workdir per run is made under it")
     p.add_argument("--out", default=None, help="JSON with every run (default: WORKDIR/robustness.json)")
     p.add_argument("--skip_hf", action="store_true", help="pass --skip_hf to the demo (wall times then omit it)")
+    p.add_argument("--merge", nargs="+", default=None, help="JSONs written by earlier runs: print their joint table")
     args = p.parse_args()
+    if args.merge:
+        return merge(args.merge, args.out)
+    if not args.workdir:
+        p.error("--workdir is required (unless --merge)")
     seeds = [int(s) for s in args.seeds.split(",") if s]
     os.makedirs(args.workdir, exist_ok=True)
     out = args.out or os.path.join(args.workdir, "robustness.json")
@@ -132,9 +165,7 @@ def main():
             rows.append(run_one(args, name, flags, seed))
             with open(out, "w") as f:
                 json.dump(header | {"runs": rows}, f, indent=2)
-    print("\n" + table(rows))
-    print(f"\nall runs >= 85% on every protocol: {all(min(r[m] for m in PROTOCOLS) >= 0.85 for r in rows)}; "
-          f"max demo wall {max(r['wall_time_s'] for r in rows):.0f}s; wrote {out}")
+    print("\n" + "\n".join(summary_lines(rows)) + f"\nwrote {out}")
 
 
 if __name__ == "__main__":
