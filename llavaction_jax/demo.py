@@ -11,6 +11,10 @@
 4. export: the trained model -> HF LlavaOnevision safetensors; reloaded with transformers, logits compared.
 5. a printed summary table (also demo_summary.json).
 JAX only: torch/transformers are needed only by step 4, which is skipped with a note when they are missing.
+
+Exit status: 0 when every protocol in config.demo.target_methods reaches config.demo.accuracy_target; 3 when one
+misses it (each missed protocol and its figure are printed; docs/troubleshooting.md, "Demo target missed", says what
+to check); 2 on bad input.
 """
 import dataclasses
 import json
@@ -25,6 +29,8 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_prep", "assets",
                       "ek100_sample")
 ANNOTATION_FILES = ("EPIC_100_validation.csv", "EPIC_100_uda_source_train.csv")
+TARGET_MISSED_EXIT = 3
+TROUBLESHOOTING = 'docs/troubleshooting.md, "Demo target missed"'
 
 
 class Timer:
@@ -436,6 +442,9 @@ def run(config, workdir: str, skip_hf: bool = False, quiet: bool = False) -> dic
     from llavaction_jax import sharding as shd
     timer = Timer()
     os.makedirs(workdir, exist_ok=True)
+    # One seed for everything random in the demo: the synthetic clips, predictions and questions (build_data reads
+    # config.demo.seed) and the trainer's init and data order (config.seed, both training runs).
+    config.seed = int(config.demo.seed)
     with timer.stage("data (clips, predictions, MQA, TFRecords)"):
         data = build_data(config, workdir, quiet=quiet)
     with timer.stage("tokenizer"):
@@ -473,11 +482,17 @@ def run(config, workdir: str, skip_hf: bool = False, quiet: bool = False) -> dic
 
 def main(argv=None) -> int:
     from llavaction_jax import argparsing
-    parser = argparsing.ArgumentParser(prog="llavaction-demo", description=__doc__)
+    parser = argparsing.ArgumentParser(
+        prog="llavaction-demo", description=__doc__,
+        epilog=f"exit status: 0 all accuracy targets met; {TARGET_MISSED_EXIT} a target missed (the protocol and its "
+               f"figure are printed; see {TROUBLESHOOTING}); 2 bad input")
     parser.add_argument("--workdir", required=True, help="output directory (data, checkpoints, eval, export)")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="config file with get_config() (configs/demo.py)")
     parser.add_argument("--steps", type=int, default=None, help="override config.train.num_steps")
     parser.add_argument("--skip_hf", action="store_true", help="skip the HF export + transformers reload check")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="override config.demo.seed: the seed of the synthetic clips, the questions, the model's "
+                             "init and the data order")
     args = parser.parse_args(argv)
     import importlib.util
     spec = importlib.util.spec_from_file_location("demo_config", args.config)
@@ -486,12 +501,30 @@ def main(argv=None) -> int:
     config = module.get_config()
     if args.steps is not None:
         config.train.num_steps = args.steps
+    if args.seed is not None:
+        config.demo.seed = args.seed
     from configs import validate
     validate.validate(config)
     if os.path.isdir(os.path.join(args.workdir, "train", "checkpoints")):
-        raise SystemExit(f"--workdir {args.workdir} already holds a training run; use a fresh directory")
+        from llavaction_jax import cli
+        raise cli.UserError("the directory already holds a training run", f"--workdir {args.workdir}",
+                            "a fresh directory")
     result = run(config, args.workdir, skip_hf=args.skip_hf)
+    missed = missed_targets(result)
+    for line in missed:
+        print(f"demo: target missed: {line}", file=sys.stderr)
+    if missed:
+        print(f"demo: {len(missed)} of {len(result['target_methods'])} accuracy targets missed; see {TROUBLESHOOTING} "
+              f"(exit {TARGET_MISSED_EXIT})", file=sys.stderr, flush=True)
+        return TARGET_MISSED_EXIT
     return 0
+
+
+def missed_targets(result: dict) -> List[str]:
+    """One line per target protocol below config.demo.accuracy_target: its name, method key and figure."""
+    target, summary = result["target"], result["eval_summary"]
+    return [f"{summary[m]['protocol']} [{m}] {summary[m]['accuracy']:.1%} < {target:.0%}"
+            for m in result["target_methods"] if summary[m]["accuracy"] < target]
 
 
 def console_main(argv=None) -> int:

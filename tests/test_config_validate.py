@@ -13,7 +13,7 @@ from conftest import REPO_ROOT
 from llavaction_jax.cli import UserError
 
 SHIPPED = [(name, arg) for name in sorted(f[:-3] for f in os.listdir(os.path.join(REPO_ROOT, "configs"))
-                                          if f.endswith(".py") and f not in ("__init__.py", "base.py", "validate.py"))
+                                          if f.endswith(".py") and f not in ("__init__.py", "base.py", "validate.py", "loader.py"))
            for arg in (list(getattr(importlib.import_module(f"configs.{name}"), "TOPOLOGIES", {})) or [None])]
 
 
