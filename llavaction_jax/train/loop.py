@@ -249,7 +249,9 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
     mesh = mesh if mesh is not None else shd.make_mesh(config.mesh)
     check_batch_layout(config, mesh)
     cache_dir = resolve_compilation_cache(str(tc.compilation_cache_dir), workdir, jax.process_count(),
-                                          jax.default_backend(), os.environ.get("JAX_COMPILATION_CACHE_DIR", ""))
+                                          jax.default_backend(),
+                                          os.environ.get("JAX_COMPILATION_CACHE_DIR") or
+                                          (jax.config.jax_compilation_cache_dir or ""))
     if cache_dir:
         jax.config.update("jax_compilation_cache_dir", cache_dir)
         logging.info("persistent compilation cache: %s", cache_dir)
