@@ -69,9 +69,20 @@ def get_base_config():
         progress_bar=True,
         synthetic_samples=0,         # > 0: train on that many random samples instead of config.data (smoke runs)
         synthetic_seq_len=0,         # their padded length (0 = config.data.max_length)
-        # JAX persistent compilation cache ("" = off): a restarted or requeued run reads its compiled step
-        # from here instead of compiling again (minutes for a 7B step on a pod).
-        compilation_cache_dir="",
+        # JAX persistent compilation cache: a restarted or requeued run reads its compiled step from here
+        # instead of compiling again (minutes for a 7B step on a pod).
+        # "auto": <workdir>/compilation_cache on pod runs (more than one process, or TPU / GPU devices) unless
+        # JAX_COMPILATION_CACHE_DIR already names one; a path: always that; "": off.
+        compilation_cache_dir="auto",
+        # Observability (train/trackers.py, train/profiling.py, train/goodput.py).
+        trackers=("tensorboard",),   # any of "tensorboard", "wandb" (the `wandb` extra), several at once
+        wandb_project="llavaction_jax", wandb_entity="", wandb_run_name="",
+        profile_start_step=0,        # > 0: xprof trace of this step and the next profile_num_steps - 1
+        profile_num_steps=3,
+        dump_hlo=False,              # True: <workdir>/hlo/train_step.txt, the optimised HLO of the step
+        # Preemption tier: > 0 writes a temporary checkpoint every N minutes between the permanent
+        # checkpoint_every ones, each deleted once a newer one is committed (train/checkpointing.py).
+        temporary_checkpoint_minutes=0.0,
     ))
 
     # The TPU slice this config is sized for: its Cloud TPU accelerator type (e.g. v5p-16; checked against the

@@ -89,6 +89,7 @@ def base_rules() -> Mapping[str, Rule]:
     are train.optimizer.validate_config's, the model's enums model.spec's (both called by validate)."""
     from llavaction_jax.eval.metrics import METHODS
     from llavaction_jax.train.losses import LM_LOSS_MODES
+    from llavaction_jax.train.trackers import TRACKERS
     rules = {
         "seed": at_least(0),
         "mesh.data": MESH_SIZE, "mesh.fsdp": MESH_SIZE, "mesh.tensor": MESH_SIZE,
@@ -101,6 +102,8 @@ def base_rules() -> Mapping[str, Rule]:
         "train.lm_loss": one_of(LM_LOSS_MODES), "train.lm_loss_chunk_size": at_least(1),
         "train.lm_loss_max_supervised": at_least(1), "train.peak_flops_per_device": at_least(0),
         "train.synthetic_samples": at_least(0), "train.synthetic_seq_len": at_least(0),
+        "train.trackers": subset_of(TRACKERS), "train.profile_start_step": at_least(0),
+        "train.profile_num_steps": at_least(1), "train.temporary_checkpoint_minutes": at_least(0, float),
         "eval.batch_size": at_least(1), "eval.max_new_tokens": at_least(1), "eval.methods": subset_of(METHODS),
         "eval.max_samples": at_least(0),
         "model.pool_stride": at_least(1), "model.video_token_id": at_least(0),

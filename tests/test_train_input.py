@@ -44,7 +44,9 @@ def test_resume_on_tfrecords_sees_the_same_batches(data_config, tmp_path, monkey
     part_dir = tmp_path / "part"
     assert sorted(int(d.name) for d in (part_dir / "checkpoints").iterdir() if d.name.isdigit()) == [1, 2, 3]
     with open(part_dir / "metrics.jsonl") as f:
-        assert [json.loads(line)["step"] for line in f] == [2, 3]     # log_every=10: the last step of each run
+        rows = [json.loads(line) for line in f]
+    assert [r["step"] for r in rows if r["prefix"] == "train"] == [2, 3]     # log_every=10: each run's last step
+    assert [r["step"] for r in rows if r["prefix"] == "goodput"] == [2, 3]   # one breakdown per run
     assert len(list((part_dir / "tensorboard").glob("events.out.tfevents.*"))) == 2
     assert not (tmp_path / "file:").exists()
 

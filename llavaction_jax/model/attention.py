@@ -15,18 +15,23 @@ Implementations:
     output and the log-sum-exp and recomputes blocks); runs anywhere, O(block^2) score memory.
   * splash: the Pallas TPU splash-attention kernel, shard_mapped over the batch and head mesh axes
     (on a non-TPU platform it runs in the Pallas interpreter: slow, for tests).
-  * cudnn: cuDNN fused attention (GPU, bf16/fp16, no segment_ids).
+  * cudnn: cuDNN fused attention (GPU, bf16/fp16); packing (segment_ids) through cuDNN's packed layout
+    (per-segment lengths and offsets), on GPUs and JAX versions that support it (cudnn_supports_packing).
   * auto: splash on TPU, cuDNN on GPU where it applies (blockwise otherwise), blockwise on CPU once the
     scores get large (T * S > AUTO_XLA_MAX_SCORES; below that XLA's fused path is faster and small);
     single-query decode steps and cross-length calls use xla (tiny scores). The platform is the one of the mesh the
-    program is traced under (an AOT compile for a TPU topology on a CPU host picks splash).
+    program is traced under (an AOT compile for a TPU topology on a CPU host picks splash). Each distinct
+    choice is logged once, with the reason (choose_kernel).
 """
 import functools
 import math
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from llavaction_jax.model import remat
 
@@ -68,12 +73,63 @@ def xla_attention(q, k, v, *, causal, kv_lengths=None, segment_ids=None):
                                         implementation="xla")
 
 
+def cudnn_packed_layout(segment_ids, max_segments=None):
+    """cuDNN's packed layout of segment_ids [B, T]: (seqlen [B, M], offsets [B, M + 1]), -1 past the last segment.
+
+    Every run of equal ids is one segment, padding (id 0) included, so padding rows attend among themselves and
+    stay finite (as in xla_attention, their output is never read). M defaults to T, a bound every row meets."""
+    seg = segment_ids.astype(jnp.int32)
+    bsz, length = seg.shape
+    m = length if max_segments is None else int(max_segments)
+    starts = jnp.concatenate([jnp.ones((bsz, 1), bool), seg[:, 1:] != seg[:, :-1]], axis=1)
+    offsets = jax.vmap(lambda row: jnp.nonzero(row, size=m, fill_value=-1)[0])(starts).astype(jnp.int32)
+    count = jnp.sum(starts, axis=1, dtype=jnp.int32)[:, None]
+    slot = jnp.arange(m, dtype=jnp.int32)[None]
+    ends = jnp.where(slot + 1 < count, jnp.roll(offsets, -1, axis=1), length)
+    seqlen = jnp.where(slot < count, ends - offsets, -1)
+    return seqlen, jnp.concatenate([offsets, jnp.full((bsz, 1), -1, jnp.int32)], axis=1)
+
+
+def _cudnn_fused():
+    # The packed (segment) layout is only in JAX's internal cuDNN module; jax.nn.dot_product_attention has
+    # no segment argument. cudnn_supports_packing checks the signature before anything calls it.
+    from jax._src.cudnn import fused_attention_stablehlo
+    return fused_attention_stablehlo
+
+
+@functools.lru_cache(maxsize=None)
+def cudnn_supports_packing() -> bool:
+    """The installed JAX's cuDNN attention takes segment offsets, and the GPU is Hopper or newer (cuDNN's
+    packed layout needs compute capability 9.0: check_is_flash_attention in JAX's fused_attention_stablehlo)."""
+    try:
+        fused = _cudnn_fused()
+    except ImportError:
+        return False
+    if "q_offsets" not in inspect.signature(fused.dot_product_attention).parameters:
+        return False
+    try:
+        return bool(fused.check_compute_capability("9.0"))
+    except Exception:       # no CUDA device visible (e.g. tracing for GPU from a CPU host)
+        return False
+
+
 def cudnn_attention(q, k, v, *, causal, kv_lengths=None, segment_ids=None):
-    """cuDNN fused (flash) attention through jax.nn.dot_product_attention (GPU only)."""
-    if segment_ids is not None:
-        raise ValueError("attention_impl='cudnn' does not take segment_ids here; use 'auto' or 'xla' with packing")
-    return jax.nn.dot_product_attention(q, k, v, is_causal=causal, key_value_seq_lengths=kv_lengths,
-                                        implementation="cudnn")
+    """cuDNN fused (flash) attention (GPU only): jax.nn.dot_product_attention, or with segment_ids cuDNN's
+    packed layout (cudnn_packed_layout), where cudnn_supports_packing()."""
+    if segment_ids is None:
+        return jax.nn.dot_product_attention(q, k, v, is_causal=causal, key_value_seq_lengths=kv_lengths,
+                                            implementation="cudnn")
+    if not cudnn_supports_packing():
+        raise ValueError("attention_impl='cudnn' with segment_ids needs cuDNN's packed layout (a JAX whose cuDNN "
+                         "attention takes q_offsets, on a compute capability >= 9.0 GPU); use 'auto'")
+    if kv_lengths is not None:
+        segment_ids = jnp.where(jnp.arange(k.shape[1])[None] < kv_lengths[:, None], segment_ids, 0)
+    fused = _cudnn_fused()
+    seqlen, offsets = cudnn_packed_layout(segment_ids)
+    mask = fused.MaskType.PADDING_CAUSAL if causal else fused.MaskType.PADDING
+    return fused.dot_product_attention(q, k, v, q_seqlen=seqlen, kv_seqlen=seqlen, q_offsets=offsets,
+                                       kv_offsets=offsets, scale=1.0 / math.sqrt(q.shape[-1]), mask_type=mask,
+                                       qkv_layout="BTNH")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -330,20 +386,37 @@ def splash_attention(q, k, v, *, causal, kv_lengths=None, segment_ids=None, bloc
 # ---------------------------------------------------------------------------------------------------------
 
 
-def auto_attention(q, k, v, *, causal, kv_lengths=None, segment_ids=None):
-    """Pick the fastest exact path for the platform the program is traced for (see the module docstring)."""
-    if q.shape[1] != k.shape[1] or q.shape[1] == 1:
-        # Decode step against a KV cache (or cross attention): the scores are one row per head.
-        return xla_attention(q, k, v, causal=causal, kv_lengths=kv_lengths, segment_ids=segment_ids)
-    platform = _platform()
+_LOGGED_CHOICES = set()
+
+
+def choose_kernel(platform, q_shape, k_shape, dtype, packed: bool):
+    """(kernel name, reason) that `auto` runs for these shapes on `platform` (see the module docstring)."""
+    if q_shape[1] != k_shape[1] or q_shape[1] == 1:
+        return "xla", "decode step or cross-length call: one score row per head"
     if platform == "tpu":
-        return splash_attention(q, k, v, causal=causal, kv_lengths=kv_lengths, segment_ids=segment_ids)
-    if (platform in ("gpu", "cuda") and segment_ids is None and q.dtype in (jnp.bfloat16, jnp.float16)
-            and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128):
-        return cudnn_attention(q, k, v, causal=causal, kv_lengths=kv_lengths)
-    if platform not in ("gpu", "cuda") and q.shape[1] * k.shape[1] <= AUTO_XLA_MAX_SCORES:
-        return xla_attention(q, k, v, causal=causal, kv_lengths=kv_lengths, segment_ids=segment_ids)
-    return blockwise_attention(q, k, v, causal=causal, kv_lengths=kv_lengths, segment_ids=segment_ids)
+        return "splash", "TPU"
+    if platform in ("gpu", "cuda"):
+        if dtype not in (jnp.bfloat16, jnp.float16) or q_shape[-1] % 8 or q_shape[-1] > 128:
+            return "blockwise", f"cuDNN needs bf16/fp16 and head_dim % 8 == 0, <= 128 (got {dtype}, {q_shape[-1]})"
+        if packed and not cudnn_supports_packing():
+            return "blockwise", "packing, and this JAX / GPU has no cuDNN packed layout (needs sm90+)"
+        return "cudnn", "GPU" + (", packed layout" if packed else "")
+    if q_shape[1] * k_shape[1] <= AUTO_XLA_MAX_SCORES:
+        return "xla", f"{platform}: scores up to {AUTO_XLA_MAX_SCORES} per head"
+    return "blockwise", f"{platform}: scores above {AUTO_XLA_MAX_SCORES} per head"
+
+
+def auto_attention(q, k, v, *, causal, kv_lengths=None, segment_ids=None):
+    """Pick the fastest exact path for the platform the program is traced for (choose_kernel); each distinct
+    choice is logged once."""
+    platform = _platform()
+    kernel, why = choose_kernel(platform, q.shape, k.shape, q.dtype, segment_ids is not None)
+    key = (platform, kernel, why, q.shape[1], k.shape[1])
+    if key not in _LOGGED_CHOICES:
+        _LOGGED_CHOICES.add(key)
+        logging.info("attention 'auto': %s for q %s k %s %s on %s (%s)", kernel, tuple(q.shape), tuple(k.shape),
+                     q.dtype, platform, why)
+    return IMPLEMENTATIONS[kernel](q, k, v, causal=causal, kv_lengths=kv_lengths, segment_ids=segment_ids)
 
 
 IMPLEMENTATIONS = {"xla": xla_attention, "cudnn": cudnn_attention, "blockwise": blockwise_attention,

@@ -4,7 +4,13 @@ Layout: <workdir>/checkpoints/<step>/{state, data, config}. Saves are async (the
 the arrays are written) and atomic (Orbax writes to a tmp dir and renames on commit, so a save killed
 half-way is invisible to latest_step()). The directory may be local, file:// or any scheme Orbax's epath layer
 serves (gs://); others (e.g. TF's ram://, which tensorstore cannot write) are a UserError before any thread starts.
+
+Two tiers (config.train.temporary_checkpoint_minutes > 0): permanent checkpoints (steps that are multiples of
+checkpoint_every, and the run's last step), of which the latest `keep` stay, and temporary ones written every N
+minutes between them, each deleted once a newer checkpoint of either tier is committed (Orbax's preservation
+policy), so a preempted run loses at most N minutes without filling the disk.
 """
+import dataclasses
 import json
 import os
 from typing import Any, Optional, Tuple
@@ -37,18 +43,43 @@ def checkpoint_dir(directory: str) -> str:
     return directory
 
 
-class Checkpointer:
-    """CheckpointManager wrapper: save(step, state, data_state, config_dict) / restore(step, abstract)."""
+@dataclasses.dataclass
+class PermanentAndLatest(ocp.checkpoint_managers.PreservationPolicy):
+    """Keeps the latest `keep` permanent checkpoints (step % every == 0, or step == final_step) and the newest
+    checkpoint of all (the current temporary one); every older temporary checkpoint is deleted."""
 
-    def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+    keep: int
+    every: int
+    final_step: int
+
+    def is_permanent(self, step: int) -> bool:
+        return (self.every > 0 and step % self.every == 0) or step == self.final_step
+
+    def should_preserve(self, checkpoints, *, context):
+        permanent = [i for i, c in enumerate(checkpoints) if self.is_permanent(int(c.step))]
+        kept = set(permanent[-self.keep:] if self.keep > 0 else permanent)
+        if checkpoints:
+            kept.add(len(checkpoints) - 1)
+        return [i in kept for i in range(len(checkpoints))]
+
+
+class Checkpointer:
+    """CheckpointManager wrapper: save(step, state, data_state, config_dict) / restore(step, abstract).
+
+    `temporary=True` keeps the two tiers of PermanentAndLatest(keep, permanent_every, final_step); otherwise
+    the latest `keep` checkpoints stay."""
+
+    def __init__(self, directory: str, keep: int = 3, async_save: bool = True, temporary: bool = False,
+                 permanent_every: int = 0, final_step: int = -1):
         self.directory = checkpoint_dir(directory)
+        tiers = dict(preservation_policy=PermanentAndLatest(int(keep), int(permanent_every), int(final_step))
+                     ) if temporary else dict(max_to_keep=keep)
         self._mngr = ocp.CheckpointManager(
             self.directory,
             item_handlers=dict(state=ocp.StandardCheckpointHandler(), data=ocp.JsonCheckpointHandler(),
                                config=ocp.JsonCheckpointHandler()),
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
-                cleanup_tmp_directories=True))
+                create=True, enable_async_checkpointing=async_save, cleanup_tmp_directories=True, **tiers))
 
     def latest_step(self) -> Optional[int]:
         return self._mngr.latest_step()

@@ -8,6 +8,7 @@ a JSON-able dict and `set_state(d)` restores it (saved with every checkpoint, so
 true (llavaction_jax.eval.benchmarks.PeriodicEvals: each config.evals entry at its own `every`), or, for a plain
 function, every config.train.eval_every steps; its results go to metrics.jsonl / TensorBoard with prefix "eval".
 """
+import os
 import signal
 import sys
 import threading
@@ -23,9 +24,11 @@ from llavaction_jax import fs
 from llavaction_jax import sharding as shd
 from llavaction_jax.cli import UserError
 from llavaction_jax.train import checkpointing, metrics as metrics_lib, optimizer as opt_lib
+from llavaction_jax.train import goodput as goodput_lib, profiling
 from llavaction_jax.train import state as state_lib
 from llavaction_jax.train import step as step_lib
 from llavaction_jax.train import synthetic
+from llavaction_jax.train import trackers as trackers_lib
 
 # Metrics that must stay finite for a state to be worth keeping.
 _FINITE_KEYS = ("loss", "grad_norm", "update_norm")
@@ -149,6 +152,39 @@ def _load_pretrained_params(path, setup, config):
     return jax.device_put(params, setup.shardings["params"])
 
 
+def resolve_compilation_cache(setting: str, workdir: str, process_count: int, backend: str,
+                              current: str = "") -> str:
+    """The persistent compilation cache dir to set ("" = leave JAX's setting alone) for
+    config.train.compilation_cache_dir = `setting`: "auto" is <workdir>/compilation_cache on a pod run (several
+    processes, or TPU / GPU devices) unless a cache is `current`ly set (JAX_COMPILATION_CACHE_DIR); "" is off;
+    anything else is that path."""
+    if setting != "auto":
+        return setting
+    if current or not (process_count > 1 or backend in ("tpu", "gpu", "cuda", "rocm")):
+        return ""
+    return fs.join(workdir, "compilation_cache")
+
+
+class _TemporaryCheckpoints:
+    """Time-based tier: due() is True once `minutes` have passed since the last save, the same on every
+    process (process 0's clock decides, broadcast to the others)."""
+
+    def __init__(self, minutes: float):
+        self.seconds = float(minutes) * 60.0
+        self.last = time.monotonic()
+
+    def saved(self):
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        if self.seconds <= 0:
+            return False
+        due = time.monotonic() - self.last >= self.seconds
+        if jax.process_count() > 1:
+            due = bool(multihost_utils.broadcast_one_to_all(np.array(due, np.int32)))
+        return due
+
+
 class _TqdmStream:
     """A stream that prints through tqdm.write: log lines go above the progress bar, not glued to it."""
 
@@ -201,7 +237,9 @@ class _StepLog:
 def train(config, workdir: str, train_iter: Optional[Iterator] = None,
           eval_fn: Optional[Callable[[object, int], Mapping[str, float]]] = None, mesh=None) -> dict:
     """Train until config.train.num_steps (resuming from workdir's latest checkpoint); returns a summary."""
+    timer = goodput_lib.GoodputTimer()
     opt_lib.validate_config(config)
+    trackers_lib.check_trackers(tuple(config.train.trackers))
     if _init_from(config):
         check_init_from(_init_from(config))
     workdir = resolve_workdir(workdir)
@@ -210,15 +248,22 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
     num_steps = int(tc.num_steps)
     mesh = mesh if mesh is not None else shd.make_mesh(config.mesh)
     check_batch_layout(config, mesh)
-    if config.train.compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", str(config.train.compilation_cache_dir))
+    cache_dir = resolve_compilation_cache(str(tc.compilation_cache_dir), workdir, jax.process_count(),
+                                          jax.default_backend(),
+                                          os.environ.get("JAX_COMPILATION_CACHE_DIR") or
+                                          (jax.config.jax_compilation_cache_dir or ""))
+    if cache_dir:
+        jax.config.update("jax_compilation_cache_dir", cache_dir)
+        logging.info("persistent compilation cache: %s", cache_dir)
     setup = state_lib.build_setup(config, mesh)
     num_params = metrics_lib.count_params(setup.abstract_state["params"])
     groups = opt_lib.summarize_groups(setup.abstract_state["params"], config.optim)
     logging.info("mesh %s, %d params, groups %s", dict(mesh.shape), num_params, groups)
 
+    temporary = _TemporaryCheckpoints(float(tc.temporary_checkpoint_minutes))
     ckpt = checkpointing.Checkpointer(fs.join(workdir, "checkpoints"), keep=int(tc.keep_checkpoints),
-                                      async_save=bool(tc.async_checkpointing))
+                                      async_save=bool(tc.async_checkpointing), temporary=temporary.seconds > 0,
+                                      permanent_every=int(tc.checkpoint_every), final_step=num_steps)
     own_iter = train_iter is None
 
     def close_iter():
@@ -254,7 +299,11 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
     step_fn = step_lib.jit_train_step(setup, config)
     peak = metrics_lib.peak_flops_per_device(jax.devices()[0].device_kind,
                                              float(tc.peak_flops_per_device))
-    writer = metrics_lib.MetricWriter(workdir, start_step=start)
+    writer = metrics_lib.MetricWriter(workdir, start_step=start, trackers=tuple(tc.trackers), train_config=tc,
+                                      run_config=config_dict)
+    profiler = profiling.ProfileWindow(workdir, int(tc.profile_start_step), int(tc.profile_num_steps))
+    cache_size = getattr(step_fn, "_cache_size", None)      # jax.jit's count of compiled programs
+    data_waits = {}              # step -> seconds spent in next(train_iter)
     bar = None
     restore_log_stream = lambda: None   # noqa: E731
     if tc.progress_bar and jax.process_index() == 0:
@@ -276,7 +325,7 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
         host = jax.device_get([m for _, m in items])
         now = time.perf_counter()
         for (s, _), m in zip(items, host):
-            log.add(s, m, now, first_of_run=(s == start + 1))
+            log.add(s, {**m, "data_wait_s": data_waits.pop(s, 0.0)}, now, first_of_run=(s == start + 1))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{float(m['loss']):.4f}")
@@ -290,6 +339,7 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
         scalars["step_time_s"] = step_time
         if step_time:
             scalars["tokens_per_s"] = scalars["tokens"] / step_time
+            scalars["tokens_per_s_per_chip"] = scalars["tokens_per_s"] / jax.device_count()
             # Real (unpadded) tokens per row, as the AOT report counts a sample (train.metrics).
             flops = metrics_lib.model_flops_per_step(config, setup.abstract_state["params"],
                                                      scalars["tokens"] / int(config.data.global_batch_size))
@@ -303,19 +353,25 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
     def save(step):
         if step in saved_steps or step == latest:
             return
-        ckpt.save(step, state, train_iter.get_state(), config_dict)
+        with timer.phase("checkpoint"):
+            ckpt.save(step, state, train_iter.get_state(), config_dict)
         saved_steps.append(step)
+        temporary.saved()
 
     eval_due = getattr(eval_fn, "due", None)
     if eval_fn is not None and eval_due is None:
         eval_due = lambda s: int(tc.eval_every) > 0 and s % int(tc.eval_every) == 0   # noqa: E731
 
     step = start
+    timer.add("startup", timer.elapsed())     # mesh, state init / restore, writers: everything before step 1
     try:
         with Preemption() as preemption:
             while step < num_steps:
                 try:
-                    batch = next(train_iter)
+                    with timer.phase("data_wait"):
+                        t_data = time.perf_counter()
+                        batch = next(train_iter)
+                        data_waits[step + 1] = time.perf_counter() - t_data
                 except StopIteration:
                     if step == start:
                         raise ValueError("empty dataset: the train iterator produced no batch "
@@ -325,22 +381,34 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
                     break
                 if count_skips:
                     writer.failures(step + 1, train_iter.last_skipped)
+                if tc.dump_hlo and step == start:
+                    with timer.phase("compile"):
+                        profiling.dump_hlo(workdir, "train_step", step_fn, state, batch)
+                profiler.before(step + 1)
+                compiled_before = cache_size() if cache_size else None
+                t_dispatch = time.perf_counter()
                 state, m = step_fn(state, batch)
+                if cache_size and cache_size() != compiled_before:
+                    # This call traced and compiled (the first step, or a new batch shape): dispatch time is compile.
+                    timer.add("compile", time.perf_counter() - t_dispatch)
                 step += 1
+                profiler.after(step, m)
                 pending.append((step, m))
                 drain(keep_last=True)
                 stop = preemption.any_process()
                 boundary_log = step % int(tc.log_every) == 0 or step == num_steps
                 boundary_ckpt = (int(tc.checkpoint_every) > 0 and step % int(tc.checkpoint_every) == 0)
                 boundary_eval = eval_due is not None and eval_due(step)
-                if boundary_log or boundary_ckpt or boundary_eval or stop:
+                boundary_temp = not boundary_ckpt and temporary.due()
+                if boundary_log or boundary_ckpt or boundary_eval or boundary_temp or stop:
                     drain(keep_last=False)       # every step up to here is finite before anything is saved
                 if boundary_log:
                     write_logs(step)
-                if boundary_ckpt or stop:
+                if boundary_ckpt or boundary_temp or stop:
                     save(step)
                 if boundary_eval:
-                    results = eval_fn(setup.merge(state["params"]), step)
+                    with timer.phase("eval"):
+                        results = eval_fn(setup.merge(state["params"]), step)
                     writer.write(step, {k: float(v) for k, v in dict(results).items()}, prefix="eval")
                 if stop:
                     preempted = True
@@ -350,9 +418,13 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
             if step > start:
                 save(step)
     finally:
+        profiler.close()
         # Let in-flight saves of good states finish; nothing is saved after a failure.
-        ckpt.close()
+        with timer.phase("checkpoint"):
+            ckpt.close()
         close_iter()
+        goodput = timer.report()
+        writer.write(step, goodput, prefix="goodput")
         writer.close()
         if bar is not None:
             restore_log_stream()
@@ -369,5 +441,6 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
         "saved_steps": saved_steps, "num_params": num_params, "param_groups": groups,
         "skipped_records": int(train_iter.num_skipped) if count_skips else 0,
         "last_metrics": log.last, "mean_step_time_s": float(np.mean(log.times)) if log.times else None,
+        "goodput": goodput,
         "state": state, "setup": setup,
     }

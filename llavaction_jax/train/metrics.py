@@ -1,17 +1,16 @@
-"""Throughput / MFU bookkeeping and metric writers (TensorBoard via tensorboardX + console).
+"""Throughput / MFU bookkeeping and the metric writer (metrics.jsonl + console + the trackers of trackers.py).
 
-Every file goes through llavaction_jax.fs, so the workdir may be local or remote (gs://, ram://): tensorboardX
-writes event files of a URL workdir through a writer factory registered for that scheme (`_GfileEvents`).
+Every file goes through llavaction_jax.fs, so the workdir may be local or remote (gs://, ram://).
 """
 import json
 import math
 from typing import Mapping, Optional, Sequence
 
 import jax
-import numpy as np
 from absl import logging
 
 from llavaction_jax import fs
+from llavaction_jax.train import trackers as trackers_lib
 
 FAILURES_FILE = "data_failures.jsonl"
 
@@ -75,38 +74,22 @@ def mfu(flops_per_step: float, step_time_s: float, num_devices: int, peak: Optio
     return flops_per_step / (step_time_s * num_devices * peak)
 
 
-class _GfileEvents:
-    """tensorboardX writer factory (record_writer.register_writer_factory) for one URL scheme: event files
-    are opened through the fs layer instead of tensorboardX's own S3 / GCS clients."""
-
-    @staticmethod
-    def directory_check(path):
-        fs.makedirs(path)
-
-    @staticmethod
-    def open(path):
-        return fs.open_file(path, "wb")
-
-
-def _summary_writer(logdir: str):
-    from tensorboardX import SummaryWriter, record_writer
-    if fs.is_url(logdir):
-        record_writer.register_writer_factory(fs.scheme(logdir), _GfileEvents())
-    return SummaryWriter(logdir)
-
-
 class MetricWriter:
-    """Writes scalars to TensorBoard, to <workdir>/metrics.jsonl (exact values) and the console; process 0 only.
+    """Writes scalars to <workdir>/metrics.jsonl (exact values), the console and every tracker of
+    config.train.trackers (TensorBoard by default; trackers.py); process 0 only.
     `failures(step, records)` lists skipped training records in <workdir>/data_failures.jsonl."""
 
-    def __init__(self, workdir: Optional[str], start_step: Optional[int] = None):
+    def __init__(self, workdir: Optional[str], start_step: Optional[int] = None, trackers=("tensorboard",),
+                 train_config=None, run_config: Optional[dict] = None):
         """`start_step`: the step a resumed run starts from; rows of later steps (written after the checkpoint
         it resumes from, so about to be re-run) are dropped from metrics.jsonl and data_failures.jsonl first,
-        so no step appears twice."""
-        self._tb = self._jsonl = None
+        so no step appears twice. `train_config` (config.train) gives the wandb project / entity / run name,
+        `run_config` the config dict a wandb run records."""
+        self._trackers = []
+        self._jsonl = None
         self._failures_path = None
         if workdir and jax.process_index() == 0:
-            self._tb = _summary_writer(fs.join(workdir, "tensorboard"))
+            self._trackers = trackers_lib.make_trackers(workdir, tuple(trackers), train_config, run_config)
             path = fs.join(workdir, "metrics.jsonl")
             self._failures_path = fs.join(workdir, FAILURES_FILE)
             if start_step is not None:
@@ -115,14 +98,15 @@ class MetricWriter:
                         _truncate_after(p, start_step)
             self._jsonl = fs.open_file(path, "a")
 
+    @property
+    def trackers(self) -> list:
+        return list(self._trackers)
+
     def write(self, step: int, scalars: Mapping[str, float], prefix: str = "train"):
         if jax.process_index() != 0:
             return
-        if self._tb is not None:
-            for k, v in scalars.items():
-                if v is not None and np.isfinite(v):
-                    self._tb.add_scalar(f"{prefix}/{k}", float(v), step)
-            self._tb.flush()
+        for tracker in self._trackers:
+            tracker.write(step, scalars, prefix)
         if self._jsonl is not None:
             self._jsonl.write(json.dumps({"step": int(step), "prefix": prefix, **scalars}) + "\n")
             self._jsonl.flush()
@@ -136,9 +120,12 @@ class MetricWriter:
             f.write("".join(json.dumps({"step": int(step), **r}) + "\n" for r in records))
 
     def close(self):
-        if self._tb is not None:
-            self._tb.close()
+        for tracker in self._trackers:
+            tracker.close()
+        self._trackers = []
+        if self._jsonl is not None:
             self._jsonl.close()
+            self._jsonl = None
 
 
 def _truncate_after(path: str, step: int) -> None:

@@ -131,7 +131,8 @@ def make_train_step(setup: TrainSetup, config) -> Callable:
         new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1,
                      "rng": jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state["rng"]))[0])}
         metrics = {"loss": loss, "lm_loss": aux["lm_sum"] / n_tok, "grad_norm": grad_norm,
-                   "update_norm": optax.global_norm(updates), "lr": lr_fn(state["step"]),
+                   "update_norm": optax.global_norm(updates), "param_norm": optax.global_norm(new_params),
+                   "lr": lr_fn(state["step"]),
                    "supervised_tokens": n_tok, "tokens": jnp.sum(batch["attention_mask"]).astype(jnp.float32)}
         if use_action:
             denom = jnp.maximum(n_valid, 1.0)
