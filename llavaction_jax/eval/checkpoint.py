@@ -4,7 +4,8 @@ Accepted directories:
 - a training workdir (`<dir>/checkpoints/<step>/...` from llavaction_jax.train) or its `checkpoints` dir: the
   latest step's parameters, with the config saved next to them; the tokenizer from config.data.tokenizer_path;
 - anything `llavaction_jax.load_pretrained` reads (HF LlavaOnevision, original llava_qwen, or an Orbax dir from
-  `python -m llavaction_jax.convert import`); the tokenizer from the directory's tokenizer.json.
+  `python -m llavaction_jax.convert import`); the tokenizer from the directory's tokenizer.json, and for an HF
+  export of ours the frame count from its video processor config.
 `tokenizer` overrides the tokenizer directory in both cases.
 """
 import os
@@ -78,6 +79,18 @@ def load_train_workdir(ckpt_dir: str, mesh=None, step: Optional[int] = None,
     return setup.merge(params), config, step, mesh
 
 
+def _take_export_sampling(path: str, config) -> None:
+    """An HF export of ours names the frame count it was trained with (video_preprocessor_config.json, see
+    convert/hf_processor.py): it becomes config.data.num_frames, which --num_frames (check_config) still overrides."""
+    from llavaction_jax.convert import hf_processor
+    try:
+        sampling = hf_processor.read_sampling(path)
+    except ValueError as e:
+        raise UserError(str(e), "--checkpoint", "an export written by llavaction_jax.convert") from None
+    if sampling:
+        config.data.num_frames = int(sampling["num_frames"])
+
+
 def load_for_eval(path: str, mesh=None, tokenizer: Optional[str] = None, with_provenance: bool = False,
                   check_config: Optional[Callable] = None):
     """(model, tokenizer, config, mesh[, provenance]) from a checkpoint directory (see module docstring).
@@ -97,6 +110,7 @@ def load_for_eval(path: str, mesh=None, tokenizer: Optional[str] = None, with_pr
         import llavaction_jax
         mesh = mesh if mesh is not None else shd.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
         model, config = llavaction_jax.load_pretrained(path, mesh=mesh)
+        _take_export_sampling(path, config)
         if check_config is not None:
             config = check_config(config)
         tok_dir = tokenizer or path
