@@ -19,7 +19,7 @@ FILE is EK100-MQA JSONL (data_prep.make_mqa). DIR receives
 --hf_export MODEL (an HF export of llavaction_jax.convert) gives the frame count (its video processor config) and
 the clip size (its processor's input size); --num_frames / --clip_size override them.
 Run it (the command is also printed, and written as a comment at the top of the YAML):
-  lmms-eval --model llava_hf --force_simple --model_args pretrained=MODEL,max_frames_num=N,device=cpu \
+  lmms-eval --model llava_hf --force_simple --model_args pretrained=MODEL,max_frames_num=N,device=cpu,device_map=cpu \
             --tasks ek100_mqa --include_path DIR --batch_size 1
 (`llava_onevision` needs the LLaVA-NeXT `llava` package and cannot load an HF export; `llava_hf` without
 --force_simple takes lmms-eval's chat wrapper, which fails on these video docs.)
@@ -174,7 +174,7 @@ def ek100_mqa_aggregate_strict(results):
 def lmms_eval_command(model: str, task: str, task_dir: str, num_frames: int) -> str:
     """The lmms-eval 0.7.3 command that runs an HF export of ours on the exported task (see the module docstring)."""
     return (f"lmms-eval --model llava_hf --force_simple --model_args pretrained={model},max_frames_num="
-            f"{int(num_frames)},device=cpu --tasks {task} --include_path {task_dir} --batch_size 1")
+            f"{int(num_frames)},device=cpu,device_map=cpu --tasks {task} --include_path {task_dir} --batch_size 1")
 
 
 def task_yaml(task: str, data_file: str, max_new_tokens: int, num_frames: int, time_instruction: bool,
