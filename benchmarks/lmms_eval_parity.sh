@@ -48,7 +48,7 @@ results = json.load(open(sorted(glob.glob(os.path.join(work, "lmms", "**", "*res
 theirs = {}
 for path in glob.glob(os.path.join(work, "lmms", "**", "*ek100_mqa*.jsonl"), recursive=True):
     for s in map(json.loads, open(path)):
-        theirs[s["doc"]["id"]] = bool(s["accuracy"]["correct"])
+        theirs[s["accuracy"]["id"]] = bool(s["accuracy"]["correct"])
 block = results["results"]["ek100_mqa"]
 acc = {k.split(",")[0]: v for k, v in block.items() if k.split(",")[0] in ("accuracy", "strict_accuracy")}
 differ = sorted(i for i in ours if i in theirs and ours[i] != theirs[i])
