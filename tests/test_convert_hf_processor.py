@@ -400,7 +400,8 @@ def test_model_card_without_summary_and_latest_eval(tmp_path):
     cfg = _config()
     card = model_card.render(cfg.model, {"text_config": {"vocab_size": 512}, "video_token_index": 3,
                                          "image_token_index": 449}, num_frames=8)
-    assert "## Evaluation" not in card and "8 x 4 + 1 = **33**" in card
+    own, source = _card_sections(card)
+    assert "Not measured yet" in own and source == "" and "8 x 4 + 1 = **33**" in card
     assert model_card.latest_eval_summary(str(tmp_path)) is None
     for step in (5, 40, 7):
         os.makedirs(tmp_path / "eval" / f"step_{step}")
