@@ -14,6 +14,7 @@ import subprocess
 import sys
 import types
 
+import av
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -145,7 +146,120 @@ def test_directory_is_complete_and_consistent(exported):
     assert "license: cc-by-nc-4.0" in card and "EPIC-KITCHENS-100" in card and "CC BY-NC 4.0" in card
     n_video = num_video_tokens(config.model, config.data.num_frames)
     assert f"**{n_video}** `<video>` tokens" in card
-    assert "| `letters`: option-letter scoring" in card and "66.7%" in card and "33.3%" in card
+    # The summary given at export is the JAX model's: shown under that model's heading, not as the export's.
+    own, source = _card_sections(card)
+    assert "Not measured yet" in own and "%" not in own
+    assert "| `letters`: option-letter scoring" in source and "66.7%" in source and "33.3%" in source
+
+
+def _card_sections(card):
+    """(the "Evaluation of this export" section, the JAX model's section or '') of a model card."""
+    own = card.split(model_card.EXPORT_EVAL_HEADING, 1)[1].split("\n## ", 1)[0]
+    source = card.split(model_card.SOURCE_EVAL_HEADING, 1)[1].split("\n## ", 1)[0] \
+        if model_card.SOURCE_EVAL_HEADING in card else ""
+    return own, source
+
+
+def _write_mqa(exported, path):
+    with open(path, "w") as f:
+        f.writelines(json.dumps(q) + "\n" for q in exported["questions"])
+    return str(path)
+
+
+def test_export_carries_its_sampling_and_eval_reads_it(exported):
+    """Frame count, sampling rule and pooling are in video_preprocessor_config.json; transformers loads it, and
+    llavaction_jax.eval takes its frame count from there (--num_frames still overrides)."""
+    from transformers import AutoVideoProcessor
+    from configs import validate
+    from llavaction_jax.eval.checkpoint import load_for_eval
+    out, config = exported["out"], exported["config"]
+    assert config.data.num_frames == 4 != api.full_config(exported["model_cfg"]).data.num_frames == 16
+    vp = json.load(open(os.path.join(out, "video_preprocessor_config.json")))
+    assert vp["num_frames"] == 4 and vp["do_sample_frames"] is True
+    assert hf_processor.read_sampling(out) == {
+        "num_frames": 4, "frame_sampling": "segment_midpoints", "pool_mode": "bilinear", "pool_stride": 2,
+        "newline_position": "one_token", "action_token": False,
+        "trained_layout": {"pool_mode": "bilinear", "newline_position": "one_token", "action_token": False}}
+    assert AutoVideoProcessor.from_pretrained(out).num_frames == 4
+    _, _, cfg, _ = load_for_eval(out, mesh=_mesh())
+    assert cfg.data.num_frames == 4          # not configs/base.py's 16: no --num_frames needed
+    _, _, cfg, _ = load_for_eval(out, mesh=_mesh(), check_config=validate.with_overrides({"data.num_frames": 6}))
+    assert cfg.data.num_frames == 6
+
+
+def test_lmms_eval_sampling_of_an_exported_clip_gives_our_frames(exported, tmp_path):
+    """The lmms-eval task's clips (export_lmms_eval --hf_export): lmms-eval 0.7.3's llava_hf samples
+    `np.linspace(0, n - 1, max_frames_num, dtype=int)` of the decoded clip (models/simple/llava_hf.py load_video,
+    with decord; PyAV here) and transformers' processor `arange(N) * n // N`: both give the frames our eval feeds
+    the model (segment midpoints, resized by data_prep.video), pixel for pixel."""
+    from llavaction_jax.eval import export_lmms_eval as exporter
+    out, config = exported["out"], exported["config"]
+    n_frames, size = config.data.num_frames, config.model.vision.image_size
+    assert exporter.main(["--mqa", _write_mqa(exported, tmp_path / "mqa.jsonl"), "--out", str(tmp_path / "task"),
+                          "--video_root", exported["video_root"], "--hf_export", out]) == 0
+    reader = video_lib.VideoReader(exported["video_root"], "original", size=size)
+    ends_differ = 0
+    for q in exported["questions"]:
+        with av.open(str(tmp_path / "task" / "clips" / f"{q['id']}.mp4")) as c:
+            decoded = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+        n = len(decoded)
+        lmms = decoded[np.linspace(0, n - 1, n_frames, dtype=int)]
+        hf = decoded[np.arange(n_frames) * n // n_frames]
+        ours, _ = reader.read_clip(q["video_id"], q["start_timestamp"], q["stop_timestamp"], n_frames)
+        assert lmms.shape == (n_frames, size, size, 3)
+        assert np.abs(lmms.astype(int) - ours).max() == 0 and np.array_equal(hf, ours), q["id"]
+        # A clip of the whole segment (the old export) would give lmms-eval its ends: other frames than ours.
+        start, stop = (int(round(t * 8.0)) for t in (q["start_timestamp"], q["stop_timestamp"]))
+        ends_differ += not np.array_equal(np.linspace(start, stop, n_frames, dtype=int),
+                                          video_lib.segment_frame_ids(start, stop, n_frames))
+    assert ends_differ == NUM_QUESTIONS
+
+
+def test_hf_video_path_flow(exported, jax_answers, tmp_path):
+    """apply_chat_template with {"type": "video", "path": clip}: with torchcodec, the processor's pixels and ids
+    are our eval's; without it, transformers' ImportError names what to install."""
+    from transformers import AutoProcessor
+    from transformers.utils import is_torchcodec_usable
+    from llavaction_jax.eval import export_lmms_eval as exporter
+    ev, items, raw, records = jax_answers
+    processor = AutoProcessor.from_pretrained(exported["out"])
+    item = items[0]
+    clip = str(tmp_path / "clip.mp4")
+    exporter.write_lossless_clip(clip, item.load_frames(), exporter.clip_rate(1.0, ev.num_frames))
+    messages = _messages(ev, item.sample)
+    messages[0]["content"][0]["path"] = clip
+    call = dict(add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+    if not is_torchcodec_usable(decode="video"):   # torchcodec installed needs FFmpeg shared libraries too
+        with pytest.raises(ImportError, match="pip install torchcodec"):
+            processor.apply_chat_template(messages, **call)
+        return
+    batch = processor.apply_chat_template(messages, **call)
+    assert batch["input_ids"][0].tolist() == ev.prompt_ids(item.sample, True)
+    np.testing.assert_allclose(batch["pixel_values_videos"][0].permute(0, 2, 3, 1).numpy(),
+                               normalize_frames(item.load_frames()), atol=3 / 255)
+
+
+def test_model_card_shows_the_exports_own_measured_accuracy(exported, tmp_path):
+    """`convert card`: llavaction_jax.eval runs on the export directory itself (no --num_frames: the export's 4)
+    and the card's "Evaluation of this export" shows its accuracy, data, question and frame counts; the JAX
+    model's numbers stay under their own heading."""
+    import shutil
+    from llavaction_jax.convert.__main__ import main as convert_main
+    export = str(tmp_path / "hf")
+    shutil.copytree(exported["out"], export)
+    mqa_file = _write_mqa(exported, tmp_path / "questions.jsonl")
+    convert_main(["card", "--src", export, "--data", mqa_file, "--video_root", exported["video_root"],
+                  "--out", str(tmp_path / "eval")])
+    predictions = [json.loads(line) for line in open(tmp_path / "eval" / "predictions.jsonl")]
+    assert len(predictions) == NUM_QUESTIONS
+    generate = sum(r["gen_correct"] for r in predictions) / NUM_QUESTIONS
+    letters = sum(r["letter_correct"] for r in predictions) / NUM_QUESTIONS
+    own, source = _card_sections(open(os.path.join(export, "README.md")).read())
+    assert f"on `questions.jsonl` ({NUM_QUESTIONS} questions, chance 20.0%), 4 frames per clip" in own
+    rows = {line.split("`")[1]: line.rsplit("|", 2)[1].strip() for line in own.splitlines()
+            if line.startswith("| `")}
+    assert rows["generate"] == f"{100 * generate:.1f}%" and rows["letters"] == f"{100 * letters:.1f}%", rows
+    assert "66.7%" in source and "66.7%" not in own and "Not measured" not in own
 
 
 def test_vocab_grows_when_the_tokenizer_fills_it(exported, tmp_path):
@@ -288,7 +402,8 @@ def test_model_card_without_summary_and_latest_eval(tmp_path):
     cfg = _config()
     card = model_card.render(cfg.model, {"text_config": {"vocab_size": 512}, "video_token_index": 3,
                                          "image_token_index": 449}, num_frames=8)
-    assert "## Evaluation" not in card and "8 x 4 + 1 = **33**" in card
+    own, source = _card_sections(card)
+    assert "Not measured yet" in own and source == "" and "8 x 4 + 1 = **33**" in card
     assert model_card.latest_eval_summary(str(tmp_path)) is None
     for step in (5, 40, 7):
         os.makedirs(tmp_path / "eval" / f"step_{step}")

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from data_prep import ek100, mqa, prompts, synthetic
+from data_prep import video as video_lib
 from llavaction_jax import demo
 from llavaction_jax.eval import export_lmms_eval as exporter
 
@@ -65,7 +66,7 @@ def task(tmp_path_factory):
     mqa_file.write_text("".join(json.dumps(q) + "\n" for q in questions))
     out = root / "task"
     rc = exporter.main(["--mqa", str(mqa_file), "--out", str(out), "--video_root", str(root / "videos"),
-                        "--clip_fps", "10", "--num_frames", str(NUM_FRAMES)])
+                        "--num_frames", str(NUM_FRAMES)])
     assert rc == 0
     return dict(out=str(out), questions=questions, mqa=str(mqa_file), root=root)
 
@@ -80,6 +81,10 @@ def test_task_yaml_has_the_keys_lmms_eval_reads(task):
     assert [m["metric"] for m in cfg["metric_list"]] == ["accuracy", "strict_accuracy"]
     assert all(callable(m["aggregation"]) and m["higher_is_better"] is True for m in cfg["metric_list"])
     assert cfg["lmms_eval_specific_kwargs"]["default"]["num_frames"] == NUM_FRAMES
+    # The header names the lmms-eval model and arguments that run an HF export on these clips.
+    head = open(os.path.join(task["out"], "ek100_mqa.yaml")).read().split("\ntask:")[0]
+    assert f"--model llava_hf --force_simple --model_args pretrained=MODEL_DIR,max_frames_num={NUM_FRAMES}," \
+        in head and f"--include_path {task['out']}" in head
     # The local dataset: `datasets.load_dataset(dataset_path, data_files=...)` -> split "test".
     assert cfg["dataset_path"] == "json" and os.path.isabs(cfg["dataset_kwargs"]["data_files"]["test"])
     data_file = cfg["dataset_kwargs"]["data_files"]["test"]
@@ -106,8 +111,11 @@ def test_docs_give_our_prompt_and_a_clip_of_the_segment(task):
         assert cfg["doc_to_target"](doc) == q["conversations"][1]["value"]
         (clip,) = cfg["doc_to_visual"](doc)
         with av.open(clip) as c:
-            frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-        assert len(frames) == int(np.ceil(duration * 10)) and frames[0].shape == (64, 64, 3)
+            frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+        # Exactly the frames our eval takes (segment midpoints, native size here: no --clip_size), losslessly.
+        ours, _ = video_lib.read_clip(str(task["root"] / "videos"), "original", q["video_id"], q["start_timestamp"],
+                                      q["stop_timestamp"], NUM_FRAMES, size=None)
+        assert frames.shape == (NUM_FRAMES, 64, 64, 3) and np.array_equal(frames, ours)
     os.rename(os.path.join(task["out"], "clips"), os.path.join(task["out"], "moved"))
     try:
         with pytest.raises(FileNotFoundError, match="EK100_MQA_CLIP_DIR"):
@@ -161,7 +169,8 @@ def test_cli_user_errors_are_one_line(task, tmp_path, capsys):
     bad.write_text(json.dumps(q) + "\n")
     for args, needle in ((["--mqa", str(bad)], "option 0 must start with 'A. '"),
                          (["--mqa", task["mqa"], "--task", "a b"], "not a plain identifier"),
-                         (["--mqa", task["mqa"], "--clip_fps", "0"], "--clip_fps must be positive")):
+                         (["--mqa", task["mqa"], "--num_frames", "0"], "--num_frames must be positive"),
+                         (["--mqa", task["mqa"], "--hf_export", str(tmp_path)], "no 'llavaction' block")):
         assert cli.run(exporter.main, ["--out", str(tmp_path / "o")] + args) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and needle in err and len(err.strip().splitlines()) == 1, err

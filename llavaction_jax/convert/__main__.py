@@ -2,6 +2,8 @@
 
   python -m llavaction_jax.convert import --format FORMAT --src SRC --dst DST   # a FORMAT checkpoint -> Orbax dir
   python -m llavaction_jax.convert export --format FORMAT --src SRC --dst DST   # any checkpoint -> FORMAT
+  python -m llavaction_jax.convert card --src HF_EXPORT --data MQA.jsonl --video_root VIDEOS --out EVAL_DIR
+      # evaluate the HF export itself with llavaction_jax.eval; its model card shows the numbers
 
 FORMAT is a name of the registry in llavaction_jax/convert/formats (`--help` of a command lists them).
 
@@ -68,7 +70,25 @@ def main(argv=None):
                      help="hf: eval summary.json whose accuracies go into the model card (default: the training "
                           "workdir's latest periodic eval)")
     _paths(exp, "Orbax dir from `convert import`, a training workdir or any other checkpoint dir", "new dir")
+    card = sub.add_parser("card", help="evaluate an HF export with llavaction_jax.eval and put its accuracy on its "
+                                       "model card")
+    card.add_argument("--src", required=True, help="HF export dir (written by `convert export --format hf`)")
+    card.add_argument("--data", required=True, help="eval data, as llavaction_jax.eval --data")
+    card.add_argument("--out", required=True, help="dir for the eval's predictions / summary / report")
+    card.add_argument("--video_root", default=None, help="as llavaction_jax.eval --video_root")
+    card.add_argument("--num_frames", type=int, default=None, help="override the export's frame count")
+    card.add_argument("--limit", type=int, default=None, help="first N questions only")
     args = parser.parse_args(argv)
+    if args.command == "card":
+        from llavaction_jax.convert import model_card
+        measured = model_card.measure_export(args.src, args.data, args.out, args.video_root, args.num_frames,
+                                             args.limit)
+        summary = measured["summary"]
+        json.dump({"card": f"{args.src}/README.md", "num_samples": summary.get("num_samples"),
+                   "num_frames": measured["num_frames"],
+                   "accuracy": {m: summary[m]["accuracy"] for m in summary.get("methods", [])}}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
     for name in ("src", "dst"):
         flag, pos = getattr(args, name), getattr(args, name + "_pos")
         if flag is not None and pos is not None and flag != pos:

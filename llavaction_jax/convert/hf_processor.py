@@ -12,6 +12,13 @@ never the greedy argmax (the exported model generates exactly what ours does).
 tower's size with bicubic resampling (PIL's, as data_prep.video.resize_frame), x/255, mean = std = 0.5 (SigLIP);
 `num_image_tokens` = (image_size / patch_size)^2 and `vision_feature_select_strategy` = "full", so the processor
 expands `<video>` to frames * ceil(side / 2)^2 + 1 tokens, our bilinear + one_token layout.
+
+The video processor config also carries how the model was trained to see a clip (`sampling_config`): the frame
+count (`num_frames`, with `do_sample_frames` so that the processor takes exactly that many) and, under
+`llavaction`, the sampling rule (segment midpoints), pooling and newline layout. `read_sampling(dir)` reads them
+back (llavaction_jax.eval takes its frame count from there). transformers' own sampler takes
+`arange(N) * T // N` (segment starts); on a clip of exactly N frames -- what eval.export_lmms_eval writes -- it,
+lmms-eval's `linspace(0, T - 1, N)` and our midpoints all pick every frame.
 No transformers import: the files are plain JSON / Jinja.
 """
 import dataclasses
@@ -28,6 +35,11 @@ VIDEO_TOKEN = tok_lib.VIDEO
 EMBED_KEY = "language_model.model.embed_tokens.weight"
 LM_HEAD_KEY = "language_model.lm_head.weight"
 PROCESSOR_CLASS = "LlavaOnevisionProcessor"
+VIDEO_CONFIG_FILE = "video_preprocessor_config.json"
+SAMPLING_KEY = "llavaction"
+# data_prep.video.segment_frame_ids: the midpoint of each of N equal segments of the clip (LLaVAction's
+# utils.get_frame_ids).
+SAMPLING_RULE = "segment_midpoints"
 # PIL's resample enum: BICUBIC = 3 (data_prep.video.resize_frame's default).
 PIL_BICUBIC = 3
 
@@ -161,14 +173,52 @@ def _pixel_config(model_cfg) -> dict:
     }
 
 
-def processor_files(plan: TokenizerPlan, model_cfg, hf_config: dict, system_prompt: str) -> dict:
+def sampling_config(model_cfg, num_frames: int, trained_cfg=None) -> dict:
+    """The video processor keys that say how the model sees a clip (see the module docstring); `trained_cfg`:
+    the config before an allowed layout change (default `model_cfg`)."""
+    trained = trained_cfg if trained_cfg is not None else model_cfg
+    if int(num_frames) <= 0:
+        raise ValueError(f"num_frames must be positive to export the video processor config, got {num_frames}")
+    return {
+        "do_sample_frames": True, "num_frames": int(num_frames),
+        SAMPLING_KEY: {
+            "num_frames": int(num_frames), "frame_sampling": SAMPLING_RULE,
+            "pool_mode": "bilinear", "pool_stride": int(model_cfg.get("pool_stride", 2)),
+            "newline_position": "one_token", "action_token": False,
+            "trained_layout": {"pool_mode": str(trained.get("pool_mode", "bilinear")),
+                               "newline_position": str(trained.get("newline_position", "one_token")),
+                               "action_token": bool(trained.get("action_token", False))},
+        },
+    }
+
+
+def read_sampling(model_dir: str) -> Optional[dict]:
+    """The `llavaction` block of an export's video processor config, or None (not an export of ours / older)."""
+    path = os.path.join(model_dir, VIDEO_CONFIG_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            block = json.load(f).get(SAMPLING_KEY)
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(f"{path}: not a readable video processor config ({e})") from None
+    if block is None:
+        return None
+    n = block.get("num_frames") if isinstance(block, dict) else None
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        raise ValueError(f"{path}: {SAMPLING_KEY}.num_frames is {n!r}, expected a positive integer")
+    return block
+
+
+def processor_files(plan: TokenizerPlan, model_cfg, hf_config: dict, system_prompt: str, num_frames: int,
+                    trained_cfg=None) -> dict:
     """{file name: JSON-able dict or str} of the processor side of the model directory."""
     side = int(model_cfg.vision.image_size) // int(model_cfg.vision.patch_size)
     image = dict(_pixel_config(model_cfg), image_processor_type="LlavaOnevisionImageProcessor",
                  processor_class=PROCESSOR_CLASS, do_pad=True,
                  image_grid_pinpoints=hf_config["image_grid_pinpoints"])
     video = dict(_pixel_config(model_cfg), video_processor_type="LlavaOnevisionVideoProcessor",
-                 processor_class=PROCESSOR_CLASS, do_sample_frames=False)
+                 processor_class=PROCESSOR_CLASS, **sampling_config(model_cfg, num_frames, trained_cfg))
     processor = {
         "processor_class": PROCESSOR_CLASS, "num_image_tokens": side * side,
         "vision_feature_select_strategy": hf_config["vision_feature_select_strategy"],
@@ -179,16 +229,17 @@ def processor_files(plan: TokenizerPlan, model_cfg, hf_config: dict, system_prom
         "tokenizer_config.json": tokenizer_config(plan, model_cfg.text.max_position_embeddings),
         "chat_template.jinja": chat_template(system_prompt),
         "preprocessor_config.json": image,
-        "video_preprocessor_config.json": video,
+        VIDEO_CONFIG_FILE: video,
         "processor_config.json": processor,
     }
 
 
-def write_processor_files(dst: str, plan: TokenizerPlan, model_cfg, hf_config: dict, system_prompt: str) -> List[str]:
+def write_processor_files(dst: str, plan: TokenizerPlan, model_cfg, hf_config: dict, system_prompt: str,
+                          num_frames: int, trained_cfg=None) -> List[str]:
     """Writes tokenizer.json (with the added tokens) + `processor_files`; returns the names written."""
     plan.tokenizer.save(os.path.join(dst, tok_lib.TOKENIZER_FILE))
     written = [tok_lib.TOKENIZER_FILE]
-    for name, content in processor_files(plan, model_cfg, hf_config, system_prompt).items():
+    for name, content in processor_files(plan, model_cfg, hf_config, system_prompt, num_frames, trained_cfg).items():
         with open(os.path.join(dst, name), "w", encoding="utf-8") as f:
             if isinstance(content, str):
                 f.write(content)

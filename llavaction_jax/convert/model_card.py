@@ -1,12 +1,22 @@
 """README.md (HF model card) for an exported model directory: architecture, token layout, data, licence, results.
 
 Everything in the card is read from the export itself (model config, config.json, tokenizer plan) and, when given,
-the training config (data files, steps) and an eval summary.json (llavaction_jax.eval): no hand-written claims.
+the training config (data files, steps) and eval summaries (llavaction_jax.eval): no hand-written claims.
+
+Two kinds of numbers, never mixed: "Evaluation of this export" is measured ON the exported directory
+(`measure_export`: llavaction_jax.eval loads it, transformers' layout and all, and the section is rewritten in
+place), with the data, question count and frame count named; an eval of the JAX model it was exported from (the
+training run's periodic eval, or --eval_summary at export) is shown under its own heading as that model's.
 """
+import datetime
 import json
 import math
 import os
-from typing import Mapping, Optional
+import re
+from typing import Mapping, Optional, Sequence
+
+EXPORT_EVAL_HEADING = "## Evaluation of this export"
+SOURCE_EVAL_HEADING = "## The JAX model it was exported from (not this checkpoint)"
 
 LICENSE_ID = "cc-by-nc-4.0"
 EPIC_CITATION = ('Damen et al., "Rescaling Egocentric Vision: Collection, Pipeline and Challenges for '
@@ -40,12 +50,9 @@ def _methods(summary: Mapping) -> list:
     return out
 
 
-def _results_section(summary: Mapping, summary_path: str) -> list:
+def _results_table(summary: Mapping) -> list:
     methods = _methods(summary)
-    if not methods:
-        return []
-    lines = ["## Evaluation", "", f"From `{summary_path}` ({summary.get('num_samples', '?')} questions, chance "
-             f"{_pct(summary.get('chance'))}).", "", "| protocol | accuracy |", "| --- | --- |"]
+    lines = ["| protocol | accuracy |", "| --- | --- |"]
     lines += [f"| `{key}`: {text} | {_pct(summary[key]['accuracy'])} |" for key, text in methods]
     by_source = {}
     for key, _ in methods:
@@ -58,6 +65,51 @@ def _results_section(summary: Mapping, summary_path: str) -> list:
         for source, accs in sorted(by_source.items()):
             lines.append(f"| {source} | " + " | ".join(_pct(accs.get(k)) for k in keys) + " |")
     return lines + [""]
+
+
+def _source_eval_section(summary: Mapping, summary_path: str, model_cfg) -> list:
+    """The JAX model's eval, labelled as such: it ran in that model's own layout, not through this export."""
+    if not _methods(summary):
+        return []
+    layout = (f"pool {model_cfg.get('pool_mode')}, newline {model_cfg.get('newline_position')}, action token "
+              f"{bool(model_cfg.get('action_token'))}")
+    return [SOURCE_EVAL_HEADING, "",
+            f"From `{summary_path}` ({summary.get('num_samples', '?')} questions, chance "
+            f"{_pct(summary.get('chance'))}): llavaction_jax.eval on the JAX model before export ({layout}). "
+            "This export is a different model wherever the layouts differ; its own numbers are above.", ""
+            ] + _results_table(summary)
+
+
+def export_eval_section(measured: Optional[Mapping] = None) -> list:
+    """The card's section for the export's own accuracy: measured (see `measure_export`) or how to measure it.
+
+    measured: {"summary": eval summary.json, "data": data file, "num_frames": frames per clip, "tool": what
+    measured it, "date": ISO date}."""
+    lines = [EXPORT_EVAL_HEADING, ""]
+    if not measured:
+        return lines + [
+            "Not measured yet. `python -m llavaction_jax.convert card --src DIR --data MQA.jsonl --video_root "
+            "VIDEOS` evaluates this directory with llavaction_jax.eval and writes the numbers here.", ""]
+    summary = measured["summary"]
+    lines += [
+        f"Measured on this directory by {measured['tool']} on `{measured['data']}` "
+        f"({summary.get('num_samples', '?')} questions, chance {_pct(summary.get('chance'))}), "
+        f"{measured['num_frames']} frames per clip at the segment midpoints (this export's "
+        f"`video_preprocessor_config.json`), {measured['date']}.", ""]
+    lines += _results_table(summary)
+    lines += ["lmms-eval gets the same numbers when its clips hold exactly these frames: "
+              "`python -m llavaction_jax.eval.export_lmms_eval --mqa MQA.jsonl --video_root VIDEOS --hf_export DIR "
+              "--out TASK` writes the task and prints the `lmms-eval --model llava_hf --force_simple ...` command.",
+              ""]
+    return lines
+
+
+def replace_section(card: str, heading: str, section: Sequence[str]) -> str:
+    """`card` with the `heading` section (up to the next '## ' heading) replaced by `section`."""
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if not pattern.search(card):
+        raise ValueError(f"the model card has no {heading!r} section (not written by llavaction_jax.convert?)")
+    return pattern.sub(lambda m: "\n".join(section) + "\n", card, count=1)
 
 
 def render(model_cfg, hf_config: Mapping, plan=None, train_config: Optional[Mapping] = None,
@@ -132,7 +184,21 @@ def render(model_cfg, hf_config: Mapping, plan=None, train_config: Optional[Mapp
               f"inputs = processor(text=prompt, videos=[frames], return_tensors=\"pt\")   # frames: "
               f"[{frames}, H, W, 3] uint8",
               "out = model.generate(**inputs, max_new_tokens=32, do_sample=False)",
-              "```", ""]
+              "```", "",
+              f"`frames` are the clip's {frames} segment midpoints: cut [start, stop] into {frames} equal segments "
+              "and take the middle frame of each (LLaVAction's sampler; `video_preprocessor_config.json` names it: "
+              f"`num_frames` {frames}, `llavaction.frame_sampling` \"segment_midpoints\"). The processor takes "
+              f"{frames} frames of what it is given (`do_sample_frames`, `arange(N) * T // N`): given exactly "
+              f"those {frames} frames it keeps them all; given a longer clip it would take segment starts, which "
+              "the model did not see.",
+              "",
+              "A video path works the same way: `processor.apply_chat_template([{\"role\": \"user\", \"content\": "
+              "[{\"type\": \"video\", \"path\": clip}, {\"type\": \"text\", \"text\": question}]}], "
+              "add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors=\"pt\")`, where `clip` "
+              f"holds exactly the {frames} frames (`python -m llavaction_jax.eval.export_lmms_eval --hf_export DIR` "
+              "writes such clips, losslessly). transformers decodes paths with `torchcodec` only: without it this "
+              "raises ImportError asking for `pip install torchcodec` (decode the frames yourself as above).",
+              ""]
     lines += ["## Training data", ""]
     files = [str(data.get(k)) for k in ("train_files", "mixture") if data.get(k)]
     if files:
@@ -148,8 +214,9 @@ def render(model_cfg, hf_config: Mapping, plan=None, train_config: Optional[Mapp
         "keep this credit with any derived data or model.",
         "",
     ]
+    lines += export_eval_section(None)
     if eval_summary:
-        lines += _results_section(eval_summary, eval_summary_path)
+        lines += _source_eval_section(eval_summary, eval_summary_path, model_cfg)
     lines += [
         "## Licence",
         "",
@@ -164,6 +231,39 @@ def render(model_cfg, hf_config: Mapping, plan=None, train_config: Optional[Mapp
         "",
     ]
     return "\n".join(lines)
+
+
+def measure_export(export_dir: str, data: str, out_dir: str, video_root: Optional[str] = None,
+                   num_frames: Optional[int] = None, limit: Optional[int] = None) -> dict:
+    """Evaluates the HF export `export_dir` with llavaction_jax.eval on `data` (results in `out_dir`) and rewrites
+    the "Evaluation of this export" section of its README.md with them; returns what the section shows.
+
+    The frame count is the export's own (video_preprocessor_config.json) unless `num_frames` overrides it."""
+    # The eval CLI loads JAX and the model; rendering a card needs neither.
+    from llavaction_jax.convert import hf_processor
+    from llavaction_jax.eval import __main__ as eval_cli
+    card_path = os.path.join(export_dir, "README.md")
+    sampling = hf_processor.read_sampling(export_dir)
+    if sampling is None or not os.path.isfile(card_path):
+        raise ValueError(f"{export_dir}: not an HF export of llavaction_jax.convert (no README.md or no "
+                         f"{hf_processor.SAMPLING_KEY!r} block in {hf_processor.VIDEO_CONFIG_FILE})")
+    args = ["--checkpoint", export_dir, "--data", data, "--out", out_dir, "--no_resume", "--no_progress"]
+    for flag, value in (("--video_root", video_root), ("--num_frames", num_frames), ("--limit", limit)):
+        if value is not None:
+            args += [flag, str(value)]
+    eval_cli.main(args)
+    summary = load_summary(os.path.join(out_dir, "summary.json"))
+    measured = {"summary": summary, "data": os.path.basename(data),
+                "num_frames": int(num_frames or sampling["num_frames"]),
+                "tool": "`python -m llavaction_jax.eval` (JAX, loading this HF directory)",
+                "date": datetime.date.today().isoformat()}
+    with open(card_path, encoding="utf-8") as f:
+        card = f.read()
+    card = replace_section(card, EXPORT_EVAL_HEADING, export_eval_section(measured))
+    with open(card_path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(card)
+    os.replace(card_path + ".tmp", card_path)
+    return measured
 
 
 def load_summary(path: Optional[str]):

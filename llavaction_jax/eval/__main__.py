@@ -58,7 +58,8 @@ def build_parser() -> argparsing.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=None, help="global eval batch size (default: config)")
     p.add_argument("--max_new_tokens", type=int, default=None, help="generation length of the generate method "
                    "(default: config.eval.max_new_tokens)")
-    p.add_argument("--num_frames", type=int, default=None, help="frames per clip (default: config.data.num_frames)")
+    p.add_argument("--num_frames", type=int, default=None, help="frames per clip (default: the HF export's video "
+                   "processor config, else config.data.num_frames)")
     p.add_argument("--no_time_instruction", action="store_true", help="do not insert the time instruction")
     p.add_argument("--limit", "--max_samples", dest="limit", type=int, default=None,
                    help="evaluate only the first N samples")

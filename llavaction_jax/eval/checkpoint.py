@@ -5,7 +5,8 @@ Every directory goes through `llavaction_jax.load_pretrained` (convert/api.py), 
   `step=N`): the parameters of that step (the latest by default) and the training config the run saved, so the
   tokenizer (config.data.tokenizer_path), frame count and video layout are the run's;
 - any other registered format (HF LlavaOnevision, original llava_qwen, an Orbax dir from `convert import`): the
-  tokenizer from the directory's tokenizer.json.
+  tokenizer from the directory's tokenizer.json, and for an HF export of ours the frame count from its video
+  processor config.
 `tokenizer` overrides the tokenizer directory in both cases.
 """
 import os
@@ -13,7 +14,7 @@ from typing import Callable, Optional
 
 from llavaction_jax import sharding as shd
 from llavaction_jax.cli import UserError
-from llavaction_jax.convert import common
+from llavaction_jax.convert import common, hf_processor
 from llavaction_jax.convert.api import load_pretrained
 from llavaction_jax.convert.formats import detect_format, train as train_format
 from llavaction_jax.input.tokenizer import Tokenizer
@@ -43,6 +44,17 @@ def _run_path(value: str, run: str) -> str:
     return value
 
 
+def _take_export_sampling(path: str, config) -> None:
+    """An HF export of ours names the frame count it was trained with (video_preprocessor_config.json, see
+    convert/hf_processor.py): it becomes config.data.num_frames, which --num_frames (check_config) still overrides."""
+    try:
+        sampling = hf_processor.read_sampling(path)
+    except ValueError as e:
+        raise UserError(str(e), "--checkpoint", "an export written by llavaction_jax.convert") from None
+    if sampling:
+        config.data.num_frames = int(sampling["num_frames"])
+
+
 def load_for_eval(path: str, mesh=None, tokenizer: Optional[str] = None, with_provenance: bool = False,
                   check_config: Optional[Callable] = None, step: Optional[int] = None):
     """(model, tokenizer, config, mesh[, provenance]) from a checkpoint directory (see module docstring).
@@ -61,6 +73,8 @@ def load_for_eval(path: str, mesh=None, tokenizer: Optional[str] = None, with_pr
         mesh = mesh if mesh is not None else shd.make_mesh(saved.mesh)
     mesh = mesh if mesh is not None else common.default_mesh()
     model, config = load_pretrained(path, mesh=mesh)
+    if not train_run:
+        _take_export_sampling(path, config)
     if check_config is not None:
         config = check_config(config)
     if train_run:

@@ -1,6 +1,6 @@
 """Export EK100-MQA as an lmms-eval task: YAML + utils.py + the questions as a local dataset (+ the clips).
 
-    python -m llavaction_jax.eval.export_lmms_eval --mqa FILE --out DIR [--video_root ROOT] [--task NAME]
+    python -m llavaction_jax.eval.export_lmms_eval --mqa FILE --out DIR [--video_root ROOT] [--hf_export MODEL]
 
 FILE is EK100-MQA JSONL (data_prep.make_mqa). DIR receives
   <task>.yaml     the task config: `dataset_path: json` with `dataset_kwargs.data_files` pointing at data/test.jsonl
@@ -9,18 +9,30 @@ FILE is EK100-MQA JSONL (data_prep.make_mqa). DIR receives
   utils.py        doc_to_visual / doc_to_text / doc_to_target / process_results / aggregation, standard library
                   only, with LLaVAction's original answer parser (the same code as data_prep/prompts.py);
   data/test.jsonl one doc per question (id, clip, question, options, answer, answer_text, source, ...);
-  clips/<id>.mp4  with --video_root: each question's [start, stop] segment cut from the EK100 videos (any layout
-                  data_prep.video reads) at --clip_fps, so that a video model sampling frames uniformly from the
-                  file samples the question's segment. Without it, put clips named <id>.mp4 there yourself or point
-                  EK100_MQA_CLIP_DIR at them.
-Run it: lmms-eval --model llava_onevision --model_args pretrained=... --tasks ek100_mqa --include_path DIR
+  clips/<id>.mp4  with --video_root: each question's clip is EXACTLY the frames our eval feeds the model -- the
+                  num_frames segment midpoints of [start, stop] (data_prep.video, LLaVAction's sampler), resized
+                  to the model's input size -- encoded losslessly (H.264 RGB, qp 0). A harness that samples
+                  num_frames frames from the file then gets those frames whatever its rule: lmms-eval's llava_hf
+                  takes `np.linspace(0, n - 1, max_frames_num, dtype=int)` (= every frame when n = max_frames_num)
+                  and transformers' processor `arange(N) * n // N` (also every frame). A clip of the whole segment
+                  would let it pick the segment's ends, which the model never saw (10 points on the demo).
+--hf_export MODEL (an HF export of llavaction_jax.convert) gives the frame count (its video processor config) and
+the clip size (its processor's input size); --num_frames / --clip_size override them.
+Run it (the command is also printed, and written as a comment at the top of the YAML):
+  lmms-eval --model llava_hf --force_simple --model_args pretrained=MODEL,max_frames_num=N,device=cpu,device_map=cpu \
+            --tasks ek100_mqa --include_path DIR --batch_size 1
+(`llava_onevision` needs the LLaVA-NeXT `llava` package and cannot load an HF export; `llava_hf` without
+--force_simple takes lmms-eval's chat wrapper, which fails on these video docs.)
 """
 import argparse
+import fractions
 import json
-import math
 import os
 import sys
 from typing import List, Optional
+
+import av
+import numpy as np
 
 from llavaction_jax import cli
 
@@ -159,10 +171,20 @@ def ek100_mqa_aggregate_strict(results):
     return _aggregate(results, "strict_accuracy")'''
 
 
-def task_yaml(task: str, data_file: str, max_new_tokens: int, num_frames: int) -> str:
+def lmms_eval_command(model: str, task: str, task_dir: str, num_frames: int) -> str:
+    """The lmms-eval 0.7.3 command that runs an HF export of ours on the exported task (see the module docstring)."""
+    return (f"lmms-eval --model llava_hf --force_simple --model_args pretrained={model},max_frames_num="
+            f"{int(num_frames)},device=cpu,device_map=cpu --tasks {task} --include_path {task_dir} --batch_size 1")
+
+
+def task_yaml(task: str, data_file: str, max_new_tokens: int, num_frames: int, time_instruction: bool,
+              command: str) -> str:
     """The task config (hand-written YAML: `!function` tags are lmms-eval's, not plain YAML)."""
     return f"""# EK100-MQA (EPIC-KITCHENS-100 multiple-choice action questions, LLaVAction's benchmark); written by
 # python -m llavaction_jax.eval.export_lmms_eval. EPIC-KITCHENS-100 annotations: Damen et al., IJCV 2022, CC BY-NC 4.0.
+# Each clip holds exactly the {int(num_frames)} frames the model takes; run an HF export with (max_frames_num must
+# be {int(num_frames)}, so that llava_hf's linspace sampling takes every frame):
+#   {command}
 task: {task}
 dataset_path: json
 dataset_kwargs:
@@ -192,9 +214,8 @@ lmms_eval_specific_kwargs:
   default:
     pre_prompt: ""
     post_prompt: ""
-    # LLaVAction's time instruction names the number of frames the model samples: set it to the model's
-    # max_frames_num, or 0 for no time instruction.
-    num_frames: {int(num_frames)}
+    # LLaVAction's time instruction names the number of frames the model takes (0: no time instruction).
+    num_frames: {int(num_frames) if time_instruction else 0}
 metadata:
   version: 1.0
   protocols:
@@ -228,22 +249,60 @@ def _safe_name(sample_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in sample_id)
 
 
-def cut_clip(reader, doc: dict, path: str, clip_fps: float) -> int:
-    """Writes the question's [start, stop] segment to `path` at `clip_fps` (frame midpoints, as the reader samples)."""
-    from data_prep import synthetic
-    duration = float(doc["stop_timestamp"]) - float(doc["start_timestamp"])
-    n = max(1, int(math.ceil(duration * clip_fps)))
-    frames, _ = reader.read_clip(doc["video_id"], float(doc["start_timestamp"]), float(doc["stop_timestamp"]), n,
-                                 participant_id=doc.get("participant_id"))
-    if frames.shape[1] % 2 or frames.shape[2] % 2:      # yuv420p needs even sides
-        frames = frames[:, :frames.shape[1] // 2 * 2, :frames.shape[2] // 2 * 2]
-    return synthetic.write_mp4(path, frames, fps=clip_fps)
+def write_lossless_clip(path: str, frames, fps: fractions.Fraction) -> int:
+    """RGB uint8 frames -> an MP4 that decodes to the same pixels: H.264 in RGB (libx264rgb), qp 0, every frame a
+    keyframe (decord, PyAV and torchcodec all read it)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with av.open(path, "w") as c:
+        s = c.add_stream("libx264rgb", rate=fps)
+        s.height, s.width = frames.shape[1:3]
+        s.pix_fmt = "rgb24"
+        s.options = {"qp": "0", "preset": "veryfast", "g": "1"}
+        for img in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return len(frames)
+
+
+def clip_rate(duration: float, num_frames: int) -> fractions.Fraction:
+    """A frame rate at which num_frames frames last about the segment's duration (players show its length)."""
+    return fractions.Fraction(num_frames / max(duration, 1e-2)).limit_denominator(1000)
+
+
+def cut_clip(reader, doc: dict, path: str, num_frames: int) -> int:
+    """Writes the num_frames frames our eval takes from the question's [start, stop] segment (its midpoints)."""
+    start, stop = float(doc["start_timestamp"]), float(doc["stop_timestamp"])
+    frames, _ = reader.read_clip(doc["video_id"], start, stop, num_frames, participant_id=doc.get("participant_id"))
+    return write_lossless_clip(path, frames, clip_rate(stop - start, num_frames))
+
+
+def export_settings(hf_export: Optional[str]) -> dict:
+    """{num_frames, clip_size} an HF export of ours names (video processor config, processor input size)."""
+    from llavaction_jax.convert import hf_processor
+    try:
+        sampling = hf_processor.read_sampling(hf_export)
+    except ValueError as e:
+        raise cli.UserError(str(e), "--hf_export") from None
+    if sampling is None:
+        raise cli.UserError(f"no {hf_processor.SAMPLING_KEY!r} block in {hf_processor.VIDEO_CONFIG_FILE}",
+                            hf_export, "an HF export written by python -m llavaction_jax.convert export --format hf "
+                            "(or give --num_frames and --clip_size)")
+    size = None
+    try:
+        with open(os.path.join(hf_export, hf_processor.VIDEO_CONFIG_FILE), encoding="utf-8") as f:
+            size = int(json.load(f)["size"]["height"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return {"num_frames": int(sampling["num_frames"]), "clip_size": size}
 
 
 def export(mqa_file: str, out_dir: str, task: str = DEFAULT_TASK, video_root: Optional[str] = None,
            video_layout: str = "original", chunk_len: int = 15, ext: str = "MP4", fps: Optional[float] = None,
-           clip_fps: float = 30.0, clip_size: Optional[int] = None, limit: Optional[int] = None,
-           max_new_tokens: int = 32, num_frames: int = 16, progress: bool = False) -> dict:
+           clip_size: Optional[int] = None, limit: Optional[int] = None, max_new_tokens: int = 32,
+           num_frames: int = 16, time_instruction: bool = True, model: str = "MODEL_DIR",
+           progress: bool = False) -> dict:
     from llavaction_jax.eval import samples
     if not task.replace("_", "").isalnum():
         raise cli.UserError(f"task name {task!r} is not a plain identifier", "--task", "letters, digits and '_'")
@@ -271,8 +330,9 @@ def export(mqa_file: str, out_dir: str, task: str = DEFAULT_TASK, video_root: Op
             f.write(json.dumps(d, ensure_ascii=False) + "\n")
     with open(os.path.join(out_dir, UTILS_FILE), "w", encoding="utf-8") as f:
         f.write(UTILS_SOURCE)
+    command = lmms_eval_command(model, task, out_dir, num_frames)
     with open(os.path.join(out_dir, f"{task}.yaml"), "w", encoding="utf-8") as f:
-        f.write(task_yaml(task, data_file, max_new_tokens, num_frames))
+        f.write(task_yaml(task, data_file, max_new_tokens, num_frames, time_instruction, command))
     clips = 0
     if video_root:
         from data_prep import video as video_lib
@@ -284,18 +344,16 @@ def export(mqa_file: str, out_dir: str, task: str = DEFAULT_TASK, video_root: Op
             iterator = tqdm(docs, desc="clips", unit="clip")
         for d in iterator:
             path = os.path.join(out_dir, CLIPS_DIR, d["clip"])
-            if os.path.isfile(path):       # a rerun keeps the clips already cut
-                clips += 1
-                continue
             try:
-                cut_clip(reader, d, path + ".tmp.mp4", clip_fps)
+                cut_clip(reader, d, path + ".tmp.mp4", num_frames)
             except video_lib.VideoError as e:
                 raise cli.UserError(f"cannot cut the clip of question {d['id']!r}: {e}", video_root,
                                     f"videos readable in the {video_layout!r} layout") from None
             os.replace(path + ".tmp.mp4", path)
             clips += 1
     return {"task": task, "yaml": os.path.join(out_dir, f"{task}.yaml"), "data": data_file,
-            "num_docs": len(docs), "clips": clips}
+            "num_docs": len(docs), "clips": clips, "num_frames": int(num_frames), "clip_size": clip_size,
+            "lmms_eval_command": command}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -304,26 +362,40 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--mqa", required=True, help="EK100-MQA JSONL (data_prep.make_mqa)")
     parser.add_argument("--out", required=True, help="task directory to write (lmms-eval --include_path DIR)")
     parser.add_argument("--task", default=DEFAULT_TASK, help="task name (default %(default)s)")
+    parser.add_argument("--hf_export", default=None,
+                        help="HF export the task is for: its frame count and input size (and its path in the "
+                             "printed lmms-eval command)")
     parser.add_argument("--video_root", default=None, help="EK100 videos: cut each question's clip into DIR/clips")
     parser.add_argument("--video_layout", default="original", choices=["original", "chunks", "frames"])
     parser.add_argument("--chunk_len", type=int, default=15)
     parser.add_argument("--ext", default="MP4")
     parser.add_argument("--fps", type=float, default=None, help="force the source videos' fps (frames layout)")
-    parser.add_argument("--clip_fps", type=float, default=30.0, help="frame rate of the written clips")
-    parser.add_argument("--clip_size", type=int, default=None, help="square side of the clips (default: native)")
+    parser.add_argument("--clip_size", type=int, default=None,
+                        help="square side of the clips (default: the --hf_export's input size, else native)")
     parser.add_argument("--limit", type=int, default=None, help="first N questions only")
     parser.add_argument("--max_new_tokens", type=int, default=32)
-    parser.add_argument("--num_frames", type=int, default=16,
-                        help="frames the model samples, named in the time instruction (0: no time instruction)")
+    parser.add_argument("--num_frames", type=int, default=None,
+                        help="frames per clip = frames the model takes (default: the --hf_export's, else 16)")
+    parser.add_argument("--no_time_instruction", action="store_true",
+                        help="no LLaVAction time instruction before the question")
     args = parser.parse_args(argv)
-    for name in ("clip_fps", "max_new_tokens"):
-        if getattr(args, name) <= 0:
-            raise cli.UserError(f"--{name} must be positive, got {getattr(args, name)}")
+    for name in ("max_new_tokens", "num_frames", "clip_size"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise cli.UserError(f"--{name} must be positive, got {value}")
     if not os.path.isfile(args.mqa):
         raise cli.UserError(f"no such file {args.mqa!r}", "--mqa", "an EK100-MQA JSONL file")
+    settings = {"num_frames": 16, "clip_size": None}
+    if args.hf_export:
+        if not os.path.isdir(args.hf_export):
+            raise cli.UserError(f"not a directory: {args.hf_export!r}", "--hf_export", "an HF export directory")
+        settings = export_settings(args.hf_export)
+    num_frames = args.num_frames or settings["num_frames"]
+    clip_size = args.clip_size or settings["clip_size"]
     info = export(args.mqa, args.out, args.task, args.video_root, args.video_layout, args.chunk_len, args.ext,
-                  args.fps, args.clip_fps, args.clip_size, args.limit, args.max_new_tokens, args.num_frames,
-                  progress=True)
+                  args.fps, clip_size, args.limit, args.max_new_tokens, num_frames,
+                  time_instruction=not args.no_time_instruction,
+                  model=os.path.abspath(args.hf_export) if args.hf_export else "MODEL_DIR", progress=True)
     json.dump(info, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

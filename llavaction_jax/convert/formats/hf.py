@@ -215,22 +215,38 @@ def export_tensors(tensors, plan):
     return tensors if plan is None else hf_processor.pad_vocab(tensors, plan.vocab_size)
 
 
+def export_num_frames(loaded: common.Loaded) -> int:
+    """Frames per clip of the export: the training config's, else the source export's, else configs/base.py's."""
+    n = ((loaded.train_config or {}).get("data") or {}).get("num_frames")
+    if n:
+        return int(n)
+    sampling = hf_processor.read_sampling(loaded.files_dir) if loaded.files_dir else None
+    if sampling:
+        return int(sampling["num_frames"])
+    from configs import base as base_config   # the defaults a model without a training config was built with
+    return int(base_config.get_base_config().data.num_frames)
+
+
 def write_extras(dst: str, model_cfg, cfg_json: dict, plan, source_generation: dict, *, system_prompt: str,
-                 num_frames: Optional[int] = None, train_config: Optional[dict] = None,
-                 eval_summary_path: Optional[str] = None, dropped_params=(), num_params: Optional[int] = None
-                 ) -> List[str]:
-    """generation_config.json, tokenizer + processor files (when there is a tokenizer) and README.md."""
+                 num_frames: int, train_config: Optional[dict] = None,
+                 eval_summary_path: Optional[str] = None, dropped_params=(), num_params: Optional[int] = None,
+                 trained_cfg=None) -> List[str]:
+    """generation_config.json, tokenizer + processor files (when there is a tokenizer) and README.md.
+
+    `trained_cfg`: the model config before an allowed layout change (what the card and sampling block report as
+    the trained layout); default `model_cfg`."""
     gen = generation_config(source_generation)
     written = []
     if plan is not None:
         gen = hf_processor.generation_config(plan, gen)
-        written += hf_processor.write_processor_files(dst, plan, model_cfg, cfg_json, system_prompt)
+        written += hf_processor.write_processor_files(dst, plan, model_cfg, cfg_json, system_prompt, num_frames,
+                                                      trained_cfg=trained_cfg)
     with open(os.path.join(dst, "generation_config.json"), "w") as f:
         json.dump(gen, f, indent=2, sort_keys=True)
     summary = model_card.load_summary(eval_summary_path)
-    card = model_card.render(model_cfg, cfg_json, plan, train_config, summary,
-                             os.path.basename(eval_summary_path or "summary.json"), num_frames, dropped_params,
-                             num_params)
+    card = model_card.render(trained_cfg if trained_cfg is not None else model_cfg, cfg_json, plan, train_config,
+                             summary, os.path.basename(eval_summary_path or "summary.json"), num_frames,
+                             dropped_params, num_params)
     with open(os.path.join(dst, "README.md"), "w", encoding="utf-8") as f:
         f.write(card)
     return written + ["generation_config.json", "README.md"]
@@ -275,9 +291,10 @@ def write(loaded: common.Loaded, dst: str, options: common.WriteOptions = common
         data = (loaded.train_config or {}).get("data") or {}
         write_extras(dst, model_cfg, cfg_json, tok_plan, loaded.source_generation,
                      system_prompt=str(data.get("system_prompt") or "You are a helpful assistant."),
-                     num_frames=data.get("num_frames"), train_config=loaded.train_config,
+                     num_frames=export_num_frames(loaded), train_config=loaded.train_config,
                      eval_summary_path=eval_summary, dropped_params=dropped,
-                     num_params=sum(int(np.prod(v.get_value().shape)) for p, v in flat.items() if p not in dropped))
+                     num_params=sum(int(np.prod(v.get_value().shape)) for p, v in flat.items() if p not in dropped),
+                     trained_cfg=loaded.model_cfg)
 
     weight_map = sf.write_dir(dst, export_tensors(tensors, tok_plan), cfg_json, options.max_shard_bytes, extras)
     for n in notes:
