@@ -85,7 +85,8 @@ def load_for_eval(path: str, mesh=None, tokenizer: Optional[str] = None, with_pr
     check_config(config) -> config: the caller's validation (and overrides) of the checkpoint's config, before
     the model is built from a training workdir's (a converted checkpoint's config is its parsed config.json).
 
-    provenance: {"checkpoint", "step", "config"} for the report header (step None for converted checkpoints)."""
+    provenance: {"checkpoint", "step", "tokenizer", "config", "params_dir"} for the report header and the outputs'
+    fingerprint (step None for converted checkpoints)."""
     if not os.path.isdir(path):
         raise UserError(f"not a directory: {path}", "--checkpoint", "a training workdir or a converted checkpoint dir")
     ckpt_dir = _train_checkpoint_dir(path)
@@ -102,9 +103,12 @@ def load_for_eval(path: str, mesh=None, tokenizer: Optional[str] = None, with_pr
         tok_dir = tokenizer or path
     if not tok_dir:
         raise UserError("no tokenizer directory (config.data.tokenizer_path is empty)", path, "pass --tokenizer DIR")
-    tok = Tokenizer.load(tok_dir, video_token_id=int(config.model.video_token_id))
+    tok = Tokenizer.load(tok_dir, video_token_id=int(config.model.video_token_id)).check_fits(
+        config.model.text.vocab_size, f"the model of {path}")
     if not with_provenance:
         return model, tok, config, mesh
+    # params_dir: what the parameters were read from (the step dir of a training workdir): eval/fingerprint.py.
+    params_dir = os.path.join(ckpt_dir, str(step)) if ckpt_dir is not None else path
     provenance = {"checkpoint": os.path.abspath(path), "step": step, "tokenizer": tok.source,
-                  "config": config.to_json_best_effort(sort_keys=True)}
+                  "config": config.to_json_best_effort(sort_keys=True), "params_dir": os.path.abspath(params_dir)}
     return model, tok, config, mesh, provenance
