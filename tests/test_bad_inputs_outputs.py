@@ -276,3 +276,77 @@ def test_disk_full_during_export_leaves_the_previous_export_whole(made, tmp_path
         "model.safetensors): free space there and run again"]
     assert {name: (dst / name).read_bytes() for name in os.listdir(dst)} == before
     assert sorted(os.listdir(tmp_path)) == ["dst"]
+
+
+# ----------------------------------------------------------------------------------------------- eval / predict
+def _not_checkpoints(root):
+    """Folders people point --checkpoint at by mistake: empty, a folder of videos, an Orbax dir without params/,
+    and one whose model_config.json is broken."""
+    dirs = {name: root / name for name in ("empty", "videos", "no_params", "broken_config")}
+    for d in dirs.values():
+        d.mkdir()
+    (dirs["videos"] / "P01_01.MP4").write_bytes(b"\0" * 64)
+    (dirs["no_params"] / "model_config.json").write_text("{}")
+    (dirs["broken_config"] / "model_config.json").write_text('{"text": {"vocab_size": 5')
+    (dirs["broken_config"] / "params").mkdir()
+    return dirs
+
+
+@pytest.mark.parametrize("name", ["empty", "videos", "no_params"])
+def test_eval_on_a_folder_that_is_no_checkpoint(made, tmp_path, name):
+    d = _not_checkpoints(tmp_path)[name]
+    line = one_error(_eval(made, d, tmp_path / "o"))
+    assert line.startswith(f"error: {d}: not a recognised checkpoint; expected one of: hf: ")
+    assert not (tmp_path / "o").exists()
+
+
+def test_predict_on_a_broken_model_config_and_empty_options(made, tmp_path):
+    d = _not_checkpoints(tmp_path)["broken_config"]
+    line = one_error(run_cli("llavaction_jax.predict", "--checkpoint", d, "--video", tmp_path / "v.mp4",
+                             "--options", "a", "b"))
+    assert line.startswith("error: invalid JSON (Expecting ")
+    assert line.endswith(f"({d / 'model_config.json'}): the JSON file the converter / trainer wrote (re-export the "
+                         "checkpoint)")
+    line = one_error(run_cli("llavaction_jax.predict", "--checkpoint", d, "--video", tmp_path / "v.mp4",
+                             "--options", "", " "))
+    assert line == ("error: option A is empty (--options (option 1 of 2)): each option a non-empty text, e.g. "
+                    "--options 'take plate' 'open fridge'")
+
+
+def test_generic_mc_question_with_a_literal_image_placeholder(made, tmp_path):
+    data = tmp_path / "mc.jsonl"
+    row = {"video": "clip.mp4", "question": "What is shown in <image>?", "options": ["a cat", "a dog"], "answer": 0}
+    data.write_text(json.dumps(row) + "\n")
+    line = one_error(run_cli("llavaction_jax.eval", "--checkpoint", made["a"], "--data", data, "--video_root",
+                             tmp_path, "--out", tmp_path / "o", "--num_frames", FRAMES, "--no_progress"))
+    assert line == (f"error: field 'question' contains '<image>', the video's placeholder (the prompt adds it once, "
+                    f"before the question): remove it from the text ({data}: row 1)")
+
+
+# ----------------------------------------------------------------------------------------------- train, data prep
+def test_train_on_a_zero_byte_shard(made, tmp_path):
+    shard = tmp_path / "train-00000-of-00001.tfrecord"
+    shard.write_bytes(b"")
+    line = one_error(run_cli("llavaction_jax.train", "--config", "configs/tiny.py", "--workdir", tmp_path / "w",
+                             f"--config.data.train_files={shard}", f"--config.data.tokenizer_path={made['tok'].source}",
+                             "--config.train.progress_bar=False"))
+    assert line == (f"error: no training records in {shard} for process 0 of 1 (config.data.train_files): TFRecord "
+                    "shards holding records (a zero-byte shard is empty: rewrite it with data_prep.to_tfrecord)")
+
+
+@pytest.mark.parametrize("k, line", [
+    ("27", "error: k=27 options per question (--k): 2..26 (one letter A-Z per option)"),
+    ("1", "error: k=1 options per question (--k): 2..26 (one letter A-Z per option)"),
+    ("5", "error: k=5 options per question but the label space has only 3 actions (--k): at most 3 for --mode "
+          "random (distinct actions per question)"),
+])
+def test_make_mqa_k_out_of_range(tmp_path, k, line):
+    from conftest import EK100_DIR
+    rows = open(os.path.join(EK100_DIR, "EPIC_100_validation.csv"), encoding="utf-8").read().splitlines()[:4]
+    ann = tmp_path / "ann.csv"
+    ann.write_text("\n".join(rows) + "\n")
+    actions = len({tuple(r.split(",")[10:13:2]) for r in rows[1:]})
+    proc = run_cli("data_prep.make_mqa", "--annotations", ann, "--class_dir", EK100_DIR, "--label_csvs", ann,
+                   "--mode", "random", "--k", k, "--out", tmp_path / "q.jsonl")
+    assert one_error(proc) == line.replace("only 3", f"only {actions}").replace("at most 3", f"at most {actions}")
+    assert not (tmp_path / "q.jsonl").exists()

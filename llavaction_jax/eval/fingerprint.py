@@ -21,7 +21,10 @@ VERSION = 1
 
 
 def _stat(path: str) -> dict:
-    st = tf.io.gfile.stat(path)          # local or any fs scheme (gs:// data)
+    if not fs.is_url(path):              # the OS keeps nanoseconds; tf.io.gfile.stat rounds local mtimes to seconds
+        st = os.stat(path)
+        return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+    st = tf.io.gfile.stat(path)          # gs:// and other fs schemes
     return {"size": int(st.length), "mtime_ns": int(st.mtime_nsec)}
 
 
