@@ -81,6 +81,11 @@ def text(kind=str) -> Rule:
 
 
 MESH_SIZE = Rule(lambda x: x == -1 or x >= 1, "a positive size or -1 (the remaining devices)")
+# A vocab id, or LLaVA-NeXT's IMAGE_TOKEN_INDEX = -200 (llava/constants.py), the sentinel its
+# tokenizer_image_token splices into input_ids and a llava_qwen checkpoint's model uses: never a vocab row.
+IMAGE_TOKEN_INDEX = -200
+VIDEO_TOKEN_ID = Rule(lambda x: _number(x) and (x >= 0 or x == IMAGE_TOKEN_INDEX),
+                      f">= 0 (a vocab id) or {IMAGE_TOKEN_INDEX} (LLaVA's IMAGE_TOKEN_INDEX sentinel)")
 ASCENDING = Rule(lambda x: all(a < b for a, b in zip(x, x[1:])), "strictly increasing lengths")
 
 
@@ -106,7 +111,7 @@ def base_rules() -> Mapping[str, Rule]:
         "train.profile_num_steps": at_least(1), "train.temporary_checkpoint_minutes": at_least(0, float),
         "eval.batch_size": at_least(1), "eval.max_new_tokens": at_least(1), "eval.methods": subset_of(METHODS),
         "eval.max_samples": at_least(0),
-        "model.pool_stride": at_least(1), "model.video_token_id": at_least(0),
+        "model.pool_stride": at_least(1), "model.video_token_id": VIDEO_TOKEN_ID,
         "model.vision.layer_norm_eps": positive(), "model.text.rope_theta": positive(),
         "model.text.rms_norm_eps": positive(),
     }

@@ -46,6 +46,7 @@ def build_parser() -> argparsing.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     k = args.k if args.k is not None else mqa.DEFAULT_K[args.mode]
+    mqa.check_k(k)                      # before the annotations are read or a prediction file is judged by it
     t0 = time.time()
     ann = ek100.load_annotations(args.annotations, label_csvs=args.label_csvs, class_dir=args.class_dir,
                                  with_video_info=False)

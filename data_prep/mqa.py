@@ -27,6 +27,7 @@ from data_prep import prompts
 from data_prep.ek100 import Annotations, LabelSpace, Segment
 from data_prep.predictions import Predictions
 from data_prep.seeding import question_rng
+from llavaction_jax.cli import UserError
 
 MODES = ("benchmark", "recognition", "train", "random")
 REPRESENTATIONS = ("official_key", "GT_key", "GT_random_narration", "top1_narration")
@@ -213,14 +214,28 @@ def _make_lines(rows: Sequence[int]) -> List[str]:
     return out
 
 
+class QuestionArgsError(UserError, ValueError):
+    """Question settings that cannot work (k, mode, representation), naming the flag: the one-line user error
+    (a ValueError too, for library callers)."""
+
+
+def check_k(k: int) -> None:
+    if not 2 <= k <= 26:
+        raise QuestionArgsError(f"k={k} options per question", "--k", "2..26 (one letter A-Z per option)")
+
+
 def _check_args(annotations: Annotations, preds: Optional[Predictions], mode: str, k: int,
                 representation: str) -> None:
     if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        raise QuestionArgsError(f"unknown mode {mode!r}", "--mode", f"one of {MODES}")
     if representation not in REPRESENTATIONS:
-        raise ValueError(f"unknown representation {representation!r}; expected one of {REPRESENTATIONS}")
-    if not 2 <= k <= 26:
-        raise ValueError(f"k must be in [2, 26] (letters A-Z), got {k}")
+        raise QuestionArgsError(f"unknown representation {representation!r}", "--representation",
+                                f"one of {REPRESENTATIONS}")
+    check_k(k)
+    actions = annotations.label_space.num_actions
+    if mode == "random" and k > actions:
+        raise QuestionArgsError(f"k={k} options per question but the label space has only {actions} actions",
+                                "--k", f"at most {actions} for --mode random (distinct actions per question)")
     depth = required_prediction_depth(mode, k)
     if depth and preds is None:
         raise ValueError(f"mode {mode!r} needs an action-model prediction file")

@@ -52,8 +52,9 @@ def read_prediction_file(path: str):
     targets: Dict[int, Optional[str]] = {}
     bad_keys, bad_entries = [], []
     for key, entry in raw.items():
-        # Row keys are canonical decimals: "05" would silently share row 5 with "5".
-        if not key.isdigit() or str(int(key)) != key:
+        # Row keys are canonical ASCII decimals: "05" would silently share row 5 with "5", and str.isdigit() also
+        # accepts digits int() refuses ("²").
+        if not (key.isascii() and key.isdigit()) or str(int(key)) != key:
             bad_keys.append(key)
             continue
         if (not isinstance(entry, dict) or not isinstance(entry.get("predictions"), list)

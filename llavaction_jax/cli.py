@@ -5,8 +5,12 @@ tool prints one line ``error: <what> (<where>): <what was expected>`` to stderr 
 Anything else is a bug and keeps its traceback (exit 1). A run stopped by preemption exits EXIT_PREEMPTED
 so a scheduler can tell it from a finished one and requeue it.
 
+A full disk (ENOSPC / EDQUOT) is no bug either: one line naming the file (the writers stage whole outputs, so
+what was there before is still whole).
+
 Set LLAVACTION_DEBUG=1 (or pass --debug to a tool that has it) to see the traceback of a user error too.
 """
+import errno
 import os
 import sys
 from typing import Callable, Optional, Sequence
@@ -56,3 +60,11 @@ def run(main: Callable[..., Optional[int]], *args, user_errors: tuple = (), **kw
         if debug_enabled():
             raise
         return report_user_error(err)
+    except OSError as err:
+        if err.errno not in DISK_FULL or debug_enabled():
+            raise
+        return report_user_error(UserError(f"no space left on the device ({os.strerror(err.errno)})",
+                                           err.filename, "free space there and run again"))
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)

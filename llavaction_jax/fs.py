@@ -1,13 +1,21 @@
-"""The one filesystem layer for run outputs (the training workdir) and data globs: tf.io.gfile.
+"""The one filesystem layer for run outputs (the training workdir, exports, eval outputs) and data globs:
+tf.io.gfile.
 
 tf.io.gfile is what the TFRecord reader already lists and opens remote files with, and it serves every scheme
 TensorFlow registers: local paths, `file://`, `gs://` (and `s3://`, `hdfs://` where TF has the plugin), and `ram://`
 (TF's in-memory filesystem, which the tests use as an offline non-local scheme). A `file://` URL is turned into its
 plain path first (`normalize`), so local runs keep using the OS and Orbax (whose epath layer knows no `file://`).
+
+Outputs go through `check_output` (a path with a scheme never becomes a local folder `./gs:/...`) and whole
+directories through `staged_dir` (written aside, then swapped in: readers and a failed write never see half of
+one, as Orbax commits a checkpoint).
 """
+import contextlib
 import os
 import posixpath
 import shutil
+import tempfile
+
 import tensorflow as tf
 
 from llavaction_jax.cli import UserError
@@ -37,7 +45,8 @@ def join(base: str, *parts: str) -> str:
 
 
 def check_supported(path: str, where: str) -> str:
-    """`normalize(path)`, or a UserError when no filesystem of this TF build serves its scheme."""
+    """`normalize(path)`, or a UserError when no filesystem of this TF build serves its scheme, or the remote
+    store cannot be reached (gs:// without credentials or network: one line, not TensorFlow's traceback)."""
     path = normalize(path)
     if is_url(path):
         try:
@@ -45,7 +54,104 @@ def check_supported(path: str, where: str) -> str:
         except tf.errors.UnimplementedError:
             raise UserError(f"no filesystem for the scheme {scheme(path)}://", where,
                             "a local path, file://... or a scheme tf.io.gfile serves (gs://, ...)") from None
+        except tf.errors.OpError as e:
+            raise UserError(f"cannot reach {path} ({_first_line(e)})", where,
+                            "a reachable location (for gs://: credentials, e.g. `gcloud auth application-default "
+                            "login`, and network access)") from None
     return path
+
+
+# In-memory (gone when the process exits): accepted for scratch work in tests, never for a result a user keeps.
+VOLATILE_SCHEMES = ("ram",)
+
+
+def check_output(path: str, where: str) -> str:
+    """`check_supported(path)` for a destination the user keeps (an export, eval outputs): ram:// refused too."""
+    if scheme(normalize(path)) in VOLATILE_SCHEMES:
+        raise UserError(f"{scheme(path)}:// is in-memory and vanishes when the process exits", where,
+                        "a local path, file://... or a persistent store such as gs://...")
+    return check_supported(path, where)
+
+
+def _first_line(err: "tf.errors.OpError") -> str:
+    return " ".join(str(err.message).split())
+
+
+def is_dir(path: str) -> bool:
+    return tf.io.gfile.isdir(path)
+
+
+def is_empty_dir(path: str) -> bool:
+    return not tf.io.gfile.listdir(path)
+
+
+def remove_tree(path: str) -> None:
+    if not is_url(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif tf.io.gfile.exists(path):
+        tf.io.gfile.rmtree(path)
+
+
+def check_new_dir(path: str, where: str, overwrite: bool) -> str:
+    """A destination directory for a whole new output: absent or empty, or (`overwrite`) anything but a file.
+    Refuses as git does a non-empty work tree: the user's files are never merged into or replaced silently."""
+    path = check_output(path, where)
+    if not exists(path):
+        return path
+    if not is_dir(path):
+        raise UserError("exists and is not a directory", where, "a new or empty directory")
+    if not overwrite and not is_empty_dir(path):
+        raise UserError("destination is not empty", where, "a new or empty directory, or --overwrite to replace "
+                        "it (the old one stays whole until the new one is complete)")
+    return path
+
+
+@contextlib.contextmanager
+def staged_dir(dst: str, writer: bool = True):
+    """Yields a local directory to write the whole of `dst` into; on success it replaces `dst`, on an error
+    (ENOSPC, a bad tensor, Ctrl-C) it is removed and `dst` is left as it was.
+
+    A local `dst` is staged in a sibling (same filesystem: the swap is two renames); a URL `dst` in a local
+    temp dir, copied up when complete (old objects deleted only after the copy). `writer`: False on the
+    processes of a multi-process job that write nothing (they get the same sibling path, and no swap)."""
+    dst = normalize(dst)
+    if is_url(dst):
+        stage = tempfile.mkdtemp(prefix="llavaction-stage-")
+    else:
+        dst = os.path.abspath(dst)
+        parent, name = os.path.split(dst)
+        stage = os.path.join(parent, f".{name}.incomplete")      # one name for every process of a job
+        if writer:
+            os.makedirs(parent, exist_ok=True)
+            shutil.rmtree(stage, ignore_errors=True)             # left by an earlier killed write
+            os.makedirs(stage)
+    try:
+        yield stage
+    except BaseException:
+        if writer or is_url(dst):
+            shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if not writer:
+        return
+    if is_url(dst):
+        new = {os.path.relpath(os.path.join(r, f), stage).replace(os.sep, "/")
+               for r, _, files in os.walk(stage) for f in files}
+        copy_tree(stage, dst)
+        shutil.rmtree(stage, ignore_errors=True)
+        for root, _, files in tf.io.gfile.walk(dst):            # objects of the replaced output
+            for f in files:
+                full = join(root, f)
+                if full[len(dst):].lstrip("/") not in new:
+                    tf.io.gfile.remove(full)
+        return
+    old = None
+    if os.path.lexists(dst):
+        old = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(dst, old)
+    os.rename(stage, dst)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def makedirs(path: str) -> None:

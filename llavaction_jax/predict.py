@@ -52,6 +52,16 @@ def clip_bounds(path: str, start: Optional[float], end: Optional[float],
     return s, min(e, last)
 
 
+def check_options(options: Sequence[str]) -> None:
+    """2..26 options, each with text: an empty one would be asked as `A. ` and could be the answer."""
+    if not 2 <= len(options) <= len(LETTERS):
+        raise UserError(f"--options needs 2..26 options, got {len(options)}", "--options")
+    for i, option in enumerate(options):
+        if not option.strip():
+            raise UserError(f"option {LETTERS[i]} is empty", f"--options (option {i + 1} of {len(options)})",
+                            "each option a non-empty text, e.g. --options 'take plate' 'open fridge'")
+
+
 def mcq_sample(options: Sequence[str], start: float, end: float) -> dict:
     lettered = [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)]
     return {"id": "input", "start_timestamp": start, "stop_timestamp": end, "options": lettered, "answer": None,
@@ -63,8 +73,7 @@ def answer_options(model, tok, config, mesh, frames: np.ndarray, options: Sequen
     """The eval record of one MCQ: letter_pred, letter_scores, gen_pred, raw_generation, options."""
     from llavaction_jax.eval.evaluator import Evaluator
     from llavaction_jax.eval.items import EvalItem
-    if not 2 <= len(options) <= len(LETTERS):
-        raise UserError(f"--options needs 2..26 options, got {len(options)}", "--options")
+    check_options(options)
     sample = mcq_sample(options, start, end)
     evaluator = Evaluator(model, tok, config, mesh, batch_size=_batch_devices(mesh))
     return evaluator.evaluate([EvalItem(sample, lambda: frames)], 1)[0]
@@ -105,8 +114,8 @@ def main(argv=None) -> int:
     p.add_argument("--max_new_tokens", type=int, default=None, help="generation length (default: the "
                    "checkpoint's config.eval.max_new_tokens)")
     args = p.parse_args(argv)
-    if args.options is not None and not 2 <= len(args.options) <= len(LETTERS):
-        raise UserError(f"--options needs 2..26 options, got {len(args.options)}", "--options")
+    if args.options is not None:
+        check_options(args.options)
     # Check the clip before the (slow) checkpoint load.
     start, end = clip_bounds(args.video, args.start, args.end)
 

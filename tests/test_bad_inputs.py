@@ -49,6 +49,7 @@ def test_latin1_csv_names_file_and_line(tmp_path, capsys):
 @pytest.mark.parametrize("keys, message", [
     ('"0": P, "1": P, "2": P, "02": P', "keys must be row indices without leading zeros"),
     ('"0": P, "1": P, "2": P, "2": P', "duplicate keys ['2']"),
+    ('"0": P, "1": P, "2": P, "\u00b2": P', "keys must be row indices without leading zeros"),   # superscript 2
 ])
 def test_prediction_keys_that_would_collide(tmp_path, capsys, keys, message):
     from data_prep import make_mqa

@@ -33,6 +33,8 @@ def _overrides(items):
 def _paths(sub, src_help, dst_help):
     sub.add_argument("--src", default=None, help=src_help)
     sub.add_argument("--dst", default=None, help=dst_help)
+    sub.add_argument("--overwrite", action="store_true",
+                     help="replace a non-empty --dst (the new one is written aside and swapped in when complete)")
     sub.add_argument("src_pos", nargs="?", metavar="SRC", help="same as --src")
     sub.add_argument("dst_pos", nargs="?", metavar="DST", help="same as --dst")
 
@@ -102,13 +104,15 @@ def main(argv=None):
 
     if args.command == "import":
         info = api.import_checkpoint(args.src, args.dst, args.format, dtype=args.dtype,
-                                     config_overrides=_overrides(args.override), allow_missing=args.allow_missing)
+                                     config_overrides=_overrides(args.override), allow_missing=args.allow_missing,
+                                     overwrite=args.overwrite)
     else:
         info = api.export_checkpoint(args.src, args.dst, args.format, extra_tensors=args.extra_tensors,
                                      max_shard_bytes=int(args.max_shard_gb * (1 << 30)),
                                      allow_layout_change=args.allow_layout_change,
                                      config_overrides=_overrides(args.override),
-                                     tokenizer_path=args.tokenizer, eval_summary=args.eval_summary)
+                                     tokenizer_path=args.tokenizer, eval_summary=args.eval_summary,
+                                     overwrite=args.overwrite)
         info = {k: v for k, v in info.items() if k != "keys"} | {"num_keys": len(info["keys"])}
     json.dump(info, sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -11,6 +11,9 @@ import logging
 import os
 from typing import Optional, Sequence
 
+import jax
+
+from llavaction_jax import fs
 from llavaction_jax.convert import common
 from llavaction_jax.convert.formats import detect_format, get as get_format, orbax as orbax_format, writer
 from llavaction_jax.convert.formats import train as train_format
@@ -64,15 +67,26 @@ def load_pretrained(path: str, dtype=None, mesh=None, config_overrides=None, all
     return loaded.model, config
 
 
+def _write_staged(write, loaded, dst: str, *args) -> dict:
+    """write(loaded, <staging dir>, *args), then the staging dir becomes `dst` (fs.staged_dir): a failed or
+    interrupted write (a full disk included) leaves an earlier `dst` whole, and a URL is written through fs."""
+    with fs.staged_dir(dst, writer=jax.process_index() == 0) as stage:
+        info = write(loaded, stage, *args)
+    common.wait_for_process_0(f"swap:{dst}")
+    return info
+
+
 def import_checkpoint(src: str, dst: str, fmt: Optional[str] = None, dtype=None, mesh=None,
-                      config_overrides=None, allow_missing: Sequence[str] = ()) -> dict:
-    """Checkpoint `src` (of format `fmt`, checked; default: detected) -> Orbax params dir; the import report."""
+                      config_overrides=None, allow_missing: Sequence[str] = (), overwrite: bool = False) -> dict:
+    """Checkpoint `src` (of format `fmt`, checked; default: detected) -> Orbax params dir; the import report.
+    `dst` must be new or empty unless `overwrite` (then it is replaced once the new one is complete)."""
+    dst = fs.check_new_dir(dst, f"--dst {dst}", overwrite)
     detected = detect_format(src)
     fmt = fmt or detected
     if detected != fmt:
         raise ValueError(f"{src}: looks like a {detected!r} checkpoint, not {fmt!r}")
     loaded = _load(src, fmt, mesh, dtype=dtype, config_overrides=config_overrides, allow_missing=allow_missing)
-    info = orbax_format.write(loaded, dst)
+    info = _write_staged(orbax_format.write, loaded, dst)
     if loaded.unused_keys:
         log.info("%s: %d expected unused keys kept in %s: %s", src, len(loaded.unused_keys),
                  orbax_format.UNUSED_TENSORS, loaded.unused_keys)
@@ -87,8 +101,10 @@ def _options(max_shard_bytes, allow_layout_change, tokenizer_path, eval_summary,
 def export_model(model, model_cfg, dst: str, fmt: str, source_dir: Optional[str] = None,
                  extra_tensors: Optional[str] = None, max_shard_bytes: int = 2 << 30,
                  allow_layout_change: bool = False, tokenizer_path: Optional[str] = None,
-                 eval_summary: Optional[str] = None, train_config: Optional[dict] = None) -> dict:
-    """Writes an in-memory `model` as format `fmt`; returns the format's report.
+                 eval_summary: Optional[str] = None, train_config: Optional[dict] = None,
+                 overwrite: bool = False) -> dict:
+    """Writes an in-memory `model` as format `fmt` into the new (or empty; or `overwrite`: replaced) dir `dst`;
+    returns the format's report.
 
     hf: a complete transformers model directory (see formats/hf.py). `source_dir`: an Orbax dir from `convert
     import` (its source config, unused tensors and tokenizer files are reused). `extra_tensors`: a safetensors
@@ -97,21 +113,24 @@ def export_model(model, model_cfg, dst: str, fmt: str, source_dir: Optional[str]
     dict (data, steps).
     """
     write = writer(fmt)
+    dst = fs.check_new_dir(dst, f"--dst {dst}", overwrite)
     kept = orbax_format.provenance(source_dir) if source_dir else {}
     loaded = common.Loaded(model, model_cfg, fmt="", path=os.path.abspath(source_dir) if source_dir else "",
                            train_config=train_config, **kept)
-    return write(loaded, dst, _options(max_shard_bytes, allow_layout_change, tokenizer_path, eval_summary,
-                                       extra_tensors))
+    return _write_staged(write, loaded, dst, _options(max_shard_bytes, allow_layout_change, tokenizer_path,
+                                                      eval_summary, extra_tensors))
 
 
 def export_checkpoint(src: str, dst: str, fmt: str, mesh=None, extra_tensors: Optional[str] = None,
                       max_shard_bytes: int = 2 << 30, allow_layout_change: bool = False,
                       config_overrides=None, tokenizer_path: Optional[str] = None,
-                      eval_summary: Optional[str] = None) -> dict:
+                      eval_summary: Optional[str] = None, overwrite: bool = False) -> dict:
     """Checkpoint `src` of any readable format (usually an Orbax dir from `import_checkpoint` or a training
     checkpoint) -> format `fmt`. What the source kept travels along: a training run's init_from dir (source
-    config, tokenizer files, dropped SigLIP layer), its tokenizer and latest periodic eval (model card)."""
-    write = writer(fmt)        # an unwritable format is refused before anything is loaded
+    config, tokenizer files, dropped SigLIP layer), its tokenizer and latest periodic eval (model card).
+    `dst` must be new or empty unless `overwrite` (then it is replaced once the new one is complete)."""
+    write = writer(fmt)        # an unwritable format or destination is refused before anything is loaded
+    dst = fs.check_new_dir(dst, f"--dst {dst}", overwrite)
     loaded = _load(src, detect_format(src), mesh, config_overrides=config_overrides)
-    return write(loaded, dst, _options(max_shard_bytes, allow_layout_change, tokenizer_path, eval_summary,
-                                       extra_tensors))
+    return _write_staged(write, loaded, dst, _options(max_shard_bytes, allow_layout_change, tokenizer_path,
+                                                      eval_summary, extra_tensors))

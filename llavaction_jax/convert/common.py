@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from llavaction_jax import sharding as shd
+from llavaction_jax.cli import UserError
 from llavaction_jax.convert.mapping import CheckpointMismatchError, check_tree
 from llavaction_jax.model import build as model_build, config as model_config_lib
 
@@ -59,12 +60,17 @@ class WriteOptions:
 
 # ----------------------------------------------------------------------------------------------- configs
 
+class BadConfigFileError(UserError, ValueError):
+    """A checkpoint's config file that is not valid JSON (names the file, line and column)."""
+
+
 def read_json(path: str) -> dict:
     try:
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON ({e})") from e
+        raise BadConfigFileError(f"invalid JSON ({e})", path, "the JSON file the converter / trainer wrote "
+                                 "(re-export the checkpoint)") from None
 
 
 def apply_overrides(cfg: ml_collections.ConfigDict, overrides) -> None:

@@ -17,10 +17,11 @@ import jax
 import numpy as np
 from flax import nnx
 
+from llavaction_jax.cli import UserError
 from llavaction_jax.convert import common, hf_processor
 from llavaction_jax.convert.mapping import iter_ckpt_tensors, match, read_param_slice
 from llavaction_jax.convert.safetensors_io import CheckpointReader, has_safetensors, write_sharded
-from llavaction_jax.model import build as model_build, config as model_config_lib
+from llavaction_jax.model import build as model_build, config as model_config_lib, spec as model_spec
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ class AliasedReader:
     def dtype(self, key):
         return self.reader.dtype(self._orig[key])
 
+    def file_of(self, key):
+        return self.reader.file_of(self._orig[key])
+
     def read(self, key, index=None):
         return self.reader.read(self._orig[key], index)
 
@@ -68,16 +72,54 @@ class AliasedReader:
         self.reader.release()
 
 
+class TensorError(UserError, ValueError):
+    """A checkpoint tensor the model cannot take as it is (dtype, NaN / inf): names the file and the tensor."""
+
+
+def _is_float(dtype) -> bool:
+    return np.issubdtype(dtype, np.floating) or np.dtype(dtype).name == "bfloat16"
+
+
 def checkpoint_dtype(reader: CheckpointReader) -> np.dtype:
-    """Most common floating dtype among the tensors (by element count)."""
+    """Most common floating dtype among the tensors (by element count); a TensorError when it is one the model
+    does not compute in (float64: --dtype casts it)."""
     counts: Dict[np.dtype, int] = {}
     for k in reader.keys():
         d = reader.dtype(k)
-        if np.issubdtype(d, np.floating) or d.name == "bfloat16":
+        if _is_float(d):
             counts[d] = counts.get(d, 0) + int(np.prod(reader.shape(k)))
     if not counts:
-        raise ValueError(f"{reader.path}: no floating-point tensors")
-    return max(counts, key=counts.get)
+        raise TensorError("no floating-point tensors", reader.path, "a checkpoint of float32 / bfloat16 / float16 "
+                          "weights")
+    chosen = max(counts, key=counts.get)
+    if chosen.name not in model_spec.DTYPES:
+        first = next(k for k in reader.keys() if reader.dtype(k) == chosen)
+        raise TensorError(f"tensor {first!r} (and the bulk of the weights) is {chosen.name}",
+                          reader.file_of(first), f"one of {model_spec.DTYPES}, or --dtype float32 to cast it")
+    return chosen
+
+
+def check_tensor_dtypes(reader, plan) -> None:
+    """Every tensor the model loads must be floating: an int tensor where a weight belongs is a wrong file (its
+    values would be cast silently)."""
+    for path, rule in plan.rules.items():
+        keys = [rule.key.format(i=i) for i in range(plan.num_layers[path])] if rule.stacked else [rule.key]
+        for key in keys:
+            d = reader.dtype(key)
+            if not _is_float(d):
+                raise TensorError(f"tensor {key!r} is {np.dtype(d).name} (for parameter {path})",
+                                  reader.file_of(key), "a floating-point tensor (float32 / bfloat16 / float16)")
+
+
+def check_finite(reader, rule, index, value: np.ndarray, num_layers: int) -> None:
+    """NaN / inf in a weight would score every sample the same silent way; refuse, naming the tensor (a cast to a
+    narrower --dtype that overflows is caught here too)."""
+    if _is_float(value.dtype) and not np.isfinite(value).all():
+        keys = ([rule.key.format(i=i) for i in range(*index[0].indices(num_layers))] if rule.stacked
+                else [rule.key])
+        raise TensorError(f"tensor {keys[0] if len(keys) == 1 else keys[0] + ' .. ' + keys[-1]!r} holds NaN or "
+                          f"inf values (for parameter {rule.param})", reader.file_of(keys[0]),
+                          "finite weights (a broken or overflowed checkpoint?)")
 
 
 def open_checkpoint(path: str, fmt, dtype=None, config_overrides=None):
@@ -115,6 +157,7 @@ def build_model(reader, fmt, model_cfg, mesh, rules=None, allow_missing: Sequenc
     ckpt_shapes = {k: reader.shape(k) for k in reader.keys()}
     plan = match(fmt.rules(model_cfg), shapes, ckpt_shapes, fmt.expected_unused(model_cfg),
                  reader.path, allow_missing, fmt.NOT_IN_FORMAT)
+    check_tensor_dtypes(reader, plan)
     missing = plan.initialised
     if missing:
         log.warning("%s: initialising parameters absent from the checkpoint (allow_missing): %s",
@@ -136,6 +179,7 @@ def build_model(reader, fmt, model_cfg, mesh, rules=None, allow_missing: Sequenc
             key = tuple((s.start, s.stop, s.step) for s in index)
             if key not in cache:
                 cache[key] = read_param_slice(reader, rule, index, dtype, n)
+                check_finite(reader, rule, index, cache[key], n)
             return cache[key]
 
         values[path] = jax.make_array_from_callback(sds.shape, sds.sharding, cb)

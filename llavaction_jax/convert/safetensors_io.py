@@ -108,6 +108,9 @@ class CheckpointReader:
             self._handles[fname] = _safe_open(fname).__enter__()
         return self._handles[fname]
 
+    def file_of(self, key: str) -> str:
+        return self._file_of[key]
+
     def read(self, key: str, index: Optional[Tuple[slice, ...]] = None) -> np.ndarray:
         """The tensor `key`, or only `index` of it (a tuple of slices), as a numpy array."""
         fname = self._file_of[key]

@@ -14,15 +14,19 @@ llavaction-eval --checkpoint WORKDIR --step 10 --data 'val-*.tfrecord' --out OUT
   JSONL ({"video", "start", "end", "question", "options", "answer"} per line) is generic_mc, anything else ek100_mqa.
 --data: MQA JSONL (frames read from --video_root with data_prep.video, layout --video_layout), MQA TFRecords
   (comma-separated globs; frames inside), or a generic MC JSONL (relative video paths are under --video_root).
-Writes OUT/predictions.jsonl, OUT/summary.json, OUT/report.html (+ PNGs) on process 0. Multi-process: every
+Writes OUT/predictions.jsonl, OUT/fingerprint.json, OUT/summary.json, OUT/report.html (+ PNGs) on process 0 (OUT: a
+local dir or a URL such as gs://...). A rerun into the same OUT resumes only when the fingerprint (checkpoint,
+data files, frames, methods, max_new_tokens) matches, and refuses otherwise (--no_resume evaluates afresh). Multi-process: every
 process runs the same command (jax.distributed is initialised from the environment or the flags below).
 """
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 
-from llavaction_jax import argparsing, cli
+from llavaction_jax import argparsing, cli, fs
 from llavaction_jax.cli import UserError
 from llavaction_jax.convert.mapping import CheckpointMismatchError
 
@@ -98,10 +102,49 @@ def _entry_from_flags(args, entry: dict) -> dict:
     return entry
 
 
+def _check_out(out: str) -> str:
+    """--out as the fs layer takes it: a local dir or a persistent URL (never a local './gs:/...' folder)."""
+    out = fs.check_output(out, f"--out {out}")
+    if fs.exists(out) and not fs.is_dir(out):
+        raise UserError("exists and is not a directory", f"--out {out}", "a directory for predictions.jsonl, "
+                        "summary.json and the report (new, or one this tool wrote)")
+    return out
+
+
+def _data_files(eval_cfg) -> list:
+    """Every file the entry's samples are read from (for the outputs' fingerprint)."""
+    from llavaction_jax.eval import samples
+    data = str(eval_cfg.data)
+    files = [data] if data.endswith(".jsonl") else samples.tfrecord_files(data)
+    return files + ([str(eval_cfg.fps_csv)] if eval_cfg.get("fps_csv") else [])
+
+
+def _fingerprint(eval_cfg, config, provenance) -> dict:
+    from llavaction_jax.eval import fingerprint
+    video = {k: eval_cfg.get(k) for k in ("video_root", "video_layout", "chunk_len", "fps", "allow_absolute_paths")
+             if k in eval_cfg}
+    return fingerprint.make(provenance["params_dir"], provenance["step"], provenance["config"],
+                            _data_files(eval_cfg), video, int(config.data.num_frames), tuple(eval_cfg.methods),
+                            int(eval_cfg.max_new_tokens), str(eval_cfg.type))
+
+
+def _stage_remote_out(out: str, resume: bool) -> str:
+    """A local dir standing in for a URL --out (the report writers use the OS), holding what a resume reads."""
+    from llavaction_jax.eval import fingerprint, run
+    stage = tempfile.mkdtemp(prefix="llavaction-eval-")
+    if resume:
+        for name in (run.PREDICTIONS_FILE, fingerprint.FILE):
+            if fs.exists(fs.join(out, name)):
+                with open(os.path.join(stage, name), "w", encoding="utf-8") as f:
+                    f.write(fs.read_text(fs.join(out, name)))
+    return stage
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     for name in ("limit", "batch_size", "max_new_tokens", "num_frames", "chunk_len"):
         _positive(f"--{name}", getattr(args, name))
+    args.out = _check_out(args.out)
     from llavaction_jax import distributed
     distributed.initialize_from_env(args.coordinator_address, args.num_processes, args.process_id)
     import jax
@@ -139,10 +182,19 @@ def main(argv=None) -> int:
         name, where = args.eval, f"config.evals.{args.eval}.{{0}} / --{{0}}"
         entry = _entry_from_flags(args, evals[args.eval])
     eval_cfg = benchmarks.resolve(entry, config, name, where=where)
-    bench = benchmarks.build(eval_cfg, config, mesh, tok, args.out)
+    remote = fs.is_url(args.out)
+    local_out = _stage_remote_out(args.out, not args.no_resume) if remote else args.out
+    bench = benchmarks.build(eval_cfg, config, mesh, tok, local_out)
+    fingerprint = _fingerprint(eval_cfg, config, provenance)
     provenance = dict(provenance, benchmark=eval_cfg.type, eval=args.eval, data=eval_cfg.data,
                       video_root=eval_cfg.get("video_root"), limit=int(eval_cfg.max_samples) or None)
-    bench.run(model, resume=not args.no_resume, progress=not args.no_progress, provenance=provenance)
+    provenance.pop("params_dir")
+    bench.run(model, resume=not args.no_resume, progress=not args.no_progress, provenance=provenance,
+              fingerprint=fingerprint)
+    if remote and jax.process_index() == 0:
+        fs.copy_tree(local_out, args.out)
+        shutil.rmtree(local_out, ignore_errors=True)
+        bench.paths = {k: fs.join(args.out, os.path.relpath(v, local_out)) for k, v in bench.paths.items()}
     if jax.process_index() == 0:
         for a, b, c in summary_rows(bench.summary):
             print(f"{a + (f' [{b}]' if b else ''):<70} {c}".rstrip())

@@ -62,8 +62,8 @@ def load_for_eval(path: str, mesh=None, tokenizer: Optional[str] = None, with_pr
     check_config(config) -> config: the caller's validation (and overrides) of the checkpoint's config; for a
     training run it also runs on the saved config before the model is loaded, so a bad flag costs no load.
 
-    provenance: {"checkpoint", "step", "tokenizer", "config"} for the report header (step None for converted
-    checkpoints)."""
+    provenance: {"checkpoint", "step", "tokenizer", "config", "params_dir"} for the report header and the outputs'
+    fingerprint (step None for converted checkpoints)."""
     path = resolve_checkpoint(path, step)
     train_run = detect_format(path) == train_format.NAME
     if train_run:
@@ -85,9 +85,13 @@ def load_for_eval(path: str, mesh=None, tokenizer: Optional[str] = None, with_pr
         tok_dir, where = tokenizer or path, path
     if not tok_dir:
         raise UserError("no tokenizer directory (config.data.tokenizer_path is empty)", where, "pass --tokenizer DIR")
-    tok = Tokenizer.load(tok_dir, video_token_id=int(config.model.video_token_id))
+    tok = Tokenizer.load(tok_dir, video_token_id=int(config.model.video_token_id)).check_fits(
+        config.model.text.vocab_size, f"the model of {path}")
     if not with_provenance:
         return model, tok, config, mesh
+    # params_dir: what the parameters were read from (the step dir of a training run): eval/fingerprint.py.
+    params_dir = train_format.step_dir(path) if train_run else path
     provenance = {"checkpoint": os.path.abspath(path), "step": train_format.step_of(path) if train_run else None,
-                  "tokenizer": tok.source, "config": config.to_json_best_effort(sort_keys=True)}
+                  "tokenizer": tok.source, "config": config.to_json_best_effort(sort_keys=True),
+                  "params_dir": os.path.abspath(params_dir)}
     return model, tok, config, mesh, provenance

@@ -211,7 +211,8 @@ class Evaluator:
             if "letters" in self.methods and not item.sample.get("options"):
                 raise UserError(f"sample {item.sample.get('id')!r} has no options", "options",
                                 "letter scoring needs >= 2 options")
-            bad = [t for t in it_ids if not 0 <= t < vocab]
+            # The video slots may be a sentinel outside the vocab (llava_qwen: LLaVA's IMAGE_TOKEN_INDEX -200).
+            bad = [t for t in it_ids if not 0 <= t < vocab and t != self.tokenizer.video_token_id]
             if bad:
                 raise UserError(f"sample {item.sample.get('id')!r}: token ids {sorted(set(bad))[:5]} are outside the "
                                 f"model's vocabulary", "--tokenizer / config.model.text.vocab_size",

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from llavaction_jax.cli import UserError
-from llavaction_jax.eval import metrics, report
+from llavaction_jax.eval import fingerprint as fingerprint_lib, metrics, report
 from llavaction_jax.eval.evaluator import Evaluator, _allgather_ints, broadcast_json
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -45,20 +45,31 @@ def read_partial_predictions(path: str) -> list:
 
 class PredictionWriter:
     """Process 0 appends each batch's records / failures as they are produced (flushed + fsynced); a rerun with
-    the same out_dir reads them back and only evaluates what is missing. Failures are retried on a rerun."""
+    the same out_dir reads them back and only evaluates what is missing. Failures are retried on a rerun.
 
-    def __init__(self, out_dir: str, resume: bool = True):
+    `fingerprint` (eval/fingerprint.py): what makes these predictions; saved ones are resumed only under the same
+    one, otherwise a UserError (raised on every process) before anything in out_dir is touched."""
+
+    def __init__(self, out_dir: str, resume: bool = True, fingerprint: Optional[Mapping] = None):
         self.out_dir = out_dir
         self.paths = {"predictions": os.path.join(out_dir, PREDICTIONS_FILE),
                       "failures": os.path.join(out_dir, FAILURES_FILE)}
         self.writer = jax.process_index() == 0
-        previous = []
+        previous, problem = [], None
         if self.writer:
             os.makedirs(out_dir, exist_ok=True)
             previous = read_partial_predictions(self.paths["predictions"]) if resume else []
-            # Rewrite what survived (drops a torn line) and start the failures afresh (they are retried).
-            _atomic_write_lines(self.paths["predictions"], previous)
-            _atomic_write_lines(self.paths["failures"], [])
+            if fingerprint is not None:
+                problem = fingerprint_lib.resume_problem(out_dir, fingerprint, len(previous))
+            if problem is None:
+                # Rewrite what survived (drops a torn line) and start the failures afresh (they are retried).
+                _atomic_write_lines(self.paths["predictions"], previous)
+                _atomic_write_lines(self.paths["failures"], [])
+                if fingerprint is not None:
+                    fingerprint_lib.write(out_dir, fingerprint)
+        problem = broadcast_json(problem)
+        if problem is not None:
+            raise fingerprint_lib.refuse(out_dir, problem)
         self.previous = broadcast_json(previous)
         self._files = {k: open(p, "a", encoding="utf-8") for k, p in self.paths.items()} if self.writer else {}
 
@@ -108,7 +119,8 @@ def evaluate_source(model, tokenizer, config, mesh, source, out_dir: Optional[st
                     resume: bool = True, progress: bool = False, provenance: Optional[Mapping] = None,
                     noun_names: Optional[Mapping[int, str]] = None, head_top_k: int = 1,
                     max_new_tokens: Optional[int] = None,
-                    summarize: Optional[Callable[[Sequence[Mapping], Sequence[str]], dict]] = None):
+                    summarize: Optional[Callable[[Sequence[Mapping], Sequence[str]], dict]] = None,
+                    fingerprint: Optional[Mapping] = None):
     """(records, summary, paths): every host evaluates its slice; process 0 writes the files under out_dir.
 
     `summarize(records, methods)` makes the summary (default metrics.summarize); `head_top_k` and
@@ -116,14 +128,14 @@ def evaluate_source(model, tokenizer, config, mesh, source, out_dir: Optional[st
 
     With out_dir, predictions and failures are appended as they are produced and a rerun with the same out_dir
     (resume=True) evaluates only the samples not yet in OUT/predictions.jsonl. Unreadable clips are skipped and
-    listed in OUT/failures.jsonl; zero evaluated samples is an error.
+    listed in OUT/failures.jsonl; zero evaluated samples is an error. `fingerprint`: see PredictionWriter.
     """
     evaluator = Evaluator(model, tokenizer, config, mesh, methods=methods, batch_size=batch_size,
                           max_new_tokens=max_new_tokens, head_top_k=head_top_k)
     total = int(np.sum(_allgather_ints([source.num_local])))
     if total == 0:
         raise UserError("the eval data holds no samples", "--data", "at least one sample")
-    writer = PredictionWriter(out_dir, resume=resume) if out_dir else None
+    writer = PredictionWriter(out_dir, resume=resume, fingerprint=fingerprint) if out_dir else None
     previous = writer.previous if writer else []
     try:
         new = evaluator.evaluate(source.iterate(), source.num_local, skip_ids=[r["id"] for r in previous],

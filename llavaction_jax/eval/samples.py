@@ -13,7 +13,6 @@ then an instruction to answer with the letter; generations are parsed with the r
 bare leading letter.
 """
 import dataclasses
-import glob as globlib
 import json
 import os
 from typing import Callable, Iterator, List, Mapping, Optional
@@ -22,6 +21,7 @@ import jax
 import numpy as np
 
 from data_prep import video as video_lib
+from data_prep.prompts import IMAGE_PLACEHOLDER
 from llavaction_jax.cli import UserError
 from llavaction_jax.eval.items import EvalItem
 from llavaction_jax.eval.scoring import LETTERS
@@ -145,15 +145,31 @@ def parse_record(raw: bytes) -> dict:
             "jpegs": list(f["frames"].bytes_list.value) if "frames" in f else []}
 
 
+def tfrecord_files(pattern: str) -> List[str]:
+    """The files of comma-separated TFRecord globs (local or any fs scheme); EVERY glob must match a file (as
+    the trainer's data globs): one that matches nothing is a typo that would silently score fewer samples."""
+    from llavaction_jax.input.recordio import NoFilesError, expand_pattern
+    globs = [p.strip() for p in pattern.split(",") if p.strip()]
+    if not globs:
+        raise MissingDataError(f"no TFRecord glob in {pattern!r}", "--data", "a .jsonl file or TFRecord glob(s)")
+    files = set()
+    for p in globs:
+        try:
+            files.update(expand_pattern(p))
+        except NoFilesError:
+            raise MissingDataError(f"no TFRecord files match {p!r}" + (f" (one of the {len(globs)} comma-separated "
+                                   "globs)" if len(globs) > 1 else ""), "--data",
+                                   "a .jsonl file or TFRecord glob(s), each matching at least one file") from None
+    return sorted(files)
+
+
 def tfrecord_source(pattern: str, num_frames: int, image_size: int, limit: Optional[int] = None) -> Source:
     """MQA TFRecords (data_prep.records format; comma-separated globs). Frames stay JPEG until used, then go
     through the training decode (input.pipeline.decode_jpeg_frames): identical pixels in train and eval.
     `image_size`: the model's; frames of another size are resized as in training."""
     import tensorflow as tf
     from llavaction_jax.input.pipeline import decode_jpeg_frames
-    files = sorted({f for p in pattern.split(",") if p for f in globlib.glob(p)})
-    if not files:
-        raise MissingDataError(f"no TFRecord files match {pattern!r}", "--data", "a .jsonl file or TFRecord glob(s)")
+    files = tfrecord_files(pattern)
     pid, nproc = _host_slice()
     dataset = tf.data.TFRecordDataset(files)
     if limit is not None:
@@ -198,7 +214,9 @@ def generic_to_sample(row: dict, where: str, index: int) -> dict:
     for key in ("video", "question", "options", "answer"):
         if key not in row:
             raise SampleError(where, f"generic MC row is missing field {key!r}")
-    options = row["options"]
+    question, options = row["question"], row["options"]
+    if not isinstance(question, str) or not question.strip():
+        raise SampleError(where, f"field 'question' must be a non-empty string, got {question!r:.200}")
     if not isinstance(options, list) or not 1 <= len(options) <= len(LETTERS):
         raise SampleError(where, f"field 'options' must be a list of 1..26 strings, got {options!r:.200}")
     texts = []
@@ -207,6 +225,11 @@ def generic_to_sample(row: dict, where: str, index: int) -> dict:
             raise SampleError(where, f"option {i} must be a non-empty string, got {option!r}")
         prefix = f"{LETTERS[i]}. "
         texts.append(option[len(prefix):] if option.startswith(prefix) else option)
+    for field, text in [("question", question)] + [(f"options[{i}]", o) for i, o in enumerate(texts)]:
+        if IMAGE_PLACEHOLDER in text:
+            # The prompt puts the one video placeholder first; a second one would be a second video slot.
+            raise SampleError(where, f"field {field!r} contains {IMAGE_PLACEHOLDER!r}, the video's placeholder (the "
+                              "prompt adds it once, before the question): remove it from the text")
     answer = row["answer"]
     if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(texts):
         letter = LETTERS[answer]
@@ -218,7 +241,7 @@ def generic_to_sample(row: dict, where: str, index: int) -> dict:
         raise SampleError(where, f"field 'answer' {answer!r} is neither an option index, an option letter "
                          f"{list(LETTERS[:len(texts)])} nor one of the option texts")
     letters_options = [f"{LETTERS[i]}. {t}" for i, t in enumerate(texts)]
-    question = "<image>\n" + row["question"].strip() + "\n" + "\n".join(letters_options) + "\n" + GENERIC_INSTRUCTION
+    question = IMAGE_PLACEHOLDER + "\n" + question.strip() + "\n" + "\n".join(letters_options) + "\n" + GENERIC_INSTRUCTION
     start, end = row.get("start"), row.get("end")
     return {
         "id": str(row.get("id", index)), "video": row["video"], "video_id": os.path.basename(str(row["video"])),

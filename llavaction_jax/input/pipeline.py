@@ -629,7 +629,10 @@ class TrainIterator:
         self.indexes = [host_index(p, pi, pc) for p in self.sources]
         for patterns, index in zip(self.sources, self.indexes):
             if len(index) == 0:
-                raise ValueError(f"source {patterns} has no records for process {pi} of {pc}")
+                # e.g. zero-byte shards (a valid, empty TFRecord file: tf.data would just yield nothing)
+                raise UserError(f"no training records in {', '.join(map(str, patterns))} for process {pi} of {pc}",
+                                "config.data.train_files", "TFRecord shards holding records (a zero-byte shard is "
+                                "empty: rewrite it with data_prep.to_tfrecord)")
         self.weights = mixture.normalise_weights(tuple(config.data.mixture_weights), len(self.sources))
         self.schedule = mixture.MixtureSchedule(self.weights, self.seed)
         self.text = TextStage(config, tok, with_answer=True)

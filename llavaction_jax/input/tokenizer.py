@@ -81,6 +81,15 @@ class Tokenizer:
                                     "a Hugging Face tokenizers JSON file (tokenizer.json)") from None
         return cls(hf, video_token_id, source=file)
 
+    def check_fits(self, model_vocab_size: int, where: str) -> "Tokenizer":
+        """Refuses a tokenizer with more ids than the model's embedding has rows: its top ids would index past
+        the table (jnp.take clamps them: wrong embeddings, no error). Fewer is fine (Qwen2 pads 151665 -> 152064)."""
+        if self.vocab_size > int(model_vocab_size):
+            raise UserError(f"the tokenizer has {self.vocab_size} ids but the model's vocabulary only "
+                            f"{model_vocab_size}", f"{self.source} / {where}",
+                            "the tokenizer the checkpoint was trained with (at most model.text.vocab_size ids)")
+        return self
+
     def encode(self, text):
         """Ids of `text` as plain text (special-token strings in it are split like any other characters)."""
         return self._tok.encode(text, add_special_tokens=False).ids

@@ -100,7 +100,8 @@ def make_train_iterator(config, mesh) -> Iterator:
                             e.expected) from None
     if not config.data.tokenizer_path:
         raise UserError("no tokenizer", "config.data.tokenizer_path", "a dir with tokenizer.json")
-    tok = Tokenizer.load(config.data.tokenizer_path, video_token_id=config.model.video_token_id)
+    tok = Tokenizer.load(config.data.tokenizer_path, video_token_id=config.model.video_token_id).check_fits(
+        config.model.text.vocab_size, "config.model.text.vocab_size")
     return make_iter(config, mesh, tok, files=config.data.train_files, seed=int(config.seed))
 
 

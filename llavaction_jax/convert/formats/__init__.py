@@ -30,16 +30,25 @@ for _name in MODULES:
     register(importlib.import_module(f"{__name__}.{_name}"))
 
 
+class NotACheckpointError(UserError, ValueError):
+    """A directory no format reads (empty, a folder of videos, an Orbax dir without params/ ...): the one-line
+    user error in every CLI (a ValueError too, for library callers)."""
+
+
+class NoCheckpointDirError(NotACheckpointError, FileNotFoundError):
+    """The checkpoint path is not a directory at all."""
+
+
 def detect_format(path: str) -> str:
     """The NAME of the one registered format that claims the directory `path` (a clear error otherwise)."""
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: not a directory")
+        raise NoCheckpointDirError(f"{path}: not a directory")
     found = [name for name, fmt in FORMATS.items() if fmt.detect(path)]
     if len(found) > 1:
-        raise ValueError(f"{path}: claimed by more than one checkpoint format: {found}")
+        raise NotACheckpointError(f"{path}: claimed by more than one checkpoint format: {found}")
     if not found:
-        raise ValueError(f"{path}: not a recognised checkpoint; expected one of: "
-                         + "; ".join(f"{name}: {fmt.DESCRIPTION}" for name, fmt in FORMATS.items()))
+        raise NotACheckpointError(f"{path}: not a recognised checkpoint; expected one of: "
+                                  + "; ".join(f"{name}: {fmt.DESCRIPTION}" for name, fmt in FORMATS.items()))
     return found[0]
 
 

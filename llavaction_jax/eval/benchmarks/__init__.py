@@ -122,7 +122,8 @@ def periodic_evals(config, mesh, workdir: str, tokenizer=None) -> Optional[Perio
         return None
     if tokenizer is None:
         from llavaction_jax.input.tokenizer import Tokenizer
-        tokenizer = Tokenizer.load(config.data.tokenizer_path, video_token_id=int(config.model.video_token_id))
+        tokenizer = Tokenizer.load(config.data.tokenizer_path, video_token_id=int(config.model.video_token_id)
+                                   ).check_fits(config.model.text.vocab_size, "config.model.text.vocab_size")
     workdir = fs.normalize(workdir)
     benchmarks = {}
     for n, c in entries.items():

@@ -87,12 +87,13 @@ class SourceBenchmark:
         return self.workdir if step is None else os.path.join(self.workdir, f"step_{step}")
 
     def run(self, model, step: Optional[int] = None, *, resume: bool = False, progress: bool = False,
-            provenance: Optional[Mapping] = None) -> dict:
+            provenance: Optional[Mapping] = None, fingerprint: Optional[Mapping] = None) -> dict:
+        """`fingerprint`: what makes this run's predictions (eval/fingerprint.py), checked before resuming."""
         c = self.eval_cfg
         title = self.title + (f" at step {step}" if step is not None else "")
         self.records, self.summary, self.paths = run.evaluate_source(
             model, self.tokenizer, self.config, self.mesh, self.source, out_dir=self.out_dir(step),
             methods=tuple(c.methods), batch_size=int(c.batch_size), max_new_tokens=int(c.max_new_tokens),
             verb_names=self.verb_names, noun_names=self.noun_names, title=title, resume=resume, progress=progress,
-            provenance=provenance, head_top_k=self.head_top_k, summarize=self.summarize)
+            provenance=provenance, head_top_k=self.head_top_k, summarize=self.summarize, fingerprint=fingerprint)
         return self.scalars(self.summary)
