@@ -104,7 +104,9 @@ def train_step(config, steps: int) -> dict:
     tokens = int(batch["input_ids"].size)
     device = jax.devices()[0]
     peak = metrics.peak_flops_per_device(device.device_kind)
-    mfu = metrics.mfu(metrics.train_flops_per_step(num_params, tokens), step_s, jax.device_count(), peak)
+    # The same model FLOPs as the training log and the AOT report (every row here is full: no padding).
+    flops = metrics.model_flops_per_step(config, setup.abstract_state["params"], batch["input_ids"].shape[1])
+    mfu = metrics.mfu(flops, step_s, jax.device_count(), peak)
     return {"step_s": step_s, "tokens": tokens, "params": num_params, "tokens_per_s": tokens / step_s,
             "mfu": mfu, "peak_bytes": peak_bytes(device) or _analysis_bytes(compiled),
             "loss": float(m["loss"])}

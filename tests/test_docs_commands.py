@@ -41,7 +41,8 @@ PREP_SUBCOMMANDS = {"mqa": "data_prep.make_mqa", "instructions": "data_prep.make
 SUBCOMMANDS = {"llavaction-prep": tuple(PREP_SUBCOMMANDS), "llavaction-convert": ("import", "export"),
                "hf": ("download",)}
 # Programs the docs call that are not ours: not checked, but anything else unknown fails the test.
-EXTERNAL = {"pip", "cd", ".", "source", "gcloud", "srun", "lmms-eval"}
+# bash / sbatch start the launch scripts (scripts/, checked by tests/test_launch_scripts.py).
+EXTERNAL = {"pip", "cd", ".", "source", "gcloud", "srun", "lmms-eval", "bash", "sbatch"}
 # Commands that wrap another command (checked in turn from the first of our programs in it).
 WRAPPERS = {"srun"}
 FENCE = re.compile(r"^```(\w*)")
