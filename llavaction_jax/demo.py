@@ -25,6 +25,8 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from configs import loader
+
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py")
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data_prep", "assets",
                       "ek100_sample")
@@ -494,17 +496,10 @@ def main(argv=None) -> int:
                         help="override config.demo.seed: the seed of the synthetic clips, the questions, the model's "
                              "init and the data order")
     args = parser.parse_args(argv)
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("demo_config", args.config)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    if args.steps is not None:
-        config.train.num_steps = args.steps
-    if args.seed is not None:
-        config.demo.seed = args.seed
-    from configs import validate
-    validate.validate(config)
+    # The one config reader of every CLI: a missing or broken file is one error line.
+    overrides = ([("train.num_steps", str(args.steps))] if args.steps is not None else []) + \
+                ([("demo.seed", str(args.seed))] if args.seed is not None else [])
+    config = loader.load(args.config, overrides)
     if os.path.isdir(os.path.join(args.workdir, "train", "checkpoints")):
         from llavaction_jax import cli
         raise cli.UserError("the directory already holds a training run", f"--workdir {args.workdir}",

@@ -13,6 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # test session, in this process only (subprocess tests start cold).
 import atexit  # noqa: E402
 import shutil  # noqa: E402
+import socket  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
@@ -32,3 +33,22 @@ if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
 # Real EK100 annotation CSVs (CC BY-NC 4.0, credited in tests/data/ek100/README.md); EK100_DIR overrides.
 EK100_DIR = os.environ.get("EK100_DIR", os.path.join(REPO_ROOT, "tests", "data", "ek100"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def trainer_env(devices: int, cache_dir, nproc: int = 1, pid: int = 0, port: int = 0) -> dict:
+    """The environment of one `llavaction_jax.train` subprocess: `devices` fake CPU devices, the shared
+    compilation cache, and with nproc > 1 the jax.distributed variables of process `pid`."""
+    env = dict(os.environ)
+    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+               JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               PYTHONPATH=REPO_ROOT + os.pathsep + env.get("PYTHONPATH", ""))
+    if nproc > 1:
+        env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(nproc),
+                   JAX_PROCESS_ID=str(pid))
+    return env

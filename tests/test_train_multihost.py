@@ -2,7 +2,6 @@
 1 process x 8 devices; plus the environment parsing of llavaction_jax.distributed."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 
 from llavaction_jax import distributed
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port, trainer_env
 
 COMMON = ["--config.train.synthetic_samples=16", "--config.train.synthetic_seq_len=64",
           "--config.train.log_every=1", "--config.train.progress_bar=False", "--config.train.checkpoint_every=0",
@@ -18,23 +17,11 @@ COMMON = ["--config.train.synthetic_samples=16", "--config.train.synthetic_seq_l
           "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(workdir, cache_dir, steps, nproc):
-    port = _free_port()
+    port = free_port()
     procs = []
     for pid in range(nproc):
-        env = dict(os.environ)
-        env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // nproc}", JAX_PLATFORMS="cpu",
-                   JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                   PYTHONPATH=REPO_ROOT + os.pathsep + env.get("PYTHONPATH", ""))
-        if nproc > 1:
-            env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(nproc),
-                       JAX_PROCESS_ID=str(pid))
+        env = trainer_env(8 // nproc, cache_dir, nproc, pid, port)
         cmd = [sys.executable, "-m", "llavaction_jax.train", "--config", "configs/tiny.py", "--workdir",
                str(workdir), *COMMON, f"--config.train.num_steps={steps}"]
         procs.append(subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,

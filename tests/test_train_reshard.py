@@ -15,8 +15,7 @@ from configs import tiny
 from llavaction_jax import sharding as shd
 from llavaction_jax.train import checkpointing, state as state_lib
 
-from tests.conftest import REPO_ROOT
-from tests.test_train_multihost import _free_port
+from tests.conftest import REPO_ROOT, free_port, trainer_env
 
 COMMON = ["--config.train.synthetic_samples=16", "--config.train.synthetic_seq_len=64",
           "--config.train.log_every=1", "--config.train.progress_bar=False", "--config.train.checkpoint_every=0",
@@ -27,16 +26,10 @@ MESH_4 = ["--config.mesh.data=1", "--config.mesh.fsdp=4", "--config.mesh.tensor=
 
 def _launch(workdir, cache_dir, steps, nproc, devices_per_process, mesh, via_script=False):
     """`nproc` trainer processes; via_script: through scripts/train_on_host.sh, the launch recipes' shared step."""
-    port = _free_port()
+    port = free_port()
     procs = []
     for pid in range(nproc):
-        env = dict(os.environ)
-        env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}", JAX_PLATFORMS="cpu",
-                   JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                   PYTHONPATH=REPO_ROOT + os.pathsep + env.get("PYTHONPATH", ""))
-        if nproc > 1:
-            env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(nproc),
-                       JAX_PROCESS_ID=str(pid))
+        env = trainer_env(devices_per_process, cache_dir, nproc, pid, port)
         env["PYTHON"] = sys.executable
         start = (["bash", os.path.join("scripts", "train_on_host.sh")] if via_script
                  else [sys.executable, "-m", "llavaction_jax.train"])

@@ -369,10 +369,10 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
         with Preemption() as preemption:
             while step < num_steps:
                 try:
-                    with timer.phase("data_wait"):
-                        t_data = time.perf_counter()
-                        batch = next(train_iter)
-                        data_waits[step + 1] = time.perf_counter() - t_data
+                    t_data = time.perf_counter()
+                    batch = next(train_iter)
+                    data_waits[step + 1] = time.perf_counter() - t_data
+                    timer.add("data_wait", data_waits[step + 1])
                 except StopIteration:
                     if step == start:
                         raise ValueError("empty dataset: the train iterator produced no batch "
@@ -400,7 +400,8 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
                 boundary_log = step % int(tc.log_every) == 0 or step == num_steps
                 boundary_ckpt = (int(tc.checkpoint_every) > 0 and step % int(tc.checkpoint_every) == 0)
                 boundary_eval = eval_due is not None and eval_due(step)
-                boundary_temp = not boundary_ckpt and temporary.due()
+                # Checked at log steps only: on a pod due() is a collective, kept off the other steps.
+                boundary_temp = boundary_log and not boundary_ckpt and temporary.due()
                 if boundary_log or boundary_ckpt or boundary_eval or boundary_temp or stop:
                     drain(keep_last=False)       # every step up to here is finite before anything is saved
                 if boundary_log:
