@@ -1,10 +1,12 @@
 """Checkpoint safety in-process: data-exhaustion save, NaN stops without touching the good checkpoint,
 a checkpoint of another model size fails with a clear message."""
+import asyncio
 import shutil
 
 import jax
 import numpy as np
 import pytest
+from orbax.checkpoint import checkpoint_manager
 
 from configs import tiny
 from llavaction_jax import sharding as shd
@@ -114,3 +116,18 @@ def test_init_from_a_train_checkpoint(good_run, tmp_path):
     it = _Limited(synthetic.ArrayBatchIterator(_arrays(cfg), 8, mesh, seed=0), 1)
     summary = loop.train(cfg, str(tmp_path), train_iter=it, mesh=mesh)
     assert summary["start_step"] == 0 and summary["final_step"] == 1 and np.isfinite(summary["losses"][0])
+
+
+def test_close_joins_orbax_tmp_cleanup(tmp_path, monkeypatch):
+    """Orbax cleans stale tmp dirs on a thread started at construction; close() must join it, or a run that stops
+    before its first save (a bad input) leaves the thread to interpreter shutdown, which prints a traceback."""
+    finished = []
+
+    async def slow_cleanup(*args, **kwargs):
+        await asyncio.sleep(0.5)
+        finished.append(True)
+
+    monkeypatch.setattr(checkpoint_manager.temporary_paths, "cleanup_temporary_paths", slow_cleanup)
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"))
+    ckpt.close()
+    assert finished == [True]

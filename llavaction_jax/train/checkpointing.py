@@ -114,6 +114,10 @@ class Checkpointer:
     def close(self):
         self._mngr.wait_until_finished()
         self._mngr.close()
+        # Orbax starts its tmp-directory cleanup on a thread at construction and joins it only in save() (0.12.8);
+        # a run that stops before its first save (a bad input) must join it here, or the thread runs into
+        # interpreter shutdown and prints a traceback after the one error line.
+        self._mngr._maybe_await_cleanup_tmp_directory()
 
 
 # Config fields that hold local paths or URLs (data fields: comma-separated globs). Saved absolute, so a run's
