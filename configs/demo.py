@@ -1,5 +1,5 @@
 """The demo's model and training config: a small LLaVAction (grid layout + action token) that learns the synthetic
-EK100-MQA task on 2 CPU cores in a few minutes (python -m llavaction_jax.demo --workdir DIR).
+EK100-MQA task on 2 CPU cores in a few minutes (llavaction-demo --workdir DIR).
 
 The `demo` section describes the data the demo builds: which real EK100 annotation rows (by verb/noun class) become
 synthetic clips, how many rendered copies of each, and how the MQA questions are made.
