@@ -33,7 +33,7 @@ from configs import tiny                      # noqa: E402
 from llavaction_jax import sharding as shd    # noqa: E402
 from llavaction_jax.model import build as model_build   # noqa: E402
 from llavaction_jax.model.generate import _generate, _prefill_and_generate   # noqa: E402
-from llavaction_jax.train import metrics, state as state_lib, step as step_lib, synthetic   # noqa: E402
+from llavaction_jax.train import metrics, state as state_lib, step as step_lib, synthetic_batches   # noqa: E402
 from benchmarks.eval_flops import prompt_batch   # noqa: E402
 
 KERNEL = {"gpu": "cudnn", "cuda": "cudnn", "tpu": "splash"}     # the platform's kernel beside xla
@@ -88,9 +88,9 @@ def train_step(config, steps: int) -> dict:
     mesh = shd.make_mesh(config.mesh)
     setup = state_lib.build_setup(config, mesh)
     state = state_lib.init_state(setup, config)
-    arrays = full_rows(synthetic.synthetic_arrays(config, int(config.data.global_batch_size),
+    arrays = full_rows(synthetic_batches.synthetic_arrays(config, int(config.data.global_batch_size),
                                                   int(config.data.max_length)), int(config.model.text.vocab_size))
-    batch = next(synthetic.ArrayBatchIterator(arrays, int(config.data.global_batch_size), mesh, shuffle=False))
+    batch = next(synthetic_batches.ArrayBatchIterator(arrays, int(config.data.global_batch_size), mesh, shuffle=False))
     fn = step_lib.jit_train_step(setup, config)
     compiled = fn.lower(state, batch).compile()
     state, m = fn(state, batch)

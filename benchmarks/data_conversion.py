@@ -26,9 +26,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_prep import to_tfrecord  # noqa: E402
-from data_prep.records import encode_jpeg  # noqa: E402
-from data_prep.synthetic import make_synthetic_dataset  # noqa: E402
-from data_prep.video import VideoReader  # noqa: E402
+from llavaction_jax.data.records import encode_jpeg  # noqa: E402
+from data_prep.synthetic_videos import make_synthetic_dataset  # noqa: E402
+from llavaction_jax.data.video import VideoReader  # noqa: E402
 
 
 def make_clips(n: int, seed: int) -> list[dict]:

@@ -1,6 +1,6 @@
 """The demo recipe over several seeds and XLA:CPU settings: per protocol the min / median / max accuracy and wall time.
 
-Each run is `python -m llavaction_jax.demo --workdir DIR --seed S` in its own process (XLA reads XLA_FLAGS once per
+Each run is `python -m llavaction_demo --workdir DIR --seed S` in its own process (XLA reads XLA_FLAGS once per
 process, so a variant's flags need a fresh one). A variant is NAME or NAME=XLA_FLAGS; the flags perturb the float32
 rounding the way another CPU would: `--xla_cpu_max_isa=AVX` drops FMA, so every multiply-add in XLA's codegen
 rounds twice (capping at AVX2 changes nothing on an AVX-512 machine: XLA already emits 256-bit code there).
@@ -69,7 +69,7 @@ def run_one(args, name: str, flags: str, seed: int) -> dict:
         raise SystemExit(f"error: {workdir} exists; use a fresh --workdir")
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env["XLA_FLAGS"] = " ".join(x for x in (os.environ.get("XLA_FLAGS", ""), flags) if x)
-    cmd = [sys.executable, "-m", "llavaction_jax.demo", "--workdir", workdir, "--seed", str(seed),
+    cmd = [sys.executable, "-m", "llavaction_demo", "--workdir", workdir, "--seed", str(seed),
            "--config", args.config] + (["--skip_hf"] if args.skip_hf else [])
     load_before = os.getloadavg()
     t0 = time.perf_counter()

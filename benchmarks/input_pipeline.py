@@ -25,8 +25,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from configs import tiny  # noqa: E402
-from data_prep.records import decode_example_py  # noqa: E402
-from llavaction_jax.input import pipeline, recordio, synthetic  # noqa: E402
+from llavaction_jax.data.records import decode_example_py  # noqa: E402
+from llavaction_jax.input import pipeline, recordio, synthetic_records  # noqa: E402
 from llavaction_jax.input.tokenizer import train_tiny_tokenizer  # noqa: E402
 from llavaction_jax.model import num_video_tokens  # noqa: E402
 from llavaction_jax.sharding import make_mesh  # noqa: E402
@@ -47,7 +47,7 @@ def main():
 
     tmp = tempfile.mkdtemp(prefix="input_bench_")
     t0 = time.perf_counter()
-    paths, samples = synthetic.write_shards(tmp, args.samples, args.shards, args.frames, args.image_size,
+    paths, samples = synthetic_records.write_shards(tmp, args.samples, args.shards, args.frames, args.image_size,
                                             extra_words_fn=lambda i: (i % 4) * 10)
     print(f"wrote {args.samples} samples x {args.frames} frames {args.image_size}px in {time.perf_counter() - t0:.1f}s "
           f"({sum(os.path.getsize(p) for p in paths) / 2**20:.1f} MiB)")

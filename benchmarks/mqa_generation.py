@@ -13,7 +13,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data_prep import ek100, mqa, predictions  # noqa: E402
+from llavaction_jax.data import ek100
+from data_prep import mqa, predictions  # noqa: E402
 
 
 def main():

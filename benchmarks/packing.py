@@ -7,7 +7,7 @@ are formed exactly as the training pipeline forms them, from per-sample token co
 unpacked = `rows` samples per batch padded to pipeline.pad_length of the longest; packed = packing.RowPacker
 (first fit in stream order, `max_length` tokens and P videos per row) padded to pad_length of the fullest row.
 
-(a) the demo mixture: llavaction_jax.demo.build_data's training MQA JSONL (built into --demo_workdir, reused
+(a) the demo mixture: llavaction_demo.data_stage.build_data's training MQA JSONL (built into --demo_workdir, reused
     when present), tokenised by the pipeline's TextStage with the demo's tiny tokenizer: real token counts.
 (b) an EK100-MQA-shaped mixture for configs/llavaction_7b.py: 64-frame MQA samples (num_video_tokens of the 7B
     model at 64 frames = 13441 video tokens + 130..190 text tokens: ChatML system prompt, time instruction,
@@ -68,19 +68,19 @@ def packed_stats(lengths, has_video, rows, buckets, max_length, per_row, batches
 def demo_lengths(workdir, seed=0):
     """(token counts, has_video) of the demo's training samples in a shuffled stream order, and its config."""
     from configs import demo as demo_cfg
-    from llavaction_jax import demo
+    from llavaction_demo import data_stage, train_eval
     from llavaction_jax.input.pipeline import TextStage
     cfg = demo_cfg.get_config()
     jsonl = os.path.join(workdir, "data", "train_mqa.jsonl")
     if not os.path.exists(jsonl):
-        demo.build_data(cfg, workdir, quiet=True)
+        data_stage.build_data(cfg, workdir, quiet=True)
     tok_dir = os.path.join(workdir, "tokenizer")
     if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
         from llavaction_jax.input.tokenizer import Tokenizer
         tok = Tokenizer.load(tok_dir, video_token_id=cfg.model.video_token_id)
     else:
         data = {"train": {"jsonl": jsonl}, "eval": {"jsonl": os.path.join(workdir, "data", "eval_mqa.jsonl")}}
-        tok, _ = demo.train_tokenizer(cfg, data, workdir)
+        tok, _ = train_eval.train_tokenizer(cfg, data, workdir)
     text = TextStage(cfg, tok)
     with open(jsonl, encoding="utf-8") as f:
         samples = [line for line in f if line.strip()]

@@ -1,5 +1,5 @@
 """The demo's model and training config: a small LLaVAction (grid layout + action token) that learns the synthetic
-EK100-MQA task on 2 CPU cores in a few minutes (python -m llavaction_jax.demo --workdir DIR).
+EK100-MQA task on 2 CPU cores in a few minutes (llavaction-demo --workdir DIR).
 
 The `demo` section describes the data the demo builds: which real EK100 annotation rows (by verb/noun class) become
 synthetic clips, how many rendered copies of each, and how the MQA questions are made.
@@ -37,7 +37,7 @@ def get_config(arg=None):
     config.eval.max_new_tokens = 12
 
     config.demo = ml_collections.ConfigDict(dict(
-        # Real EK100 rows whose verb AND noun are in these sets become clips (data_prep/assets/ek100_sample).
+        # Real EK100 rows whose verb AND noun are in these sets become clips (llavaction_jax/data/assets/ek100_sample).
         # The renderer draws noun -> colour/shape and verb -> motion direction, so the chosen classes must have
         # distinct looks: verbs 0..7 move in 8 directions, the nouns below differ in colour or shape.
         verbs=(0, 1, 3, 4),               # take, put, open, close
@@ -51,7 +51,7 @@ def get_config(arg=None):
         max_clip_seconds=2.0,
         fps=8.0,
         render_size=64,
-        # The object moves from the frame centre outwards (data_prep.synthetic.PATHS): with "through" (across the
+        # The object moves from the frame centre outwards (data_prep.synthetic_videos.PATHS): with "through" (across the
         # centre) take at 0 deg and close at 180 deg pass the same places in reverse order, and the verb is misread.
         motion_path="outward",
         representation="official_key",   # option texts (data_prep.mqa REPRESENTATIONS)

@@ -126,7 +126,7 @@ def base_rules() -> Mapping[str, Rule]:
 def _demo_rules() -> Mapping[str, Rule]:
     """configs/demo.py's `demo` section (llavaction_jax.demo reads every key)."""
     from data_prep.mqa import MODES, REPRESENTATIONS
-    from data_prep.synthetic import PATHS
+    from data_prep.synthetic_videos import PATHS
     from llavaction_jax.eval.metrics import PROTOCOLS
     class_ids = each(at_least(0, int), min_length=1)
     return {
@@ -183,7 +183,7 @@ def validate(config) -> Any:
 
 
 def with_overrides(overrides: Mapping[str, Any]) -> Callable:
-    """A check_config for eval.checkpoint.load_for_eval: set a CLI's overrides {dotted key: value, None = keep}
+    """A check_config for eval.loading.load_for_eval: set a CLI's overrides {dotted key: value, None = keep}
     on the checkpoint's config, then validate it (before the model is built)."""
     def check(config):
         for key, value in overrides.items():

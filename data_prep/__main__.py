@@ -4,7 +4,7 @@ subcommands:
   mqa           EK100-MQA questions (JSONL) or synthetic action-model predictions      (data_prep.make_mqa)
   instructions  training instructions (LLaVA JSON) for the LLaVAction tasks           (data_prep.make_instructions)
   tfrecord      MQA / instruction JSONL + videos -> TFRecord shards with the frames  (data_prep.to_tfrecord)
-  synthetic     synthetic EK100-style videos for rows of an EK100 CSV                (data_prep.synthetic)
+  synthetic     synthetic EK100-style videos for rows of an EK100 CSV                (data_prep.synthetic_videos)
 
 examples:
   llavaction-prep mqa --annotations EPIC_100_validation.csv --predictions tim_pred_ids_val.json --source tim \\
@@ -19,7 +19,7 @@ from llavaction_jax import argparsing, cli
 
 # subcommand -> module (its main(argv) -> int, and USER_ERRORS: its bad-input exception types)
 SUBCOMMANDS = {"mqa": "data_prep.make_mqa", "instructions": "data_prep.make_instructions",
-               "tfrecord": "data_prep.to_tfrecord", "synthetic": "data_prep.synthetic"}
+               "tfrecord": "data_prep.to_tfrecord", "synthetic": "data_prep.synthetic_videos"}
 
 
 def build_parser() -> argparsing.ArgumentParser:

@@ -23,8 +23,8 @@ import os
 import re
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
-from data_prep import prompts
-from data_prep.ek100 import Annotations, LabelSpace, Segment
+from llavaction_jax.data import prompts
+from llavaction_jax.data.ek100 import Annotations, LabelSpace, Segment
 from data_prep.mqa import make_question
 from data_prep.predictions import Predictions
 from data_prep.seeding import question_rng

@@ -16,7 +16,8 @@ import time
 
 from llavaction_jax import argparsing, cli
 from llavaction_jax.cli import UserError
-from data_prep import ek100, instructions, mqa, predictions
+from llavaction_jax.data import ek100
+from data_prep import instructions, mqa, predictions
 
 TASKS = ("mcq", "direct_narration", "temporal_detection", "convert_ek100", "video_qa")
 

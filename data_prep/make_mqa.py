@@ -14,7 +14,8 @@ import time
 
 from llavaction_jax import argparsing, cli
 from llavaction_jax.cli import UserError
-from data_prep import ek100, mqa, predictions
+from llavaction_jax.data import ek100
+from data_prep import mqa, predictions
 
 
 def build_parser() -> argparsing.ArgumentParser:

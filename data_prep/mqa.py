@@ -23,8 +23,9 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from data_prep import prompts
-from data_prep.ek100 import Annotations, LabelSpace, Segment
+from llavaction_jax.data import prompts
+from llavaction_jax.data.prompts import LETTERS
+from llavaction_jax.data.ek100 import Annotations, LabelSpace, Segment
 from data_prep.predictions import Predictions
 from data_prep.seeding import question_rng
 from llavaction_jax.cli import UserError
@@ -32,7 +33,6 @@ from llavaction_jax.cli import UserError
 MODES = ("benchmark", "recognition", "train", "random")
 REPRESENTATIONS = ("official_key", "GT_key", "GT_random_narration", "top1_narration")
 DEFAULT_K = {"benchmark": 5, "recognition": 20, "train": 5, "random": 5}
-LETTERS = [chr(65 + i) for i in range(26)]
 
 
 class OptionCollisionError(RuntimeError):

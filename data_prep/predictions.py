@@ -12,7 +12,7 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence
 
-from data_prep.ek100 import Annotations, split_action_key
+from llavaction_jax.data.ek100 import Annotations, split_action_key
 from data_prep.seeding import question_rng
 
 Predictions = Dict[int, List[str]]

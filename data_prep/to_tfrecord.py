@@ -21,11 +21,14 @@
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
+import errno
 from concurrent.futures.process import BrokenProcessPool
 import glob
 import hashlib
 import json
 import multiprocessing
+from multiprocessing.managers import SyncManager
 import os
 import signal
 import sys
@@ -33,8 +36,13 @@ import threading
 import time
 import types
 
+from tqdm import tqdm
+
 from llavaction_jax import argparsing, cli
 from llavaction_jax.cli import UserError
+from llavaction_jax.data.records import encode_example, encode_jpeg
+from llavaction_jax.data.tfrecord import RecordWriter
+from llavaction_jax.data.video import INTERPOLATIONS, VIDEO_DIR_LAYOUTS, VideoReader, load_video_fps
 
 
 MANIFEST = "manifest.json"
@@ -112,7 +120,6 @@ _READERS: dict[str, object] = {}
 
 def _reader(cfg: dict):
     """One VideoReader per worker process and config (keeps its per-video metadata cache across shards)."""
-    from data_prep.video import VideoReader, load_video_fps
     key = json.dumps(cfg, sort_keys=True)
     if key not in _READERS:
         table = load_video_fps(cfg["fps_csv"]) if cfg.get("fps_csv") else None
@@ -132,7 +139,6 @@ def _sample_float(sample: dict, field: str) -> float:
 
 def encode_sample(index: int, sample: dict, cfg: dict) -> bytes:
     """Read the sample's clip, JPEG its frames and serialise one tf.train.Example."""
-    from data_prep.records import encode_example, encode_jpeg
     video_id = sample.get("video_id")
     if not video_id:
         return encode_example(sample, [], [])
@@ -149,13 +155,12 @@ def convert_shard(task: dict, progress=None) -> dict:
 
     ``progress``: anything with ``put(n)`` (a manager queue across processes); told about every finished sample.
     """
-    import tensorflow as tf
     cfg, out_dir, name, k = task["cfg"], task["out_dir"], task["name"], task["shard"]
     path = os.path.join(out_dir, name)
     tmp = f"{path}.tmp-{os.getpid()}"
     failures, count = [], 0
     t0 = time.perf_counter()
-    with tf.io.TFRecordWriter(tmp) as writer:
+    with RecordWriter(tmp) as writer:
         for index, sample in task["samples"]:
             try:
                 record = encode_sample(index, sample, cfg)
@@ -181,7 +186,6 @@ def _die_with_parent(parent_pid: int) -> None:
     """Process initializer: on Linux, the kernel sends SIGKILL to this process when its parent dies (even of
     SIGKILL), so a killed CLI leaves no worker or manager writing into --out. Elsewhere a no-op."""
     if sys.platform.startswith("linux"):
-        import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
@@ -226,10 +230,8 @@ def convert(samples: str, video_root: str, layout: str, out: str, num_frames: in
             jpeg_quality: int = 95, jitter: bool = False, seed: int = 0, end_tolerance: float = 1.0,
             max_shards: int | None = None, progress: bool = True, summary: bool = True) -> dict:
     """Convert; returns the manifest dict (``complete`` is False when ``max_shards`` left shards pending)."""
-    from tqdm import tqdm
-    from data_prep.video import INTERPOLATIONS, LAYOUTS
-    if layout not in LAYOUTS:
-        raise UserError("unknown layout", f"--layout {layout!r}", f"one of {LAYOUTS}")
+    if layout not in VIDEO_DIR_LAYOUTS:
+        raise UserError("unknown layout", f"--layout {layout!r}", f"one of {VIDEO_DIR_LAYOUTS}")
     if interp not in INTERPOLATIONS:
         raise UserError("unknown interpolation", f"--interp {interp!r}", f"one of {sorted(INTERPOLATIONS)}")
     if num_shards <= 0 or num_frames < 0 or (size is not None and size <= 0):
@@ -292,7 +294,6 @@ def convert(samples: str, video_root: str, layout: str, out: str, num_frames: in
         # instead of hanging, and every shard finished before that stays valid for the rerun.
         # Every child (manager, workers) gets the parent-death signal; any exception here (a SIGTERM, Ctrl-C, a
         # dead worker) kills them before it propagates, instead of waiting for the running shards.
-        from multiprocessing.managers import SyncManager
         ctx = multiprocessing.get_context("spawn")
         manager = SyncManager(ctx=ctx)
         manager.start(_die_with_parent, (os.getpid(),))
@@ -437,7 +438,6 @@ def main(argv=None) -> int:
 
 
 def _disk_full(err: BaseException) -> bool:
-    import errno
     return ((isinstance(err, OSError) and err.errno == errno.ENOSPC)
             or "No space left on device" in str(err))
 

@@ -7,7 +7,7 @@ llavaction-predict --checkpoint DIR [--step N] --video FILE [--start S --end E]
 --checkpoint: a training workdir, its checkpoints dir, one step dir, or a converted / HF checkpoint dir; a training
 run's saved config gives the tokenizer, frame count and video layout.
 
-With --options the options get letters A, B, ... and the LLaVAction MCQ prompt (data_prep.prompts.mcq_prompt); the
+With --options the options get letters A, B, ... and the LLaVAction MCQ prompt (llavaction_jax.data.prompts.mcq_prompt); the
 answer is printed from option-letter scoring and from greedy generation (parsed with the reference parser). With
 --question the model's greedy generation is printed.
 """
@@ -17,20 +17,19 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from data_prep import prompts
+from llavaction_jax.data import prompts, video as video_lib
 from llavaction_jax import argparsing, cli
 from llavaction_jax.cli import UserError
 from llavaction_jax.eval.scoring import LETTERS
 
-END_TOLERANCE = 1.0    # seconds an --end may pass the video's end before it is an error (as data_prep.to_tfrecord)
+END_TOLERANCE = 1.0    # seconds an --end may pass the video's end before it is an error (as llavaction-prep tfrecord)
 
 
 def clip_bounds(path: str, start: Optional[float], end: Optional[float],
                 end_tolerance: float = END_TOLERANCE) -> Tuple[float, float]:
-    """Validated [start, end] seconds of the clip, by data_prep.video's end-of-video rule: an end within the
+    """Validated [start, end] seconds of the clip, by llavaction_jax.data.video's end-of-video rule: an end within the
     tolerance past the last frame is clipped to it (so the prompt states the clip length really read), anything
     else out of range is an error."""
-    from data_prep import video as video_lib
     info = video_lib.probe_container(path)
     if not info.fps or info.num_frames <= 0:
         raise video_lib.VideoError(path, "container reports no frame rate or no frames")
@@ -119,7 +118,7 @@ def main(argv=None) -> int:
     # Check the clip before the (slow) checkpoint load.
     start, end = clip_bounds(args.video, args.start, args.end)
 
-    from llavaction_jax.eval.checkpoint import load_for_eval
+    from llavaction_jax.eval.loading import load_for_eval
     from llavaction_jax.eval.samples import read_video_file
     from configs import validate
     check = validate.with_overrides({"data.num_frames": args.num_frames, "eval.max_new_tokens": args.max_new_tokens})
@@ -141,9 +140,8 @@ def main(argv=None) -> int:
 
 
 def _user_errors():
-    from data_prep.video import VideoError
     from llavaction_jax.convert.mapping import CheckpointMismatchError
-    return (VideoError, CheckpointMismatchError, FileNotFoundError)
+    return (video_lib.VideoError, CheckpointMismatchError, FileNotFoundError)
 
 
 def console_main(argv=None) -> int:

@@ -51,15 +51,15 @@ def _check_loop_mfu_numerator(cfg, report):
     import tempfile
     import numpy as np
     from llavaction_jax import sharding as shd
-    from llavaction_jax.train import loop, synthetic
+    from llavaction_jax.train import loop, synthetic_batches
     cfg = cfg.copy_and_resolve_references()
     cfg.train.update(num_steps=2, log_every=2, checkpoint_every=0, progress_bar=False, peak_flops_per_device=1e12)
-    arrays = synthetic.synthetic_arrays(cfg, 8, 192, seed=0)
+    arrays = synthetic_batches.synthetic_arrays(cfg, 8, 192, seed=0)
     arrays["attention_mask"][:] = 0
     arrays["attention_mask"][:, :report.sample_tokens] = 1
     mesh = shd.make_mesh(cfg.mesh, devices=jax.devices()[:4])
     with tempfile.TemporaryDirectory() as workdir:
-        loop.train(cfg, workdir, train_iter=synthetic.ArrayBatchIterator(arrays, 8, mesh, seed=0), mesh=mesh)
+        loop.train(cfg, workdir, train_iter=synthetic_batches.ArrayBatchIterator(arrays, 8, mesh, seed=0), mesh=mesh)
         with open(f"{workdir}/metrics.jsonl") as f:
             row = next(r for r in map(json.loads, f) if r["prefix"] == "train")
     assert row["tokens"] == 8 * report.sample_tokens

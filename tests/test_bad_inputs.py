@@ -205,8 +205,8 @@ def test_train_mesh_smaller_than_the_devices_is_one_line(tmp_path, capsys, train
 def test_train_unparseable_tokenizer_names_the_file(tmp_path, capsys, train_flags):
     """A corrupt / wrong-schema TFRecord is the same kind of error (file and byte offset named), raised by the
     reader the trainer uses: see tests/test_input_recordio.py (cheaper there than behind a model init)."""
-    from llavaction_jax.input import synthetic
-    shard = synthetic.write_shards(str(tmp_path / "data"), 8, 1, 4, 32)[0][0]
+    from llavaction_jax.input import synthetic_records
+    shard = synthetic_records.write_shards(str(tmp_path / "data"), 8, 1, 4, 32)[0][0]
     bad = tmp_path / "badtok"
     bad.mkdir()
     (bad / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "BPE", "vocab": ')
@@ -318,9 +318,9 @@ def test_eval_validates_the_checkpoints_config_before_building(tmp_path, capsys)
     (["--start", "2", "--end", "1"], "--end 1.0 is before --start 2.0"),
 ])
 def test_predict_out_of_range_clip(tmp_path, capsys, args, message):
-    from data_prep import synthetic
+    from data_prep import synthetic_videos
     from llavaction_jax import predict
-    video = synthetic.frame_index_video(str(tmp_path / "v"), "original", "P01_01", num_frames=45, fps=15.0,
+    video = synthetic_records.frame_index_video(str(tmp_path / "v"), "original", "P01_01", num_frames=45, fps=15.0,
                                         size=32)[0]
     rc = cli.run(predict.main, ["--checkpoint", str(tmp_path / "never_loaded"), "--video", video, *args,
                                 "--options", "a", "b"], user_errors=predict._user_errors())

@@ -19,7 +19,7 @@ from safetensors.numpy import load_file, save_file
 
 from conftest import REPO_ROOT
 from configs import tiny
-from data_prep import prompts, records
+from llavaction_jax.data import prompts, records
 from llavaction_jax.convert import api
 from llavaction_jax.input.tokenizer import train_tiny_tokenizer
 from llavaction_jax.model.llava import LlavaActionModel
@@ -330,7 +330,7 @@ def test_train_on_a_zero_byte_shard(made, tmp_path):
                              f"--config.data.train_files={shard}", f"--config.data.tokenizer_path={made['tok'].source}",
                              "--config.train.progress_bar=False"))
     assert line == (f"error: no training records in {shard} for process 0 of 1 (config.data.train_files): TFRecord "
-                    "shards holding records (a zero-byte shard is empty: rewrite it with data_prep.to_tfrecord)")
+                    "shards holding records (a zero-byte shard is empty: rewrite it with llavaction-prep tfrecord)")
 
 
 @pytest.mark.parametrize("k, line", [
@@ -345,7 +345,7 @@ def test_make_mqa_k_out_of_range(tmp_path, k, line):
     ann = tmp_path / "ann.csv"
     ann.write_text("\n".join(rows) + "\n")
     actions = len({tuple(r.split(",")[10:13:2]) for r in rows[1:]})
-    proc = run_cli("data_prep.make_mqa", "--annotations", ann, "--class_dir", EK100_DIR, "--label_csvs", ann,
+    proc = run_cli("llavaction-prep mqa", "--annotations", ann, "--class_dir", EK100_DIR, "--label_csvs", ann,
                    "--mode", "random", "--k", k, "--out", tmp_path / "q.jsonl")
     assert one_error(proc) == line.replace("only 3", f"only {actions}").replace("at most 3", f"at most {actions}")
     assert not (tmp_path / "q.jsonl").exists()

@@ -29,7 +29,7 @@ def test_underscore_flags_with_dash_aliases_and_defaults_in_help(capsys):
 
 @pytest.mark.parametrize("module, argv", [
     ("data_prep.make_mqa", []), ("data_prep.make_instructions", []), ("data_prep.to_tfrecord", []),
-    ("data_prep.synthetic", []), ("llavaction_jax.predict", []), ("llavaction_jax.convert.__main__", ["import"]),
+    ("data_prep.synthetic_videos", []), ("llavaction_jax.predict", []), ("llavaction_jax.convert.__main__", ["import"]),
 ])
 def test_every_argparse_cli_help_exits_0_with_defaults(capsys, module, argv):
     import importlib

@@ -3,7 +3,7 @@ transformers generating the same greedy answers as our JAX eval on a synthetic E
 
 The model is a tiny RANDOM model of the demo's architecture (configs/demo.py) in the HF layout (bilinear pooling,
 one newline after all frames, no action token), with the demo's kind of tokenizer (tiny byte-level BPE trained on
-the questions) and 24 EK100-MQA questions over real EK100 rows, each with its own synthetic clip (data_prep.synthetic).
+the questions) and 24 EK100-MQA questions over real EK100 rows, each with its own synthetic clip (data_prep.synthetic_videos).
 Training the demo model takes minutes, too slow for a test.
 """
 import dataclasses
@@ -22,9 +22,11 @@ import pytest
 import torch
 
 from configs import demo as demo_config
-from data_prep import ek100, mqa, prompts, synthetic
-from data_prep import video as video_lib
-from llavaction_jax import demo, sharding as shd
+from llavaction_jax.data import ek100, prompts
+from data_prep import mqa, synthetic_videos
+from llavaction_jax.data import video as video_lib
+from llavaction_demo import data_stage
+from llavaction_jax import sharding as shd
 from llavaction_jax.convert import api, hf_processor, model_card
 from llavaction_jax.eval.evaluator import Evaluator, _strip_after_eos
 from llavaction_jax.eval.items import EvalItem, normalize_frames
@@ -87,10 +89,10 @@ def _random_model(config, path, seed):
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("hfproc")
     config = _config()
-    segments, space = demo.load_rows()
-    train, held = demo.select_rows(segments, tuple(config.demo.verbs), tuple(config.demo.nouns), 0.25, 0)
+    segments, space = data_stage.load_rows()
+    train, held = data_stage.select_rows(segments, tuple(config.demo.verbs), tuple(config.demo.nouns), 0.25, 0)
     rows = (train + held)[:NUM_QUESTIONS]
-    drawn = synthetic.make_synthetic_dataset(
+    drawn = synthetic_videos.make_synthetic_dataset(
         [dict(id=s.narration_id, video_id=s.video_id, verb_class=s.verb_class, noun_class=s.noun_class,
               start_timestamp=s.start, stop_timestamp=s.stop) for s in rows],
         str(root / "videos"), fps=8.0, size=64, compact=True, gap=0.25, max_clip_seconds=2.0, tail=0.25)["rows"]
@@ -171,7 +173,7 @@ def test_export_carries_its_sampling_and_eval_reads_it(exported):
     llavaction_jax.eval takes its frame count from there (--num_frames still overrides)."""
     from transformers import AutoVideoProcessor
     from configs import validate
-    from llavaction_jax.eval.checkpoint import load_for_eval
+    from llavaction_jax.eval.loading import load_for_eval
     out, config = exported["out"], exported["config"]
     assert config.data.num_frames == 4 != api.full_config(exported["model_cfg"]).data.num_frames == 16
     vp = json.load(open(os.path.join(out, "video_preprocessor_config.json")))
@@ -191,7 +193,7 @@ def test_lmms_eval_sampling_of_an_exported_clip_gives_our_frames(exported, tmp_p
     """The lmms-eval task's clips (export_lmms_eval --hf_export): lmms-eval 0.7.3's llava_hf samples
     `np.linspace(0, n - 1, max_frames_num, dtype=int)` of the decoded clip (models/simple/llava_hf.py load_video,
     with decord; PyAV here) and transformers' processor `arange(N) * n // N`: both give the frames our eval feeds
-    the model (segment midpoints, resized by data_prep.video), pixel for pixel."""
+    the model (segment midpoints, resized by llavaction_jax.data.video), pixel for pixel."""
     from llavaction_jax.eval import export_lmms_eval as exporter
     out, config = exported["out"], exported["config"]
     n_frames, size = config.data.num_frames, config.model.vision.image_size
@@ -376,7 +378,7 @@ def test_generation_parity_tokenizer_and_image_processor(exported, jax_answers):
         expanded = LlavaOnevisionProcessor.replace_video_token(counter, {"pixel_values_videos": [pix]}, 0)
         ids = tk(prompt.replace(pc["video_token"], expanded), return_tensors="pt")["input_ids"]
         return ids, pix[None], pix[None]
-    # The PIL backend (no torchvision) resizes exactly as data_prep.video (PIL bicubic): equal up to float rounding.
+    # The PIL backend (no torchvision) resizes exactly as llavaction_jax.data.video (PIL bicubic): equal up to float rounding.
     # With torchvision installed AutoImageProcessor picks its antialiased bicubic: within 1 grey level.
     _check_parity(exported, jax_answers, inputs, pixel_atol=1e-5 if type(ip).__name__.endswith("Pil") else 3 / 255)
 

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from conftest import EK100_DIR
-from data_prep import ek100
+from llavaction_jax.data import ek100
 
 VAL = os.path.join(EK100_DIR, "EPIC_100_validation.csv")
 UDA = os.path.join(EK100_DIR, "EPIC_100_uda_source_train.csv")

@@ -1,4 +1,4 @@
-"""Exact prompt strings (data_prep.prompts) and instruction-data generation (data_prep.instructions)."""
+"""Exact prompt strings (llavaction_jax.data.prompts) and instruction-data generation (data_prep.instructions)."""
 import json
 import os
 import re
@@ -6,7 +6,8 @@ import re
 import pytest
 
 from conftest import EK100_DIR
-from data_prep import ek100, instructions, make_instructions, predictions, prompts
+from llavaction_jax.data import ek100, prompts
+from data_prep import instructions, make_instructions, predictions
 
 PREFIX = ("You are seeing this video from egocentric view and you are the person. Your hands are sometimes "
           "interacting with objects. What action are you doing? ")

@@ -8,7 +8,8 @@ import pytest
 from scipy import stats
 
 from conftest import EK100_DIR
-from data_prep import ek100, make_mqa, mqa, predictions, prompts
+from llavaction_jax.data import ek100, prompts
+from data_prep import make_mqa, mqa, predictions
 
 VAL = os.path.join(EK100_DIR, "EPIC_100_validation.csv")
 LETTERS5 = ["A", "B", "C", "D", "E"]

@@ -1,4 +1,4 @@
-"""data_prep.synthetic: frame-index codes and class-pattern videos that encode verb/noun in pixels."""
+"""data_prep.synthetic_videos: frame-index codes and class-pattern videos that encode verb/noun in pixels."""
 import io
 import math
 import os
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep.synthetic import (NOUN_COLOURS, ClassPatternRenderer, decode_frame_index, frame_index_image,
+from data_prep.synthetic_videos import (NOUN_COLOURS, ClassPatternRenderer, decode_frame_index, frame_index_image,
                                  make_synthetic_dataset, noun_appearance, object_offset, row_times, verb_motion)
-from data_prep.video import VideoReader
+from llavaction_jax.data.video import VideoReader
 
 FPS = 30
 
@@ -151,7 +151,7 @@ def test_compact_retimes_late_rows(tmp_path):
 
 def test_synthesize_from_ek100_csv_writes_matching_annotations(tmp_path):
     import csv
-    from data_prep.synthetic import synthesize_from_csv
+    from data_prep.synthetic_videos import synthesize_from_csv
     from tests.conftest import EK100_DIR
     src = os.path.join(EK100_DIR, "EPIC_100_validation.csv")
     summary = synthesize_from_csv(src, str(tmp_path), "chunks", max_rows=5, chunk_len=15, max_clip_seconds=3.0)

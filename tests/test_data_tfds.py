@@ -9,8 +9,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 import data_prep.tfds_ek100_mqa  # noqa: F401  (registers ek100_mqa)
-from data_prep import ek100, predictions
-from data_prep.synthetic import NOUN_COLOURS, make_synthetic_dataset
+from llavaction_jax.data import ek100
+from data_prep import predictions
+from data_prep.synthetic_videos import NOUN_COLOURS, make_synthetic_dataset
 from data_prep.tfds_ek100_mqa import Ek100Mqa
 from tests.conftest import EK100_DIR
 

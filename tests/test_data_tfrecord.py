@@ -1,4 +1,4 @@
-"""data_prep.records + data_prep.to_tfrecord: record layout, sharding, bad input, resume after a kill."""
+"""llavaction_jax.data.records + data_prep.to_tfrecord: record layout, sharding, bad input, resume after a kill."""
 import glob
 import json
 import os
@@ -12,9 +12,11 @@ import pytest
 import tensorflow as tf
 
 from data_prep import to_tfrecord
-from data_prep.records import FEATURE_SPEC, decode_example_py, encode_example, encode_jpeg
-from data_prep.synthetic import decode_frame_index, frame_index_video
-from data_prep.video import VideoReader
+from llavaction_jax.data.records import decode_example_py, encode_example, encode_jpeg
+from llavaction_jax.data.tfrecord import RecordWriter
+from llavaction_jax.input.features import FEATURE_SPEC
+from data_prep.synthetic_videos import decode_frame_index, frame_index_video
+from llavaction_jax.data.video import VideoReader
 
 FPS = 30
 NUM_FRAMES = 4
@@ -116,6 +118,49 @@ def test_encode_decode_roundtrip_py_and_tf():
         encode_example(s, jpegs[:2], [0.0])
     with pytest.raises(ValueError, match="'verb_class'='x' is not an int"):
         encode_example(dict(s, verb_class="x"), [], [])
+
+
+def _tf_example(sample_dict, jpegs, times):
+    """The record as TensorFlow's protobuf serialises it (deterministic map order), for byte comparison."""
+    def feat(kind, values):
+        field, cls = {"bytes": ("bytes_list", tf.train.BytesList), "float": ("float_list", tf.train.FloatList),
+                      "int": ("int64_list", tf.train.Int64List)}[kind]
+        return tf.train.Feature(**{field: cls(value=values)})
+    ints = {k: -1 if sample_dict.get(k) is None else int(sample_dict[k])
+            for k in ("verb_class", "noun_class", "action_id")}
+    feature = {"id": feat("bytes", [str(sample_dict["id"]).encode()]),
+               "video_id": feat("bytes", [str(sample_dict.get("video_id") or "").encode()]),
+               "start_timestamp": feat("float", [sample_dict.get("start_timestamp") or 0.0]),
+               "stop_timestamp": feat("float", [sample_dict.get("stop_timestamp") or 0.0]),
+               "frames": feat("bytes", jpegs), "frame_times": feat("float", times),
+               "num_frames": feat("int", [len(jpegs)]),
+               "sample_json": feat("bytes", [json.dumps(sample_dict, sort_keys=True, ensure_ascii=False).encode()]),
+               **{k: feat("int", [v]) for k, v in ints.items()}}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
+
+
+@pytest.mark.parametrize("case", ["video", "text_only", "negative_ids_unicode"])
+def test_records_are_tensorflows_bytes_without_tensorflow(case, tmp_path):
+    """The hand-written wire format is byte-for-byte TensorFlow's (so records, shard hashes and resumes are those of
+    tf.train.Example), decodes back, and the TF-free TFRecord writer writes what tf.data reads."""
+    jpegs = [encode_jpeg(f) for f in np.random.default_rng(1).integers(0, 255, (2, 8, 8, 3), dtype=np.uint8)]
+    sample_dict, frames, times = {"video": (sample(3), jpegs, [0.5, 1e30]),
+                                  "text_only": ({"id": "t", "conversations": []}, [], []),
+                                  "negative_ids_unicode": ({"id": 7, "verb_class": -1, "noun_class": None,
+                                                            "action_id": -(2 ** 63), "narration": "öffnen"},
+                                                           jpegs[:1], [-0.25])}[case]
+    raw = encode_example(sample_dict, frames, times)
+    assert raw == _tf_example(sample_dict, frames, times)
+    decoded = decode_example_py(raw)
+    assert decoded["jpeg_frames"] == frames and decoded["sample"] == sample_dict
+    assert decoded["action_id"] == int(tf.io.parse_single_example(raw, FEATURE_SPEC)["action_id"])
+    path = str(tmp_path / "x.tfrecord")
+    with RecordWriter(path) as w:
+        w.write(raw)
+        w.write(b"")
+    assert [r.numpy() for r in tf.data.TFRecordDataset(path)] == [raw, b""]
+    with pytest.raises(ValueError, match="not a tf.train.Example: truncated"):
+        decode_example_py(raw[:-3])
 
 
 # ----------------------------------------------------------------------------- conversion
@@ -335,8 +380,9 @@ def test_other_layouts_convert_with_right_frames(tmp_path, layout):
 
 def test_mqa_jsonl_from_annotations_converts(tmp_path):
     """EK100 CSV rows -> synthetic videos + re-timed CSV -> data_prep.mqa questions -> TFRecords."""
-    from data_prep import ek100, mqa
-    from data_prep.synthetic import NOUN_COLOURS, synthesize_from_csv
+    from llavaction_jax.data import ek100
+    from data_prep import mqa
+    from data_prep.synthetic_videos import NOUN_COLOURS, synthesize_from_csv
     from tests.conftest import EK100_DIR
     synthesize_from_csv(os.path.join(EK100_DIR, "EPIC_100_validation.csv"), str(tmp_path), "original", max_rows=8)
     ann = ek100.load_annotations(str(tmp_path / "annotations" / "EPIC_100_validation.csv"), with_video_info=False)

@@ -1,4 +1,4 @@
-"""data_prep.video: frame ids, the three layouts, timestamps and bad-input errors (tiny synthetic videos)."""
+"""llavaction_jax.data.video: frame ids, the three layouts, timestamps and bad-input errors (tiny synthetic videos)."""
 import os
 import shutil
 
@@ -6,8 +6,9 @@ import av
 import numpy as np
 import pytest
 
-from data_prep.synthetic import decode_frame_index, frame_index_video, write_mp4, frame_index_image
-from data_prep.video import (VideoError, VideoReader, detect_layout, load_video_fps, read_clip, resize_frame,
+from data_prep.synthetic_videos import decode_frame_index, frame_index_video, frame_index_image
+from llavaction_jax.data.video_writer import write_mp4
+from llavaction_jax.data.video import (VideoError, VideoReader, detect_layout, load_video_fps, read_clip, resize_frame,
                              segment_frame_ids)
 
 FPS = 30

@@ -11,19 +11,19 @@ import sys
 import pytest
 
 from configs import demo as demo_config
-from llavaction_jax import demo
+from llavaction_demo import data_stage, run as demo_run
 
 
 def test_select_rows_splits_per_action():
-    segments, _ = demo.load_rows()
-    train, held_out = demo.select_rows(segments, (0, 3), (3, 137), eval_fraction=0.25, seed=0)
+    segments, _ = data_stage.load_rows()
+    train, held_out = data_stage.select_rows(segments, (0, 3), (3, 137), eval_fraction=0.25, seed=0)
     assert {s.verb_class for s in train + held_out} <= {0, 3} and {s.noun_class for s in train} <= {3, 137}
     assert not {s.narration_id for s in train} & {s.narration_id for s in held_out}
     # Every held-out action also has training rows.
     assert {s.vn for s in held_out} <= {s.vn for s in train}
     assert len(train) + len(held_out) == sum(1 for s in segments if s.verb_class in (0, 3) and s.noun_class in (3, 137))
     with pytest.raises(ValueError, match="no annotation row"):
-        demo.select_rows(segments, (96,), (299,), 0.25, 0)
+        data_stage.select_rows(segments, (96,), (299,), 0.25, 0)
 
 
 def test_demo_smoke(tmp_path):
@@ -34,7 +34,7 @@ def test_demo_smoke(tmp_path):
     config.eval.max_new_tokens = 4
     config.demo.text_mcq_per_question = 2          # the optional letter-binding twins, exercised here
     config.demo.binding_steps = 2                  # the letter-binding warm-up run, then the video run from it
-    result = demo.run(config, str(tmp_path), quiet=True)
+    result = demo_run.run(config, str(tmp_path), quiet=True)
     summary = json.load(open(tmp_path / "demo_summary.json"))
     assert summary["train"]["final_step"] == 2
     data = summary["data"]
@@ -60,7 +60,7 @@ def test_demo_smoke(tmp_path):
     # The warm-up's short questions: the stated action and the options only; the video run starts from its weights.
     short = [json.loads(x) for x in open(data["binding"]["jsonl"])]
     assert len(short) == config.demo.binding_per_question * data["train"]["num_questions"]
-    assert all(t["conversations"][0]["value"] == demo.SHORT_MCQ_HEAD.format(t["answer_text"]) + ", ".join(t["options"])
+    assert all(t["conversations"][0]["value"] == data_stage.SHORT_MCQ_HEAD.format(t["answer_text"]) + ", ".join(t["options"])
                for t in short)
     warm = summary["train"]["binding_warmup"]
     assert warm["final_step"] == 2 and warm["workdir"] == str(tmp_path / "train_binding")
@@ -107,10 +107,10 @@ def test_demo_exits_3_and_names_each_missed_target(tmp_path):
     workdir = tmp_path / "run"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-m", "llavaction_jax.demo", "--workdir", str(workdir), "--config",
+    proc = subprocess.run([sys.executable, "-m", "llavaction_demo", "--workdir", str(workdir), "--config",
                            str(config_file), "--skip_hf", "--seed", "3"], cwd=root, env=env, capture_output=True,
                           text=True, timeout=900)
-    assert proc.returncode == demo.TARGET_MISSED_EXIT == 3, proc.stderr[-2000:]
+    assert proc.returncode == demo_run.TARGET_MISSED_EXIT == 3, proc.stderr[-2000:]
     summary = json.load(open(workdir / "demo_summary.json"))
     assert summary["target_met"] is False
     ev = summary["eval_summary"]
@@ -134,7 +134,7 @@ def test_demo_exits_3_and_names_each_missed_target(tmp_path):
 
 def test_demo_help_documents_exit_3():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-m", "llavaction_jax.demo", "--help"], cwd=root, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "llavaction_demo", "--help"], cwd=root, capture_output=True,
                           text=True, env=dict(os.environ, PYTHONPATH=root), timeout=300)
     assert proc.returncode == 0
     help_text = " ".join(proc.stdout.split())

@@ -28,7 +28,7 @@ DOCS = ["README.md"] + sorted(os.path.join("docs", f) for f in os.listdir(os.pat
 
 # Console script -> module; `llavaction-prep` takes the module's name as its first argument.
 CONSOLE_SCRIPTS = {
-    "llavaction-demo": "llavaction_jax.demo",
+    "llavaction-demo": "llavaction_demo",
     "llavaction-train": "llavaction_jax.train",
     "llavaction-eval": "llavaction_jax.eval",
     "llavaction-predict": "llavaction_jax.predict",
@@ -37,7 +37,7 @@ CONSOLE_SCRIPTS = {
     "llavaction-plan": "llavaction_jax.plan",
 }
 PREP_SUBCOMMANDS = {"mqa": "data_prep.make_mqa", "instructions": "data_prep.make_instructions",
-                    "tfrecord": "data_prep.to_tfrecord", "synthetic": "data_prep.synthetic"}
+                    "tfrecord": "data_prep.to_tfrecord", "synthetic": "data_prep.synthetic_videos"}
 SUBCOMMANDS = {"llavaction-prep": tuple(PREP_SUBCOMMANDS), "llavaction-convert": ("import", "export"),
                "hf": ("download",)}
 # Programs the docs call that are not ours: not checked, but anything else unknown fails the test.
@@ -48,7 +48,7 @@ WRAPPERS = {"srun"}
 FENCE = re.compile(r"^```(\w*)")
 MARKER = re.compile(r"^<!-- run(?:: help(?: \((?P<why>[^)]*)\))?)? -->$")
 SHELLS = {"bash", "sh", "shell", "console"}
-LINKED = ("data_prep", "configs", "benchmarks", "llavaction_jax")
+LINKED = ("data_prep", "configs", "benchmarks", "llavaction_jax", "llavaction_demo")
 
 
 def shell_blocks():

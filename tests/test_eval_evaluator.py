@@ -10,7 +10,8 @@ import pytest
 from flax import nnx
 
 from configs import tiny
-from data_prep import prompts, synthetic
+from llavaction_jax.data import prompts
+from data_prep import synthetic_videos
 from llavaction_jax import sharding as shd
 from llavaction_jax.cli import UserError
 from llavaction_jax.eval import metrics, samples as samples_lib, scoring
@@ -151,7 +152,7 @@ def test_generic_mc_jsonl_through_evaluator(setup, tmp_path):
     # Two plain videos (any layout works for a plain path; write "original" layout files and point at them).
     paths = []
     for k in range(2):
-        paths += synthetic.frame_index_video(root, "original", f"P0{k}_01", num_frames=60, fps=30.0, size=32)
+        paths += synthetic_videos.frame_index_video(root, "original", f"P0{k}_01", num_frames=60, fps=30.0, size=32)
     rows = [
         {"id": "g0", "video": os.path.relpath(paths[0], root), "start": 0.5, "end": 1.5,
          "question": "Which block pattern?", "options": ["one", "two", "three"], "answer": 1},
@@ -166,7 +167,7 @@ def test_generic_mc_jsonl_through_evaluator(setup, tmp_path):
     frames = items[0].load_frames()
     assert frames.shape == (4, 32, 32, 3)
     # Frames are the midpoints of 4 segments of frames [15, 45] at 30 fps: 18, 26, 33, 41 (decoded back).
-    assert [synthetic.decode_frame_index(f) for f in frames] == [18, 26, 33, 41]
+    assert [synthetic_videos.decode_frame_index(f) for f in frames] == [18, 26, 33, 41]
     ev = Evaluator(model, tok, config, mesh)
     records = ev.evaluate(source.iterate(), source.num_local)
     assert [r["id"] for r in records] == ["g0", "1"]

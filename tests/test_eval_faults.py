@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 from flax import nnx
 
-from data_prep import records, synthetic
+from llavaction_jax.data import records
+from data_prep import synthetic_videos
 from llavaction_jax.cli import UserError
 from llavaction_jax.eval import run as run_lib, samples as samples_lib
 from llavaction_jax.eval.evaluator import Evaluator, _normalize_on_device
@@ -34,7 +35,7 @@ def _lines(path):
 def test_corrupt_clip_in_the_middle_is_skipped_and_listed(setup, tmp_path):
     config, tok, mesh, model = setup
     root = str(tmp_path / "videos")
-    paths = [synthetic.frame_index_video(root, "original", f"P0{k}_01", num_frames=30, fps=30.0, size=32)[0]
+    paths = [synthetic_videos.frame_index_video(root, "original", f"P0{k}_01", num_frames=30, fps=30.0, size=32)[0]
              for k in range(3)]
     with open(paths[1], "r+b") as f:           # the middle clip: a truncated container
         f.truncate(200)

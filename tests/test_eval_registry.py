@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data_prep.records import encode_example, encode_jpeg
+from llavaction_jax.data.records import encode_example, encode_jpeg
 from llavaction_jax import cli
 from llavaction_jax.cli import UserError
 from llavaction_jax.eval import benchmarks, metrics, samples as samples_lib
 from llavaction_jax.eval.benchmarks import base
 from llavaction_jax.eval.items import EvalItem
-from llavaction_jax.input import synthetic as input_synthetic
+from llavaction_jax.input import synthetic_records as input_synthetic
 from llavaction_jax.input.tokenizer import train_tiny_tokenizer
-from llavaction_jax.train import loop, synthetic as train_synthetic
+from llavaction_jax.train import loop, synthetic_batches as train_synthetic
 from tests.test_bad_inputs import one_error, train_flags  # noqa: F401  (train_flags is a fixture)
 from tests.test_train_checkpoint import _Limited
 from tests.test_train_step import _arrays, _config, _mesh

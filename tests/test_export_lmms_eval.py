@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import yaml
 
-from data_prep import ek100, mqa, prompts, synthetic
-from data_prep import video as video_lib
-from llavaction_jax import demo
+from llavaction_jax.data import ek100, prompts
+from data_prep import mqa, synthetic_videos
+from llavaction_jax.data import video as video_lib
+from llavaction_demo import data_stage
 from llavaction_jax.eval import export_lmms_eval as exporter
 
 # lmms-eval 0.7.3's TaskConfig fields (lmms_eval/api/task.py): a task YAML may use only these keys.
@@ -51,9 +52,9 @@ def _load_task_yaml(path):
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
     root = tmp_path_factory.mktemp("lmms")
-    segments, space = demo.load_rows()
+    segments, space = data_stage.load_rows()
     rows = [s for s in segments if s.verb_class in (0, 1, 3) and s.noun_class in (3, 137, 12, 8)][:6]
-    drawn = synthetic.make_synthetic_dataset(
+    drawn = synthetic_videos.make_synthetic_dataset(
         [dict(id=s.narration_id, video_id=s.video_id, verb_class=s.verb_class, noun_class=s.noun_class,
               start_timestamp=s.start, stop_timestamp=s.stop) for s in rows],
         str(root / "videos"), fps=10.0, size=64, compact=True, gap=0.25, max_clip_seconds=1.5, tail=0.25)["rows"]

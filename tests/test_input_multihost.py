@@ -58,17 +58,17 @@ def worker(pid, port, workdir):
 
 
 def test_two_hosts_read_every_sample_exactly_once(tmp_path):
-    from llavaction_jax.input import synthetic
+    from llavaction_jax.input import synthetic_records
     from llavaction_jax.input.tokenizer import train_tiny_tokenizer
     from tests.test_input_tokenizer import ek100_texts
 
     samples = {}
     # Odd samples are long: with 4 files, host 1 (files 1, 3) needs a longer bucket than host 0.
     for name, shards in (("by_file", 4), ("by_record", 3)):
-        _, written = synthetic.write_shards(str(tmp_path / name), 24, shards, F, S,
+        _, written = synthetic_records.write_shards(str(tmp_path / name), 24, shards, F, S,
                                             extra_words_fn=lambda i: 30 if i % 2 else 0)
         samples[name] = {s["id"]: s for s in written}
-    _, eval_samples = synthetic.write_shards(str(tmp_path / "eval"), 19, 3, F, S, prefix="eval", id_prefix="e")
+    _, eval_samples = synthetic_records.write_shards(str(tmp_path / "eval"), 19, 3, F, S, prefix="eval", id_prefix="e")
     texts = ek100_texts(300) + [c["value"] for s in samples["by_file"].values() for c in s["conversations"]]
     train_tiny_tokenizer(texts, str(tmp_path / "tok"), vocab_size=512)
 

@@ -12,8 +12,8 @@ from flax import nnx
 from jax.sharding import Mesh, PartitionSpec
 
 from configs import tiny
-from data_prep.records import encode_example, encode_jpeg
-from llavaction_jax.input import packing, pipeline, synthetic
+from llavaction_jax.data.records import encode_example, encode_jpeg
+from llavaction_jax.input import packing, pipeline, synthetic_records
 from llavaction_jax.input.chat import IGNORE_INDEX
 from llavaction_jax.input.schema import normalize_pixels
 from llavaction_jax.input.tokenizer import train_tiny_tokenizer
@@ -31,7 +31,7 @@ def mesh():
 
 
 def _text_only(index):
-    s = synthetic.make_sample(index, "t")
+    s = synthetic_records.make_sample(index, "t")
     s["conversations"][0]["value"] = s["conversations"][0]["value"].replace("<image>\n", "")
     s.update(verb_class=-1, noun_class=-1, action_id=-1)
     return s
@@ -40,7 +40,7 @@ def _text_only(index):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("packing")
-    _, videos = synthetic.write_shards(str(root), 24, 2, F, S, prefix="video",
+    _, videos = synthetic_records.write_shards(str(root), 24, 2, F, S, prefix="video",
                                        extra_words_fn=lambda i: (i % 5) * 15)
     texts = [_text_only(500 + i) for i in range(10)]
     with tf.io.TFRecordWriter(str(root / "text-00000-of-00001.tfrecord")) as w:
@@ -153,7 +153,7 @@ def test_packed_batch_structure(data, mesh, packed_run):
             assert b["labels"][row, start + 1:stop].tolist() == labels[1:]
             assert (b["input_ids"][row, start:stop] == 3).sum() == (NV if has_video else 0)
             if has_video:
-                frames = synthetic.sample_frames(data["frames"][sid], F, S)
+                frames = synthetic_records.sample_frames(data["frames"][sid], F, S)
                 decoded = np.stack([tf.io.decode_jpeg(encode_jpeg(f, quality=95),
                                                       dct_method=pipeline.JPEG_DCT_METHOD).numpy()
                                         for f in frames])

@@ -8,9 +8,9 @@ import tensorflow as tf
 from jax.sharding import Mesh, PartitionSpec
 
 from configs import tiny
-from data_prep import prompts
-from data_prep.records import encode_example, encode_jpeg
-from llavaction_jax.input import mixture, pipeline, synthetic
+from llavaction_jax.data import prompts
+from llavaction_jax.data.records import encode_example, encode_jpeg
+from llavaction_jax.input import mixture, pipeline, synthetic_records
 from llavaction_jax.input.chat import IGNORE_INDEX, tokenize_conversation, tokenize_prompt
 from llavaction_jax.input.schema import normalize_pixels
 from llavaction_jax.input.tokenizer import train_tiny_tokenizer
@@ -28,12 +28,12 @@ def mesh():
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("records")
     # 20 training samples over 4 shards (20 % 8 != 0: batches straddle the epoch boundary); lengths vary.
-    train, train_samples = synthetic.write_shards(str(root), 20, 4, F, S, prefix="train",
+    train, train_samples = synthetic_records.write_shards(str(root), 20, 4, F, S, prefix="train",
                                                   extra_words_fn=lambda i: (i % 4) * 12)
-    short, _ = synthetic.write_shards(str(root), 16, 2, F, S, prefix="short", id_prefix="b", start_index=100)
-    long_, long_samples = synthetic.write_shards(str(root), 8, 1, F, S, prefix="long", id_prefix="l", start_index=200,
+    short, _ = synthetic_records.write_shards(str(root), 16, 2, F, S, prefix="short", id_prefix="b", start_index=100)
+    long_, long_samples = synthetic_records.write_shards(str(root), 8, 1, F, S, prefix="long", id_prefix="l", start_index=200,
                                       extra_words_fn=lambda i: 150)
-    evals, eval_samples = synthetic.write_shards(str(root), 19, 3, F, S, prefix="eval", id_prefix="e",
+    evals, eval_samples = synthetic_records.write_shards(str(root), 19, 3, F, S, prefix="eval", id_prefix="e",
                                                  start_index=300)
     texts = ek100_texts(300) + [c["value"] for s in train_samples for c in s["conversations"]]
     tok = train_tiny_tokenizer(texts, str(root / "tok"), vocab_size=512)
@@ -103,7 +103,7 @@ def test_pixels_are_decoded_exactly_and_normalised_on_device(data, mesh):
     assert normalised.dtype == np.float32
     for row, sid in enumerate(it.last_ids):
         index = data["train_jpegs"][sid]
-        frames = synthetic.sample_frames(index, F, S)
+        frames = synthetic_records.sample_frames(index, F, S)
         decoded = np.stack([tf.io.decode_jpeg(encode_jpeg(f, quality=95), dct_method=pipeline.JPEG_DCT_METHOD).numpy()
                             for f in frames])
         np.testing.assert_array_equal(b["pixel_values"][row], decoded)
@@ -113,7 +113,7 @@ def test_pixels_are_decoded_exactly_and_normalised_on_device(data, mesh):
 
 
 def test_resize_and_frame_count_errors(tmp_path, data, mesh):
-    sample = synthetic.make_sample(0, "r")
+    sample = synthetic_records.make_sample(0, "r")
     flat = np.full((48, 48, 3), 200, np.uint8)      # larger than the config's 32: resized in the pipeline
     path = str(tmp_path / "resize.tfrecord")
     with tf.io.TFRecordWriter(path) as w:
@@ -124,7 +124,7 @@ def test_resize_and_frame_count_errors(tmp_path, data, mesh):
     np.testing.assert_allclose(b["pixel_values"].astype(np.int32), 200, atol=1)
     bad = str(tmp_path / "bad.tfrecord")
     with tf.io.TFRecordWriter(bad) as w:
-        w.write(encode_example(synthetic.make_sample(1, "bad"), [encode_jpeg(flat)] * 3, [0.0] * 3))
+        w.write(encode_example(synthetic_records.make_sample(1, "bad"), [encode_jpeg(flat)] * 3, [0.0] * 3))
     with pytest.raises(Exception, match="bad000001"):
         next(pipeline.make_train_iterator(config(bad), mesh, data["tok"]))
 
@@ -132,7 +132,7 @@ def test_resize_and_frame_count_errors(tmp_path, data, mesh):
 def test_text_only_sample_and_thread_cleanup(tmp_path, data, mesh):
     import gc
     import threading
-    sample = synthetic.make_sample(7, "t")
+    sample = synthetic_records.make_sample(7, "t")
     sample["conversations"][0]["value"] = "What is a knife for?"     # no <image>, no frames
     path = str(tmp_path / "text.tfrecord")
     with tf.io.TFRecordWriter(path) as w:
@@ -182,7 +182,7 @@ def test_length_buckets_and_truncation(data, mesh):
 def test_video_slots_are_never_truncated(data):
     cfg = config(add_time_instruction=False, max_length=64)
     text = pipeline.TextStage(cfg, data["tok"])
-    sample = synthetic.make_sample(5, "v")
+    sample = synthetic_records.make_sample(5, "v")
     sample["conversations"][0]["value"] = "word " * 60 + sample["conversations"][0]["value"]
     with pytest.raises(ValueError, match="'v000005'.*video tokens end at"):
         text(json.dumps(sample), True)
@@ -190,7 +190,7 @@ def test_video_slots_are_never_truncated(data):
         pipeline.TextStage(config(max_length=30), data["tok"])
     # Bad samples are reported with their id and what was expected.
     timed = pipeline.TextStage(config(), data["tok"])
-    sample = synthetic.make_sample(6, "q")
+    sample = synthetic_records.make_sample(6, "q")
     sample["conversations"][0]["value"] = "Question first <image>"
     with pytest.raises(ValueError, match="'q000006'.*must start with '<image>"):
         timed(json.dumps(sample), True)

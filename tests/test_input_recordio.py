@@ -11,7 +11,7 @@ from jax.sharding import Mesh
 
 from configs import tiny
 from llavaction_jax.cli import UserError
-from llavaction_jax.input import pipeline, recordio, synthetic
+from llavaction_jax.input import pipeline, recordio, synthetic_records
 from llavaction_jax.input.tokenizer import train_tiny_tokenizer
 
 F, S = 4, 32
@@ -20,7 +20,7 @@ F, S = 4, 32
 @pytest.fixture(scope="module")
 def shard(tmp_path_factory):
     root = tmp_path_factory.mktemp("crc")
-    paths, samples = synthetic.write_shards(str(root), 6, 1, F, S, prefix="train")
+    paths, samples = synthetic_records.write_shards(str(root), 6, 1, F, S, prefix="train")
     texts = [c["value"] for s in samples for c in s["conversations"]]
     tok = train_tiny_tokenizer(texts * 4, str(root / "tok"), vocab_size=300)
     return dict(root=root, path=paths[0], samples=samples, tok=tok)
@@ -54,7 +54,7 @@ def test_flipped_byte_is_an_error_naming_file_and_offset(shard, tmp_path):
     with pytest.raises(recordio.CorruptRecordError) as e:
         reader.read(3)
     assert e.value.line() == (f"corrupt TFRecord: data CRC mismatch ({bad} record at byte {pos}): an intact "
-                              "TFRecord file (rewrite the shard with data_prep.to_tfrecord)")
+                              "TFRecord file (rewrite the shard with llavaction-prep tfrecord)")
     # tf.data refuses the same file too: the two readers agree.
     with pytest.raises(tf.errors.DataLossError):
         for _ in tf.data.TFRecordDataset(bad):
@@ -103,7 +103,7 @@ def test_wrong_schema_record_names_the_file(shard, tmp_path):
     it = pipeline.make_train_iterator(_config(bad), _mesh(), shard["tok"], seed=0)
     try:
         with pytest.raises(UserError, match=rf"record does not decode as a training sample: .*\({bad} record at "
-                                            r"byte 0\): records written by data_prep.to_tfrecord"):
+                                            r"byte 0\): records written by llavaction-prep tfrecord"):
             next(it)
     finally:
         it.close()

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from data_prep import prompts
+from llavaction_jax.data import prompts
 from llavaction_jax.input.tokenizer import Tokenizer, train_tiny_tokenizer
 from tests.conftest import EK100_DIR
 

@@ -144,8 +144,8 @@ def test_saved_config_paths_are_absolute(relative_run):
 def test_eval_and_predict_on_a_step_dir_from_another_directory(relative_run, tmp_path, monkeypatch, capsys):
     """From another working directory: the step dir and --step N each load that step with the run's tokenizer
     and its 2-frame clips (the tiny config says 4)."""
-    from data_prep import synthetic
-    from llavaction_jax.eval.checkpoint import load_for_eval
+    from data_prep import synthetic_videos
+    from llavaction_jax.eval.loading import load_for_eval
     from llavaction_jax import predict
     monkeypatch.chdir(tmp_path)
     step_dir = str(relative_run / "run" / "checkpoints" / "1")
@@ -158,7 +158,7 @@ def test_eval_and_predict_on_a_step_dir_from_another_directory(relative_run, tmp
     assert prov["step"] == 1
     with pytest.raises(cli.UserError, match=r"no committed checkpoint step 7 .*: one of the run's steps \[1, 2\]"):
         load_for_eval(str(relative_run / "run"), step=7)
-    video = synthetic.frame_index_video(str(tmp_path / "videos"), "original", "P01_01", num_frames=30, fps=15.0,
+    video = synthetic_videos.frame_index_video(str(tmp_path / "videos"), "original", "P01_01", num_frames=30, fps=15.0,
                                         size=32)[0]
     capsys.readouterr()
     assert predict.console_main(["--checkpoint", step_dir, "--video", video, "--options", "take plate",

@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from configs import tiny
-from data_prep import synthetic
+from data_prep import synthetic_videos
 from llavaction_jax.model import build as model_build
 from llavaction_jax import predict
 from llavaction_jax import sharding as shd
@@ -28,7 +28,7 @@ def checkpoint(tmp_path_factory):
     model = model_build.sharded_model(config.model, mesh, seed=0)
     orbax_format.save_orbax(ckpt, model, config.model, {"source": "random tiny model for tests"})
     tok.save(ckpt)
-    video = synthetic.frame_index_video(str(root / "videos"), "original", "P01_01", num_frames=45, fps=15.0,
+    video = synthetic_videos.frame_index_video(str(root / "videos"), "original", "P01_01", num_frames=45, fps=15.0,
                                         size=32)[0]
     return ckpt, video, root
 
@@ -57,7 +57,7 @@ def test_predict_question_goes_through_the_eval_batching(checkpoint):
     greedy generate on host-normalised frames (the training input's table), decoded without special tokens."""
     import jax
     import numpy as np
-    from llavaction_jax.eval.checkpoint import load_for_eval
+    from llavaction_jax.eval.loading import load_for_eval
     from llavaction_jax.eval.evaluator import Evaluator, _strip_after_eos
     from llavaction_jax.eval.items import normalize_frames
     from llavaction_jax.eval.samples import read_video_file
@@ -81,7 +81,7 @@ def test_predict_question_goes_through_the_eval_batching(checkpoint):
 
 def test_letter_scoring_refuses_a_sample_without_options(checkpoint):
     from llavaction_jax.cli import UserError
-    from llavaction_jax.eval.checkpoint import load_for_eval
+    from llavaction_jax.eval.loading import load_for_eval
     from llavaction_jax.eval.evaluator import Evaluator
     from llavaction_jax.eval.items import EvalItem
     ckpt, _, _ = checkpoint
@@ -102,12 +102,12 @@ def test_predict_rejects_bad_input(checkpoint):
 
 
 def test_eval_cli_on_mqa_jsonl(checkpoint, tmp_path, capsys):
-    """MQA JSONL + video root (data_prep.video 'original' layout) through the eval CLI."""
+    """MQA JSONL + video root (llavaction_jax.data.video 'original' layout) through the eval CLI."""
     ckpt, _, root = checkpoint
     vroot = str(tmp_path / "videos")
     rows = [{"id": f"P02_01_{i}", "video_id": "P02_01", "verb_class": i % 2, "noun_class": i % 3,
              "start_timestamp": 0.5 + 1.5 * i, "stop_timestamp": 1.5 + 1.5 * i} for i in range(3)]
-    synthetic.make_synthetic_dataset(rows, vroot, layout="original", fps=10.0, size=32)
+    synthetic_videos.make_synthetic_dataset(rows, vroot, layout="original", fps=10.0, size=32)
     data = tmp_path / "mqa.jsonl"
     with open(data, "w") as f:
         for i, r in enumerate(rows):
@@ -142,7 +142,7 @@ def test_eval_cli_frames_layout_needs_and_takes_fps(checkpoint, tmp_path, capsys
     vroot = str(tmp_path / "frames")
     rows = [{"id": "P03_01_0", "video_id": "P03_01", "verb_class": 0, "noun_class": 1,
              "start_timestamp": 0.5, "stop_timestamp": 2.0}]
-    synthetic.make_synthetic_dataset(rows, vroot, layout="frames", fps=10.0, size=32)
+    synthetic_videos.make_synthetic_dataset(rows, vroot, layout="frames", fps=10.0, size=32)
     opts = [f"{chr(65 + j)}. {o}" for j, o in enumerate(OPTIONS)]
     data = tmp_path / "mqa.jsonl"
     data.write_text(json.dumps({

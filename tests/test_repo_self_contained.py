@@ -27,7 +27,7 @@ def _tracked_files():
 
 def test_finds_the_files_it_checks():
     files = _tracked_files()
-    assert "README.md" in files and "data_prep/prompts.py" in files
+    assert "README.md" in files and "llavaction_jax/data/prompts.py" in files
 
 
 @pytest.mark.parametrize("needle", FORBIDDEN)

@@ -10,7 +10,7 @@ from orbax.checkpoint import checkpoint_manager
 
 from configs import tiny
 from llavaction_jax import sharding as shd
-from llavaction_jax.train import checkpointing, loop, synthetic
+from llavaction_jax.train import checkpointing, loop, synthetic_batches
 
 from tests.test_train_step import _arrays, _config, _mesh
 
@@ -40,7 +40,7 @@ def good_run(tmp_path_factory):
     cfg.train.checkpoint_every = 1
     mesh = _mesh(cfg)
     workdir = str(tmp_path_factory.mktemp("good"))
-    it = _Limited(synthetic.ArrayBatchIterator(_arrays(cfg), 8, mesh, seed=0), 2)
+    it = _Limited(synthetic_batches.ArrayBatchIterator(_arrays(cfg), 8, mesh, seed=0), 2)
     summary = loop.train(cfg, workdir, train_iter=it, mesh=mesh)
     return cfg, mesh, workdir, summary
 
@@ -57,7 +57,7 @@ def test_nan_loss_stops_without_overwriting_good_checkpoint(good_run, tmp_path):
     arrays = _arrays(cfg)
     # Already-normalised float frames pass the step's normalisation unchanged: NaN frames give a NaN loss.
     arrays["pixel_values"] = np.full(arrays["pixel_values"].shape, np.nan, np.float32)
-    it = synthetic.ArrayBatchIterator(arrays, 8, mesh, seed=0)
+    it = synthetic_batches.ArrayBatchIterator(arrays, 8, mesh, seed=0)
     with pytest.raises(loop.NonFiniteLossError, match=r"non-finite loss at step 3.*no checkpoint is written"):
         loop.train(cfg, str(tmp_path / "w"), train_iter=it, mesh=mesh)
     ckpt = checkpointing.Checkpointer(str(tmp_path / "w" / "checkpoints"))
@@ -92,7 +92,7 @@ def test_eval_hook_is_called_with_the_model(tmp_path):
         calls.append(step)
         return {"norm_scale_sum": float(np.sum(np.asarray(model.llm.norm.scale[...])))}
 
-    it = _Limited(synthetic.ArrayBatchIterator(_arrays(cfg), 8, mesh, seed=0), 2)
+    it = _Limited(synthetic_batches.ArrayBatchIterator(_arrays(cfg), 8, mesh, seed=0), 2)
     summary = loop.train(cfg, str(tmp_path), train_iter=it, eval_fn=eval_fn, mesh=mesh)
     assert calls == [1, 2]
     import json
@@ -113,7 +113,7 @@ def test_init_from_a_train_checkpoint(good_run, tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     cfg = _config()
     cfg.train.update(init_from=workdir + "/checkpoints/2", checkpoint_every=1)
-    it = _Limited(synthetic.ArrayBatchIterator(_arrays(cfg), 8, mesh, seed=0), 1)
+    it = _Limited(synthetic_batches.ArrayBatchIterator(_arrays(cfg), 8, mesh, seed=0), 1)
     summary = loop.train(cfg, str(tmp_path), train_iter=it, mesh=mesh)
     assert summary["start_step"] == 0 and summary["final_step"] == 1 and np.isfinite(summary["losses"][0])
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from llavaction_jax.input import synthetic as input_synthetic
+from llavaction_jax.input import synthetic_records as input_synthetic
 from llavaction_jax.input.tokenizer import train_tiny_tokenizer
 from llavaction_jax.train import loop
 

@@ -8,7 +8,7 @@ import pytest
 
 from configs import tiny
 from llavaction_jax import sharding as shd
-from llavaction_jax.train import losses, state as state_lib, step as step_lib, synthetic
+from llavaction_jax.train import losses, state as state_lib, step as step_lib, synthetic_batches
 
 B, L, H, V = 4, 45, 16, 97
 
@@ -113,14 +113,14 @@ def test_train_step_loss_and_grads_same_for_every_setting():
     mesh = shd.make_mesh(cfg.mesh, devices=jax.devices()[:1])
     setup = state_lib.build_setup(cfg, mesh)           # the setup does not depend on config.train.lm_loss*
     params = state_lib.init_state(setup, cfg)["params"]
-    arrays = synthetic.synthetic_arrays(cfg, 8, 64, seed=3)
+    arrays = synthetic_batches.synthetic_arrays(cfg, 8, 64, seed=3)
     counts = (arrays["labels"][:, 1:] != losses.IGNORE_INDEX).sum(1)
     assert counts.max() == 8 and (counts == 8).sum() == 1 and counts.min() > 0
     cut = {k: v.copy() for k, v in arrays.items()}
     row = int(np.argmax(counts))
     first = 1 + int(np.argmax(cut["labels"][row, 1:] != losses.IGNORE_INDEX))
     cut["labels"][row, first] = losses.IGNORE_INDEX
-    batches = [next(synthetic.ArrayBatchIterator(a, 8, mesh, seed=0)) for a in (arrays, cut)]
+    batches = [next(synthetic_batches.ArrayBatchIterator(a, 8, mesh, seed=0)) for a in (arrays, cut)]
     results = {}
     for name, args in {"full": ("full",), "chunked": ("chunked", 24), "supervised": ("supervised", 24, 7)}.items():
         fn = jax.jit(step_lib.make_loss_and_grads(setup, _step_config(*args)))

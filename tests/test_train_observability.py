@@ -8,7 +8,7 @@ import os
 import pytest
 
 from llavaction_jax.cli import UserError
-from llavaction_jax.train import checkpointing, goodput, loop, synthetic, trackers
+from llavaction_jax.train import checkpointing, goodput, loop, synthetic_batches, trackers
 
 from tests.test_train_step import _arrays, _config, _mesh
 
@@ -17,7 +17,7 @@ def _train(workdir, steps, **train_overrides):
     cfg = _config(steps=steps)
     cfg.train.update(log_every=1, **train_overrides)
     mesh = _mesh(cfg)
-    it = synthetic.ArrayBatchIterator(_arrays(cfg), cfg.data.global_batch_size, mesh, seed=0)
+    it = synthetic_batches.ArrayBatchIterator(_arrays(cfg), cfg.data.global_batch_size, mesh, seed=0)
     return loop.train(cfg, str(workdir), train_iter=it, mesh=mesh)
 
 

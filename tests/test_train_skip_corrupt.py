@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from llavaction_jax import cli
 from llavaction_jax.cli import UserError
-from llavaction_jax.input import mixture, pipeline, recordio, synthetic
+from llavaction_jax.input import mixture, pipeline, recordio, synthetic_records
 from llavaction_jax.input.tokenizer import Tokenizer, train_tiny_tokenizer
 from llavaction_jax.train import loop
 
@@ -33,7 +33,7 @@ def _flip_middle_byte(path, record):
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("skip")
     cfg = _config(steps=1)
-    paths, samples = synthetic.write_shards(str(root / "records"), N, 1, cfg.data.num_frames,
+    paths, samples = synthetic_records.write_shards(str(root / "records"), N, 1, cfg.data.num_frames,
                                             cfg.model.vision.image_size)
     train_tiny_tokenizer([t["value"] for s in samples for t in s["conversations"]], str(root / "tok"),
                          vocab_size=cfg.model.text.vocab_size)
@@ -52,7 +52,7 @@ def test_corrupt_record_is_one_line_error_by_default(data, tmp_path, capsys):
     assert cli.run(lambda: loop.train(cfg, str(tmp_path / "w"), mesh=_mesh(cfg))) == cli.EXIT_USER
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == [f"error: corrupt TFRecord: data CRC mismatch ({data['path']} record at byte {data['offset']}): "
-                     "an intact TFRecord file (rewrite the shard with data_prep.to_tfrecord)"]
+                     "an intact TFRecord file (rewrite the shard with llavaction-prep tfrecord)"]
 
 
 def test_skip_corrupt_records_counts_lists_and_consumes_the_rest(data, tmp_path, caplog):
@@ -158,4 +158,4 @@ def test_a_source_of_only_corrupt_records_is_an_error_not_an_endless_skip(data, 
         it.close()
     assert e.value.line() == (f"every record of a training source was skipped as corrupt ({N} records; the last: "
                               f"corrupt TFRecord: data CRC mismatch) ({path}): intact TFRecord files written by "
-                              "data_prep.to_tfrecord")
+                              "llavaction-prep tfrecord")

@@ -7,7 +7,7 @@ import pytest
 
 from configs import tiny
 from llavaction_jax import sharding as shd
-from llavaction_jax.train import loop, state as state_lib, step as step_lib, synthetic
+from llavaction_jax.train import loop, state as state_lib, step as step_lib, synthetic_batches
 
 SEQ_LEN = 64
 LR, PROJ_LR = 3e-3, 1e-4
@@ -28,7 +28,7 @@ def _mesh(cfg):
 
 
 def _arrays(cfg, n=8, seed=0):
-    return synthetic.synthetic_arrays(cfg, n, SEQ_LEN, seed=seed)
+    return synthetic_batches.synthetic_arrays(cfg, n, SEQ_LEN, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def runs(tmp_path_factory):
     for name, shape in (("one", (1, 1, 1)), ("eight", (2, 2, 2))):
         cfg = _config(shape)
         mesh = _mesh(cfg)
-        it = synthetic.ArrayBatchIterator(_arrays(cfg), cfg.data.global_batch_size, mesh, seed=0)
+        it = synthetic_batches.ArrayBatchIterator(_arrays(cfg), cfg.data.global_batch_size, mesh, seed=0)
         out[name] = loop.train(cfg, str(tmp_path_factory.mktemp(name)), train_iter=it, mesh=mesh)
     return out
 
@@ -71,7 +71,7 @@ def test_frozen_unchanged_and_first_adam_step_is_group_lr(runs):
     for a, b in zip(jax.tree.leaves(final["vision"]), jax.tree.leaves(p0["vision"])):
         np.testing.assert_array_equal(a, b)
     # One step: Adam's first update is lr * g / (|g| + eps) = lr wherever |g| >> eps.
-    it = synthetic.ArrayBatchIterator(_arrays(cfg), cfg.data.global_batch_size, mesh, seed=0)
+    it = synthetic_batches.ArrayBatchIterator(_arrays(cfg), cfg.data.global_batch_size, mesh, seed=0)
     new, _ = step_lib.jit_train_step(setup, cfg)(init, next(it))
     p1 = jax.device_get(new["params"])
     for path, lr in ((("llm", "layers", "mlp", "down_proj", "kernel"), LR),
@@ -92,7 +92,7 @@ def test_grad_accumulation_equals_full_batch():
         mesh = _mesh(cfg)
         setup = state_lib.build_setup(cfg, mesh)
         params = state_lib.init_state(setup, _config())["params"]
-        batch = next(synthetic.ArrayBatchIterator(_arrays(cfg, seed=3), 8, mesh, seed=0))
+        batch = next(synthetic_batches.ArrayBatchIterator(_arrays(cfg, seed=3), 8, mesh, seed=0))
         fn = jax.jit(step_lib.make_loss_and_grads(setup, cfg))
         loss, aux, g, n_tok, n_valid = fn(params, batch)
         grads[accum] = (float(loss), jax.device_get(g))
@@ -135,7 +135,7 @@ def test_empty_dataset_errors(tmp_path):
         loop.train(cfg, str(tmp_path / "a"), train_iter=_EmptyIterator(), mesh=_mesh(cfg))
     arrays = {k: v[:0] for k, v in _arrays(cfg).items()}
     with pytest.raises(ValueError, match="empty dataset"):
-        synthetic.ArrayBatchIterator(arrays, 8, _mesh(cfg))
+        synthetic_batches.ArrayBatchIterator(arrays, 8, _mesh(cfg))
     cfg.data.train_files = str(tmp_path / "nothing-*.tfrecord")
     from llavaction_jax.cli import UserError
     with pytest.raises(UserError, match=r"no TFRecord files match '.*nothing-\*\.tfrecord' \(empty dataset\) "

@@ -6,7 +6,7 @@ Built offline from a manual directory (default ``<data_dir>/downloads/manual``):
       annotations/  EPIC_100_validation.csv, [EPIC_100_train.csv], EPIC_100_verb_classes.csv,
                     EPIC_100_noun_classes_v2.csv, [EPIC_100_video_info.csv (fps for the frames layout)]
       predictions/  {avion,tim}_pred_ids_val.json, {avion,tim}_pred_ids_train.json (or ..._train_cross.json)
-      videos/       EK100 videos in any layout of data_prep/video.py (detected automatically)
+      videos/       EK100 videos in any layout of llavaction_jax/data/video.py (detected automatically)
       [mqa/{split}_{source}.jsonl]  optional precomputed questions; used instead of generating them
 
 Configs ``{8,16,32}f_{avion,tim,random}`` (384 px frames, 5 options) plus ``tiny_random`` / ``tiny_avion``
@@ -33,7 +33,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from data_prep.video import VideoError, VideoReader, detect_layout, load_video_fps
+from llavaction_jax.data.video import VideoError, VideoReader, detect_layout, load_video_fps
 
 # The "manual_dir/ ..." block of the module docstring.
 MANUAL_INSTRUCTIONS = __doc__.split("\n\n")[2]
@@ -147,7 +147,8 @@ class Ek100Mqa(tfds.core.GeneratorBasedBuilder):
         if pre.exists():
             with pre.open() as f:
                 return [json.loads(line) for line in f if line.strip()]
-        from data_prep import ek100, mqa, predictions
+        from llavaction_jax.data import ek100
+        from data_prep import mqa, predictions
         ann_dir = manual / "annotations"
         ann = ek100.load_annotations(os.fspath(ann_dir / SPLIT_CSVS[split]), with_video_info=False)
         preds = None

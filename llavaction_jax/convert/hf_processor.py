@@ -9,7 +9,7 @@ never the greedy argmax (the exported model generates exactly what ours does).
 
 `write_processor_files` writes what `AutoTokenizer` / `AutoImageProcessor` / `AutoVideoProcessor` /
 `AutoProcessor.from_pretrained(dir)` read, configured to match our preprocessing: squash-resize to the vision
-tower's size with bicubic resampling (PIL's, as data_prep.video.resize_frame), x/255, mean = std = 0.5 (SigLIP);
+tower's size with bicubic resampling (PIL's, as llavaction_jax.data.video.resize_frame), x/255, mean = std = 0.5 (SigLIP);
 `num_image_tokens` = (image_size / patch_size)^2 and `vision_feature_select_strategy` = "full", so the processor
 expands `<video>` to frames * ceil(side / 2)^2 + 1 tokens, our bilinear + one_token layout.
 
@@ -37,10 +37,10 @@ LM_HEAD_KEY = "language_model.lm_head.weight"
 PROCESSOR_CLASS = "LlavaOnevisionProcessor"
 VIDEO_CONFIG_FILE = "video_preprocessor_config.json"
 SAMPLING_KEY = "llavaction"
-# data_prep.video.segment_frame_ids: the midpoint of each of N equal segments of the clip (LLaVAction's
+# llavaction_jax.data.video.segment_frame_ids: the midpoint of each of N equal segments of the clip (LLaVAction's
 # utils.get_frame_ids).
 SAMPLING_RULE = "segment_midpoints"
-# PIL's resample enum: BICUBIC = 3 (data_prep.video.resize_frame's default).
+# PIL's resample enum: BICUBIC = 3 (llavaction_jax.data.video.resize_frame's default).
 PIL_BICUBIC = 3
 
 # ChatML as Qwen2 / LLaVA-NeXT's `qwen_1_5` (llavaction_jax.input.chat): <|im_start|>{role}\n{content}<|im_end|>\n,

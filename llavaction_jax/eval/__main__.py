@@ -12,7 +12,7 @@ llavaction-eval --checkpoint WORKDIR --step 10 --data 'val-*.tfrecord' --out OUT
 --eval NAME: the entry NAME of the checkpoint's config.evals (its type, data and fields; flags given override them).
 --type: the benchmark (ek100_mqa, recognition, generic_mc); default the entry's, else from --data: a generic MC
   JSONL ({"video", "start", "end", "question", "options", "answer"} per line) is generic_mc, anything else ek100_mqa.
---data: MQA JSONL (frames read from --video_root with data_prep.video, layout --video_layout), MQA TFRecords
+--data: MQA JSONL (frames read from --video_root with llavaction_jax.data.video, layout --video_layout), MQA TFRecords
   (comma-separated globs; frames inside), or a generic MC JSONL (relative video paths are under --video_root).
 Writes OUT/predictions.jsonl, OUT/fingerprint.json, OUT/summary.json, OUT/report.html (+ PNGs) on process 0 (OUT: a
 local dir or a URL such as gs://...). A rerun into the same OUT resumes only when the fingerprint (checkpoint,
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     distributed.initialize_from_env(args.coordinator_address, args.num_processes, args.process_id)
     import jax
     from llavaction_jax.eval import benchmarks
-    from llavaction_jax.eval.checkpoint import load_for_eval
+    from llavaction_jax.eval.loading import load_for_eval
     from llavaction_jax.eval.report import summary_rows
 
     if not args.eval:

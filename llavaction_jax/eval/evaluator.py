@@ -305,7 +305,7 @@ class Evaluator:
             if self.head_top_k > 1:
                 record["head_topk"] = best
         if "tokens" in local:
-            # As the original: decoded with special tokens skipped, then its parser (data_prep.prompts).
+            # As the original: decoded with special tokens skipped, then its parser (llavaction_jax.data.prompts).
             raw = self.tokenizer.decode(_strip_after_eos(local["tokens"][r], self.tokenizer.eos_id),
                                         skip_special_tokens=True)
             pred = parse_generation(raw, options, item.parser)

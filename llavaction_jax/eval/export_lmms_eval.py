@@ -2,15 +2,15 @@
 
     python -m llavaction_jax.eval.export_lmms_eval --mqa FILE --out DIR [--video_root ROOT] [--hf_export MODEL]
 
-FILE is EK100-MQA JSONL (data_prep.make_mqa). DIR receives
+FILE is EK100-MQA JSONL (llavaction-prep mqa). DIR receives
   <task>.yaml     the task config: `dataset_path: json` with `dataset_kwargs.data_files` pointing at data/test.jsonl
                   (absolute, so `datasets.load_dataset` finds it from any working directory), generate_until with
                   greedy decoding, two metrics (accuracy = the reference protocol, strict_accuracy = letter and text);
   utils.py        doc_to_visual / doc_to_text / doc_to_target / process_results / aggregation, standard library
-                  only, with LLaVAction's original answer parser (the same code as data_prep/prompts.py);
+                  only, with LLaVAction's original answer parser (the same code as llavaction_jax/data/prompts.py);
   data/test.jsonl one doc per question (id, clip, question, options, answer, answer_text, source, ...);
   clips/<id>.mp4  with --video_root: each question's clip is EXACTLY the frames our eval feeds the model -- the
-                  num_frames segment midpoints of [start, stop] (data_prep.video, LLaVAction's sampler), resized
+                  num_frames segment midpoints of [start, stop] (llavaction_jax.data.video, LLaVAction's sampler), resized
                   to the model's input size -- encoded losslessly (H.264 RGB, qp 0). A harness that samples
                   num_frames frames from the file then gets those frames whatever its rule: lmms-eval's llava_hf
                   takes `np.linspace(0, n - 1, max_frames_num, dtype=int)` (= every frame when n = max_frames_num)
@@ -35,6 +35,7 @@ import av
 import numpy as np
 
 from llavaction_jax import cli
+from llavaction_jax.data import prompts, video as video_lib
 
 DEFAULT_TASK = "ek100_mqa"
 UTILS_FILE = "utils.py"
@@ -47,7 +48,7 @@ UTILS_SOURCE = r'''"""lmms-eval task functions for EK100-MQA (written as utils.p
 
 Self-contained (standard library only): lmms-eval imports this file from the task directory; llavaction_jax need
 not be installed there. The answer parser is LLaVAction's (ek_eval.process_raw_pred + rstrip(",")), the same code as
-data_prep/prompts.py (tests/test_export_lmms_eval.py checks both give the same letters).
+llavaction_jax/data/prompts.py (tests/test_export_lmms_eval.py checks both give the same letters).
 
 Metrics (one doc = one question):
   accuracy         the reference protocol: the generation's answer TEXT (last "X. text" match, cut at its first ".")
@@ -225,7 +226,6 @@ metadata:
 
 
 def _doc(sample: dict, where: str) -> dict:
-    from data_prep import prompts
     from llavaction_jax.eval import samples
     samples.check_mqa_sample(sample, where)
     for key in ("video_id", "start_timestamp", "stop_timestamp"):
@@ -235,7 +235,7 @@ def _doc(sample: dict, where: str) -> dict:
     head = prompts.IMAGE_PLACEHOLDER + "\n"
     if not question.startswith(head) or question.count(prompts.IMAGE_PLACEHOLDER) != 1:
         raise cli.UserError("MQA question does not start with the one '<image>\\n' placeholder", where,
-                            "a human turn '<image>\\n<prompt>' as data_prep.make_mqa writes")
+                            "a human turn '<image>\\n<prompt>' as llavaction-prep mqa writes")
     doc = {k: sample.get(k) for k in DOC_FIELDS}
     doc["id"] = str(doc["id"])
     doc["answer"] = sample.get("answer") or None
@@ -335,7 +335,6 @@ def export(mqa_file: str, out_dir: str, task: str = DEFAULT_TASK, video_root: Op
         f.write(task_yaml(task, data_file, max_new_tokens, num_frames, time_instruction, command))
     clips = 0
     if video_root:
-        from data_prep import video as video_lib
         reader = video_lib.VideoReader(video_root, video_layout, size=clip_size, chunk_len=chunk_len, ext=ext,
                                        fps=fps)
         iterator = docs
@@ -359,7 +358,7 @@ def export(mqa_file: str, out_dir: str, task: str = DEFAULT_TASK, video_root: Op
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llavaction_jax.eval.export_lmms_eval",
                                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mqa", required=True, help="EK100-MQA JSONL (data_prep.make_mqa)")
+    parser.add_argument("--mqa", required=True, help="EK100-MQA JSONL (llavaction-prep mqa)")
     parser.add_argument("--out", required=True, help="task directory to write (lmms-eval --include_path DIR)")
     parser.add_argument("--task", default=DEFAULT_TASK, help="task name (default %(default)s)")
     parser.add_argument("--hf_export", default=None,

@@ -5,7 +5,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from data_prep import prompts
+from llavaction_jax.data import prompts
 from llavaction_jax.input.schema import PIXEL_LUT
 from llavaction_jax.eval.scoring import LETTERS
 

@@ -2,7 +2,7 @@
 
 A record holds: id, source, mode, options, answer (letter, or None when the ground truth is not among the options,
 as in recognition mode), verb_class / noun_class / action_id, option_actions (the "verb_class:noun_class" action
-of each option, as data_prep.mqa writes it, or None), and per method a prediction: "letter_pred" (option-letter scoring) and "gen_pred" (greedy generation parsed
+of each option, as llavaction-prep mqa writes it, or None), and per method a prediction: "letter_pred" (option-letter scoring) and "gen_pred" (greedy generation parsed
 with the reference parser; None when it matched no option). Recognition top-1 maps the chosen option back to its
 action: the predicted verb / noun / action is that option's verb class / noun class / "v:n" pair.
 """
@@ -45,7 +45,7 @@ def is_correct(record: Mapping, pred_field: str) -> bool:
 
 
 def split_action(action) -> tuple:
-    """"12:34" (data_prep.mqa's option_actions entries) -> (12, 34)."""
+    """"12:34" (option_actions entries of llavaction-prep mqa) -> (12, 34)."""
     verb, sep, noun = str(action).partition(":")
     if not sep or not verb.lstrip("-").isdigit() or not noun.lstrip("-").isdigit():
         raise ValueError(f"option action {action!r} is not of the form 'verb_class:noun_class'")

@@ -20,8 +20,8 @@ from typing import Callable, Iterator, List, Mapping, Optional
 import jax
 import numpy as np
 
-from data_prep import video as video_lib
-from data_prep.prompts import IMAGE_PLACEHOLDER
+from llavaction_jax.data import video as video_lib
+from llavaction_jax.data.prompts import IMAGE_PLACEHOLDER
 from llavaction_jax.cli import UserError
 from llavaction_jax.eval.items import EvalItem
 from llavaction_jax.eval.scoring import LETTERS
@@ -94,9 +94,9 @@ def mqa_jsonl_source(path: str, video_root: Optional[str], num_frames: int, imag
                      video_layout: str = "original", chunk_len: int = 15, ext: str = "MP4",
                      limit: Optional[int] = None, fps: Optional[float] = None,
                      fps_table: Optional[Mapping[str, float]] = None) -> Source:
-    """EK100-MQA JSONL with frames read from `video_root` (layout as data_prep.video); the root is required.
+    """EK100-MQA JSONL with frames read from `video_root` (layout as llavaction_jax.data.video); the root is required.
 
-    fps / fps_table (video_id -> fps, e.g. EPIC_100_video_info.csv) as data_prep.video.VideoReader: the extracted
+    fps / fps_table (video_id -> fps, e.g. EPIC_100_video_info.csv) as llavaction_jax.data.video.VideoReader: the extracted
     `frames` layout has no container to read a rate from and needs one of them.
     """
     if not video_root:
@@ -140,7 +140,7 @@ def parse_record(raw: bytes) -> dict:
     import tensorflow as tf
     f = tf.train.Example.FromString(raw).features.feature
     if "sample_json" not in f or not f["sample_json"].bytes_list.value:
-        raise ValueError("record has no 'sample_json' feature (not a data_prep.records / ek100_mqa record)")
+        raise ValueError("record has no 'sample_json' feature (not a llavaction_jax.data.records / ek100_mqa record)")
     return {"sample": json.loads(f["sample_json"].bytes_list.value[0].decode("utf-8")),
             "jpegs": list(f["frames"].bytes_list.value) if "frames" in f else []}
 
@@ -164,7 +164,7 @@ def tfrecord_files(pattern: str) -> List[str]:
 
 
 def tfrecord_source(pattern: str, num_frames: int, image_size: int, limit: Optional[int] = None) -> Source:
-    """MQA TFRecords (data_prep.records format; comma-separated globs). Frames stay JPEG until used, then go
+    """MQA TFRecords (llavaction_jax.data.records format; comma-separated globs). Frames stay JPEG until used, then go
     through the training decode (input.pipeline.decode_jpeg_frames): identical pixels in train and eval.
     `image_size`: the model's; frames of another size are resized as in training."""
     import tensorflow as tf
@@ -180,7 +180,7 @@ def tfrecord_source(pattern: str, num_frames: int, image_size: int, limit: Optio
         num_local = int(dataset.reduce(np.int64(0), lambda n, _: n + 1).numpy())
     except tf.errors.DataLossError as e:
         raise UserError(f"corrupt TFRecord data ({e.message.splitlines()[0]})", pattern,
-                        "intact records (re-run data_prep.to_tfrecord)") from None
+                        "intact records (re-run llavaction-prep tfrecord)") from None
 
     def iterate():
         seen = set()
@@ -190,7 +190,7 @@ def tfrecord_source(pattern: str, num_frames: int, image_size: int, limit: Optio
                 example = parse_record(raw)
             except (ValueError, UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise UserError(f"record {index} is not an MQA record ({e})", pattern,
-                                "TFRecords written by data_prep.to_tfrecord or the ek100_mqa TFDS builder") from None
+                                "TFRecords written by llavaction-prep tfrecord or the ek100_mqa TFDS builder") from None
             sample, jpegs = example["sample"], example["jpegs"]
             check_mqa_sample(sample, f"{pattern}: record {index}")
             if str(sample["id"]) in seen:

@@ -5,14 +5,13 @@ sit at the last REAL position of each row (sum(mask) - 1), not at column L - 1. 
 "C. take plate", whose first token is the bare letter for byte-level BPE tokenizers (the pre-tokenizer splits letters
 from punctuation); `letter_token_ids` checks that instead of assuming it.
 """
-import string
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-LETTERS = string.ascii_uppercase
+from llavaction_jax.data.prompts import LETTERS
 
 
 def letter_token_ids(tokenizer, num_letters: int = 26) -> np.ndarray:

@@ -11,7 +11,7 @@ Labels: system and user messages are ignored (-100); assistant messages are supe
 `<|im_start|>assistant\\n` header and trailing `<|im_end|>\\n`. The newline id, `<|im_start|>` and `<|im_end|>` are
 ALWAYS supervised, even inside system/user messages (the original's `unmask_tokens_idx`); video slots never are.
 """
-from data_prep.prompts import IMAGE_PLACEHOLDER  # noqa: F401 (the one definition; re-exported here)
+from llavaction_jax.data.prompts import IMAGE_PLACEHOLDER  # noqa: F401 (the one definition; re-exported here)
 
 IGNORE_INDEX = -100
 

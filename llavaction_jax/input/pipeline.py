@@ -6,10 +6,10 @@ Stages
 2. Order (mixture): the host's k-th example is a pure function of (seed, k): a weighted, block-stratified choice
    of source, then that source's per-epoch permutation. Exact resume = restart the stream at k.
 3. tf.data: a generator reads the raw records in that order; a parallel, order-preserving map parses them
-   (data_prep.records.FEATURE_SPEC), decodes the JPEG frames (uint8) and resizes them if needed. A record
+   (llavaction_jax.input.features.FEATURE_SPEC), decodes the JPEG frames (uint8) and resizes them if needed. A record
    failing its CRC or its parse is an error naming file and offset, or, with config.data.skip_corrupt_records,
    a skip (`Skipped`: counted, listed, still a position of the stream, so resume stays exact).
-4. Host stage (background thread): ChatML tokens + labels (chat.py; time instruction via data_prep.prompts),
+4. Host stage (background thread): ChatML tokens + labels (chat.py; time instruction via llavaction_jax.data.prompts),
    truncation of text beyond max_length (counted, warned; video slots are never cut), right padding to the
    smallest length bucket that fits the row, stacking into numpy batches. With config.data.packing the
    training rows are packed instead (packing.py: greedy first-fit in stream order, several samples per row
@@ -31,8 +31,8 @@ import numpy as np
 import tensorflow as tf
 from jax.experimental import multihost_utils
 
-from data_prep import prompts
-from data_prep.records import FEATURE_SPEC
+from llavaction_jax.data import prompts
+from llavaction_jax.input.features import FEATURE_SPEC
 from llavaction_jax.cli import UserError
 from llavaction_jax.input import chat, mixture, packing, recordio
 
@@ -233,7 +233,7 @@ class _DecodedRecords:
                     raise self.error from None
                 where = _where(self.locations[min(self.locations)]) if self.locations else "a TFRecord file"
                 raise UserError(f"record does not decode as a training sample: {_first_line(e)}", where,
-                                "records written by data_prep.to_tfrecord with config.data.num_frames frames "
+                                "records written by llavaction-prep tfrecord with config.data.num_frames frames "
                                 "per video") from None
             k = int(k)
             for gap in range(expected, k):
@@ -562,7 +562,7 @@ class _TrainProducer:
                 files = sorted(set(self.indexes[s].files))
                 raise UserError(f"every record of a training source was skipped as corrupt ({len(self.indexes[s])} "
                                 f"records; the last: {ex.record['reason']})", ", ".join(files),
-                                "intact TFRecord files written by data_prep.to_tfrecord")
+                                "intact TFRecord files written by llavaction-prep tfrecord")
             yield got, ex, None
 
     def host_batches(self, k0):
@@ -632,7 +632,7 @@ class TrainIterator:
                 # e.g. zero-byte shards (a valid, empty TFRecord file: tf.data would just yield nothing)
                 raise UserError(f"no training records in {', '.join(map(str, patterns))} for process {pi} of {pc}",
                                 "config.data.train_files", "TFRecord shards holding records (a zero-byte shard is "
-                                "empty: rewrite it with data_prep.to_tfrecord)")
+                                "empty: rewrite it with llavaction-prep tfrecord)")
         self.weights = mixture.normalise_weights(tuple(config.data.mixture_weights), len(self.sources))
         self.schedule = mixture.MixtureSchedule(self.weights, self.seed)
         self.text = TextStage(config, tok, with_answer=True)

@@ -11,15 +11,14 @@ different sample.
 import os
 import struct
 
-import google_crc32c
 import numpy as np
 import tensorflow as tf
 
 from llavaction_jax.cli import UserError
+from llavaction_jax.data.tfrecord import masked_crc
 
 _HEADER = 12   # uint64 length + uint32 masked crc of the length
 _FOOTER = 4    # uint32 masked crc of the data
-_MASK_DELTA = 0xA282EAD8
 
 
 class CorruptRecordError(UserError):
@@ -30,15 +29,9 @@ class NoFilesError(UserError, FileNotFoundError):
     """A data glob that matches no file (a FileNotFoundError too, for callers that catch that)."""
 
 
-def masked_crc(data: bytes) -> int:
-    """TFRecord's masked CRC32C (tensorflow/core/lib/hash/crc32c.h: rotate right by 15, add a constant)."""
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
-
-
 def _corrupt(path, pos, what):
     return CorruptRecordError(f"corrupt TFRecord: {what}", f"{path} record at byte {pos}",
-                              "an intact TFRecord file (rewrite the shard with data_prep.to_tfrecord)")
+                              "an intact TFRecord file (rewrite the shard with llavaction-prep tfrecord)")
 
 
 def _open(path):

@@ -27,7 +27,7 @@ from llavaction_jax.train import checkpointing, metrics as metrics_lib, optimize
 from llavaction_jax.train import goodput as goodput_lib, profiling
 from llavaction_jax.train import state as state_lib
 from llavaction_jax.train import step as step_lib
-from llavaction_jax.train import synthetic
+from llavaction_jax.train import synthetic_batches
 from llavaction_jax.train import trackers as trackers_lib
 
 # Metrics that must stay finite for a state to be worth keeping.
@@ -273,8 +273,8 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
     try:
         if train_iter is None and int(tc.synthetic_samples) > 0:
             seq_len = int(tc.synthetic_seq_len) or int(config.data.max_length)
-            arrays = synthetic.synthetic_arrays(config, int(tc.synthetic_samples), seq_len, seed=int(config.seed))
-            train_iter = synthetic.ArrayBatchIterator(arrays, int(config.data.global_batch_size), mesh,
+            arrays = synthetic_batches.synthetic_arrays(config, int(tc.synthetic_samples), seq_len, seed=int(config.seed))
+            train_iter = synthetic_batches.ArrayBatchIterator(arrays, int(config.data.global_batch_size), mesh,
                                                       seed=int(config.seed))
         elif train_iter is None:
             train_iter = make_train_iterator(config, mesh)

@@ -2,11 +2,12 @@
 letters / generate / strict protocols with accuracy per distractor source, mode, verb and noun (metrics.summarize)."""
 import os
 
+from llavaction_jax.data import ek100, video
 from llavaction_jax.eval import samples
 from llavaction_jax.eval.benchmarks import base
 
 NAME = "ek100_mqa"
-# video_root: where an MQA JSONL's videos are (TFRecords need none); the rest as data_prep.video.VideoReader.
+# video_root: where an MQA JSONL's videos are (TFRecords need none); the rest as llavaction_jax.data.video.VideoReader.
 DEFAULTS = dict(video_root=None, video_layout="original", chunk_len=15, fps=None, fps_csv=None)
 
 
@@ -19,20 +20,16 @@ def make_source(config, eval_cfg) -> samples.Source:
     base.jsonl_file(eval_cfg)
     fps_table = None
     if eval_cfg.fps_csv:
-        from data_prep.video import load_video_fps
-        fps_table = load_video_fps(str(eval_cfg.fps_csv))
+        fps_table = video.load_video_fps(str(eval_cfg.fps_csv))
     return samples.mqa_jsonl_source(data, eval_cfg.video_root, frames, size, str(eval_cfg.video_layout),
                                     int(eval_cfg.chunk_len), limit=limit,
                                     fps=None if eval_cfg.fps is None else float(eval_cfg.fps), fps_table=fps_table)
 
 
 def class_names():
-    """EK100 verb / noun names for the report (the class CSVs embedded in data_prep/assets)."""
-    from data_prep import ek100
-    assets = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-        __file__))))), "data_prep", "assets", "ek100_sample")
-    verbs = ek100.load_verb_texts(os.path.join(assets, ek100.VERB_CLASSES_CSV))
-    nouns = ek100.load_noun_texts(os.path.join(assets, ek100.NOUN_CLASSES_CSV))
+    """EK100 verb / noun names for the report (the class CSVs shipped with llavaction_jax.data)."""
+    verbs = ek100.load_verb_texts(os.path.join(ek100.SAMPLE_DIR, ek100.VERB_CLASSES_CSV))
+    nouns = ek100.load_noun_texts(os.path.join(ek100.SAMPLE_DIR, ek100.NOUN_CLASSES_CSV))
     return dict(enumerate(verbs)), dict(enumerate(nouns))
 
 

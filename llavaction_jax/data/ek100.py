@@ -15,6 +15,7 @@ import collections
 import contextlib
 import csv
 import dataclasses
+import importlib.resources
 import os
 import re
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
@@ -305,5 +306,5 @@ def load_annotations(csv_path: str, label_csvs: Optional[Sequence[str]] = None,
 
 
 # A small subset of the official files shipped with the package (demo, tests); see its README for the credit.
-SAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "ek100_sample")
+SAMPLE_DIR = str(importlib.resources.files("llavaction_jax.data").joinpath("assets", "ek100_sample"))
 SAMPLE_VALIDATION_CSV = os.path.join(SAMPLE_DIR, "EPIC_100_validation.csv")

@@ -6,9 +6,12 @@ space after the perspective prefix in the direct-narration and caption prompts, 
 the time instruction and the task prompt are all intentional. Tests assert them verbatim, so do not "tidy" these strings.
 """
 import re
+import string
 from typing import Mapping, Optional, Sequence
 
 IMAGE_PLACEHOLDER = "<image>"
+# The option letters of a multiple-choice question, in order ("A. ...", "B. ...").
+LETTERS = string.ascii_uppercase
 SYSTEM_PROMPT = "You are a helpful assistant."
 
 # First-person prefix; ends with a space (so f"{PERSPECTIVE_PREFIX} ..." yields a double space).

@@ -34,7 +34,7 @@ import av
 import numpy as np
 from PIL import Image
 
-LAYOUTS = ("original", "chunks", "frames")
+VIDEO_DIR_LAYOUTS = ("original", "chunks", "frames")
 
 INTERPOLATIONS = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -247,8 +247,8 @@ class VideoReader:
     def __init__(self, root: str, layout: str = "original", size: int | None = 384, interp: str = "bicubic",
                  fps: float | None = None, fps_table: dict[str, float] | None = None, chunk_len: int = 15,
                  ext: str = "MP4", end_tolerance: float = 1.0, seek_gap: int = 64):
-        if layout not in LAYOUTS:
-            raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+        if layout not in VIDEO_DIR_LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; expected one of {VIDEO_DIR_LAYOUTS}")
         if interp not in INTERPOLATIONS:
             raise ValueError(f"unknown interpolation {interp!r}; expected one of {sorted(INTERPOLATIONS)}")
         if chunk_len <= 0:

@@ -13,26 +13,28 @@ Two kinds of content:
 * Frame-index videos (``frame_index_video``): every frame carries its own global 0-based frame index as a
   grid of bright/dark blocks (robust to H.264 and resizing), read back with ``decode_frame_index``.
 
-All videos can be written in the three layouts the reader supports (see data_prep/video.py):
+All videos can be written in the three layouts the reader supports (see llavaction_jax/data/video.py):
 ``original`` (``<root>/P01/videos/P01_01.MP4``), ``chunks`` (``<root>/P01/P01_01.MP4/<sec>.MP4``) and
 ``frames`` (``<root>/P01/P01_01/frame_0000000001.jpg``). Everything is deterministic given the seed.
 """
 from __future__ import annotations
 
-import fractions
+import csv
+import json
 import math
 import os
 import re
+import shutil
 import sys
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
-import av
 import numpy as np
 from PIL import Image
 
-from data_prep.ek100 import AnnotationError
-
-from data_prep.video import LAYOUTS, participant_of
+from llavaction_jax import argparsing, cli
+from llavaction_jax.data.ek100 import AnnotationError
+from llavaction_jax.data.video import VIDEO_DIR_LAYOUTS, participant_of
+from llavaction_jax.data.video_writer import write_video
 
 NOUN_COLOURS = np.array([
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -41,75 +43,6 @@ NOUN_COLOURS = np.array([
 SHAPES = ("square", "disk", "triangle")
 MOTIONS = ("linear", "back_and_forth", "zigzag")
 PATHS = ("through", "outward")
-
-
-# ----------------------------------------------------------------------------- writers
-
-def _rate(fps: float) -> fractions.Fraction:
-    return fractions.Fraction(str(fps)).limit_denominator(100000)
-
-
-def write_mp4(path: str, frames: Iterable[np.ndarray], fps: float, crf: int = 18, gop_seconds: float = 1.0,
-              preset: str = "veryfast") -> int:
-    """Encode RGB uint8 frames (even H and W) to an H.264 MP4 with a keyframe every ``gop_seconds``."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    n = 0
-    with av.open(path, "w") as c:
-        s = None
-        for img in frames:
-            if s is None:
-                s = c.add_stream("libx264", rate=_rate(fps))
-                s.height, s.width = img.shape[:2]
-                s.pix_fmt = "yuv420p"
-                s.options = {"g": str(max(1, int(round(gop_seconds * fps)))), "crf": str(crf), "preset": preset}
-            for p in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
-                c.mux(p)
-            n += 1
-        if s is None:
-            raise ValueError(f"{path}: no frames to write")
-        for p in s.encode():
-            c.mux(p)
-    return n
-
-
-def write_video(frame_fn: Callable[[int], np.ndarray], num_frames: int, root: str, layout: str, video_id: str,
-                fps: float, chunk_len: int = 15, ext: str = "MP4", participant_id: str | None = None,
-                crf: int = 18, jpeg_quality: int = 95) -> list[str]:
-    """Write global frames ``frame_fn(0..num_frames-1)`` of one video in ``layout``; returns written paths.
-
-    Chunk c (named ``<c>.MP4``, c a multiple of chunk_len) holds the frames whose time g/fps lies in
-    [c, c + chunk_len), which is how data_prep.video maps frames to chunks.
-    """
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
-    if num_frames <= 0:
-        raise ValueError(f"{video_id}: num_frames must be positive, got {num_frames}")
-    pid = participant_id or participant_of(video_id)
-    if layout == "original":
-        path = os.path.join(root, pid, "videos", f"{video_id}.{ext}")
-        write_mp4(path, (frame_fn(g) for g in range(num_frames)), fps, crf)
-        return [path]
-    if layout == "chunks":
-        paths = []
-        chunk = 0
-        while True:
-            first = math.ceil(chunk * fps - 1e-9)
-            last = min(math.ceil((chunk + chunk_len) * fps - 1e-9), num_frames)
-            if first >= num_frames:
-                break
-            path = os.path.join(root, pid, f"{video_id}.{ext}", f"{chunk}.{ext}")
-            write_mp4(path, (frame_fn(g) for g in range(first, last)), fps, crf)
-            paths.append(path)
-            chunk += chunk_len
-        return paths
-    frames_dir = os.path.join(root, pid, video_id)
-    os.makedirs(frames_dir, exist_ok=True)
-    paths = []
-    for g in range(num_frames):
-        path = os.path.join(frames_dir, f"frame_{g + 1:010d}.jpg")
-        Image.fromarray(frame_fn(g)).save(path, format="JPEG", quality=jpeg_quality)
-        paths.append(path)
-    return paths
 
 
 # ----------------------------------------------------------------------------- frame-index videos
@@ -268,8 +201,8 @@ def make_synthetic_dataset(rows: Sequence[dict], root: str, layout: str = "origi
     'start_timestamp'/'stop_timestamp' and, when present in the input, 'start'/'stop' fields).
     ``path``: the object's path (PATHS).
     """
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+    if layout not in VIDEO_DIR_LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {VIDEO_DIR_LAYOUTS}")
     _check_path(path)
     by_video: dict[str, list[dict]] = {}
     all_rows = []
@@ -335,14 +268,10 @@ def synthesize_from_csv(csv_path: str, out_dir: str, layout: str = "original", m
     CSVs found next to ``csv_path`` -- i.e. a ready ``manual_dir`` for the ek100_mqa TFDS builder and input for
     data_prep.make_mqa.
     """
-    import csv as csv_mod
-    import json
-    import shutil
-    from data_prep.ek100 import AnnotationError
     if not os.path.isfile(csv_path):
         raise FileNotFoundError(f"annotation file not found: {csv_path}")
     with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv_mod.reader(f)
+        reader = csv.reader(f)
         try:
             header = next(reader, None)
             if header is None or tuple(header[:13]) != EK100_HEADER_PREFIX:
@@ -376,7 +305,7 @@ def synthesize_from_csv(csv_path: str, out_dir: str, layout: str = "original", m
     ann_dir = os.path.join(out_dir, "annotations")
     os.makedirs(ann_dir, exist_ok=True)
     with open(os.path.join(ann_dir, os.path.basename(csv_path)), "w", newline="") as f:
-        writer = csv_mod.writer(f)
+        writer = csv.writer(f)
         writer.writerow(header)
         for line, row in zip(lines, summary["rows"]):
             start, stop = row["start_timestamp"], row["stop_timestamp"]
@@ -397,13 +326,12 @@ def synthesize_from_csv(csv_path: str, out_dir: str, layout: str = "original", m
 
 
 def main(argv=None) -> int:
-    from llavaction_jax import argparsing
-    p = argparsing.ArgumentParser(prog="python -m data_prep.synthetic",
+    p = argparsing.ArgumentParser(prog="python -m data_prep.synthetic_videos",
                                 description="Write synthetic EK100-style videos for rows of an EK100 CSV and the "
                                             "CSV re-timed to match (a manual_dir for the ek100_mqa builder).")
     p.add_argument("--csv", required=True, help="EK100 segment CSV, e.g. EPIC_100_validation.csv")
     p.add_argument("--out", required=True, help="output dir for the videos")
-    p.add_argument("--layout", default="original", choices=list(LAYOUTS), help="video layout to write")
+    p.add_argument("--layout", default="original", choices=list(VIDEO_DIR_LAYOUTS), help="video layout to write")
     p.add_argument("--max_rows", type=int, default=32, help="CSV rows to make clips for")
     p.add_argument("--video_ids", default="", help="comma-separated video ids to keep (default: all)")
     p.add_argument("--fps", type=float, default=30.0, help="frame rate of the videos")
@@ -424,5 +352,4 @@ def main(argv=None) -> int:
 USER_ERRORS = (AnnotationError, FileNotFoundError)
 
 if __name__ == "__main__":
-    from llavaction_jax import cli
     sys.exit(cli.run(main, user_errors=USER_ERRORS))

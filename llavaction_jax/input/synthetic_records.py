@@ -1,4 +1,4 @@
-"""Small synthetic MQA TFRecord shards in the data_prep.records format (for tests, benchmarks and smoke runs).
+"""Small synthetic MQA TFRecord shards in the llavaction_jax.data.records format (for tests, benchmarks and smoke runs).
 
 Each sample's frames are noise images seeded by the sample index, so pixel checks can recompute them; prompts
 vary in length so that length buckets are exercised.
@@ -8,7 +8,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from data_prep.records import encode_example, encode_jpeg
+from llavaction_jax.data.records import encode_example, encode_jpeg
 
 VERBS = ("take", "open", "close", "wash", "cut", "put", "turn on", "pour")
 NOUNS = ("plate", "fridge", "knife", "tap", "onion", "cup", "drawer", "pan")
