@@ -26,7 +26,7 @@ import tensorflow as tf  # noqa: E402
 
 from configs import tiny  # noqa: E402
 from llavaction_jax.data.records import decode_example_py  # noqa: E402
-from llavaction_jax.input import pipeline, recordio, synthetic_records  # noqa: E402
+from llavaction_jax.input import recordio, synthetic_records, text_stage, train_iterator  # noqa: E402
 from llavaction_jax.input.tokenizer import train_tiny_tokenizer  # noqa: E402
 from llavaction_jax.model import num_video_tokens  # noqa: E402
 from llavaction_jax.sharding import make_mesh  # noqa: E402
@@ -68,8 +68,8 @@ def main():
     index = recordio.RecordIndex(paths)
     reader = recordio.RecordReader(index)
     records = [decode_example_py(reader.read(i)) for i in range(len(index))]
-    text = pipeline.TextStage(cfg, tok)
-    it = pipeline.make_train_iterator(cfg, mesh, tok)
+    text = text_stage.TextStage(cfg, tok)
+    it = train_iterator.make_train_iterator(cfg, mesh, tok)
     t0 = time.perf_counter()
     jax.block_until_ready(next(it))
     first = time.perf_counter() - t0

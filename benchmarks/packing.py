@@ -4,7 +4,7 @@
 
 Pad fraction = padding tokens / all tokens of the padded batches (what the decoder computes on). The batches
 are formed exactly as the training pipeline forms them, from per-sample token counts in stream order:
-unpacked = `rows` samples per batch padded to pipeline.pad_length of the longest; packed = packing.RowPacker
+unpacked = `rows` samples per batch padded to batching.pad_length of the longest; packed = packing.RowPacker
 (first fit in stream order, `max_length` tokens and P videos per row) padded to pad_length of the fullest row.
 
 (a) the demo mixture: llavaction_demo.data_stage.build_data's training MQA JSONL (built into --demo_workdir, reused
@@ -17,7 +17,6 @@ Also printed: samples per batch, padded tokens per sample (the decoder cost of o
 rows, the fraction of vision-tower video slots that hold a real video (unused slots still run SigLIP).
 """
 import argparse
-import json
 import os
 import sys
 
@@ -26,8 +25,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from configs import llavaction_7b  # noqa: E402
 from llavaction_jax.input import packing  # noqa: E402
-from llavaction_jax.input.pipeline import pad_length  # noqa: E402
+from llavaction_jax.input.batching import pad_length  # noqa: E402
+from llavaction_jax.input.text_stage import TextStage  # noqa: E402
+from llavaction_jax.input.tokenizer import Tokenizer  # noqa: E402
+from llavaction_jax.model import num_video_tokens  # noqa: E402
 
 PROPOSED_7B = (4096, 8192, 14336, 16384)
 
@@ -69,14 +72,12 @@ def demo_lengths(workdir, seed=0):
     """(token counts, has_video) of the demo's training samples in a shuffled stream order, and its config."""
     from configs import demo as demo_cfg
     from llavaction_demo import data_stage, train_eval
-    from llavaction_jax.input.pipeline import TextStage
     cfg = demo_cfg.get_config()
     jsonl = os.path.join(workdir, "data", "train_mqa.jsonl")
     if not os.path.exists(jsonl):
         data_stage.build_data(cfg, workdir, quiet=True)
     tok_dir = os.path.join(workdir, "tokenizer")
     if os.path.exists(os.path.join(tok_dir, "tokenizer.json")):
-        from llavaction_jax.input.tokenizer import Tokenizer
         tok = Tokenizer.load(tok_dir, video_token_id=cfg.model.video_token_id)
     else:
         data = {"train": {"jsonl": jsonl}, "eval": {"jsonl": os.path.join(workdir, "data", "eval_mqa.jsonl")}}
@@ -91,8 +92,6 @@ def demo_lengths(workdir, seed=0):
 
 def ek100_7b_lengths(n, weights=(0.6, 0.2, 0.2), seed=0):
     """Token counts of a 7B stream: kind 0 = 64-frame MQA, 1 = 16-frame MQA, 2 = text-only (see module doc)."""
-    from configs import llavaction_7b
-    from llavaction_jax.model import num_video_tokens
     cfg = llavaction_7b.get_config()
     video = {0: num_video_tokens(cfg.model, 64), 1: num_video_tokens(cfg.model, 16)}
     rng = np.random.default_rng(seed)

@@ -41,6 +41,7 @@ from configs import loader
 from llavaction_jax import argparsing, cli
 from llavaction_jax import slices as slices_lib
 from llavaction_jax.cli import UserError
+from llavaction_jax.input.batching import pad_length
 
 GiB = 1024 ** 3
 # HBM per JAX device (a chip; v4/v5p megacore chips are one device each by default).
@@ -290,7 +291,6 @@ def compile_train_step(config, devices, topology: str = "", *, count_flops: bool
         fits = None if hbm is None else total <= hbm
         flops = _xla_flops(compiled) or None
     # FLOPs at the length a typical sample is padded to (memory above at max_length, the worst case).
-    from llavaction_jax.input.pipeline import pad_length
     flops_len = pad_length(sample_tokens, config.data.length_buckets, seq_len)
     executed, kernels = executed_flops(config, devices, flops_len) if count_flops else (None, None)
     return AotReport(

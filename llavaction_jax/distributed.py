@@ -1,18 +1,24 @@
-"""Multi-process JAX start-up from the environment (call once, before anything touches a JAX device).
+"""Multi-process JAX: start-up from the environment, and the small host collectives every part shares.
 
-Order of precedence:
+Start-up (`initialize_from_env`, call once, before anything touches a JAX device), order of precedence:
 1. explicit arguments / flags, or JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID: passed to
    jax.distributed.initialize as overrides;
 2. a multi-process cluster that jax.distributed.initialize() detects itself (its cluster detectors: SLURM with
    SLURM_NTASKS > 1, Open MPI's mpirun with OMPI_COMM_WORLD_SIZE > 1, Cloud TPU VMs / pods): initialize() with no
    arguments, so JAX reads the coordinator, process count and id (JAX_COORDINATOR_PORT sets the port);
 3. otherwise a single process: nothing to do.
+
+Collectives (`allgather_ints`, `gather_json`, `broadcast_json`): host-side values (stream positions, counts, JSON
+records) exchanged between processes, each a no-op on one process. Every process must call them in the same order.
 """
+import json
 import os
-from typing import Mapping, Optional
+from typing import List, Mapping, Optional
 
 import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 
 def _on_tpu_vm(env: Mapping[str, str]) -> bool:
@@ -72,3 +78,38 @@ def initialize_from_env(coordinator_address: Optional[str] = None, num_processes
     logging.info("jax.distributed.initialize(%s) (%s)", kwargs, detected_cluster(os.environ) or "explicit")
     jax.distributed.initialize(**kwargs)
     return True
+
+
+def allgather_ints(values) -> np.ndarray:
+    """[process_count, len(values)] int64: every host's `values` (one tiny allgather; none on one process)."""
+    local = np.asarray(values, np.int64).reshape(1, -1)
+    if jax.process_count() == 1:
+        return local
+    return np.asarray(multihost_utils.process_allgather(local[0])).reshape(jax.process_count(), -1)
+
+
+def gather_json(local: List) -> List:
+    """Every host's list items on every host, host-major order; one pair of allgathers (lengths, then bytes)."""
+    if jax.process_count() == 1:
+        return list(local)
+    payload = np.frombuffer(json.dumps(local).encode("utf-8"), np.uint8)
+    sizes = multihost_utils.process_allgather(np.asarray([payload.size], np.int64)).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:payload.size] = payload
+    everything = multihost_utils.process_allgather(padded)
+    out = []
+    for host, size in enumerate(sizes):
+        out.extend(json.loads(everything[host, :int(size)].tobytes().decode("utf-8")))
+    return out
+
+
+def broadcast_json(obj):
+    """Process 0's JSON-able `obj` on every host."""
+    if jax.process_count() == 1:
+        return obj
+    payload = np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8) if jax.process_index() == 0 \
+        else np.zeros(0, np.uint8)
+    size = int(multihost_utils.broadcast_one_to_all(np.asarray([payload.size], np.int64))[0])
+    padded = np.zeros(size, np.uint8)
+    padded[:payload.size] = payload
+    return json.loads(np.asarray(multihost_utils.broadcast_one_to_all(padded)).tobytes().decode("utf-8"))

@@ -6,9 +6,9 @@ TensorFlow registers: local paths, `file://`, `gs://` (and `s3://`, `hdfs://` wh
 (TF's in-memory filesystem, which the tests use as an offline non-local scheme). A `file://` URL is turned into its
 plain path first (`normalize`), so local runs keep using the OS and Orbax (whose epath layer knows no `file://`).
 
-Outputs go through `check_output` (a path with a scheme never becomes a local folder `./gs:/...`) and whole
+Outputs go through `check_output` (a path with a scheme never becomes a local folder `./gs:/...`), whole
 directories through `staged_dir` (written aside, then swapped in: readers and a failed write never see half of
-one, as Orbax commits a checkpoint).
+one, as Orbax commits a checkpoint) and single files through `atomic_path` / `atomic_write` (the same for one file).
 """
 import contextlib
 import os
@@ -173,19 +173,50 @@ def read_text(path: str) -> str:
         return f.read()
 
 
-def atomic_write(path: str, data) -> None:
-    """Readers see the old file or the whole new one. Where rename is atomic (local, ram://) a temp file is
-    renamed over `path`; an object store's rename is copy + delete, so there the final name is written once:
-    an object becomes visible only when its upload completes, which is the same guarantee."""
-    mode = "wb" if isinstance(data, bytes) else "w"
-    if scheme(path) in ("", "ram"):
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open_file(tmp, mode) as f:
-            f.write(data)
-        tf.io.gfile.rename(tmp, path, overwrite=True)
+def publish(tmp: str, path: str) -> None:
+    """Moves the complete local file `tmp` to `path` in one step readers can see: they find the old file or the
+    whole new one. Locally a rename over `path`; to ram:// a copy aside, then a rename; to an object store
+    (gs://) a copy to the final name (an object becomes visible only when its upload completes, the same
+    guarantee; its rename would be copy + delete)."""
+    path = normalize(path)
+    if not is_url(path):
+        os.replace(tmp, path)
+        return
+    if scheme(path) in VOLATILE_SCHEMES:
+        aside = f"{path}.tmp-{os.getpid()}"
+        tf.io.gfile.copy(tmp, aside, overwrite=True)
+        tf.io.gfile.rename(aside, path, overwrite=True)
     else:
-        with open_file(path, mode) as f:
-            f.write(data)
+        tf.io.gfile.copy(tmp, path, overwrite=True)
+    os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, suffix: str = ""):
+    """Yields a local file path to write the whole of `path` to, with any writer (open(), safetensors, a video
+    encoder); on success it is `publish`ed over `path`, on an error removed, and `path` is left as it was.
+    `suffix`: the temp name's ending, for writers that choose the format by extension ('.mp4')."""
+    path = normalize(path)
+    if is_url(path):
+        fd, tmp = tempfile.mkstemp(prefix="llavaction-", suffix=suffix)
+        os.close(fd)
+    else:
+        tmp = f"{path}.tmp-{os.getpid()}{suffix}"      # a sibling: same filesystem, so the rename is atomic
+    try:
+        yield tmp
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
+    publish(tmp, path)
+
+
+def atomic_write(path: str, data) -> None:
+    """Writes `data` (str, or bytes) to `path` atomically (`atomic_path`)."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(payload)
 
 
 def copy_tree(src: str, dst: str) -> None:

@@ -462,7 +462,7 @@ def test_cli_export_of_a_training_run_takes_its_tokenizer_and_latest_eval(export
 
 IMPORT_ORDER_SCRIPT = """
 import sys
-import llavaction_jax.input.pipeline   # the input pipeline (TensorFlow) first, as in the demo and the eval CLI
+import llavaction_jax.input.train_iterator   # the input pipeline (TensorFlow) first, as in the demo and the eval CLI
 import torchvision  # noqa: F401
 from transformers import AutoProcessor
 processor = AutoProcessor.from_pretrained(sys.argv[1])

@@ -366,7 +366,7 @@ def test_video_qa_gets_the_original_generic_time_instruction(tmp_path):
     """LLaVA-Video-178K style samples: "<image>\\n{The video lasts for %.2f ... this video.}\\n" + the human value
     with <image> removed (LazySupervisedDataset._get_item, non-EK100 branch); EK100 samples keep theirs."""
     from configs import tiny
-    from llavaction_jax.input import pipeline
+    from llavaction_jax.input import text_stage
     from llavaction_jax.input.tokenizer import train_tiny_tokenizer
     rec = {"id": "v1", "video": "academic/v1.mp4", "duration": 12.345, "data_source": "nextqa",
            "conversations": [{"from": "human", "value": "<image>\nWhat happens?"}, {"from": "gpt", "value": "Rain."}]}
@@ -381,7 +381,7 @@ def test_video_qa_gets_the_original_generic_time_instruction(tmp_path):
     # The training text stage applies it (decoded back from the tokens it feeds the model).
     cfg = tiny.get_config()
     tok = train_tiny_tokenizer([want, "Rain.", prompts.SYSTEM_PROMPT] * 20, str(tmp_path / "tok"), vocab_size=300)
-    stage = pipeline.TextStage(cfg, tok)
+    stage = text_stage.TextStage(cfg, tok)
     _, ids, labels, _ = stage(json.dumps(sample), True)
     text = tok.decode([i for i in ids if i != tok.video_token_id])
     assert "The video lasts for 12.35 seconds, and %d frames are uniformly sampled" % cfg.data.num_frames in text

@@ -14,8 +14,9 @@ from llavaction_jax.data import prompts
 from data_prep import synthetic_videos
 from llavaction_jax import sharding as shd
 from llavaction_jax.cli import UserError
+from llavaction_jax.distributed import gather_json
 from llavaction_jax.eval import metrics, samples as samples_lib, scoring
-from llavaction_jax.eval.evaluator import Evaluator, gather_records
+from llavaction_jax.eval.evaluator import Evaluator
 from llavaction_jax.eval.items import EvalItem
 from llavaction_jax.input.chat import tokenize_prompt
 from llavaction_jax.input.tokenizer import train_tiny_tokenizer
@@ -180,6 +181,6 @@ def test_generic_mc_jsonl_through_evaluator(setup, tmp_path):
         samples_lib.tfrecord_source(str(tmp_path / "none-*.tfrecord"), 4, 32)
 
 
-def test_gather_records_single_process():
+def test_gather_json_single_process():
     recs = [{"id": "a"}, {"id": "b"}]
-    assert gather_records(recs) == recs
+    assert gather_json(recs) == recs

@@ -33,7 +33,7 @@ def worker(pid, port, workdir):
 
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid,
                                initialization_timeout=60)
-    from llavaction_jax.input import pipeline
+    from llavaction_jax.input import eval_iterator, train_iterator
     from llavaction_jax.input.tokenizer import Tokenizer
 
     mesh = Mesh(np.array(jax.devices()).reshape(2, 2, 1), ("data", "fsdp", "tensor"))
@@ -41,7 +41,7 @@ def worker(pid, port, workdir):
     out = {}
     # 4 files: sharded by file (2 each); 3 files: sharded by record (every other record).
     for name in ("by_file", "by_record"):
-        it = pipeline.make_train_iterator(_config(os.path.join(workdir, name, "train-*")), mesh, tok, seed=0)
+        it = train_iterator.make_train_iterator(_config(os.path.join(workdir, name, "train-*")), mesh, tok, seed=0)
         batches = []
         for _ in range(3):
             batch = next(it)
@@ -51,7 +51,7 @@ def worker(pid, port, workdir):
         out[name] = {"batches": batches, "state": it.get_state(), "local_batch": it.local_batch_size}
     cfg = _config("", eval_files=os.path.join(workdir, "eval", "eval-*"))
     out["eval"] = [{"ids": ids, "valid": np.asarray(multihost_utils.process_allgather(b["valid"], tiled=True)).tolist()}
-                   for b, ids in pipeline.make_eval_iterator(cfg, mesh, tok, batch_size=8)]
+                   for b, ids in eval_iterator.make_eval_iterator(cfg, mesh, tok, batch_size=8)]
     with open(os.path.join(workdir, f"host{pid}.json"), "w") as f:
         json.dump(out, f)
     jax.distributed.shutdown()
@@ -89,14 +89,14 @@ def test_two_hosts_read_every_sample_exactly_once(tmp_path):
         assert p.returncode == 0, log[-3000:]
     hosts = [json.load(open(tmp_path / f"host{pid}.json")) for pid in range(2)]
 
-    from llavaction_jax.input import pipeline
+    from llavaction_jax.input import batching, text_stage
     from llavaction_jax.input.tokenizer import Tokenizer
     cfg = _config("")
-    text = pipeline.TextStage(cfg, Tokenizer.load(str(tmp_path / "tok"), video_token_id=3))
+    text = text_stage.TextStage(cfg, Tokenizer.load(str(tmp_path / "tok"), video_token_id=3))
 
     def bucket(sample_ids, table):
         longest = max(len(text(json.dumps(table[sid]), True)[1]) for sid in sample_ids)
-        return pipeline.pad_length(longest, cfg.data.length_buckets, cfg.data.max_length)
+        return batching.pad_length(longest, cfg.data.length_buckets, cfg.data.max_length)
 
     differing = 0
     for name in ("by_file", "by_record"):

@@ -13,7 +13,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from configs import tiny
 from llavaction_jax.data.records import encode_example, encode_jpeg
-from llavaction_jax.input import packing, pipeline, synthetic_records
+from llavaction_jax.input import decode, packing, synthetic_records, text_stage, train_iterator
 from llavaction_jax.input.chat import IGNORE_INDEX
 from llavaction_jax.input.schema import normalize_pixels
 from llavaction_jax.input.tokenizer import train_tiny_tokenizer
@@ -106,7 +106,7 @@ def test_pack_rows_exact_layout():
 @pytest.fixture(scope="module")
 def packed_run(data, mesh):
     """Three packed batches (host numpy), their per-row ids and the iterator state after each."""
-    it = pipeline.make_train_iterator(config(data["files"]), mesh, data["tok"], seed=1)
+    it = train_iterator.make_train_iterator(config(data["files"]), mesh, data["tok"], seed=1)
     out = []
     for _ in range(3):
         batch = next(it)
@@ -117,7 +117,7 @@ def packed_run(data, mesh):
 
 def test_packed_batch_structure(data, mesh, packed_run):
     cfg = config(data["files"])
-    text = pipeline.TextStage(cfg, data["tok"])
+    text = text_stage.TextStage(cfg, data["tok"])
     first = packed_run[0]
     b, batch = first["batch"], first["sharding"]
     length = b["input_ids"].shape[1]
@@ -155,7 +155,7 @@ def test_packed_batch_structure(data, mesh, packed_run):
             if has_video:
                 frames = synthetic_records.sample_frames(data["frames"][sid], F, S)
                 decoded = np.stack([tf.io.decode_jpeg(encode_jpeg(f, quality=95),
-                                                      dct_method=pipeline.JPEG_DCT_METHOD).numpy()
+                                                      dct_method=decode.JPEG_DCT_METHOD).numpy()
                                         for f in frames])
                 np.testing.assert_array_equal(b["pixel_values"][row, video], decoded)     # uint8, as decoded
                 assert b["actions"][row, video].tolist() == [sample["verb_class"], sample["noun_class"],
@@ -170,14 +170,14 @@ def test_packed_batch_structure(data, mesh, packed_run):
 
 def test_packer_is_first_fit_in_stream_order(data, mesh, packed_run):
     """The packed batches hold the stream's samples in order, as RowPacker's first fit places them."""
-    unpacked = pipeline.make_train_iterator(config(data["files"], packed=False), mesh, data["tok"], seed=1)
+    unpacked = train_iterator.make_train_iterator(config(data["files"], packed=False), mesh, data["tok"], seed=1)
     stream = []
     while len(stream) < 80:
         next(unpacked)
         stream += unpacked.last_ids
     unpacked.close()
     cfg = config(data["files"])
-    text = pipeline.TextStage(cfg, data["tok"])
+    text = text_stage.TextStage(cfg, data["tok"])
     pos = 0
     for got in packed_run:
         packer = packing.RowPacker(8, MAX_LEN, P)
@@ -193,7 +193,7 @@ def test_packer_is_first_fit_in_stream_order(data, mesh, packed_run):
 
 def test_exact_resume_with_packing(data, mesh, packed_run):
     cfg = config(data["files"])
-    it = pipeline.make_train_iterator(cfg, mesh, data["tok"], seed=1)
+    it = train_iterator.make_train_iterator(cfg, mesh, data["tok"], seed=1)
     state = packed_run[0]["state"]
     assert state["packing"] is True and len(state["examples_per_process"]) == 1
     with pytest.raises(ValueError, match="examples_per_process for 2 processes"):
@@ -207,7 +207,7 @@ def test_exact_resume_with_packing(data, mesh, packed_run):
         assert it.get_state() == want["state"]
     it.close()
     # A packed state cannot silently resume an unpacked stream whose hosts would disagree; an equal-k one can.
-    unpacked = pipeline.make_train_iterator(config(data["files"], packed=False), mesh, data["tok"], seed=1)
+    unpacked = train_iterator.make_train_iterator(config(data["files"], packed=False), mesh, data["tok"], seed=1)
     unpacked.set_state(state)
     assert unpacked.get_state()["examples"] == state["examples_per_process"][0]
     unpacked.close()

@@ -10,7 +10,7 @@ from jax.sharding import Mesh, PartitionSpec
 from configs import tiny
 from llavaction_jax.data import prompts
 from llavaction_jax.data.records import encode_example, encode_jpeg
-from llavaction_jax.input import mixture, pipeline, synthetic_records
+from llavaction_jax.input import batching, decode, eval_iterator, mixture, synthetic_records, text_stage, train_iterator
 from llavaction_jax.input.chat import IGNORE_INDEX, tokenize_conversation, tokenize_prompt
 from llavaction_jax.input.schema import normalize_pixels
 from llavaction_jax.input.tokenizer import train_tiny_tokenizer
@@ -65,7 +65,7 @@ def expected_tokens(tok, sample, with_answer=True):
 
 def test_batch_layout_sharding_and_tokens(data, mesh):
     tok = data["tok"]
-    it = pipeline.make_train_iterator(config(data["train"]), mesh, tok, seed=3)
+    it = train_iterator.make_train_iterator(config(data["train"]), mesh, tok, seed=3)
     batch = next(it)
     assert sorted(batch) == ["actions", "attention_mask", "input_ids", "labels", "pixel_values"]
     length = batch["input_ids"].shape[1]
@@ -96,7 +96,7 @@ def test_batch_layout_sharding_and_tokens(data, mesh):
 def test_pixels_are_decoded_exactly_and_normalised_on_device(data, mesh):
     """Frames reach the device as the decoded uint8 values; the step's on-device normalisation gives numpy's
     float32 (x/255 - 0.5)/0.5 bit for bit."""
-    it = pipeline.make_train_iterator(config(data["train"]), mesh, data["tok"], seed=0)
+    it = train_iterator.make_train_iterator(config(data["train"]), mesh, data["tok"], seed=0)
     batch = next(it)
     b = host(batch)
     normalised = np.asarray(jax.jit(normalize_pixels)(batch["pixel_values"]))
@@ -104,7 +104,7 @@ def test_pixels_are_decoded_exactly_and_normalised_on_device(data, mesh):
     for row, sid in enumerate(it.last_ids):
         index = data["train_jpegs"][sid]
         frames = synthetic_records.sample_frames(index, F, S)
-        decoded = np.stack([tf.io.decode_jpeg(encode_jpeg(f, quality=95), dct_method=pipeline.JPEG_DCT_METHOD).numpy()
+        decoded = np.stack([tf.io.decode_jpeg(encode_jpeg(f, quality=95), dct_method=decode.JPEG_DCT_METHOD).numpy()
                             for f in frames])
         np.testing.assert_array_equal(b["pixel_values"][row], decoded)
         want = (decoded.astype(np.float32) / np.float32(255.0) - np.float32(0.5)) / np.float32(0.5)
@@ -119,14 +119,14 @@ def test_resize_and_frame_count_errors(tmp_path, data, mesh):
     with tf.io.TFRecordWriter(path) as w:
         w.write(encode_example(sample, [encode_jpeg(flat)] * F, [0.0] * F))
     cfg = config(path, global_batch_size=8)
-    b = host(next(pipeline.make_train_iterator(cfg, mesh, data["tok"])))
+    b = host(next(train_iterator.make_train_iterator(cfg, mesh, data["tok"])))
     assert b["pixel_values"].shape == (8, F, S, S, 3)
     np.testing.assert_allclose(b["pixel_values"].astype(np.int32), 200, atol=1)
     bad = str(tmp_path / "bad.tfrecord")
     with tf.io.TFRecordWriter(bad) as w:
         w.write(encode_example(synthetic_records.make_sample(1, "bad"), [encode_jpeg(flat)] * 3, [0.0] * 3))
     with pytest.raises(Exception, match="bad000001"):
-        next(pipeline.make_train_iterator(config(bad), mesh, data["tok"]))
+        next(train_iterator.make_train_iterator(config(bad), mesh, data["tok"]))
 
 
 def test_text_only_sample_and_thread_cleanup(tmp_path, data, mesh):
@@ -141,7 +141,7 @@ def test_text_only_sample_and_thread_cleanup(tmp_path, data, mesh):
         return sum(t.name == "input-host-stage" for t in threading.enumerate())
     gc.collect()
     before = stage_threads()
-    it = pipeline.make_train_iterator(config(path), mesh, data["tok"])
+    it = train_iterator.make_train_iterator(config(path), mesh, data["tok"])
     b = host(next(it))
     ids, labels = tokenize_conversation(data["tok"], sample["conversations"], 0, prompts.SYSTEM_PROMPT)
     assert b["input_ids"][0, :len(ids)].tolist() == ids and b["labels"][0, :len(labels)].tolist() == labels
@@ -153,25 +153,25 @@ def test_text_only_sample_and_thread_cleanup(tmp_path, data, mesh):
 
 
 def test_length_buckets_and_truncation(data, mesh):
-    assert pipeline.pad_length(1, (128, 256), 256) == 128
-    assert pipeline.pad_length(128, (128, 256), 256) == 128
-    assert pipeline.pad_length(129, (256, 128), 256) == 256
-    assert pipeline.pad_length(200, (128, 512), 200) == 200
+    assert batching.pad_length(1, (128, 256), 256) == 128
+    assert batching.pad_length(128, (128, 256), 256) == 128
+    assert batching.pad_length(129, (256, 128), 256) == 256
+    assert batching.pad_length(200, (128, 512), 200) == 200
     with pytest.raises(ValueError, match="exceeds max_length"):
-        pipeline.pad_length(300, (128, 256), 256)
+        batching.pad_length(300, (128, 256), 256)
     tok = data["tok"]
-    short = pipeline.make_train_iterator(config(data["short"]), mesh, tok)
+    short = train_iterator.make_train_iterator(config(data["short"]), mesh, tok)
     assert [next(short)["input_ids"].shape for _ in range(2)] == [(8, 192)] * 2
     assert short.num_truncated == 0
     # Long prompts (> max_length=256): text cut at 256, counted, video slots intact, never a crash.
-    long_it = pipeline.make_train_iterator(config(data["long"]), mesh, tok)
+    long_it = train_iterator.make_train_iterator(config(data["long"]), mesh, tok)
     b = host(next(long_it))
     assert b["input_ids"].shape == (8, 256) and long_it.num_truncated == 8
     assert (b["attention_mask"] == 1).all() and ((b["input_ids"] == 3).sum(axis=1) == NV).all()
     full, labels = expected_tokens(tok, data["samples"][long_it.last_ids[0]])
     assert len(full) > 256 and b["input_ids"][0].tolist() == full[:256] and b["labels"][0].tolist() == labels[:256]
     # A too-long generation prompt keeps its assistant header: the question's end is cut instead.
-    prompts_stage = pipeline.TextStage(config(), tok, with_answer=False)
+    prompts_stage = text_stage.TextStage(config(), tok, with_answer=False)
     sample = data["samples"][long_it.last_ids[0]]
     sid, ids, _, cut = prompts_stage(json.dumps(sample), True)
     prompt, _ = expected_tokens(tok, sample, with_answer=False)
@@ -181,15 +181,15 @@ def test_length_buckets_and_truncation(data, mesh):
 
 def test_video_slots_are_never_truncated(data):
     cfg = config(add_time_instruction=False, max_length=64)
-    text = pipeline.TextStage(cfg, data["tok"])
+    text = text_stage.TextStage(cfg, data["tok"])
     sample = synthetic_records.make_sample(5, "v")
     sample["conversations"][0]["value"] = "word " * 60 + sample["conversations"][0]["value"]
     with pytest.raises(ValueError, match="'v000005'.*video tokens end at"):
         text(json.dumps(sample), True)
     with pytest.raises(ValueError, match="no room for text"):
-        pipeline.TextStage(config(max_length=30), data["tok"])
+        text_stage.TextStage(config(max_length=30), data["tok"])
     # Bad samples are reported with their id and what was expected.
-    timed = pipeline.TextStage(config(), data["tok"])
+    timed = text_stage.TextStage(config(), data["tok"])
     sample = synthetic_records.make_sample(6, "q")
     sample["conversations"][0]["value"] = "Question first <image>"
     with pytest.raises(ValueError, match="'q000006'.*must start with '<image>"):
@@ -211,15 +211,15 @@ def run_batches(it, n):
 
 def test_epochs_visit_every_sample_once_and_reshuffle(data, mesh):
     cfg = config(data["train"], global_batch_size=4)
-    ids = [sid for _, batch_ids in run_batches(pipeline.make_train_iterator(cfg, mesh, data["tok"], seed=1), 10)
+    ids = [sid for _, batch_ids in run_batches(train_iterator.make_train_iterator(cfg, mesh, data["tok"], seed=1), 10)
            for sid in batch_ids]
     epoch0, epoch1 = ids[:20], ids[20:]
     assert sorted(epoch0) == sorted(epoch1) == sorted(f"s{i:06d}" for i in range(20))
     assert epoch0 != epoch1                    # a new permutation each epoch
-    again = [sid for _, b in run_batches(pipeline.make_train_iterator(cfg, mesh, data["tok"], seed=1), 5)
+    again = [sid for _, b in run_batches(train_iterator.make_train_iterator(cfg, mesh, data["tok"], seed=1), 5)
              for sid in b]
     assert again == ids[:20]                   # a pure function of (seed, epoch)
-    other = [sid for _, b in run_batches(pipeline.make_train_iterator(cfg, mesh, data["tok"], seed=2), 5)
+    other = [sid for _, b in run_batches(train_iterator.make_train_iterator(cfg, mesh, data["tok"], seed=2), 5)
              for sid in b]
     assert other != ids[:20] and sorted(other) == sorted(epoch0)
 
@@ -227,16 +227,16 @@ def test_epochs_visit_every_sample_once_and_reshuffle(data, mesh):
 def test_exact_resume_across_epoch_boundary(data, mesh):
     tok = data["tok"]
     cfg = config(f"{data['train']},{data['short']}", mixture_weights=(0.7, 0.3))
-    reference = run_batches(pipeline.make_train_iterator(cfg, mesh, tok, seed=5), 7)
-    first = pipeline.make_train_iterator(cfg, mesh, tok, seed=5)
+    reference = run_batches(train_iterator.make_train_iterator(cfg, mesh, tok, seed=5), 7)
+    first = train_iterator.make_train_iterator(cfg, mesh, tok, seed=5)
     run_batches(first, 2)
     state = json.loads(json.dumps(first.get_state()))       # must survive a JSON round trip
     assert state["examples"] == 16 and sum(state["draws_per_source"]) == 16
-    resumed = pipeline.make_train_iterator(cfg, mesh, tok, seed=5)
+    resumed = train_iterator.make_train_iterator(cfg, mesh, tok, seed=5)
     resumed.set_state(state)
     tail = run_batches(resumed, 5)
     # The source of 20 records wraps into its second epoch within these batches.
-    assert pipeline.TrainIterator.epochs(resumed)[0] >= 1
+    assert train_iterator.TrainIterator.epochs(resumed)[0] >= 1
     for (want, want_ids), (got, got_ids) in zip(reference[2:], tail):
         assert got_ids == want_ids
         for key in want:
@@ -245,9 +245,9 @@ def test_exact_resume_across_epoch_boundary(data, mesh):
     resumed.set_state(state)
     assert run_batches(resumed, 1)[0][1] == reference[2][1]
     with pytest.raises(ValueError, match="seed"):
-        pipeline.make_train_iterator(cfg, mesh, tok, seed=6).set_state(state)
+        train_iterator.make_train_iterator(cfg, mesh, tok, seed=6).set_state(state)
     with pytest.raises(ValueError, match="mixture weights"):
-        pipeline.make_train_iterator(config(cfg.data.train_files, mixture_weights=(0.5, 0.5)), mesh, tok,
+        train_iterator.make_train_iterator(config(cfg.data.train_files, mixture_weights=(0.5, 0.5)), mesh, tok,
                                      seed=5).set_state(state)
 
 
@@ -265,7 +265,7 @@ def test_mixture_proportions_are_exact_and_deterministic(data, mesh):
         mixture.normalise_weights((1, 2, 3), 2)
     # End to end: which source each row came from follows the schedule exactly.
     cfg = config(f"{data['train']},{data['short']}", mixture_weights=(3, 1))
-    it = pipeline.make_train_iterator(cfg, mesh, data["tok"], seed=0)
+    it = train_iterator.make_train_iterator(cfg, mesh, data["tok"], seed=0)
     ids = [sid for _, b in run_batches(it, 4) for sid in b]
     assert [0 if sid.startswith("s") else 1 for sid in ids] == draws[:32].tolist()
 
@@ -273,7 +273,7 @@ def test_mixture_proportions_are_exact_and_deterministic(data, mesh):
 def test_eval_iterator_one_ordered_pass_with_padding(data, mesh):
     tok = data["tok"]
     cfg = config(eval_files=data["eval"])
-    it = pipeline.make_eval_iterator(cfg, mesh, tok, batch_size=8)
+    it = eval_iterator.make_eval_iterator(cfg, mesh, tok, batch_size=8)
     assert len(it) == 3
     seen = []
     # File order then record order: eval-00000 holds samples 300,303,..., eval-00001 301,304,... .
@@ -293,5 +293,5 @@ def test_eval_iterator_one_ordered_pass_with_padding(data, mesh):
         assert (b["labels"] == IGNORE_INDEX).all()
         assert batch["valid"].sharding.spec == PartitionSpec(("data", "fsdp"))
     assert seen == order and b["valid"].sum() == 3
-    answers = next(iter(pipeline.make_eval_iterator(cfg, mesh, tok, batch_size=8, with_answer=True)))[0]
+    answers = next(iter(eval_iterator.make_eval_iterator(cfg, mesh, tok, batch_size=8, with_answer=True)))[0]
     assert (np.asarray(answers["labels"]) != IGNORE_INDEX).any()

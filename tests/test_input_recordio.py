@@ -11,7 +11,7 @@ from jax.sharding import Mesh
 
 from configs import tiny
 from llavaction_jax.cli import UserError
-from llavaction_jax.input import pipeline, recordio, synthetic_records
+from llavaction_jax.input import recordio, synthetic_records, train_iterator
 from llavaction_jax.input.tokenizer import train_tiny_tokenizer
 
 F, S = 4, 32
@@ -84,7 +84,7 @@ def test_training_iterator_stops_on_a_corrupt_record(shard, tmp_path):
     itself (not a tf.data error with a traceback in its message)."""
     bad = str(tmp_path / "train-00000-of-00001.tfrecord")
     pos = _flip_answer_letter(shard["path"], bad, record=0)
-    it = pipeline.make_train_iterator(_config(bad), _mesh(), shard["tok"], seed=0)
+    it = train_iterator.make_train_iterator(_config(bad), _mesh(), shard["tok"], seed=0)
     try:
         with pytest.raises(recordio.CorruptRecordError, match=rf"data CRC mismatch \({bad} record at byte {pos}\)"):
             for _ in range(4):        # 3 batches of 2 = one epoch: the damaged record is reached
@@ -100,7 +100,7 @@ def test_wrong_schema_record_names_the_file(shard, tmp_path):
             ex = tf.train.Example(features=tf.train.Features(feature={
                 "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"x"]))}))
             w.write(ex.SerializeToString())
-    it = pipeline.make_train_iterator(_config(bad), _mesh(), shard["tok"], seed=0)
+    it = train_iterator.make_train_iterator(_config(bad), _mesh(), shard["tok"], seed=0)
     try:
         with pytest.raises(UserError, match=rf"record does not decode as a training sample: .*\({bad} record at "
                                             r"byte 0\): records written by llavaction-prep tfrecord"):

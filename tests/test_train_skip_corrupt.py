@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from llavaction_jax import cli
 from llavaction_jax.cli import UserError
-from llavaction_jax.input import mixture, pipeline, recordio, synthetic_records
+from llavaction_jax.input import mixture, recordio, synthetic_records, train_iterator
 from llavaction_jax.input.tokenizer import Tokenizer, train_tiny_tokenizer
 from llavaction_jax.train import loop
 
@@ -115,9 +115,9 @@ def test_skips_are_deterministic_and_resume_exactly(data, tmp_path, packing):
     cfg.data.update(train_files=path, skip_corrupt_records=True, global_batch_size=2, packing=packing)
     mesh = _mesh(cfg)
     tok = Tokenizer.load(cfg.data.tokenizer_path, video_token_id=cfg.model.video_token_id)
-    full = pipeline.make_train_iterator(cfg, mesh, tok, seed=0)
-    part = pipeline.make_train_iterator(cfg, mesh, tok, seed=0)
-    rest = pipeline.make_train_iterator(cfg, mesh, tok, seed=0)
+    full = train_iterator.make_train_iterator(cfg, mesh, tok, seed=0)
+    part = train_iterator.make_train_iterator(cfg, mesh, tok, seed=0)
+    rest = train_iterator.make_train_iterator(cfg, mesh, tok, seed=0)
     try:
         expected = _take(full, 8)            # 16 samples: more than two epochs of the 6 intact records
         head = _take(part, 3)
@@ -150,7 +150,7 @@ def test_a_source_of_only_corrupt_records_is_an_error_not_an_endless_skip(data, 
             _flip_middle_byte(path, record)
     cfg.data.update(train_files=path, skip_corrupt_records=True, global_batch_size=2)
     tok = Tokenizer.load(cfg.data.tokenizer_path, video_token_id=cfg.model.video_token_id)
-    it = pipeline.make_train_iterator(cfg, _mesh(cfg), tok, seed=0)
+    it = train_iterator.make_train_iterator(cfg, _mesh(cfg), tok, seed=0)
     try:
         with pytest.raises(UserError) as e:
             next(it)

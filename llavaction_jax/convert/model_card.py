@@ -15,6 +15,8 @@ import os
 import re
 from typing import Mapping, Optional, Sequence
 
+from llavaction_jax import fs
+
 EXPORT_EVAL_HEADING = "## Evaluation of this export"
 SOURCE_EVAL_HEADING = "## The JAX model it was exported from (not this checkpoint)"
 
@@ -260,9 +262,7 @@ def measure_export(export_dir: str, data: str, out_dir: str, video_root: Optiona
     with open(card_path, encoding="utf-8") as f:
         card = f.read()
     card = replace_section(card, EXPORT_EVAL_HEADING, export_eval_section(measured))
-    with open(card_path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(card)
-    os.replace(card_path + ".tmp", card_path)
+    fs.atomic_write(card_path, card)
     return measured
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from llavaction_jax import fs
 from llavaction_jax.cli import UserError
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -178,7 +179,7 @@ def write_sharded(tensors: Iterable[Tuple[str, np.ndarray]], out_dir: str, max_s
     n = len(tmp_names)
     for i, (tmp, keys) in enumerate(zip(tmp_names, shards)):
         final = SINGLE_NAME if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-        os.replace(os.path.join(out_dir, tmp), os.path.join(out_dir, final))
+        fs.publish(os.path.join(out_dir, tmp), os.path.join(out_dir, final))
         for k in keys:
             weight_map[k] = final
     if n > 1:

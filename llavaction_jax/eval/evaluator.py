@@ -16,15 +16,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding
 from tqdm import tqdm
 
 from llavaction_jax import sharding as sharding_lib
 from llavaction_jax.cli import UserError
+from llavaction_jax.distributed import allgather_ints, gather_json
 from llavaction_jax.eval import scoring
 from llavaction_jax.eval.items import EvalItem, parse_generation, written_letter
 from llavaction_jax.eval.metrics import METHODS
-from llavaction_jax.input.pipeline import TextStage
+from llavaction_jax.input.text_stage import TextStage
 from llavaction_jax.input.schema import normalize_pixels
 from llavaction_jax.model.generate import prefill_and_generate
 from llavaction_jax.model import num_video_tokens
@@ -170,14 +170,14 @@ class Evaluator:
         """
         skip = {str(x) for x in skip_ids}
         pending = (it for it in items if str(it.sample.get("id")) not in skip)
-        total = int(np.sum(_allgather_ints([num_local]))) - len(skip)
+        total = int(np.sum(allgather_ints([num_local]))) - len(skip)
         bar = tqdm(total=max(total, 0), desc="eval", unit="q", dynamic_ncols=True, file=sys.stderr,
                    disable=not progress or jax.process_index() != 0)
         records, self.failures = [], []
         try:
             while True:
                 chunk, failures = self._next_chunk(pending)
-                counts = _allgather_ints([len(chunk), len(failures)]).reshape(-1, 2)
+                counts = allgather_ints([len(chunk), len(failures)]).reshape(-1, 2)
                 if counts[:, 0].sum() == 0 and counts[:, 1].sum() == 0:
                     break
                 local = self._run_batch(chunk) if counts[:, 0].sum() else []
@@ -315,41 +315,3 @@ class Evaluator:
             record.update(gen_pred=pred, gen_correct=pred is not None and pred == answer, raw_generation=raw,
                           gen_letter=written, strict_pred=strict, strict_correct=strict is not None and strict == answer)
         return record
-
-
-def _allgather_ints(values) -> np.ndarray:
-    """[process_count, len(values)] int64: every host's values (one allgather; none on one process)."""
-    local = np.asarray(values, np.int64).reshape(1, -1)
-    if jax.process_count() == 1:
-        return local
-    return np.asarray(multihost_utils.process_allgather(local[0])).reshape(jax.process_count(), -1)
-
-
-def gather_json(local: List) -> List:
-    """Every host's list items on every host, host-major order; one pair of allgathers (lengths, then bytes)."""
-    if jax.process_count() == 1:
-        return list(local)
-    payload = np.frombuffer(json.dumps(local).encode("utf-8"), np.uint8)
-    sizes = multihost_utils.process_allgather(np.asarray([payload.size], np.int64)).reshape(-1)
-    padded = np.zeros(int(sizes.max()), np.uint8)
-    padded[:payload.size] = payload
-    everything = multihost_utils.process_allgather(padded)
-    out = []
-    for host, size in enumerate(sizes):
-        out.extend(json.loads(everything[host, :int(size)].tobytes().decode("utf-8")))
-    return out
-
-
-def broadcast_json(obj):
-    """Process 0's JSON-able `obj` on every host."""
-    if jax.process_count() == 1:
-        return obj
-    payload = np.frombuffer(json.dumps(obj).encode("utf-8"), np.uint8) if jax.process_index() == 0 \
-        else np.zeros(0, np.uint8)
-    size = int(multihost_utils.broadcast_one_to_all(np.asarray([payload.size], np.int64))[0])
-    padded = np.zeros(size, np.uint8)
-    padded[:payload.size] = payload
-    return json.loads(np.asarray(multihost_utils.broadcast_one_to_all(padded)).tobytes().decode("utf-8"))
-
-
-gather_records = gather_json

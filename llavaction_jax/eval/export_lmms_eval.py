@@ -34,7 +34,7 @@ from typing import List, Optional
 import av
 import numpy as np
 
-from llavaction_jax import cli
+from llavaction_jax import cli, fs
 from llavaction_jax.data import prompts, video as video_lib
 
 DEFAULT_TASK = "ek100_mqa"
@@ -344,11 +344,11 @@ def export(mqa_file: str, out_dir: str, task: str = DEFAULT_TASK, video_root: Op
         for d in iterator:
             path = os.path.join(out_dir, CLIPS_DIR, d["clip"])
             try:
-                cut_clip(reader, d, path + ".tmp.mp4", num_frames)
+                with fs.atomic_path(path, suffix=".mp4") as tmp:
+                    cut_clip(reader, d, tmp, num_frames)
             except video_lib.VideoError as e:
                 raise cli.UserError(f"cannot cut the clip of question {d['id']!r}: {e}", video_root,
                                     f"videos readable in the {video_layout!r} layout") from None
-            os.replace(path + ".tmp.mp4", path)
             clips += 1
     return {"task": task, "yaml": os.path.join(out_dir, f"{task}.yaml"), "data": data_file,
             "num_docs": len(docs), "clips": clips, "num_frames": int(num_frames), "clip_size": clip_size,

@@ -6,9 +6,11 @@ from typing import Callable, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
+from llavaction_jax import fs
 from llavaction_jax.cli import UserError
+from llavaction_jax.distributed import allgather_ints, broadcast_json
 from llavaction_jax.eval import fingerprint as fingerprint_lib, metrics, report
-from llavaction_jax.eval.evaluator import Evaluator, _allgather_ints, broadcast_json
+from llavaction_jax.eval.evaluator import Evaluator
 
 PREDICTIONS_FILE = "predictions.jsonl"
 FAILURES_FILE = "failures.jsonl"
@@ -16,11 +18,7 @@ SUMMARY_FILE = "summary.json"
 
 
 def _atomic_write_lines(path: str, rows: Sequence[Mapping]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    fs.atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def read_partial_predictions(path: str) -> list:
@@ -104,10 +102,7 @@ def write_outputs(out_dir: str, records: Sequence[Mapping], summary: Mapping, fr
     # Final files in source order: identical whether the run was interrupted and resumed or not.
     _atomic_write_lines(paths["predictions"], _in_source_order(records))
     _atomic_write_lines(paths["failures"], _in_source_order(failures))
-    tmp = paths["summary"] + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(tmp, paths["summary"])
+    fs.atomic_write(paths["summary"], json.dumps(summary, indent=2))
     paths.update(report.write_report(out_dir, summary, records, frames, verb_names, title, failures=failures,
                                      provenance=provenance, noun_names=noun_names))
     return paths
@@ -132,7 +127,7 @@ def evaluate_source(model, tokenizer, config, mesh, source, out_dir: Optional[st
     """
     evaluator = Evaluator(model, tokenizer, config, mesh, methods=methods, batch_size=batch_size,
                           max_new_tokens=max_new_tokens, head_top_k=head_top_k)
-    total = int(np.sum(_allgather_ints([source.num_local])))
+    total = int(np.sum(allgather_ints([source.num_local])))
     if total == 0:
         raise UserError("the eval data holds no samples", "--data", "at least one sample")
     writer = PredictionWriter(out_dir, resume=resume, fingerprint=fingerprint) if out_dir else None

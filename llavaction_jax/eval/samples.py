@@ -19,12 +19,15 @@ from typing import Callable, Iterator, List, Mapping, Optional
 
 import jax
 import numpy as np
+import tensorflow as tf
 
 from llavaction_jax.data import video as video_lib
 from llavaction_jax.data.prompts import IMAGE_PLACEHOLDER
 from llavaction_jax.cli import UserError
 from llavaction_jax.eval.items import EvalItem
 from llavaction_jax.eval.scoring import LETTERS
+from llavaction_jax.input.decode import decode_jpeg_frames
+from llavaction_jax.input.recordio import NoFilesError, expand_pattern
 
 
 class SampleError(UserError, ValueError):
@@ -137,7 +140,6 @@ def check_unique_ids(ids: List[str], where: str) -> None:
 
 def parse_record(raw: bytes) -> dict:
     """MQA record bytes -> {"sample": dict, "jpegs": [bytes]} (frames stay JPEG until used)."""
-    import tensorflow as tf
     f = tf.train.Example.FromString(raw).features.feature
     if "sample_json" not in f or not f["sample_json"].bytes_list.value:
         raise ValueError("record has no 'sample_json' feature (not a llavaction_jax.data.records / ek100_mqa record)")
@@ -148,7 +150,6 @@ def parse_record(raw: bytes) -> dict:
 def tfrecord_files(pattern: str) -> List[str]:
     """The files of comma-separated TFRecord globs (local or any fs scheme); EVERY glob must match a file (as
     the trainer's data globs): one that matches nothing is a typo that would silently score fewer samples."""
-    from llavaction_jax.input.recordio import NoFilesError, expand_pattern
     globs = [p.strip() for p in pattern.split(",") if p.strip()]
     if not globs:
         raise MissingDataError(f"no TFRecord glob in {pattern!r}", "--data", "a .jsonl file or TFRecord glob(s)")
@@ -165,10 +166,8 @@ def tfrecord_files(pattern: str) -> List[str]:
 
 def tfrecord_source(pattern: str, num_frames: int, image_size: int, limit: Optional[int] = None) -> Source:
     """MQA TFRecords (llavaction_jax.data.records format; comma-separated globs). Frames stay JPEG until used, then go
-    through the training decode (input.pipeline.decode_jpeg_frames): identical pixels in train and eval.
+    through the training decode (input.decode.decode_jpeg_frames): identical pixels in train and eval.
     `image_size`: the model's; frames of another size are resized as in training."""
-    import tensorflow as tf
-    from llavaction_jax.input.pipeline import decode_jpeg_frames
     files = tfrecord_files(pattern)
     pid, nproc = _host_slice()
     dataset = tf.data.TFRecordDataset(files)

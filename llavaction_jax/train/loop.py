@@ -18,11 +18,18 @@ from typing import Callable, Iterator, Mapping, Optional
 import jax
 import numpy as np
 from absl import logging
+from flax import nnx
 from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from llavaction_jax import fs
 from llavaction_jax import sharding as shd
 from llavaction_jax.cli import UserError
+from llavaction_jax.convert import api
+from llavaction_jax.convert.mapping import CheckpointMismatchError
+from llavaction_jax.input import recordio
+from llavaction_jax.input.tokenizer import Tokenizer
+from llavaction_jax.input.train_iterator import make_train_iterator as make_iter
 from llavaction_jax.train import checkpointing, metrics as metrics_lib, optimizer as opt_lib
 from llavaction_jax.train import goodput as goodput_lib, profiling
 from llavaction_jax.train import state as state_lib
@@ -85,9 +92,6 @@ def check_batch_layout(config, mesh):
 
 def make_train_iterator(config, mesh) -> Iterator:
     """The TFRecord input pipeline from config.data (train_files, tokenizer_path)."""
-    from llavaction_jax.input import recordio
-    from llavaction_jax.input.pipeline import make_train_iterator as make_iter
-    from llavaction_jax.input.tokenizer import Tokenizer
     patterns = [p for p in str(config.data.train_files).split(",") if p.strip()]
     if not patterns:
         raise UserError("no training data", "config.data.train_files", "TFRecord globs (comma separated)")
@@ -127,7 +131,6 @@ def _init_from_error(path, err) -> UserError:
 def check_init_from(path) -> None:
     """A UserError now, before any checkpoint manager (and its background threads) exists, when `path` is not
     a checkpoint load_pretrained can read."""
-    from llavaction_jax.convert import api
     try:
         api.detect_format(path)
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:
@@ -137,12 +140,9 @@ def check_init_from(path) -> None:
 def _load_pretrained_params(path, setup, config):
     """Params (pure dict, in the train shardings and param dtype) from `llavaction_jax.load_pretrained`:
     an Orbax dir of `python -m llavaction_jax.convert import`, an HF/llava_qwen dir or a train checkpoint."""
-    import llavaction_jax
-    from flax import nnx
-    from llavaction_jax.convert.mapping import CheckpointMismatchError
     try:
-        model, _ = llavaction_jax.load_pretrained(path, dtype=config.model.param_dtype, mesh=setup.mesh,
-                                                  rules=config.sharding_rules)
+        model, _ = api.load_pretrained(path, dtype=config.model.param_dtype, mesh=setup.mesh,
+                                       rules=config.sharding_rules)
     except CheckpointMismatchError:
         raise
     except (FileNotFoundError, NotADirectoryError, ValueError) as e:
@@ -190,7 +190,6 @@ class _TqdmStream:
     """A stream that prints through tqdm.write: log lines go above the progress bar, not glued to it."""
 
     def write(self, text):
-        from tqdm import tqdm
         text = text.rstrip("\n")
         if text:
             tqdm.write(text, file=sys.stderr)
@@ -308,7 +307,6 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
     bar = None
     restore_log_stream = lambda: None   # noqa: E731
     if tc.progress_bar and jax.process_index() == 0:
-        from tqdm import tqdm
         bar = tqdm(total=num_steps, initial=start, desc="train", dynamic_ncols=True)
         restore_log_stream = _log_above_bar()
 

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from llavaction_jax import fs
 from llavaction_jax.convert import common
 from llavaction_jax.convert.safetensors_io import CheckpointReader, write_sharded
 
@@ -93,7 +94,7 @@ def save_orbax(dst: str, model, model_cfg, info: dict, source_config: Optional[d
                     json.dump(data, f, indent=2)
         tmp = os.path.join(dst, "_unused_tmp")
         if write_sharded(unused, tmp, max_shard_bytes=1 << 62):       # one file, however large
-            os.replace(os.path.join(tmp, "model.safetensors"), os.path.join(dst, UNUSED_TENSORS))
+            fs.publish(os.path.join(tmp, "model.safetensors"), os.path.join(dst, UNUSED_TENSORS))
         shutil.rmtree(tmp, ignore_errors=True)
         if files_dir:
             common.copy_tokenizer_files(files_dir, dst)
