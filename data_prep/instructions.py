@@ -18,18 +18,22 @@ Every random choice uses a per-sample RNG from (seed, task, narration_id), so ou
 EK100 annotations: EPIC-KITCHENS authors (Damen et al., IJCV 2022), CC BY-NC 4.0.
 """
 import ast
+import dataclasses
 import json
 import os
 import re
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
+from llavaction_jax.cli import UserError
 from llavaction_jax.data import prompts
 from llavaction_jax.data.ek100 import Annotations, LabelSpace, Segment
 from data_prep.mqa import make_question
-from data_prep.predictions import Predictions
+from data_prep.predictions import Predictions, load_predictions
 from data_prep.seeding import question_rng
 
-TASKS = ("mqa", "prior_mqa", "direct_narration", "temporal_detection", "caption", "qa")
+# The values of a sample's "task" field (what the training mixture and the prompts tell apart); the tasks that
+# make_instructions builds are the registry TASKS at the end of this file.
+SAMPLE_TASKS = ("mqa", "prior_mqa", "direct_narration", "temporal_detection", "caption", "qa")
 DEFAULT_MAX_GAP = 3.0
 DEFAULT_PRIOR_FRACTION = 0.3
 DEFAULT_DELTA = 5.0
@@ -39,7 +43,8 @@ class InstructionFormatError(ValueError):
     """A malformed external instruction file; the message names the file, line and field."""
 
 
-def _base(sample_id: str, seg: Segment, label_space: LabelSpace, task: str, human: str, gpt: str) -> dict:
+def segment_sample(sample_id: str, seg: Segment, label_space: LabelSpace, task: str, human: str, gpt: str) -> dict:
+    """The sample record of one EK100 segment: a human turn (after the video placeholder) and the gpt answer."""
     return {
         "id": sample_id,
         "video_id": seg.video_id,
@@ -57,7 +62,7 @@ def _base(sample_id: str, seg: Segment, label_space: LabelSpace, task: str, huma
     }
 
 
-def _action_text(seg: Segment, label_space: LabelSpace, representation: str) -> str:
+def action_text(seg: Segment, label_space: LabelSpace, representation: str) -> str:
     """The clip's narration for GT_* representations, else the official "verb noun" key."""
     if representation.startswith("GT"):
         return seg.narration
@@ -80,10 +85,10 @@ def prior_action_triples(annotations: Annotations, max_gap: float = DEFAULT_MAX_
             if p1.start - p2.stop <= max_gap and cur.start - p1.stop <= max_gap:
                 out[cur.narration_id] = {
                     "prev2_offset": round(cur.start - p2.start, 2),
-                    "prev2_narration": _action_text(p2, ls, representation),
+                    "prev2_narration": action_text(p2, ls, representation),
                     "prev1_offset": round(cur.start - p1.start, 2),
-                    "prev1_narration": _action_text(p1, ls, representation),
-                    "cur_narration": _action_text(cur, ls, representation),
+                    "prev1_narration": action_text(p1, ls, representation),
+                    "cur_narration": action_text(cur, ls, representation),
                 }
     return out
 
@@ -124,8 +129,8 @@ def mcq_samples(annotations: Annotations, preds: Optional[Predictions], *, sourc
 def direct_narration_samples(annotations: Annotations,
                              representation: str = "GT_random_narration") -> List[dict]:
     ls = annotations.label_space
-    return [_base(f"direct_narration/{seg.narration_id}", seg, ls, "direct_narration",
-                  prompts.direct_narration_prompt(), _action_text(seg, ls, representation))
+    return [segment_sample(f"direct_narration/{seg.narration_id}", seg, ls, "direct_narration",
+                           prompts.direct_narration_prompt(), action_text(seg, ls, representation))
             for seg in annotations.segments]
 
 
@@ -152,9 +157,10 @@ def temporal_detection_samples(annotations: Annotations, delta: float = DEFAULT_
         # the rounded action and clip times.
         rel_start = prompts.seconds_2dp(round(seg.start, 2) - clip_start)
         rel_end = prompts.seconds_2dp(round(seg.stop, 2) - clip_start)
-        sample = _base(f"temporal_detection/{seg.narration_id}", seg, ls, "temporal_detection",
-                       prompts.temporal_detection_prompt(_action_text(seg, ls, representation), seg.stop - seg.start),
-                       f"{rel_start}, {rel_end}")
+        sample = segment_sample(f"temporal_detection/{seg.narration_id}", seg, ls, "temporal_detection",
+                                prompts.temporal_detection_prompt(action_text(seg, ls, representation),
+                                                                  seg.stop - seg.start),
+                                f"{rel_start}, {rel_end}")
         # The prompt is the whole human turn for this task (no perspective prefix), as in the reference.
         sample["start_timestamp"], sample["stop_timestamp"] = clip_start, clip_stop
         sample["action_start"], sample["action_stop"] = seg.start, seg.stop
@@ -375,3 +381,58 @@ def write_jsonl(path: str, samples: Sequence[dict]) -> int:
             f.write(json.dumps(s, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
     return len(samples)
+
+
+# ---- the task registry (make_instructions --task NAME) -------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One task of make_instructions: `build(args, annotations)` -> samples, from the parsed flags (the CLI's common
+    ones: --annotations, --input, --representation, --source, --seed, ...; plus this task's `flags`).
+
+    annotations: the task reads an EK100 segment CSV (--annotations, loaded for build; else build gets None).
+    input: the task reads an external file (--input).
+    flags: ((flag, argparse keywords), ...) the task adds to the CLI; tasks may share a flag with the same keywords.
+    """
+    build: Callable[..., List[dict]]
+    help: str
+    annotations: bool = True
+    input: bool = False
+    flags: tuple = ()
+
+
+def _mcq_from_flags(args, annotations: Annotations) -> List[dict]:
+    preds = None
+    if args.mode == "train":
+        if not args.predictions:
+            raise UserError("--predictions is required for --task mcq --mode train")
+        preds = load_predictions(args.predictions, annotations, 2 * args.k,
+                                 require_in_label_space=not args.allow_unseen_actions)
+    return mcq_samples(annotations, preds, source=args.source if args.mode == "train" else "random", k=args.k,
+                       mode=args.mode, representation=args.representation, seed=args.seed,
+                       prior_fraction=args.prior_fraction, max_gap=args.max_gap)
+
+
+MCQ_FLAGS = (
+    ("--predictions", dict(default=None, help="action-model top-k JSON (mcq with --mode train)")),
+    ("--mode", dict(choices=("train", "random"), default="train", help="mcq distractors")),
+    ("--k", dict(type=int, default=5, help="options per question (mcq)")),
+    ("--prior_fraction", dict(type=float, default=DEFAULT_PRIOR_FRACTION,
+                              help="fraction of mcq questions that state the previous actions")),
+    ("--max_gap", dict(type=float, default=DEFAULT_MAX_GAP,
+                       help="largest gap (s) between a segment and the previous actions it mentions (mcq)")),
+)
+
+# One entry per task; the CLI's --task choices, requirements and flags come from here.
+TASKS = {
+    "mcq": Task(_mcq_from_flags, "hard-negative / random multiple choice (mqa, prior_mqa)", flags=MCQ_FLAGS),
+    "direct_narration": Task(lambda args, ann: direct_narration_samples(ann, args.representation),
+                             "the clip's narration as the answer"),
+    "temporal_detection": Task(
+        lambda args, ann: temporal_detection_samples(ann, args.delta, args.seed, args.representation),
+        "start and end of the action in a padded clip",
+        flags=(("--delta", dict(type=float, default=DEFAULT_DELTA, help="temporal detection padding (s)")),)),
+    "convert_ek100": Task(lambda args, ann: convert_ek100_jsonl(args.input, ann, source=args.source),
+                          "original LLaVAction EK100 JSONL (any question type)", input=True),
+    "video_qa": Task(lambda args, ann: convert_video_qa_jsonl(args.input), "generic video QA JSONL",
+                     annotations=False, input=True),
+}

@@ -213,6 +213,16 @@ def logical_to_mesh_spec(logical_axes: Iterable[str | None], rules=None, shape: 
     return PartitionSpec(*spec)
 
 
+def activation_spec(logical_axes: Iterable[str | None], rules, shape: Sequence[int], mesh) -> PartitionSpec:
+    """Spec of one activation from its logical axes (shape-aware, as logical_to_mesh_spec). A rule table written
+    before the activation names existed (e.g. saved with a converted checkpoint) leaves them replicated, as they
+    were then."""
+    known = {name for name, _ in normalize_rules(rules)}
+    logical_axes = tuple(None if a is not None and a.startswith("act_") and a not in known else a
+                         for a in logical_axes)
+    return logical_to_mesh_spec(logical_axes, rules, shape, mesh)
+
+
 def variable_spec(var: nnx.Variable, rules, mesh) -> PartitionSpec:
     """Spec of one nnx Variable from its `logical_axes` metadata (replicated when it has none)."""
     value = var.get_value()

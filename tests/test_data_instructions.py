@@ -1,4 +1,5 @@
 """Exact prompt strings (llavaction_jax.data.prompts) and instruction-data generation (data_prep.instructions)."""
+import importlib.util
 import json
 import os
 import re
@@ -8,6 +9,7 @@ import pytest
 from conftest import EK100_DIR
 from llavaction_jax.data import ek100, prompts
 from data_prep import instructions, make_instructions, predictions
+from llavaction_jax import cli
 
 PREFIX = ("You are seeing this video from egocentric view and you are the person. Your hands are sometimes "
           "interacting with objects. What action are you doing? ")
@@ -289,6 +291,44 @@ def test_make_instructions_cli(tmp_path):
     for r in rows:
         assert len(set(r["options"])) == 5 and r["options"][ord(r["answer"]) - 65] == f"{r['answer']}. " + \
             r["answer_text"]
+
+
+def _noun_task():
+    spec = importlib.util.spec_from_file_location("noun_task", os.path.join(os.path.dirname(__file__), "data",
+                                                                             "noun_task.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_new_task_is_one_module_and_one_registry_line(tmp_path, monkeypatch, capsys):
+    noun_task = _noun_task()
+    out = str(tmp_path / "nouns.jsonl")
+    ann = _mini_csv(tmp_path, MINI)
+    argv = ["--task", noun_task.NAME, "--annotations", ann.path, "--label_csvs", "--class_dir", EK100_DIR,
+            "--noun_prefix", "the ", "--out", out]
+    # Not registered: neither the task nor its flag exist.
+    with pytest.raises(SystemExit) as e:
+        make_instructions.main(argv)
+    assert e.value.code == 2 and "invalid choice: 'noun_qa'" in capsys.readouterr().err
+    monkeypatch.setitem(instructions.TASKS, noun_task.NAME, noun_task.TASK)           # the one registry line
+    assert make_instructions.main(argv) == 0
+    assert capsys.readouterr().err.startswith(f"wrote {len(MINI)} noun_qa samples to {out}")
+    rows = [json.loads(line) for line in open(out)]
+    assert [r["narration_id"] for r in rows] == [m[0] for m in MINI]
+    nouns = ek100.load_noun_texts(os.path.join(EK100_DIR, ek100.NOUN_CLASSES_CSV))
+    for r, m in zip(rows, MINI):
+        assert r["id"] == f"noun_qa/{m[0]}" and r["task"] == "noun_qa" and r["noun_class"] == m[6]
+        assert r["conversations"] == [{"from": "human", "value": "<image>\nWhich object are you handling?"},
+                                      {"from": "gpt", "value": "the " + nouns[m[6]]}]
+    # The CLI's requirement checks come from the entry too (it reads annotations).
+    assert cli.run(make_instructions.main, ["--task", "noun_qa", "--out", out]) == cli.EXIT_USER
+    assert capsys.readouterr().err.strip() == "error: --annotations is required for --task noun_qa"
+    # A flag two tasks declare differently is a programming error, said when the parser is built.
+    clash = instructions.Task(noun_task.build, "clash", flags=(("--k", dict(type=str)),))
+    monkeypatch.setitem(instructions.TASKS, "clash", clash)
+    with pytest.raises(ValueError, match="declares --k unlike another task"):
+        make_instructions.build_parser()
 
 
 def test_original_ek100_mcq_direct_and_detection_records_convert(tmp_path, val_ann):

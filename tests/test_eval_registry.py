@@ -2,11 +2,11 @@
 periodic eval (each config.evals entry at its own `every`) and the eval CLI (--eval NAME / --type) run it;
 recognition top-k against hand computations; config.evals entries that are wrong are one clear error.
 
-This file is itself the new benchmark's module: NAME, DEFAULTS and build() below are all a benchmark needs.
+The new benchmark is one file, tests/data/seeded_benchmark.py, registered with one line.
 """
+import importlib.util
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -17,7 +17,6 @@ from llavaction_jax import cli
 from llavaction_jax.cli import UserError
 from llavaction_jax.eval import benchmarks, metrics, samples as samples_lib
 from llavaction_jax.eval.benchmarks import base
-from llavaction_jax.eval.items import EvalItem
 from llavaction_jax.input import synthetic_records as input_synthetic
 from llavaction_jax.input.tokenizer import train_tiny_tokenizer
 from llavaction_jax.train import loop, synthetic_batches as train_synthetic
@@ -25,26 +24,19 @@ from tests.test_bad_inputs import one_error, train_flags  # noqa: F401  (train_f
 from tests.test_train_checkpoint import _Limited
 from tests.test_train_step import _arrays, _config, _mesh
 
-# ---- the tiny extra benchmark: MQA rows from a JSONL, frames drawn from each row's "seed" (no videos) ----------
-NAME = "seeded_mc"
-DEFAULTS = dict(seed_offset=0)
+DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
-def build(config, eval_cfg, mesh, tokenizer, workdir):
-    rows = samples_lib.read_jsonl(base.jsonl_file(eval_cfg))[:int(eval_cfg.max_samples) or None]
-    frames, size = int(config.data.num_frames), int(config.model.vision.image_size)
-    items = [EvalItem(r, lambda r=r: input_synthetic.sample_frames(r["seed"] + eval_cfg.seed_offset, frames, size),
-                      index=i) for i, r in enumerate(rows)]
-    return _Seeded(eval_cfg, config, mesh, tokenizer, workdir, samples_lib.Source.from_list(items),
-                   title="seeded MC", scalars=lambda summary: {"accuracy": summary["letters"]["accuracy"]})
+def _seeded_benchmark():
+    """tests/data/seeded_benchmark.py: the whole extra benchmark (NAME, DEFAULTS, FLAGS, check, build)."""
+    spec = importlib.util.spec_from_file_location("seeded_benchmark", os.path.join(DATA, "seeded_benchmark.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class _Seeded(base.SourceBenchmark):
-    def run(self, model, step=None, **kwargs):
-        out = super().run(model, step, **kwargs)
-        # A number of its own, from the records the shared run keeps.
-        return dict(out, answered_a=float(np.mean([r["letter_pred"] == "A" for r in self.records])))
-# -------------------------------------------------------------------------------------------------------------------
+SEEDED = _seeded_benchmark()
+NAME = SEEDED.NAME
 
 
 def _samples(n, start=0):
@@ -85,7 +77,7 @@ def run(tmp_path_factory):
     cfg.evals.a = dict(type=NAME, data=str(jsonl), every=1, max_samples=0)
     cfg.evals.b = dict(type=NAME, data=str(jsonl), every=2, seed_offset=1000, max_samples=4)
     cfg.evals.rec = dict(type="recognition", data=records, every=2, k=(1, 3))
-    benchmarks.REGISTRY[NAME] = sys.modules[__name__]           # the one registry line
+    benchmarks.REGISTRY[NAME] = SEEDED                          # the one registry line
     mesh = _mesh(cfg)
     workdir = str(root / "run")
     evals = benchmarks.periodic_evals(cfg, mesh, workdir, tokenizer=tok)
@@ -148,8 +140,19 @@ def test_eval_cli_runs_the_registered_benchmark(run, tmp_path, capsys, monkeypat
     assert main(["--checkpoint", run["workdir"], "--type", NAME, "--data", run["jsonl"],
                  "--out", str(tmp_path / "t"), "--no_progress"]) == 0
     assert len(_lines(tmp_path / "t" / "predictions.jsonl")) == 6
+    # The benchmark's own field as a flag of the CLI (its FLAGS): the trainer's entry b again, from flags alone.
+    assert main(["--checkpoint", run["workdir"], "--type", NAME, "--data", run["jsonl"], "--seed_offset", "1000",
+                 "--limit", "4", "--out", str(tmp_path / "s"), "--no_progress"]) == 0
+    by_flags = _lines(tmp_path / "s" / "predictions.jsonl")
+    assert [p["id"] for p in by_flags] == [p["id"] for p in trainer]
+    np.testing.assert_allclose([p["letter_scores"] for p in by_flags], [p["letter_scores"] for p in trainer],
+                               atol=2e-4)
+    assert json.load(open(tmp_path / "s" / "fingerprint.json"))["video"] == {"seed_offset": 1000}
     capsys.readouterr()
     for argv, needle in ((["--eval", "nope"], "no eval named 'nope'"),
+                         # The benchmark's check, before the model loads.
+                         (["--type", NAME, "--data", run["jsonl"], "--seed_offset", "-1"],
+                          "bad value -1 (--seed_offset): an integer >= 0"),
                          (["--eval", "b", "--k", "2"], "unknown field 'k' for eval type 'seeded_mc'"),
                          (["--type", "nope", "--data", run["jsonl"]], "unknown eval type 'nope' (--type)")):
         assert cli.run(main, ["--checkpoint", run["workdir"], "--out", str(tmp_path / "x")] + argv) == cli.EXIT_USER

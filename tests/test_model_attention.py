@@ -122,6 +122,41 @@ def test_splash_heads_not_divisible_by_tensor_axis_are_replicated():
     _sharded_vs_reference("splash", (2, 2, 2), heads=4, kv_heads=1)
 
 
+def _rules(**override):
+    """The default rule table with some entries remapped."""
+    return tuple((name, override.get(name, target)) for name, target in shd.DEFAULT_SHARDING_RULES)
+
+
+def test_splash_specs_follow_the_rule_table(monkeypatch):
+    mesh = shd.make_mesh(dict(data=2, fsdp=2, tensor=2))
+    q_shape, k_shape = (4, 24, 4, 16), (4, 24, 2, 16)
+    assert attn.splash_specs(mesh, q_shape, k_shape) == (P(("data", "fsdp"), None, "tensor", None),
+                                                        P(("data", "fsdp"), None))
+    # A custom table moves both: the batch over 'tensor', heads over data x fsdp (4 query and 4 kv heads divide 4).
+    moved = _rules(batch="tensor", act_heads=("data", "fsdp"))
+    assert attn.splash_specs(mesh, q_shape, (4, 24, 4, 16), moved) == (P("tensor", None, ("data", "fsdp"), None),
+                                                                      P("tensor", None))
+    # 2 kv heads do not divide data x fsdp = 4: heads stay whole (a shard's query heads need their kv heads).
+    assert attn.splash_specs(mesh, q_shape, k_shape, moved)[0] == P("tensor", None, None, None)
+    # A table from before the activation names (no 'act_heads') leaves heads whole, as constrain does.
+    old = tuple(r for r in shd.DEFAULT_SHARDING_RULES if not r[0].startswith("act_"))
+    assert attn.splash_specs(mesh, q_shape, k_shape, old)[0] == P(("data", "fsdp"), None, None, None)
+
+    # The model hands config.sharding_rules down to the splash wrapper (decoder and vision tower): the shard_map
+    # of every splash call is given the moved specs.
+    seen = []
+    shard_map = jax.shard_map
+    monkeypatch.setattr(jax, "shard_map", lambda f, **kw: seen.append(kw["in_specs"][0]) or shard_map(f, **kw))
+    cfg = tiny.get_config().model
+    cfg.attention_impl = "splash"
+    moved = _rules(batch="tensor", act_heads="data")
+    ids, pix, mask = _model_inputs(cfg)
+    with jax.set_mesh(mesh):
+        model = nnx.eval_shape(lambda: LlavaActionModel(cfg, rngs=nnx.Rngs(0), sharding_rules=moved))
+        jax.eval_shape(lambda m: m(ids, pix, mask).logits, model)
+    assert len(seen) == 2 and set(seen) == {P("tensor", None, "data", None)}, seen
+
+
 def test_auto_on_cpu_is_blockwise_and_decode_is_xla(monkeypatch):
     mesh = shd.make_mesh(dict(data=2, fsdp=2, tensor=2))
     with jax.set_mesh(mesh):

@@ -29,12 +29,12 @@ import tempfile
 from llavaction_jax import argparsing, cli, fs
 from llavaction_jax.cli import UserError
 from llavaction_jax.convert.mapping import CheckpointMismatchError
+from llavaction_jax.eval import benchmarks
 
-# Flags that set a field of the benchmark entry (dest -> field); None = not given, the entry / defaults decide.
-_FIELD_FLAGS = {"data": "data", "video_root": "video_root", "video_layout": "video_layout", "chunk_len": "chunk_len",
-                "fps": "fps", "fps_csv": "fps_csv", "methods": "methods", "batch_size": "batch_size",
-                "max_new_tokens": "max_new_tokens", "limit": "max_samples",
-                "allow_absolute_paths": "allow_absolute_paths", "k": "k"}
+# Flags that set a common field of the benchmark entry (dest -> field); each benchmark's own fields come from its
+# FLAGS (benchmarks.cli_flags). None = not given, the entry / defaults decide.
+_COMMON_FLAGS = {"data": "data", "methods": "methods", "batch_size": "batch_size",
+                 "max_new_tokens": "max_new_tokens", "limit": "max_samples"}
 
 
 def build_parser() -> argparsing.ArgumentParser:
@@ -47,16 +47,8 @@ def build_parser() -> argparsing.ArgumentParser:
                    "(default: the --eval entry's)")
     p.add_argument("--out", required=True, help="output dir for predictions, summary and report")
     p.add_argument("--eval", default=None, help="name of an entry of the checkpoint's config.evals")
-    p.add_argument("--type", default=None, help="benchmark: ek100_mqa, recognition or generic_mc (default: the "
-                   "--eval entry's, else detected from --data)")
-    p.add_argument("--k", default=None, help="recognition: comma list of top-k (default 1,5)")
-    p.add_argument("--video_root", default=None, help="root of the videos for JSONL data")
-    p.add_argument("--video_layout", default=None, choices=("original", "chunks", "frames"),
-                   help="layout of the MQA videos (default: original)")
-    p.add_argument("--chunk_len", type=int, default=None, help="chunk length (s) of the 'chunks' layout (default 15)")
-    p.add_argument("--fps", type=float, default=None, help="frame rate of every video (the 'frames' layout needs "
-                   "this or --fps_csv)")
-    p.add_argument("--fps_csv", default=None, help="EPIC_100_video_info.csv: per-video frame rates")
+    p.add_argument("--type", default=None, help=f"benchmark: one of {', '.join(benchmarks.REGISTRY)} (default: "
+                   "the --eval entry's, else detected from --data)")
     p.add_argument("--tokenizer", default=None, help="dir with tokenizer.json (default: from the checkpoint)")
     p.add_argument("--methods", default=None, help="comma list of letters,generate (default: config.eval.methods)")
     p.add_argument("--batch_size", type=int, default=None, help="global eval batch size (default: config)")
@@ -67,14 +59,14 @@ def build_parser() -> argparsing.ArgumentParser:
     p.add_argument("--no_time_instruction", action="store_true", help="do not insert the time instruction")
     p.add_argument("--limit", "--max_samples", dest="limit", type=int, default=None,
                    help="evaluate only the first N samples")
-    p.add_argument("--allow_absolute_paths", action="store_true", default=None,
-                   help="generic MC: accept absolute video paths (default: every path must be under --video_root)")
     p.add_argument("--no_resume", action="store_true", help="ignore predictions an earlier run left in --out")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument("--coordinator_address", default=None, help="host:port of process 0 (multi-process; default: "
                    "from the environment)")
     p.add_argument("--num_processes", type=int, default=None, help="number of processes (multi-process)")
     p.add_argument("--process_id", type=int, default=None, help="this process's index (multi-process)")
+    for field, kwargs in benchmarks.cli_flags().items():          # each benchmark's own fields
+        p.add_argument(f"--{field}", dest=field, **{"default": None, **kwargs})
     return p
 
 
@@ -86,7 +78,8 @@ def _positive(name, value):
 def _entry_from_flags(args, entry: dict) -> dict:
     """The entry (from --eval, or empty) with the fields the flags set; --type / detection fill its type."""
     entry = dict(entry)
-    for dest, field in _FIELD_FLAGS.items():
+    flags = {**_COMMON_FLAGS, **{field: field for field in benchmarks.cli_flags()}}
+    for dest, field in flags.items():
         value = getattr(args, dest)
         if value is not None:
             entry[field] = value
@@ -96,7 +89,6 @@ def _entry_from_flags(args, entry: dict) -> dict:
         raise UserError("no eval data", "--data", "a .jsonl file or TFRecord glob(s), or --eval NAME of an entry "
                         "of the checkpoint's config.evals")
     if not entry.get("type"):
-        from llavaction_jax.eval import benchmarks
         entry["type"] = benchmarks.detect_type(str(entry["data"]))
     entry.pop("every", None)                         # a training schedule; the CLI runs the entry once
     return entry
@@ -111,21 +103,12 @@ def _check_out(out: str) -> str:
     return out
 
 
-def _data_files(eval_cfg) -> list:
-    """Every file the entry's samples are read from (for the outputs' fingerprint)."""
-    from llavaction_jax.eval import samples
-    data = str(eval_cfg.data)
-    files = [data] if data.endswith(".jsonl") else samples.tfrecord_files(data)
-    return files + ([str(eval_cfg.fps_csv)] if eval_cfg.get("fps_csv") else [])
-
-
 def _fingerprint(eval_cfg, config, provenance) -> dict:
     from llavaction_jax.eval import fingerprint
-    video = {k: eval_cfg.get(k) for k in ("video_root", "video_layout", "chunk_len", "fps", "allow_absolute_paths")
-             if k in eval_cfg}
     return fingerprint.make(provenance["params_dir"], provenance["step"], provenance["config"],
-                            _data_files(eval_cfg), video, int(config.data.num_frames), tuple(eval_cfg.methods),
-                            int(eval_cfg.max_new_tokens), str(eval_cfg.type))
+                            benchmarks.data_files(eval_cfg), benchmarks.settings(eval_cfg),
+                            int(config.data.num_frames), tuple(eval_cfg.methods), int(eval_cfg.max_new_tokens),
+                            str(eval_cfg.type))
 
 
 def _stage_remote_out(out: str, resume: bool) -> str:
@@ -142,7 +125,7 @@ def _stage_remote_out(out: str, resume: bool) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("limit", "batch_size", "max_new_tokens", "num_frames", "chunk_len"):
+    for name in ("limit", "batch_size", "max_new_tokens", "num_frames"):
         _positive(f"--{name}", getattr(args, name))
     args.out = _check_out(args.out)
     from llavaction_jax import distributed
@@ -158,12 +141,7 @@ def main(argv=None) -> int:
         entry = dict(_entry_from_flags(args, {}), max_samples=args.limit or 0)
         if str(entry["data"]).endswith(".jsonl") and not os.path.isfile(entry["data"]):
             raise UserError(f"file not found: {entry['data']}", "--data", "an existing .jsonl file")
-        if entry["type"] not in benchmarks.REGISTRY:
-            raise UserError(f"unknown eval type {entry['type']!r}", "--type", f"one of {sorted(benchmarks.REGISTRY)}")
-        mqa = entry["type"] in (benchmarks.ek100_mqa.NAME, benchmarks.recognition.NAME)
-        if mqa and str(entry["data"]).endswith(".jsonl") and not entry.get("video_root"):
-            raise UserError("MQA JSONL data needs its videos", "--video_root",
-                            "the root of the EK100 videos (or evaluate the MQA TFRecords, which hold the frames)")
+        benchmarks.check_early(entry, "--{0}")
     from configs import validate
     # The checkpoint's config with this command's overrides, validated before the model is built.
     check = validate.with_overrides({"data.num_frames": args.num_frames, "eval.max_new_tokens": args.max_new_tokens,
@@ -172,10 +150,7 @@ def main(argv=None) -> int:
                                                          with_provenance=True, check_config=check, step=args.step)
     name, where = "cli", "--{0}"
     if args.eval:
-        evals = {str(k): v.to_dict() for k, v in config.evals.items()}
-        if config.data.eval_files and benchmarks.LEGACY_NAME not in evals:
-            # A run configured with train.eval_every + data.eval_files: the trainer's eval of that name.
-            evals[benchmarks.LEGACY_NAME] = dict(type="ek100_mqa", data=str(config.data.eval_files))
+        evals = benchmarks.entries(config)
         if args.eval not in evals:
             raise UserError(f"no eval named {args.eval!r} in the checkpoint's config.evals", "--eval",
                             f"one of {sorted(evals)}" if evals else "--type / --data (the config names no evals)")

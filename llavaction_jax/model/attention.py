@@ -33,12 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from jax.sharding import PartitionSpec as P
+
+from llavaction_jax import sharding as shd
 from llavaction_jax.model import remat
 
 # Finite "minus infinity" (as in the splash kernel): a row whose keys are all masked stays finite.
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
-BATCH_AXES = ("data", "fsdp")
-HEAD_AXIS = "tensor"
 # On CPU (and other platforms without a kernel), `auto` materialises scores up to 1024 x 1024 per head.
 AUTO_XLA_MAX_SCORES = 1024 * 1024
 # Splash query/key block (rows and keys per kernel tile), capped at the 128-rounded length.
@@ -344,18 +345,23 @@ def _splash_local(q, k, v, q_seg, kv_seg, *, causal, block, interpret):
     return jnp.swapaxes(out, 1, 2)[:, :tq]
 
 
-def _batch_axes(mesh, bsz):
-    """Mesh axes to split the batch over: ('data', 'fsdp') if their product divides it, else the one that does."""
-    present = [a for a in BATCH_AXES if a in mesh.axis_names]
-    for axes in (tuple(present), *((a,) for a in present)):
-        if axes and bsz % math.prod(mesh.shape[a] for a in axes) == 0:
-            return axes
-    return None
+def splash_specs(mesh, q_shape, k_shape, rules=None):
+    """(q/k/v spec, segment-ids spec) of the splash shard_map, from the sharding rule table (default
+    sharding.DEFAULT_SHARDING_RULES): the batch as the rule 'batch' maps it, query and kv heads both as
+    'act_heads' maps them (replicated unless both counts divide: a shard's query heads must find their kv heads),
+    the sequence and head_dim whole (the kernel sees every key). Shape-aware: an axis that does not divide is
+    dropped."""
+    q_spec = shd.activation_spec(("batch", None, "act_heads", None), rules, q_shape, mesh)
+    kv_spec = shd.activation_spec(("batch", None, "act_heads", None), rules, k_shape, mesh)
+    heads = q_spec[2] if q_spec[2] == kv_spec[2] else None
+    return P(q_spec[0], None, heads, None), P(q_spec[0], None)
 
 
-def splash_attention(q, k, v, *, causal, kv_lengths=None, segment_ids=None, block=SPLASH_BLOCK, interpret=None):
-    """Splash attention (Pallas TPU), shard_mapped over the current mesh: batch over ('data', 'fsdp') and
-    heads over 'tensor' (replicated over 'tensor' when the query or kv heads do not divide it). Right padding
+def splash_attention(q, k, v, *, causal, kv_lengths=None, segment_ids=None, block=SPLASH_BLOCK, interpret=None,
+                     rules=None):
+    """Splash attention (Pallas TPU), shard_mapped over the current mesh as the rule table `rules` splits the
+    batch and heads (splash_specs; by default batch over ('data', 'fsdp') and heads over 'tensor', replicated
+    when the query or kv heads do not divide it). Right padding
     and packing become the kernel's SegmentIds: a query sees a key only when both carry the same id and
     padding keys carry 0, which no real query has. interpret=None runs the Pallas interpreter off TPU."""
     bsz, tq, nh, dim = q.shape
@@ -373,11 +379,7 @@ def splash_attention(q, k, v, *, causal, kv_lengths=None, segment_ids=None, bloc
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return local(q, k, v, q_seg, kv_seg)
-    from jax.sharding import PartitionSpec as P
-    batch = _batch_axes(mesh, bsz)
-    tensor = mesh.shape.get(HEAD_AXIS, 1)
-    heads = HEAD_AXIS if tensor > 1 and nh % tensor == 0 and nkv % tensor == 0 else None
-    qkv_spec, seg_spec = P(batch, None, heads, None), P(batch, None)
+    qkv_spec, seg_spec = splash_specs(mesh, q.shape, k.shape, rules)
     fn = jax.shard_map(local, mesh=mesh, in_specs=(qkv_spec, qkv_spec, qkv_spec, seg_spec, seg_spec),
                        out_specs=qkv_spec, check_vma=False)
     return fn(q, k, v, q_seg, kv_seg)
@@ -406,7 +408,7 @@ def choose_kernel(platform, q_shape, k_shape, dtype, packed: bool):
     return "blockwise", f"{platform}: scores above {AUTO_XLA_MAX_SCORES} per head"
 
 
-def auto_attention(q, k, v, *, causal, kv_lengths=None, segment_ids=None):
+def auto_attention(q, k, v, *, causal, kv_lengths=None, segment_ids=None, rules=None):
     """Pick the fastest exact path for the platform the program is traced for (choose_kernel); each distinct
     choice is logged once."""
     platform = _platform()
@@ -416,23 +418,32 @@ def auto_attention(q, k, v, *, causal, kv_lengths=None, segment_ids=None):
         _LOGGED_CHOICES.add(key)
         logging.info("attention 'auto': %s for q %s k %s %s on %s (%s)", kernel, tuple(q.shape), tuple(k.shape),
                      q.dtype, platform, why)
-    return IMPLEMENTATIONS[kernel](q, k, v, causal=causal, kv_lengths=kv_lengths, segment_ids=segment_ids)
+    return _call(kernel, q, k, v, causal=causal, kv_lengths=kv_lengths, segment_ids=segment_ids, rules=rules)
 
 
-IMPLEMENTATIONS = {"xla": xla_attention, "cudnn": cudnn_attention, "blockwise": blockwise_attention,
-                   "splash": splash_attention, "auto": auto_attention}
+# The one list of kernels: config validation (model/spec.ATTENTION_IMPLS) reads its names from here.
+IMPLEMENTATIONS = {"auto": auto_attention, "xla": xla_attention, "blockwise": blockwise_attention,
+                   "splash": splash_attention, "cudnn": cudnn_attention}
 
 
-def attention(q, k, v, *, impl, causal, kv_lengths=None, segment_ids=None):
-    """Dispatch to `IMPLEMENTATIONS[impl]` (see the module docstring for the masking contract)."""
+# Kernels that shard_map themselves and so take the sharding rule table (the others follow their inputs').
+TAKES_RULES = ("splash", "auto")
+
+
+def _call(kernel, q, k, v, *, rules, **mask):
+    extra = {"rules": rules} if kernel in TAKES_RULES else {}
+    return IMPLEMENTATIONS[kernel](q, k, v, **mask, **extra)
+
+
+def attention(q, k, v, *, impl, causal, kv_lengths=None, segment_ids=None, rules=None):
+    """Dispatch to `IMPLEMENTATIONS[impl]` (see the module docstring for the masking contract); `rules` is the
+    model's sharding rule table (config.sharding_rules), which the shard_mapped kernels split by."""
     if kv_lengths is not None:
         kv_lengths = kv_lengths.astype(jnp.int32)
     if segment_ids is not None and segment_ids.shape != q.shape[:2]:
         raise ValueError(f"segment_ids {segment_ids.shape} must be [B, T] = {q.shape[:2]}")
     if segment_ids is not None and k.shape[1] != q.shape[1]:
         raise ValueError(f"segment_ids need self-attention (T == S), got T={q.shape[1]}, S={k.shape[1]}")
-    try:
-        fn = IMPLEMENTATIONS[impl or "xla"]
-    except KeyError:
-        raise ValueError(f"attention_impl={impl!r}: expected one of {sorted(IMPLEMENTATIONS)}") from None
-    return fn(q, k, v, causal=causal, kv_lengths=kv_lengths, segment_ids=segment_ids)
+    if (impl or "xla") not in IMPLEMENTATIONS:
+        raise ValueError(f"attention_impl={impl!r}: expected one of {sorted(IMPLEMENTATIONS)}")
+    return _call(impl or "xla", q, k, v, causal=causal, kv_lengths=kv_lengths, segment_ids=segment_ids, rules=rules)

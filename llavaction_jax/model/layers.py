@@ -148,13 +148,7 @@ def constrain(x, logical_axes, rules):
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return x
-    # A rule table written before the activation names existed (e.g. saved with a converted checkpoint)
-    # leaves them replicated, as they were then.
-    known = {name for name, _ in shd.normalize_rules(rules)}
-    logical_axes = tuple(None if a is not None and a.startswith("act_") and a not in known else a
-                         for a in logical_axes)
-    spec = shd.logical_to_mesh_spec(logical_axes, rules, x.shape, mesh)
-    return jax.lax.with_sharding_constraint(x, spec)
+    return jax.lax.with_sharding_constraint(x, shd.activation_spec(logical_axes, rules, x.shape, mesh))
 
 
 def as_dtype(name):

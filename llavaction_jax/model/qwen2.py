@@ -58,7 +58,8 @@ class DecoderAttention(nnx.Module):
         v = remat.name(heads(self.v_proj(x), self.num_kv_heads, "act_kv_heads"), "value_proj")
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is None:
-            out = attention(q, k, v, impl=self.impl, causal=True, kv_lengths=kv_lengths, segment_ids=segment_ids)
+            out = attention(q, k, v, impl=self.impl, causal=True, kv_lengths=kv_lengths, segment_ids=segment_ids,
+                            rules=self.rules)
             new_kv = (k, v)
         else:
             k_cache, v_cache = cache
@@ -67,7 +68,7 @@ class DecoderAttention(nnx.Module):
             k_cache = k_cache.at[rows, cache_pos].set(k[:, 0].astype(k_cache.dtype))
             v_cache = v_cache.at[rows, cache_pos].set(v[:, 0].astype(v_cache.dtype))
             out = attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), impl=self.impl, causal=False,
-                            kv_lengths=cache_pos + 1)
+                            kv_lengths=cache_pos + 1, rules=self.rules)
             new_kv = (k_cache, v_cache)
         out = remat.name(constrain(out, ("batch", "seq", "act_heads", "head_dim"), self.rules), "attention_out")
         out = self.o_proj(out.reshape(bsz, length, -1))

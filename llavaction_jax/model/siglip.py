@@ -59,7 +59,7 @@ class VisionAttention(nnx.Module):
         heads = lambda y, tag: remat.name(constrain(y.reshape(bsz, t, self.num_heads, d // self.num_heads), axes,
                                                     self.rules), tag)
         out = attention(heads(self.q_proj(x), "query_proj"), heads(self.k_proj(x), "key_proj"),
-                        heads(self.v_proj(x), "value_proj"), impl=self.impl, causal=False)
+                        heads(self.v_proj(x), "value_proj"), impl=self.impl, causal=False, rules=self.rules)
         out = remat.name(constrain(out, axes, self.rules), "attention_out")
         out = self.out_proj(out.reshape(bsz, t, d))
         return remat.name(constrain(out, ("batch", "patches", "act_embed"), self.rules), "out_proj")

@@ -2,12 +2,14 @@
 import dataclasses
 import math
 
+from llavaction_jax.model.attention import IMPLEMENTATIONS as ATTENTION_KERNELS
 from llavaction_jax.model.layout import LAYOUTS, count_video_tokens
 from llavaction_jax.model.remat import POLICIES as REMAT_POLICIES
 
 POOL_MODES = ("bilinear", "average", "max")
 NEWLINE_POSITIONS = tuple(LAYOUTS)
-ATTENTION_IMPLS = (None, "auto", "xla", "blockwise", "splash", "cudnn")
+# None = the model's default kernel (xla); the names are attention.IMPLEMENTATIONS' (one list).
+ATTENTION_IMPLS = (None, *ATTENTION_KERNELS)
 PROJECTOR_TYPES = ("mlp2x_gelu",)
 # Compute / parameter dtypes the layers accept (model.layers.as_dtype).
 DTYPES = ("float32", "bfloat16", "float16")

@@ -3,7 +3,11 @@
 A benchmark module has `NAME`, `DEFAULTS` (its own fields of a `config.evals` entry, with defaults) and
 `build(config, eval_cfg, mesh, tokenizer, workdir)` -> an object whose `run(model, step=None)` returns
 {metric: float} and writes its outputs under `workdir` (`workdir/step_<step>` for a training step).
-`base.SourceBenchmark` does that for any eval Source with the shared Evaluator.
+`base.SourceBenchmark` does that for any eval Source with the shared Evaluator. Optional:
+  * `FLAGS` {field: argparse keywords}: eval CLI flags --<field> for its own fields (cli_flags);
+  * `FILE_FIELDS`: those of its fields that name files the samples are read from (fingerprinted with the data);
+  * `check(fields, fmt)`: cheap checks of its fields, run by resolve and by the eval CLI before the model loads.
+The eval CLI knows no benchmark by name: its flags, checks and fingerprint all come from here.
 
 `config.evals` holds named entries, e.g. `config.evals.val = dict(type="ek100_mqa", data="val-*.tfrecord",
 every=500)`; unset common fields (methods, batch_size, max_new_tokens, max_samples) come from `config.eval`.
@@ -50,7 +54,60 @@ def resolve(entry: Mapping, config, name: str, where: Optional[str] = None) -> m
         raise base.EvalConfigError(f"unknown field {unknown[0]!r} for eval type {type_name!r}", fmt.format(unknown[0]),
                                    f"some of {sorted(fields)}")
     fields = base.check_common({**fields, **entry}, fmt)
+    if hasattr(REGISTRY[type_name], "check"):
+        REGISTRY[type_name].check(fields, fmt)
     return ml_collections.ConfigDict(dict(fields, name=name, where=fmt))
+
+
+def cli_flags() -> dict:
+    """{field: argparse keywords} of every registered benchmark's FLAGS; a field two benchmarks declare must be
+    declared the same way."""
+    out = {}
+    for name, module in REGISTRY.items():
+        for field, kwargs in getattr(module, "FLAGS", {}).items():
+            if field in out and out[field] != kwargs:
+                raise ValueError(f"benchmark {name!r} declares the flag --{field} unlike another benchmark: "
+                                 f"{kwargs} vs {out[field]}")
+            out[field] = kwargs
+    return out
+
+
+def check_early(entry: Mapping, where: str) -> None:
+    """The checks an entry passes before the model loads (its type, the module's `check`); `where` formats a field
+    name into where it was set."""
+    type_name = entry.get("type")
+    if type_name not in REGISTRY:
+        raise base.EvalConfigError(f"unknown eval type {type_name!r}", where.format("type"),
+                                   f"one of {sorted(REGISTRY)}")
+    module = REGISTRY[type_name]
+    if hasattr(module, "check"):
+        module.check({**module.DEFAULTS, **entry}, where)
+
+
+def data_files(eval_cfg) -> list:
+    """Every file a resolved entry's samples are read from: its data (a .jsonl, or the TFRecords of its globs) and
+    the files its benchmark's FILE_FIELDS name."""
+    from llavaction_jax.eval import samples
+    data = str(eval_cfg.data)
+    files = [data] if data.endswith(".jsonl") else samples.tfrecord_files(data)
+    return files + [str(eval_cfg[f]) for f in getattr(REGISTRY[eval_cfg.type], "FILE_FIELDS", ()) if eval_cfg.get(f)]
+
+
+def settings(eval_cfg) -> dict:
+    """The benchmark's own fields of a resolved entry that are not files (what, beside the data, chooses the
+    samples and their frames: part of the outputs' fingerprint)."""
+    module = REGISTRY[eval_cfg.type]
+    files = set(getattr(module, "FILE_FIELDS", ()))
+    return {k: eval_cfg.get(k) for k in module.DEFAULTS if k not in files and k not in base.COMMON_FIELDS}
+
+
+def entries(config) -> dict:
+    """{name: entry as given} of config.evals, plus LEGACY_NAME from config.data.eval_files when it is set (a run
+    configured with train.eval_every + data.eval_files), for picking one by name (the eval CLI's --eval)."""
+    out = {str(k): v.to_dict() for k, v in config.evals.items()}
+    if config.data.eval_files and LEGACY_NAME not in out:
+        out[LEGACY_NAME] = dict(type=ek100_mqa.NAME, data=str(config.data.eval_files))
+    return out
 
 
 def build(eval_cfg, config, mesh, tokenizer, workdir: str):

@@ -13,11 +13,26 @@ class EvalConfigError(UserError, ValueError):
     """A `config.evals` entry (or eval CLI flag) the benchmarks refuse (a ValueError too, for callers)."""
 
 
+COMMON_FIELDS = ("type", "data", "every", "methods", "batch_size", "max_new_tokens", "max_samples")
+
+
 def common_defaults(config) -> dict:
     """Fields every entry takes; unset ones fall back to the config's eval section."""
     e = config.eval
     return dict(type="", data="", every=0, methods=tuple(e.methods), batch_size=int(e.batch_size),
                 max_new_tokens=int(e.max_new_tokens), max_samples=int(e.max_samples))
+
+
+# A benchmark's own CLI flags (its module's FLAGS): {field: argparse keywords}, the flag is --<field> and unset
+# means None (the entry / DEFAULTS decide). Benchmarks that share a field declare it with the same keywords.
+VIDEO_ROOT_FLAG = dict(help="root of the videos for JSONL data")
+
+
+def positive(fields: Mapping, field: str, fmt: str) -> None:
+    """`field` of an entry, when set, as a positive number (the CLI's form of the error)."""
+    value = fields.get(field)
+    if value is not None and value <= 0:
+        raise EvalConfigError(f"bad value {value!r}", fmt.format(field), "a positive number")
 
 
 def where(eval_cfg: Mapping, field: str) -> str:

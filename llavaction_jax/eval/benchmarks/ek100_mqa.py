@@ -9,6 +9,25 @@ from llavaction_jax.eval.benchmarks import base
 NAME = "ek100_mqa"
 # video_root: where an MQA JSONL's videos are (TFRecords need none); the rest as llavaction_jax.data.video.VideoReader.
 DEFAULTS = dict(video_root=None, video_layout="original", chunk_len=15, fps=None, fps_csv=None)
+# The eval CLI's flags for those fields (base.VIDEO_ROOT_FLAG has the form).
+FLAGS = dict(
+    video_root=base.VIDEO_ROOT_FLAG,
+    video_layout=dict(choices=("original", "chunks", "frames"), help="layout of the MQA videos (default: original)"),
+    chunk_len=dict(type=int, help="chunk length (s) of the 'chunks' layout (default 15)"),
+    fps=dict(type=float, help="frame rate of every video (the 'frames' layout needs this or --fps_csv)"),
+    fps_csv=dict(help="EPIC_100_video_info.csv: per-video frame rates"),
+)
+# Fields naming files the samples are read from (fingerprinted with the data).
+FILE_FIELDS = ("fps_csv",)
+
+
+def check(fields, fmt: str) -> None:
+    """What the entry's own fields must hold before anything loads (`fmt` formats a field into where it was set)."""
+    base.positive(fields, "chunk_len", fmt)
+    if str(fields.get("data", "")).endswith(".jsonl") and not fields.get("video_root"):
+        raise base.EvalConfigError("MQA JSONL data needs its videos", fmt.format("video_root"),
+                                   "the root of the EK100 videos (or evaluate the MQA TFRecords, which hold the "
+                                   "frames)")
 
 
 def make_source(config, eval_cfg) -> samples.Source:

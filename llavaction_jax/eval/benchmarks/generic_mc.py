@@ -6,6 +6,9 @@ from llavaction_jax.eval.benchmarks import base
 NAME = "generic_mc"
 # Relative video paths are under video_root; absolute ones only with allow_absolute_paths.
 DEFAULTS = dict(video_root=None, allow_absolute_paths=False)
+FLAGS = dict(video_root=base.VIDEO_ROOT_FLAG,
+             allow_absolute_paths=dict(action="store_true", help="generic MC: accept absolute video paths "
+                                       "(default: every path must be under --video_root)"))
 
 
 def build(config, eval_cfg, mesh, tokenizer, workdir):

@@ -9,6 +9,9 @@ from llavaction_jax.eval.benchmarks import base, ek100_mqa
 
 NAME = "recognition"
 DEFAULTS = dict(ek100_mqa.DEFAULTS, methods=("letters",), k=(1, 5))
+FLAGS = dict(ek100_mqa.FLAGS, k=dict(help="recognition: comma list of top-k (default 1,5)"))
+FILE_FIELDS = ek100_mqa.FILE_FIELDS
+check = ek100_mqa.check
 
 
 def scalars(summary) -> dict:
