@@ -197,7 +197,7 @@ def _broken_copy(made, tmp_path, name, change):
      "(float32 / bfloat16 / float16)"),
     ("nan", lambda t: t["model.norm.weight"].__setitem__(3, np.nan),
      "error: tensor 'model.norm.weight' holds NaN or inf values (for parameter llm/norm/scale) ({f}): finite "
-     "weights (a broken or overflowed checkpoint?)"),
+     "weights (a broken or overflowed checkpoint?), or --allow_nonfinite to import it anyway"),
     ("float64", lambda t: t.update({k: v.astype(np.float64) for k, v in t.items()}),
      "error: tensor '{first}' (and the bulk of the weights) is float64 ({f}): one of ('float32', 'bfloat16', "
      "'float16'), or --dtype float32 to cast it"),
@@ -210,6 +210,24 @@ def test_import_checks_tensor_dtypes_and_values(made, tmp_path, name, change, me
     first = sorted(load_file(str(src / "model.safetensors")))[0]
     assert line == message.format(f=src / "model.safetensors", first=first)
     assert not dst.exists()
+
+
+def test_import_allow_nonfinite_warns_naming_the_tensors_and_imports(made, tmp_path):
+    def poison(t):
+        t["model.norm.weight"][3] = np.inf
+        t["model.layers.1.mlp.up_proj.weight"][0, 0] = np.nan
+    src = _broken_copy(made, tmp_path, "nan", poison)
+    dst = tmp_path / "imported"
+    proc = run_cli("llavaction_jax.convert", "import", "--format", "llava_qwen", "--src", src, "--dst", dst,
+                   "--allow_nonfinite")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [line for line in proc.stderr.splitlines() if "--allow_nonfinite" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("WARNING "), proc.stderr[-3000:]
+    assert warnings[0].endswith(f"{src}: tensors holding NaN or inf values, imported as they are "
+                                "(--allow_nonfinite): model.layers.1.mlp.up_proj.weight, model.norm.weight") or \
+        warnings[0].endswith(f"{src}: tensors holding NaN or inf values, imported as they are "
+                             "(--allow_nonfinite): model.norm.weight, model.layers.1.mlp.up_proj.weight")
+    assert (dst / "params").is_dir() and json.loads(proc.stdout)
 
 
 def test_released_llavaction_7b_config_reads_and_validates():

@@ -55,6 +55,8 @@ def main(argv=None):
     imp.add_argument("--override", action="append", help="model config override key=value, e.g. action_token=true")
     imp.add_argument("--allow_missing", action="append", default=[],
                      help="regex of parameter paths that may be absent and are initialised (e.g. '^action/')")
+    imp.add_argument("--allow_nonfinite", action="store_true",
+                     help="import tensors holding NaN / inf as they are (a warning names them) instead of refusing")
     _paths(imp, "checkpoint dir, e.g. safetensors (config.json + model.safetensors[.index.json])", "new Orbax dir")
     exp = sub.add_parser("export", help="checkpoint dir (usually an Orbax dir or a training workdir) -> FORMAT")
     exp.add_argument("--format", required=True, choices=formats.writable(),
@@ -105,7 +107,7 @@ def main(argv=None):
     if args.command == "import":
         info = api.import_checkpoint(args.src, args.dst, args.format, dtype=args.dtype,
                                      config_overrides=_overrides(args.override), allow_missing=args.allow_missing,
-                                     overwrite=args.overwrite)
+                                     overwrite=args.overwrite, allow_nonfinite=args.allow_nonfinite)
     else:
         info = api.export_checkpoint(args.src, args.dst, args.format, extra_tensors=args.extra_tensors,
                                      max_shard_bytes=int(args.max_shard_gb * (1 << 30)),

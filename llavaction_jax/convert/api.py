@@ -77,15 +77,18 @@ def _write_staged(write, loaded, dst: str, *args) -> dict:
 
 
 def import_checkpoint(src: str, dst: str, fmt: Optional[str] = None, dtype=None, mesh=None,
-                      config_overrides=None, allow_missing: Sequence[str] = (), overwrite: bool = False) -> dict:
+                      config_overrides=None, allow_missing: Sequence[str] = (), overwrite: bool = False,
+                      allow_nonfinite: bool = False) -> dict:
     """Checkpoint `src` (of format `fmt`, checked; default: detected) -> Orbax params dir; the import report.
-    `dst` must be new or empty unless `overwrite` (then it is replaced once the new one is complete)."""
+    `dst` must be new or empty unless `overwrite` (then it is replaced once the new one is complete). A tensor
+    holding NaN / inf is refused unless `allow_nonfinite` (then a warning names each such tensor)."""
     dst = fs.check_new_dir(dst, f"--dst {dst}", overwrite)
     detected = detect_format(src)
     fmt = fmt or detected
     if detected != fmt:
         raise ValueError(f"{src}: looks like a {detected!r} checkpoint, not {fmt!r}")
-    loaded = _load(src, fmt, mesh, dtype=dtype, config_overrides=config_overrides, allow_missing=allow_missing)
+    loaded = _load(src, fmt, mesh, dtype=dtype, config_overrides=config_overrides, allow_missing=allow_missing,
+                   allow_nonfinite=allow_nonfinite)
     info = _write_staged(orbax_format.write, loaded, dst)
     if loaded.unused_keys:
         log.info("%s: %d expected unused keys kept in %s: %s", src, len(loaded.unused_keys),

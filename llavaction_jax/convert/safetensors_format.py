@@ -111,15 +111,20 @@ def check_tensor_dtypes(reader, plan) -> None:
                                   reader.file_of(key), "a floating-point tensor (float32 / bfloat16 / float16)")
 
 
-def check_finite(reader, rule, index, value: np.ndarray, num_layers: int) -> None:
+def check_finite(reader, rule, index, value: np.ndarray, num_layers: int, allowed: Optional[list] = None) -> None:
     """NaN / inf in a weight would score every sample the same silent way; refuse, naming the tensor (a cast to a
-    narrower --dtype that overflows is caught here too)."""
+    narrower --dtype that overflows is caught here too). `allowed` (--allow_nonfinite): a list the tensor's name
+    is appended to instead, for one warning that names them all."""
     if _is_float(value.dtype) and not np.isfinite(value).all():
-        keys = ([rule.key.format(i=i) for i in range(*index[0].indices(num_layers))] if rule.stacked
-                else [rule.key])
-        raise TensorError(f"tensor {keys[0] if len(keys) == 1 else keys[0] + ' .. ' + keys[-1]!r} holds NaN or "
-                          f"inf values (for parameter {rule.param})", reader.file_of(keys[0]),
-                          "finite weights (a broken or overflowed checkpoint?)")
+        keys = ([rule.key.format(i=i) for i, layer in zip(range(*index[0].indices(num_layers)), value)
+                 if not np.isfinite(layer).all()] if rule.stacked else [rule.key])      # the layers that hold them
+        if allowed is not None:
+            allowed.extend(k for k in keys if k not in allowed)
+            return
+        name = keys[0] if len(keys) == 1 else f"{keys[0]}' (and {len(keys) - 1} more) '"
+        raise TensorError(f"tensor '{name}' holds NaN or inf values (for parameter {rule.param})",
+                          reader.file_of(keys[0]), "finite weights (a broken or overflowed checkpoint?), or "
+                          "--allow_nonfinite to import it anyway")
 
 
 def open_checkpoint(path: str, fmt, dtype=None, config_overrides=None):
@@ -146,8 +151,10 @@ def read_config(path: str, fmt, config_overrides=None, dtype=None):
     return model_cfg, notes
 
 
-def build_model(reader, fmt, model_cfg, mesh, rules=None, allow_missing: Sequence[str] = (), seed: int = 0):
-    """Sharded model whose parameters are streamed from `reader`; returns (model, plan)."""
+def build_model(reader, fmt, model_cfg, mesh, rules=None, allow_missing: Sequence[str] = (), seed: int = 0,
+                allow_nonfinite: bool = False):
+    """Sharded model whose parameters are streamed from `reader`; returns (model, plan). A tensor holding NaN /
+    inf is refused unless `allow_nonfinite` (then one warning names every such tensor)."""
     abstract = model_build.abstract_model(model_cfg, mesh, rules, seed)
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
     if jax.tree.leaves(rest):
@@ -166,6 +173,7 @@ def build_model(reader, fmt, model_cfg, mesh, rules=None, allow_missing: Sequenc
                                                  {p: flat[p].get_value().sharding for p in missing}, seed)
                    if missing else {})
     values = {}
+    nonfinite = [] if allow_nonfinite else None
     for path, var in flat.items():
         if path in init_values:
             values[path] = init_values[path]
@@ -179,7 +187,7 @@ def build_model(reader, fmt, model_cfg, mesh, rules=None, allow_missing: Sequenc
             key = tuple((s.start, s.stop, s.step) for s in index)
             if key not in cache:
                 cache[key] = read_param_slice(reader, rule, index, dtype, n)
-                check_finite(reader, rule, index, cache[key], n)
+                check_finite(reader, rule, index, cache[key], n, nonfinite)
             return cache[key]
 
         values[path] = jax.make_array_from_callback(sds.shape, sds.sharding, cb)
@@ -187,15 +195,19 @@ def build_model(reader, fmt, model_cfg, mesh, rules=None, allow_missing: Sequenc
         reader.release()     # keep at most one parameter's pages of the checkpoint mapped
     for path, var in flat.items():
         var.set_value(values[path])
+    if nonfinite:
+        log.warning("%s: tensors holding NaN or inf values, imported as they are (--allow_nonfinite): %s",
+                    reader.path, ", ".join(nonfinite))
     return nnx.merge(graphdef, params), plan
 
 
 def load(path: str, fmt, mesh, dtype=None, config_overrides=None, allow_missing: Sequence[str] = (),
-         rules=None) -> common.Loaded:
+         rules=None, allow_nonfinite: bool = False) -> common.Loaded:
     path = os.path.abspath(path)
     raw, reader, model_cfg, notes, cj = open_checkpoint(path, fmt, dtype, config_overrides)
     with raw:
-        model, plan = build_model(reader, fmt, model_cfg, mesh, rules, allow_missing)
+        model, plan = build_model(reader, fmt, model_cfg, mesh, rules, allow_missing,
+                                  allow_nonfinite=allow_nonfinite)
     keys = list(plan.expected_unused)
 
     def unused():
@@ -222,8 +234,8 @@ def reader_functions(fmt):
         return read_config(path, fmt, config_overrides, dtype)
 
     def load_fmt(path: str, mesh, dtype=None, config_overrides=None, allow_missing: Sequence[str] = (),
-                 rules=None) -> common.Loaded:
-        return load(path, fmt, mesh, dtype, config_overrides, allow_missing, rules)
+                 rules=None, allow_nonfinite: bool = False) -> common.Loaded:
+        return load(path, fmt, mesh, dtype, config_overrides, allow_missing, rules, allow_nonfinite)
     return detect_fmt, read_config_fmt, load_fmt
 
 

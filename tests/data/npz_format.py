@@ -22,7 +22,7 @@ def read_config(path, config_overrides=None, dtype=None):
     return common.model_config_from_dict(common.read_json(os.path.join(path, CONFIG)), dtype, config_overrides), []
 
 
-def load(path, mesh, dtype=None, config_overrides=None, allow_missing=(), rules=None):
+def load(path, mesh, dtype=None, config_overrides=None, allow_missing=(), rules=None, allow_nonfinite=False):
     model_cfg, notes = read_config(path, config_overrides, dtype)
     graphdef, params, _ = nnx.split(model_build.abstract_model(model_cfg, mesh, rules), nnx.Param, ...)
     with np.load(os.path.join(path, PARAMS)) as saved:

@@ -4,7 +4,8 @@ A format module has
   NAME, DESCRIPTION                                      registry key; one line for messages
   detect(path) -> bool                                   is `path` a checkpoint of this format?
   read_config(path, config_overrides=None, dtype=None) -> (model config, notes)
-  load(path, mesh, dtype=None, config_overrides=None, allow_missing=(), rules=None) -> common.Loaded
+  load(path, mesh, dtype=None, config_overrides=None, allow_missing=(), rules=None, allow_nonfinite=False)
+      -> common.Loaded                                   (a tensor holding NaN / inf: refused unless allowed)
   write(loaded, dst, options=common.WriteOptions()) -> dict   the report; a format that cannot be written has
                                                          no `write` but NOT_WRITABLE, the reason
 Safetensors formats build these from a mapping table (convert/safetensors_format.py). `detect_format`,

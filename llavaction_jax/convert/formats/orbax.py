@@ -62,8 +62,9 @@ def provenance(path: str) -> dict:
 
 
 def load(path: str, mesh, dtype=None, config_overrides=None, allow_missing: Sequence[str] = (),
-         rules=None) -> common.Loaded:
-    """The model (placed on `mesh`) and what its import kept; `allow_missing` has nothing to fill here."""
+         rules=None, allow_nonfinite: bool = False) -> common.Loaded:
+    """The model (placed on `mesh`) and what its import kept; `allow_missing` has nothing to fill here, and
+    `allow_nonfinite` nothing to allow (the tensors were checked when they were imported)."""
     path = os.path.abspath(path)
     model_cfg, notes = read_config(path, config_overrides, dtype)
     model = common.restore_params(os.path.join(path, PARAMS_DIR), model_cfg, mesh, rules,

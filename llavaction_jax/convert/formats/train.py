@@ -96,10 +96,11 @@ def read_config(path: str, config_overrides=None, dtype=None):
 
 
 def load(path: str, mesh, dtype=None, config_overrides=None, allow_missing: Sequence[str] = (),
-         rules=None) -> common.Loaded:
+         rules=None, allow_nonfinite: bool = False) -> common.Loaded:
     """The parameters on `mesh` (the run's sharding rules unless `rules`), with what an export reuses: the
     Orbax dir the run was initialised from (source configs, unused tensors, tokenizer files), the run's
-    tokenizer and the workdir's latest periodic eval (model card)."""
+    tokenizer and the workdir's latest periodic eval (model card). `allow_nonfinite` has nothing to allow (the
+    trainer stops on a non-finite loss before it saves)."""
     step = os.path.abspath(step_dir(path))
     saved = saved_config(step)
     model_cfg = common.model_config_from_dict(saved["model"], dtype, config_overrides)
