@@ -320,7 +320,7 @@ def test_eval_validates_the_checkpoints_config_before_building(tmp_path, capsys)
 def test_predict_out_of_range_clip(tmp_path, capsys, args, message):
     from data_prep import synthetic_videos
     from llavaction_jax import predict
-    video = synthetic_records.frame_index_video(str(tmp_path / "v"), "original", "P01_01", num_frames=45, fps=15.0,
+    video = synthetic_videos.frame_index_video(str(tmp_path / "v"), "original", "P01_01", num_frames=45, fps=15.0,
                                         size=32)[0]
     rc = cli.run(predict.main, ["--checkpoint", str(tmp_path / "never_loaded"), "--video", video, *args,
                                 "--options", "a", "b"], user_errors=predict._user_errors())

@@ -363,7 +363,7 @@ def test_make_mqa_k_out_of_range(tmp_path, k, line):
     ann = tmp_path / "ann.csv"
     ann.write_text("\n".join(rows) + "\n")
     actions = len({tuple(r.split(",")[10:13:2]) for r in rows[1:]})
-    proc = run_cli("llavaction-prep mqa", "--annotations", ann, "--class_dir", EK100_DIR, "--label_csvs", ann,
+    proc = run_cli("data_prep.make_mqa", "--annotations", ann, "--class_dir", EK100_DIR, "--label_csvs", ann,
                    "--mode", "random", "--k", k, "--out", tmp_path / "q.jsonl")
     assert one_error(proc) == line.replace("only 3", f"only {actions}").replace("at most 3", f"at most {actions}")
     assert not (tmp_path / "q.jsonl").exists()
