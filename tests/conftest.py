@@ -12,6 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # by its TrainSetup, so a new run compiles anew) reads it from JAX's persistent compilation cache, one per
 # test session, in this process only (subprocess tests start cold).
 import atexit  # noqa: E402
+import importlib.util  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
 import tempfile  # noqa: E402
@@ -33,6 +34,15 @@ if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
 # Real EK100 annotation CSVs (CC BY-NC 4.0, credited in tests/data/ek100/README.md); EK100_DIR overrides.
 EK100_DIR = os.environ.get("EK100_DIR", os.path.join(REPO_ROOT, "tests", "data", "ek100"))
+
+
+def load_test_data_module(name: str):
+    """tests/data/<name>.py as a module: the one-file extensions (a format, a benchmark, a task) that tests
+    register in a library registry."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__), "data", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

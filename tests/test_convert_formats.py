@@ -1,6 +1,5 @@
 """The checkpoint format registry: every format claims only its own directories, a new format is one module plus
 one registry line (detect_format, load_pretrained and the CLI pick it up), an unwritable format says so."""
-import importlib.util
 import json
 import os
 
@@ -11,20 +10,16 @@ import pytest
 from flax import nnx
 
 from configs import tiny
+from conftest import load_test_data_module
 from llavaction_jax import sharding as shd
 from llavaction_jax.cli import UserError
 from llavaction_jax.convert import api, common, formats
 from llavaction_jax.convert.__main__ import main as convert_main
 from llavaction_jax.model import build as model_build
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
-
 
 def _npz_format():
-    spec = importlib.util.spec_from_file_location("npz_format", os.path.join(DATA, "npz_format.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_test_data_module("npz_format")
 
 
 def _mesh():

@@ -1,12 +1,11 @@
 """Exact prompt strings (llavaction_jax.data.prompts) and instruction-data generation (data_prep.instructions)."""
-import importlib.util
 import json
 import os
 import re
 
 import pytest
 
-from conftest import EK100_DIR
+from conftest import EK100_DIR, load_test_data_module
 from llavaction_jax.data import ek100, prompts
 from data_prep import instructions, make_instructions, predictions
 from llavaction_jax import cli
@@ -294,11 +293,7 @@ def test_make_instructions_cli(tmp_path):
 
 
 def _noun_task():
-    spec = importlib.util.spec_from_file_location("noun_task", os.path.join(os.path.dirname(__file__), "data",
-                                                                             "noun_task.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_test_data_module("noun_task")
 
 
 def test_a_new_task_is_one_module_and_one_registry_line(tmp_path, monkeypatch, capsys):

@@ -4,7 +4,6 @@ recognition top-k against hand computations; config.evals entries that are wrong
 
 The new benchmark is one file, tests/data/seeded_benchmark.py, registered with one line.
 """
-import importlib.util
 import json
 import os
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import load_test_data_module
 from llavaction_jax.data.records import encode_example, encode_jpeg
 from llavaction_jax import cli
 from llavaction_jax.cli import UserError
@@ -24,15 +24,10 @@ from tests.test_bad_inputs import one_error, train_flags  # noqa: F401  (train_f
 from tests.test_train_checkpoint import _Limited
 from tests.test_train_step import _arrays, _config, _mesh
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
-
 
 def _seeded_benchmark():
     """tests/data/seeded_benchmark.py: the whole extra benchmark (NAME, DEFAULTS, FLAGS, check, build)."""
-    spec = importlib.util.spec_from_file_location("seeded_benchmark", os.path.join(DATA, "seeded_benchmark.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_test_data_module("seeded_benchmark")
 
 
 SEEDED = _seeded_benchmark()
