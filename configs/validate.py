@@ -124,7 +124,7 @@ def base_rules() -> Mapping[str, Rule]:
 
 
 def _demo_rules() -> Mapping[str, Rule]:
-    """configs/demo.py's `demo` section (llavaction_jax.demo reads every key)."""
+    """configs/demo.py's `demo` section (llavaction_demo reads every key)."""
     from data_prep.mqa import MODES, REPRESENTATIONS
     from data_prep.synthetic_videos import PATHS
     from llavaction_jax.eval.metrics import PROTOCOLS

@@ -148,7 +148,8 @@ def test_optional_demo_section_has_its_own_rules():
 
 def test_demo_and_aot_clis_validate_before_anything(tmp_path, capsys):
     """The demo's and the AOT planner's entry points check the config first (exit 2, one line, nothing made)."""
-    from llavaction_jax import aot, cli, demo
+    from llavaction_demo import run as demo
+    from llavaction_jax import aot, cli
     assert cli.run(demo.main, ["--workdir", str(tmp_path / "demo"), "--steps", "0"]) == 2
     assert capsys.readouterr().err == ("error: bad config value 0 (config.train.num_steps): an integer >= 1\n")
     assert not (tmp_path / "demo").exists()
