@@ -65,8 +65,9 @@ def build_parser() -> argparsing.ArgumentParser:
                    "from the environment)")
     p.add_argument("--num_processes", type=int, default=None, help="number of processes (multi-process)")
     p.add_argument("--process_id", type=int, default=None, help="this process's index (multi-process)")
-    for field, kwargs in benchmarks.cli_flags().items():          # each benchmark's own fields
-        p.add_argument(f"--{field}", dest=field, **{"default": None, **kwargs})
+    own = p.add_argument_group("benchmark fields", "the benchmarks' own config.evals fields (each module's FLAGS)")
+    for field, kwargs in benchmarks.cli_flags().items():
+        own.add_argument(f"--{field}", dest=field, **{"default": None, **kwargs})
     return p
 
 
