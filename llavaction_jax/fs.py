@@ -8,7 +8,8 @@ plain path first (`normalize`), so local runs keep using the OS and Orbax (whose
 
 Outputs go through `check_output` (a path with a scheme never becomes a local folder `./gs:/...`), whole
 directories through `staged_dir` (written aside, then swapped in: readers and a failed write never see half of
-one, as Orbax commits a checkpoint) and single files through `atomic_path` / `atomic_write` (the same for one file).
+one, as Orbax commits a checkpoint), single files through `atomic_path` / `atomic_write` (the same for one file)
+and some files of a directory through `staged_files` (each put in place whole).
 """
 import contextlib
 import os
@@ -231,3 +232,33 @@ def copy_tree(src: str, dst: str) -> None:
         for name in files:
             tf.io.gfile.copy(os.path.join(root, name), join(target, name), overwrite=True)
 
+
+
+@contextlib.contextmanager
+def staged_files(dst_dir: str):
+    """Yields a local directory to write some files of `dst_dir` into (subfolders too). When the block ends
+    without an error each file is put in place whole: locally renamed over its final name (the stage is a hidden
+    folder inside `dst_dir`, so on the same filesystem), for a URL uploaded (an object appears only once its
+    upload completes). On an error none is, and the stage is removed: every file of `dst_dir` is its old self or
+    its whole new self, never half of one. Unlike staged_dir, the other files of `dst_dir` are kept (an eval
+    report next to its predictions, a task next to its clips)."""
+    dst_dir = normalize(dst_dir)
+    if is_url(dst_dir):
+        stage = tempfile.mkdtemp(prefix="llavaction-files-")
+    else:
+        os.makedirs(dst_dir, exist_ok=True)
+        stage = tempfile.mkdtemp(prefix=".incoming-", dir=dst_dir)
+    try:
+        yield stage
+        for root, dirs, files in os.walk(stage):
+            dirs.sort()
+            rel = os.path.relpath(root, stage)
+            target = dst_dir if rel == "." else join(dst_dir, *rel.split(os.sep))
+            makedirs(target)
+            for name in sorted(files):
+                if is_url(dst_dir):
+                    tf.io.gfile.copy(os.path.join(root, name), join(target, name), overwrite=True)
+                else:
+                    os.replace(os.path.join(root, name), os.path.join(target, name))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

@@ -8,9 +8,11 @@ Dropped unless verbose:
 - JAX's "Unable to initialize backend 'tpu'" (and the other backends it probes) on a machine without them;
 - Orbax's "Metadata file does not exist: .../_CHECKPOINT_METADATA" on every restore of a step or params dir
   (older Orbax writers, and our params items, save none; Orbax then reads the tree metadata instead);
-- Orbax's ~100 INFO lines per checkpoint save.
+- Orbax's ~100 INFO lines per checkpoint save;
+- the tracebacks of Orbax's log lines about a full disk (the CLI reports it as one `error:` line).
 Warnings and errors of every library stay.
 """
+import errno
 import importlib.abc
 import importlib.machinery
 import logging
@@ -89,8 +91,19 @@ def _is_noise(record: logging.LogRecord) -> bool:
     return False
 
 
+def _is_disk_full(record: logging.LogRecord) -> bool:
+    err = record.exc_info[1] if record.exc_info else None
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def _drop_noise(record: logging.LogRecord) -> bool:
-    return not _is_noise(record)
+    if _is_noise(record):
+        return False
+    if f"{os.sep}orbax{os.sep}" in (record.pathname or "") and _is_disk_full(record):
+        # A full disk during an async save: each Orbax thread logs it with a traceback; the CLI reports it as
+        # one `error:` line (llavaction_jax.cli), so its log lines keep only their message.
+        record.exc_info, record.exc_text = None, None
+    return True
 
 
 def configure(verbose: bool = False) -> None:

@@ -31,9 +31,14 @@ NO_NETWORK = {"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0
               "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "NO_GCE_CHECK": "true"}
 
 
-def run_cli(module, *args, cwd=REPO_ROOT, env=None, timeout=300):
+def run_cli(module, *args, cwd=REPO_ROOT, env=None, timeout=300, patch=None):
+    """`python -m module args` as a process. `patch`: Python source run first in that process (a failure
+    injected where the real one would happen: a full disk, an internal bug)."""
     full_env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", **(env or {}))
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd, env=full_env,
+    start = ["-m", module] if patch is None else [
+        "-c", f"{patch}\nimport runpy, sys\nsys.argv[0] = {module!r}\nrunpy.run_module({module!r}, "
+              "run_name='__main__', alter_sys=True)"]
+    return subprocess.run([sys.executable, *start, *map(str, args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -230,6 +235,24 @@ def test_import_allow_nonfinite_warns_naming_the_tensors_and_imports(made, tmp_p
     assert (dst / "params").is_dir() and json.loads(proc.stdout)
 
 
+def test_convert_user_errors_are_one_line_and_bugs_keep_their_traceback(made, tmp_path):
+    """The convert CLI turns only the user-error family into one line: a checkpoint of another format, an
+    override of no field; an internal ValueError (injected: a bug) is a traceback, exit 1."""
+    imp = lambda *a, **kw: run_cli("llavaction_jax.convert", "import", "--src", made["a"], "--dst", tmp_path / "o",
+                                   *a, **kw)
+    assert one_error(imp("--format", "hf")) == f"error: {made['a']}: looks like a 'llava_qwen' checkpoint, not 'hf'"
+    line = one_error(imp("--format", "llava_qwen", "--override", "text.no_such_field=3"))
+    assert line.startswith("error: config override 'text.no_such_field': no field 'no_such_field' (known: [")
+    proc = imp("--format", "llava_qwen", patch=(
+        "from llavaction_jax.convert.formats import llava_qwen\n"
+        "def parse_config(*a, **k):\n    raise ValueError('an internal bug')\n"
+        "llava_qwen.parse_config = parse_config"))
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" in proc.stderr and proc.stderr.rstrip().endswith("ValueError: an internal bug")
+    assert not [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert not (tmp_path / "o").exists()
+
+
 def test_released_llavaction_7b_config_reads_and_validates():
     """The shape of the released LLaVAction-7B config.json (Qwen2-7B + SigLIP so400m, LLaVA-NeXT keys, written
     out here; no weights): read as the original does, with IMAGE_TOKEN_INDEX -200 as the video slot sentinel, and
@@ -349,6 +372,83 @@ def test_train_on_a_zero_byte_shard(made, tmp_path):
                              "--config.train.progress_bar=False"))
     assert line == (f"error: no training records in {shard} for process 0 of 1 (config.data.train_files): TFRecord "
                     "shards holding records (a zero-byte shard is empty: rewrite it with llavaction-prep tfrecord)")
+
+
+# A full disk while Orbax writes the `data` item of checkpoint step 4 (after half its file), as its async
+# save thread would meet it; the other steps are written as usual.
+_FULL_DISK_AT_STEP_4 = """
+import errno, os
+from orbax.checkpoint._src.handlers import json_checkpoint_handler as jch
+real_save = jch.JsonCheckpointHandler._save_fn
+async def _save_fn(self, x, directory):
+    if os.path.basename(str(directory.parent)).split(".")[0] == "4":
+        path = str(directory / self._filename)
+        with open(path, "w") as f:
+            f.write('{"half')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    return await real_save(self, x, directory)
+jch.JsonCheckpointHandler._save_fn = _save_fn
+"""
+
+
+def test_disk_full_during_a_checkpoint_save_keeps_the_previous_one(made, tmp_path):
+    """ENOSPC inside Orbax's save of step 4: one line naming the checkpoint directory (no traceback from
+    Orbax's threads), step 2 whole; the next run resumes from step 2 and finishes."""
+    work = tmp_path / "w"
+    train = lambda **kw: run_cli(
+        "llavaction_jax.train", "--config", "configs/tiny.py", "--workdir", work,
+        f"--config.data.train_files={made['data']}", f"--config.data.tokenizer_path={made['tok'].source}",
+        "--config.train.num_steps=4", "--config.train.checkpoint_every=2", "--config.data.global_batch_size=2",
+        "--config.train.progress_bar=False", **kw)
+    line = one_error(train(patch=_FULL_DISK_AT_STEP_4))
+    ckdir = work / "checkpoints"
+    assert line.startswith(f"error: no space left on the device while saving a checkpoint (No space left on "
+                           f"device: {ckdir}/4.")
+    assert line.endswith(f"({ckdir}): free space there and run again: the run resumes from its last committed "
+                         "checkpoint (the unfinished one is not used)")
+    assert "2" in os.listdir(ckdir) and "4" not in os.listdir(ckdir)
+    proc = train()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resumed from {ckdir}/2" in proc.stderr
+    assert {"2", "4"} <= set(os.listdir(ckdir))
+
+
+def test_train_gs_workdir_without_credentials_is_one_line(made, tmp_path):
+    """No credentials and no network (every request to a closed local port): one line naming the workdir, not
+    TensorFlow's FailedPreconditionError traceback, and no local './gs:/...' folder."""
+    line = one_error(run_cli("llavaction_jax.train", "--config", os.path.join(REPO_ROOT, "configs/tiny.py"),
+                             "--workdir", "gs://no-such-bucket/run", f"--config.data.train_files={made['data']}",
+                             f"--config.data.tokenizer_path={made['tok'].source}",
+                             "--config.train.progress_bar=False", cwd=tmp_path, env=NO_NETWORK))
+    assert line.startswith("error: cannot reach gs://no-such-bucket/run (")
+    assert line.endswith("(--workdir gs://no-such-bucket/run): a reachable location (for gs://: credentials, e.g. "
+                         "`gcloud auth application-default login`, and network access)")
+    assert os.listdir(tmp_path) == []
+
+
+def _max_length_line(made, max_length, frames, with_answer):
+    from llavaction_jax.input import chat
+    from llavaction_jax.model.spec import num_video_tokens
+    video = num_video_tokens(tiny.get_config().model, frames)
+    need = chat.shortest_length(made["tok"], video, "You are a helpful assistant.", with_answer)
+    assert video < max_length < need             # passes configs/validate.py's video-token rule
+    part = "and a one-token answer" if with_answer else "and the assistant header"
+    return (f"error: max_length {max_length} cannot hold the chat template ({need - video} tokens with the system "
+            f"prompt {part}) + the {video} video tokens of a {frames}-frame clip = {need} tokens "
+            f"(config.data.max_length): at least {need}, plus room for the question and answer text")
+
+
+def test_max_length_below_the_chat_template_is_refused_at_start(made, tmp_path):
+    """Room for the video tokens but not for the template around them: one line at train and eval start, with
+    the numbers (train: tiny's 4 frames, 25 video tokens; eval: a llava_qwen export's base max_length 4096)."""
+    line = one_error(run_cli("llavaction_jax.train", "--config", "configs/tiny.py", "--workdir", tmp_path / "w",
+                             f"--config.data.train_files={made['data']}",
+                             f"--config.data.tokenizer_path={made['tok'].source}", "--config.data.max_length=30",
+                             "--config.data.length_buckets=()", "--config.train.progress_bar=False"))
+    assert line == _max_length_line(made, 30, 4, with_answer=True)
+    line = one_error(run_cli("llavaction_jax.eval", "--checkpoint", made["a"], "--data", made["data"], "--out",
+                             tmp_path / "o", "--methods", "letters", "--num_frames", 681, "--no_progress"))
+    assert line == _max_length_line(made, 4096, 681, with_answer=False)
 
 
 @pytest.mark.parametrize("k, line", [

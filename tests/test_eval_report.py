@@ -5,6 +5,7 @@ import os
 import re
 
 import numpy as np
+import pytest
 
 from llavaction_jax.eval import metrics, report
 
@@ -81,3 +82,37 @@ def test_all_correct_gives_an_empty_gallery(tmp_path):
     page = _render(tmp_path, records, {})
     gallery = page[page.index('<section id="errors">'):page.index('<section id="failures">')]
     assert "Errors: 0 distinct questions" in gallery and 'class="card"' not in gallery
+
+
+def test_report_written_whole_or_not_at_all_and_through_fs(tmp_path, monkeypatch):
+    """A failure half-way through a rewrite (injected: the confusion plot writes part of its PNG, then raises as
+    a full disk does) leaves every file of the earlier report byte for byte, and no stage folder; a URL
+    destination (ram://, the tests' offline non-local scheme) gets the same files through fs."""
+    import errno
+    import tensorflow as tf
+    records = synthetic_predictions(n=30)
+    frames = {r["id"]: np.full((4, 32, 32, 3), 7, np.uint8) for r in records[:5]}
+    _render(tmp_path, records, frames)
+
+    def snapshot(root):
+        return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+                for d, _, files in os.walk(root) for f in files}
+    before = snapshot(tmp_path)
+    assert report.REPORT_HTML in before and report.CONFUSION_PNG in before
+
+    def full_disk(confusion, path, *a, **k):
+        with open(path, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    with monkeypatch.context() as m:
+        m.setattr(report, "plot_confusion", full_disk)
+        with pytest.raises(OSError, match="No space left"):
+            _render(tmp_path, synthetic_predictions(n=30, seed=1), frames)
+    assert snapshot(tmp_path) == before                          # no half file, no new file, no stage folder
+
+    summary = metrics.summarize(records, ("letters", "generate", "strict"))
+    paths = report.write_report("ram://reports/r1", summary, records, frames)
+    assert paths[report.REPORT_HTML] == "ram://reports/r1/report.html"
+    for name in (report.REPORT_HTML, report.CONFUSION_PNG, f"{report.SAMPLES_DIR}/000.png"):
+        with tf.io.gfile.GFile(f"ram://reports/r1/{name}", "rb") as f:
+            assert f.read()[:4] in (b"<!do", b"\x89PNG")

@@ -199,3 +199,31 @@ def test_lmms_eval_loads_the_task(task):
     right = doc["options"][ord(doc["answer"]) - ord("A")]
     scores = loaded.process_results(doc, [right])
     assert {k: f([scores[k]]) for k, f in loaded.aggregation().items()} == {"accuracy": 1.0, "strict_accuracy": 1.0}
+
+
+def test_a_failure_half_way_leaves_the_task_as_it_was(task, tmp_path, monkeypatch):
+    """The task is written into a stage and put in place file by file when complete: a full disk while cutting
+    the third clip (injected: half a file, then ENOSPC) leaves the earlier export byte for byte, no stage."""
+    import errno
+    import shutil
+    out = tmp_path / "task"
+    shutil.copytree(task["out"], out)
+
+    def snapshot():
+        return {os.path.relpath(os.path.join(d, f), out): open(os.path.join(d, f), "rb").read()
+                for d, _, files in os.walk(out) for f in files}
+    before = snapshot()
+    real_cut, calls = exporter.cut_clip, []
+
+    def cut_then_fill_the_disk(reader, doc, path, num_frames):
+        calls.append(path)
+        if len(calls) < 3:
+            return real_cut(reader, doc, path, num_frames)
+        with open(path, "wb") as f:
+            f.write(b"\0" * 100)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    monkeypatch.setattr(exporter, "cut_clip", cut_then_fill_the_disk)
+    with pytest.raises(OSError, match="No space left"):
+        exporter.export(task["mqa"], str(out), video_root=str(task["root"] / "videos"), num_frames=4)
+    assert len(calls) == 3 and not str(calls[0]).startswith(str(out / "clips"))   # written aside
+    assert snapshot() == before

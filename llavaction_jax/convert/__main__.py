@@ -46,12 +46,14 @@ def _described(names):
 
 def main(argv=None):
     from llavaction_jax.convert import api, formats
+    from llavaction_jax.model import spec as model_spec     # imports JAX, as the converter does
     parser = argparsing.ArgumentParser(prog="llavaction-convert", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     imp = sub.add_parser("import", help="checkpoint dir -> Orbax params dir (+ model_config.json)")
     imp.add_argument("--format", required=True, choices=sorted(formats.FORMATS),
                      help="the source's format: " + _described(sorted(formats.FORMATS)))
-    imp.add_argument("--dtype", default=None, help="parameter dtype (default: the checkpoint's, e.g. bfloat16)")
+    imp.add_argument("--dtype", default=None, choices=model_spec.DTYPES,
+                     help="parameter dtype (default: the checkpoint's, e.g. bfloat16)")
     imp.add_argument("--override", action="append", help="model config override key=value, e.g. action_token=true")
     imp.add_argument("--allow_missing", action="append", default=[],
                      help="regex of parameter paths that may be absent and are initialised (e.g. '^action/')")
@@ -121,9 +123,11 @@ def main(argv=None):
 
 
 def _user_errors():
-    from llavaction_jax.convert.mapping import CheckpointMismatchError
-    # The converter reports bad checkpoints / configs as these (each names the file or key).
-    return (CheckpointMismatchError, ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError)
+    """Bad input beyond cli.UserError (whose family the converter raises: convert/errors.py): a model config
+    value no model is built from (an --override, a checkpoint's config). Any other exception is a bug and keeps
+    its traceback."""
+    from llavaction_jax.model.spec import ModelConfigError   # imports JAX: only once a command runs
+    return (ModelConfigError,)
 
 
 def console_main(argv=None) -> int:

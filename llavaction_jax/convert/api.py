@@ -17,6 +17,7 @@ from llavaction_jax import fs
 from llavaction_jax.convert import common
 from llavaction_jax.convert.formats import detect_format, get as get_format, orbax as orbax_format, writer
 from llavaction_jax.convert.formats import train as train_format
+from llavaction_jax.convert.errors import ConvertError
 
 __all__ = ["detect_format", "export_checkpoint", "export_model", "full_config", "import_checkpoint",
            "load_pretrained"]
@@ -86,7 +87,7 @@ def import_checkpoint(src: str, dst: str, fmt: Optional[str] = None, dtype=None,
     detected = detect_format(src)
     fmt = fmt or detected
     if detected != fmt:
-        raise ValueError(f"{src}: looks like a {detected!r} checkpoint, not {fmt!r}")
+        raise ConvertError(f"{src}: looks like a {detected!r} checkpoint, not {fmt!r}")
     loaded = _load(src, fmt, mesh, dtype=dtype, config_overrides=config_overrides, allow_missing=allow_missing,
                    allow_nonfinite=allow_nonfinite)
     info = _write_staged(orbax_format.write, loaded, dst)

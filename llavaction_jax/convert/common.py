@@ -19,6 +19,7 @@ from llavaction_jax import sharding as shd
 from llavaction_jax.cli import UserError
 from llavaction_jax.convert.mapping import CheckpointMismatchError, check_tree
 from llavaction_jax.model import build as model_build, config as model_config_lib
+from llavaction_jax.convert.errors import BadOverrideError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
                    "special_tokens_map.json", "added_tokens.json", "chat_template.json", "chat_template.jinja")
@@ -79,11 +80,11 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides) -> None:
         node, parts = cfg, key.split(".")
         for p in parts[:-1]:
             if p not in node:
-                raise KeyError(f"config override {key!r}: no field {p!r}")
+                raise BadOverrideError(f"config override {key!r}: no field {p!r}")
             node = node[p]
         last = parts[-1]
         if last not in node:
-            raise KeyError(f"config override {key!r}: no field {last!r} (known: {sorted(node.keys())})")
+            raise BadOverrideError(f"config override {key!r}: no field {last!r} (known: {sorted(node.keys())})")
         if isinstance(value, dict) and isinstance(node[last], ml_collections.ConfigDict):
             apply_overrides(node[last], value)
         elif isinstance(node[last], tuple) and isinstance(value, list):

@@ -29,6 +29,7 @@ from typing import Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 
 from llavaction_jax.input import tokenizer as tok_lib
+from llavaction_jax.convert.errors import ConvertError
 
 IMAGE_TOKEN = "<image>"
 VIDEO_TOKEN = tok_lib.VIDEO
@@ -72,7 +73,7 @@ CHAT_TEMPLATE = (
 )
 
 
-class UnreadableTokenizer(ValueError):
+class UnreadableTokenizer(ConvertError):
     """tokenizer.json exists but the tokenizers library cannot load it."""
 
 
@@ -106,13 +107,13 @@ def plan_tokenizer(tokenizer_file: str, model_cfg) -> TokenizerPlan:
         raise UnreadableTokenizer(f"{tokenizer_file}: not a readable tokenizers file ({e})") from None
     for required in (tok_lib.IM_START, tok_lib.IM_END, tok_lib.ENDOFTEXT):
         if tok.token_to_id(required) is None:
-            raise ValueError(f"{tokenizer_file}: no {required!r} token; the HF export needs a ChatML (Qwen2) "
+            raise ConvertError(f"{tokenizer_file}: no {required!r} token; the HF export needs a ChatML (Qwen2) "
                              "tokenizer")
     vocab = int(model_cfg.text.vocab_size)
     notes, added = [], []
     model_video = int(model_cfg.video_token_id)
     if tok.token_to_id(VIDEO_TOKEN) is None and 0 <= model_video < tok.get_vocab_size(with_added_tokens=True):
-        raise ValueError(f"{tokenizer_file}: the model's video_token_id {model_video} is the token "
+        raise ConvertError(f"{tokenizer_file}: the model's video_token_id {model_video} is the token "
                          f"{tok.id_to_token(model_video)!r}, and the tokenizer has no {VIDEO_TOKEN!r}; the HF "
                          "processor would splice video features over that token")
     for token in (IMAGE_TOKEN, VIDEO_TOKEN):
@@ -178,7 +179,7 @@ def sampling_config(model_cfg, num_frames: int, trained_cfg=None) -> dict:
     the config before an allowed layout change (default `model_cfg`)."""
     trained = trained_cfg if trained_cfg is not None else model_cfg
     if int(num_frames) <= 0:
-        raise ValueError(f"num_frames must be positive to export the video processor config, got {num_frames}")
+        raise ConvertError(f"num_frames must be positive to export the video processor config, got {num_frames}")
     return {
         "do_sample_frames": True, "num_frames": int(num_frames),
         SAMPLING_KEY: {
@@ -201,12 +202,12 @@ def read_sampling(model_dir: str) -> Optional[dict]:
         with open(path, encoding="utf-8") as f:
             block = json.load(f).get(SAMPLING_KEY)
     except (OSError, ValueError, AttributeError) as e:
-        raise ValueError(f"{path}: not a readable video processor config ({e})") from None
+        raise ConvertError(f"{path}: not a readable video processor config ({e})") from None
     if block is None:
         return None
     n = block.get("num_frames") if isinstance(block, dict) else None
     if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
-        raise ValueError(f"{path}: {SAMPLING_KEY}.num_frames is {n!r}, expected a positive integer")
+        raise ConvertError(f"{path}: {SAMPLING_KEY}.num_frames is {n!r}, expected a positive integer")
     return block
 
 

@@ -11,6 +11,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from llavaction_jax.cli import UserError
+
 # Hook name -> permutation from checkpoint axes to parameter axes (per layer, without the layer axis).
 #   copy:   same layout (norm scales, biases, embeddings, image_newline, action token)
 #   linear: PyTorch Linear weight (out, in) -> kernel (in, out)
@@ -29,9 +31,9 @@ class Rule:
         return [self.key.format(i=i) for i in range(num_layers)] if self.stacked else [self.key]
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """A checkpoint does not match the model (another size or config): every problem listed at once. The one
-    class for conversion, init_from and training restores."""
+    class for conversion, init_from and training restores; a user error (one line in every CLI)."""
 
 
 def raise_mismatch(header: str, sections) -> None:

@@ -16,6 +16,7 @@ import re
 from typing import Mapping, Optional, Sequence
 
 from llavaction_jax import fs
+from llavaction_jax.convert.errors import ConvertError, MissingFileError
 
 EXPORT_EVAL_HEADING = "## Evaluation of this export"
 SOURCE_EVAL_HEADING = "## The JAX model it was exported from (not this checkpoint)"
@@ -110,7 +111,7 @@ def replace_section(card: str, heading: str, section: Sequence[str]) -> str:
     """`card` with the `heading` section (up to the next '## ' heading) replaced by `section`."""
     pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     if not pattern.search(card):
-        raise ValueError(f"the model card has no {heading!r} section (not written by llavaction_jax.convert?)")
+        raise ConvertError(f"the model card has no {heading!r} section (not written by llavaction_jax.convert?)")
     return pattern.sub(lambda m: "\n".join(section) + "\n", card, count=1)
 
 
@@ -247,7 +248,7 @@ def measure_export(export_dir: str, data: str, out_dir: str, video_root: Optiona
     card_path = os.path.join(export_dir, "README.md")
     sampling = hf_processor.read_sampling(export_dir)
     if sampling is None or not os.path.isfile(card_path):
-        raise ValueError(f"{export_dir}: not an HF export of llavaction_jax.convert (no README.md or no "
+        raise ConvertError(f"{export_dir}: not an HF export of llavaction_jax.convert (no README.md or no "
                          f"{hf_processor.SAMPLING_KEY!r} block in {hf_processor.VIDEO_CONFIG_FILE})")
     args = ["--checkpoint", export_dir, "--data", data, "--out", out_dir, "--no_resume", "--no_progress"]
     for flag, value in (("--video_root", video_root), ("--num_frames", num_frames), ("--limit", limit)):
@@ -267,10 +268,16 @@ def measure_export(export_dir: str, data: str, out_dir: str, video_root: Optiona
 
 
 def load_summary(path: Optional[str]):
+    """The eval summary.json at `path` (None: none); a missing or broken file is a user error naming it."""
     if not path:
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    if not os.path.isfile(path):
+        raise MissingFileError("no eval summary here", path, "the summary.json llavaction_jax.eval wrote")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConvertError(f"invalid JSON ({e})", path, "the summary.json llavaction_jax.eval wrote") from None
 
 
 def latest_eval_summary(workdir: str) -> Optional[str]:

@@ -22,6 +22,7 @@ from llavaction_jax.convert import common, hf_processor
 from llavaction_jax.convert.mapping import iter_ckpt_tensors, match, read_param_slice
 from llavaction_jax.convert.safetensors_io import CheckpointReader, has_safetensors, write_sharded
 from llavaction_jax.model import build as model_build, config as model_config_lib, spec as model_spec
+from llavaction_jax.convert.errors import ConvertError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class AliasedReader:
         for k in reader.keys():
             c = canonical(k)
             if c in self._orig:
-                raise ValueError(f"{reader.path}: keys {self._orig[c]!r} and {k!r} both map to {c!r}")
+                raise ConvertError(f"{reader.path}: keys {self._orig[c]!r} and {k!r} both map to {c!r}")
             self._orig[c] = k
 
     def keys(self):
@@ -137,7 +138,7 @@ def open_checkpoint(path: str, fmt, dtype=None, config_overrides=None):
     try:
         notes = fmt.parse_config(cj, shapes, model_cfg)
     except (KeyError, TypeError) as e:
-        raise ValueError(f"{os.path.join(path, CONFIG)}: cannot parse as {fmt.NAME} config ({e!r})") from e
+        raise ConvertError(f"{os.path.join(path, CONFIG)}: cannot parse as {fmt.NAME} config ({e!r})") from e
     # bf16 stays bf16: parameters keep the checkpoint dtype unless a dtype is asked for.
     model_cfg.param_dtype = np.dtype(dtype).name if dtype is not None else checkpoint_dtype(raw).name
     common.apply_overrides(model_cfg, config_overrides)
@@ -247,7 +248,7 @@ def tensors_to_write(model, rules, name: str) -> Tuple[Iterable[Tuple[str, np.nd
     by_param = {r.param: r for r in rules}
     missing_rule = [r.param for r in rules if r.param not in flat]
     if missing_rule:
-        raise ValueError(f"model lacks parameters the {name} format needs: {missing_rule}")
+        raise ConvertError(f"model lacks parameters the {name} format needs: {missing_rule}")
     dropped = sorted(p for p in flat if p not in by_param)
     num_layers = {p: (flat[p].get_value().shape[0] if by_param[p].stacked else 0) for p in by_param}
 

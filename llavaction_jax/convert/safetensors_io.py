@@ -14,6 +14,7 @@ from safetensors.numpy import save_file
 
 from llavaction_jax import fs
 from llavaction_jax.cli import UserError
+from llavaction_jax.convert.errors import MissingFileError, ConvertError
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -40,7 +41,7 @@ def _safe_open(fname: str):
 def _np_dtype(st_dtype: str) -> np.dtype:
     import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy)
     if st_dtype not in _ST_DTYPES:
-        raise ValueError(f"unsupported safetensors dtype {st_dtype!r}")
+        raise ConvertError(f"unsupported safetensors dtype {st_dtype!r}")
     name = _ST_DTYPES[st_dtype]
     return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
 
@@ -72,13 +73,13 @@ class CheckpointReader:
             with _safe_open(single) as f:
                 self._file_of = {k: single for k in f.keys()}
         else:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{path}: no {SINGLE_NAME} or {INDEX_NAME} (expected a safetensors checkpoint directory)")
         self._shape: Dict[str, Tuple[int, ...]] = {}
         self._dtype: Dict[str, np.dtype] = {}
         for fname in sorted(set(self._file_of.values())):
             if not os.path.isfile(fname):
-                raise FileNotFoundError(f"{fname}: listed in {INDEX_NAME} but missing")
+                raise MissingFileError(f"{fname}: listed in {INDEX_NAME} but missing")
             with _safe_open(fname) as f:
                 for k in f.keys():
                     if self._file_of.get(k) != fname:
@@ -88,7 +89,7 @@ class CheckpointReader:
                     self._dtype[k] = _np_dtype(s.get_dtype())
         missing = [k for k in self._file_of if k not in self._shape]
         if missing:
-            raise ValueError(f"{path}: index lists keys absent from their shard files: {missing[:10]}")
+            raise ConvertError(f"{path}: index lists keys absent from their shard files: {missing[:10]}")
         self._handles: Dict[str, object] = {}
 
     def keys(self) -> List[str]:

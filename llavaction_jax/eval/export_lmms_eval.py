@@ -322,35 +322,37 @@ def export(mqa_file: str, out_dir: str, task: str = DEFAULT_TASK, video_root: Op
             raise cli.UserError(f"question id {d['id']!r} repeats (or maps to the same clip name as row "
                                 f"{seen[d['clip']] + 1})", f"{mqa_file}: row {i + 1}", "unique question ids")
         seen[d["clip"]] = i
-    out_dir = os.path.abspath(out_dir)
-    os.makedirs(os.path.join(out_dir, "data"), exist_ok=True)
-    data_file = os.path.join(out_dir, DATA_FILE)
-    with open(data_file, "w", encoding="utf-8") as f:
-        for d in docs:
-            f.write(json.dumps(d, ensure_ascii=False) + "\n")
-    with open(os.path.join(out_dir, UTILS_FILE), "w", encoding="utf-8") as f:
-        f.write(UTILS_SOURCE)
+    out_dir = fs.check_output(out_dir, f"--out {out_dir}")
+    out_dir = out_dir if fs.is_url(out_dir) else os.path.abspath(out_dir)
+    data_file = fs.join(out_dir, DATA_FILE)
     command = lmms_eval_command(model, task, out_dir, num_frames)
-    with open(os.path.join(out_dir, f"{task}.yaml"), "w", encoding="utf-8") as f:
-        f.write(task_yaml(task, data_file, max_new_tokens, num_frames, time_instruction, command))
     clips = 0
-    if video_root:
-        reader = video_lib.VideoReader(video_root, video_layout, size=clip_size, chunk_len=chunk_len, ext=ext,
-                                       fps=fps)
-        iterator = docs
-        if progress:
-            from tqdm import tqdm
-            iterator = tqdm(docs, desc="clips", unit="clip")
-        for d in iterator:
-            path = os.path.join(out_dir, CLIPS_DIR, d["clip"])
-            try:
-                with fs.atomic_path(path, suffix=".mp4") as tmp:
-                    cut_clip(reader, d, tmp, num_frames)
-            except video_lib.VideoError as e:
-                raise cli.UserError(f"cannot cut the clip of question {d['id']!r}: {e}", video_root,
-                                    f"videos readable in the {video_layout!r} layout") from None
-            clips += 1
-    return {"task": task, "yaml": os.path.join(out_dir, f"{task}.yaml"), "data": data_file,
+    # Everything is written into a local stage and put in place file by file when complete (fs.staged_files):
+    # a failure half-way (a clip that cannot be cut, a full disk) leaves no half file, and gs:// works.
+    with fs.staged_files(out_dir) as stage:
+        os.makedirs(os.path.join(stage, "data"))
+        with open(os.path.join(stage, DATA_FILE), "w", encoding="utf-8") as f:
+            for d in docs:
+                f.write(json.dumps(d, ensure_ascii=False) + "\n")
+        with open(os.path.join(stage, UTILS_FILE), "w", encoding="utf-8") as f:
+            f.write(UTILS_SOURCE)
+        with open(os.path.join(stage, f"{task}.yaml"), "w", encoding="utf-8") as f:
+            f.write(task_yaml(task, data_file, max_new_tokens, num_frames, time_instruction, command))
+        if video_root:
+            reader = video_lib.VideoReader(video_root, video_layout, size=clip_size, chunk_len=chunk_len, ext=ext,
+                                           fps=fps)
+            iterator = docs
+            if progress:
+                from tqdm import tqdm
+                iterator = tqdm(docs, desc="clips", unit="clip")
+            for d in iterator:
+                try:
+                    cut_clip(reader, d, os.path.join(stage, CLIPS_DIR, d["clip"]), num_frames)
+                except video_lib.VideoError as e:
+                    raise cli.UserError(f"cannot cut the clip of question {d['id']!r}: {e}", video_root,
+                                        f"videos readable in the {video_layout!r} layout") from None
+                clips += 1
+    return {"task": task, "yaml": fs.join(out_dir, f"{task}.yaml"), "data": data_file,
             "num_docs": len(docs), "clips": clips, "num_frames": int(num_frames), "clip_size": clip_size,
             "lmms_eval_command": command}
 

@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from llavaction_jax import fs  # noqa: E402
 from llavaction_jax.eval.metrics import METHOD_FIELDS, is_correct, verb_confusion  # noqa: E402
 
 PER_VERB_PNG = "per_verb_accuracy.png"
@@ -260,8 +261,16 @@ def write_report(out_dir: str, summary: Mapping, records: Sequence[Mapping], fra
                  failures: Sequence[Mapping] = (), provenance: Optional[Mapping] = None,
                  noun_names: Optional[Mapping[int, str]] = None, max_failures_shown: int = 200,
                  max_errors_shown: int = 24, max_samples_png: int = 8) -> Dict[str, str]:
-    """Writes the PNGs and report.html into out_dir; returns their paths."""
-    os.makedirs(out_dir, exist_ok=True)
+    """Writes the PNGs and report.html into out_dir (a local path or a URL, through fs.staged_files: a failure
+    half-way leaves the earlier report's files whole); returns their paths."""
+    with fs.staged_files(out_dir) as stage:
+        paths = _write_report(stage, summary, records, frames, verb_names, title, failures, provenance, noun_names,
+                              max_failures_shown, max_errors_shown, max_samples_png)
+    return {name: fs.join(fs.normalize(out_dir), name) for name in paths}
+
+
+def _write_report(out_dir, summary, records, frames, verb_names, title, failures, provenance, noun_names,
+                  max_failures_shown, max_errors_shown, max_samples_png) -> Dict[str, str]:
     names = (PER_VERB_PNG, BY_SOURCE_PNG, SAMPLES_PNG, CONFUSION_PNG, REPORT_HTML)
     paths = {name: os.path.join(out_dir, name) for name in names}
     methods = list(summary["methods"])

@@ -12,6 +12,7 @@ Labels: system and user messages are ignored (-100); assistant messages are supe
 ALWAYS supervised, even inside system/user messages (the original's `unmask_tokens_idx`); video slots never are.
 """
 from llavaction_jax.data.prompts import IMAGE_PLACEHOLDER  # noqa: F401 (the one definition; re-exported here)
+from llavaction_jax.cli import UserError
 
 IGNORE_INDEX = -100
 
@@ -70,6 +71,28 @@ def tokenize_prompt(tok, question, n_video_tokens, system_prompt):
     ids += _message_ids(tok, "user", question, n_video_tokens)
     ids += [tok.im_start_id] + tok.encode("assistant\n")
     return ids
+
+
+def shortest_length(tok, n_video_tokens, system_prompt, with_answer) -> int:
+    """Tokens of the shortest sample the template makes: the system message, a user turn holding only the video
+    and (`with_answer`) a one-letter answer, else the `<|im_start|>assistant\\n` a generation starts from."""
+    if with_answer:
+        turns = [{"from": "human", "value": IMAGE_PLACEHOLDER}, {"from": "gpt", "value": "A"}]
+        return len(tokenize_conversation(tok, turns, n_video_tokens, system_prompt)[0])
+    return len(tokenize_prompt(tok, IMAGE_PLACEHOLDER, n_video_tokens, system_prompt))
+
+
+def check_max_length(tok, max_length: int, n_video_tokens: int, num_frames: int, system_prompt: str,
+                     with_answer: bool) -> None:
+    """A UserError at start when `max_length` cannot hold even the shortest sample (the chat template with its
+    system prompt + the video tokens + a one-token answer): every sample would be refused or cut later."""
+    need = shortest_length(tok, n_video_tokens, system_prompt, with_answer)
+    if int(max_length) < need:
+        answer = " and a one-token answer" if with_answer else " and the assistant header"
+        raise UserError(f"max_length {max_length} cannot hold the chat template ({need - n_video_tokens} tokens with "
+                        f"the system prompt{answer}) + the {n_video_tokens} video tokens of a {num_frames}-frame "
+                        f"clip = {need} tokens", "config.data.max_length",
+                        f"at least {need}, plus room for the question and answer text")
 
 
 def _role_of(turn):

@@ -8,6 +8,7 @@ a JSON-able dict and `set_state(d)` restores it (saved with every checkpoint, so
 true (llavaction_jax.eval.benchmarks.PeriodicEvals: each config.evals entry at its own `every`), or, for a plain
 function, every config.train.eval_every steps; its results go to metrics.jsonl / TensorBoard with prefix "eval".
 """
+import contextlib
 import os
 import signal
 import sys
@@ -22,14 +23,15 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from llavaction_jax import fs
+from llavaction_jax import cli, fs
 from llavaction_jax import sharding as shd
 from llavaction_jax.cli import UserError
 from llavaction_jax.convert import api
 from llavaction_jax.convert.mapping import CheckpointMismatchError
-from llavaction_jax.input import recordio
+from llavaction_jax.input import chat, recordio
 from llavaction_jax.input.tokenizer import Tokenizer
 from llavaction_jax.input.train_iterator import make_train_iterator as make_iter
+from llavaction_jax.model.spec import num_video_tokens
 from llavaction_jax.train import checkpointing, metrics as metrics_lib, optimizer as opt_lib
 from llavaction_jax.train import goodput as goodput_lib, profiling
 from llavaction_jax.train import state as state_lib
@@ -106,7 +108,25 @@ def make_train_iterator(config, mesh) -> Iterator:
         raise UserError("no tokenizer", "config.data.tokenizer_path", "a dir with tokenizer.json")
     tok = Tokenizer.load(config.data.tokenizer_path, video_token_id=config.model.video_token_id).check_fits(
         config.model.text.vocab_size, "config.model.text.vocab_size")
+    frames = int(config.data.num_frames)
+    chat.check_max_length(tok, int(config.data.max_length), num_video_tokens(config.model, frames), frames,
+                          config.data.system_prompt, with_answer=True)
     return make_iter(config, mesh, tok, files=config.data.train_files, seed=int(config.seed))
+
+
+@contextlib.contextmanager
+def disk_full_as_user_error(checkpoint_dir: str):
+    """A full disk while a checkpoint is written (Orbax raises it from its save threads at the next save or at
+    close) as one UserError naming the checkpoint directory. Orbax commits a step by renaming its tmp dir, so
+    the earlier steps are whole and the next run resumes from the last of them."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in cli.DISK_FULL:
+            raise
+        raise UserError(f"no space left on the device while saving a checkpoint ({os.strerror(e.errno)}: "
+                        f"{e.filename})", checkpoint_dir, "free space there and run again: the run resumes from "
+                        "its last committed checkpoint (the unfinished one is not used)") from None
 
 
 def resolve_workdir(workdir: str) -> str:
@@ -352,7 +372,7 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
     def save(step):
         if step in saved_steps or step == latest:
             return
-        with timer.phase("checkpoint"):
+        with timer.phase("checkpoint"), disk_full_as_user_error(ckpt.directory):
             ckpt.save(step, state, train_iter.get_state(), config_dict)
         saved_steps.append(step)
         temporary.saved()
@@ -420,7 +440,7 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
     finally:
         profiler.close()
         # Let in-flight saves of good states finish; nothing is saved after a failure.
-        with timer.phase("checkpoint"):
+        with timer.phase("checkpoint"), disk_full_as_user_error(ckpt.directory):
             ckpt.close()
         close_iter()
         goodput = timer.report()

@@ -16,6 +16,7 @@ import importlib
 import os
 
 from llavaction_jax.cli import UserError
+from llavaction_jax.convert.errors import ConvertError
 
 MODULES = ("hf", "llava_qwen", "orbax", "train")     # the registry: modules of this package, one per format
 FORMATS = {}
@@ -56,7 +57,7 @@ def detect_format(path: str) -> str:
 def get(name: str):
     """The format module registered as `name`."""
     if name not in FORMATS:
-        raise ValueError(f"unknown checkpoint format {name!r} (known: {sorted(FORMATS)})")
+        raise ConvertError(f"unknown checkpoint format {name!r} (known: {sorted(FORMATS)})")
     return FORMATS[name]
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from llavaction_jax.convert import common, hf_processor, model_card, safetensors_format as sf, towers
 from llavaction_jax.convert.mapping import Rule
+from llavaction_jax.convert.errors import MissingFileError, ConvertError
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +88,17 @@ def parse_config(cj: dict, shapes: Dict[str, Tuple[int, ...]], model_cfg) -> Lis
     tc = cj.get("text_config")
     vc = cj.get("vision_config")
     if not isinstance(tc, dict) or not isinstance(vc, dict):
-        raise ValueError(f"{src}: model_type llava_onevision needs 'text_config' and 'vision_config' dicts")
+        raise ConvertError(f"{src}: model_type llava_onevision needs 'text_config' and 'vision_config' dicts")
     if tc.get("model_type", "qwen2") != "qwen2":
-        raise ValueError(f"{src}: text_config.model_type={tc.get('model_type')!r}, only 'qwen2' is supported")
+        raise ConvertError(f"{src}: text_config.model_type={tc.get('model_type')!r}, only 'qwen2' is supported")
     if vc.get("model_type", "siglip_vision_model") not in ("siglip_vision_model", "siglip"):
-        raise ValueError(f"{src}: vision_config.model_type={vc.get('model_type')!r}, only SigLIP is supported")
+        raise ConvertError(f"{src}: vision_config.model_type={vc.get('model_type')!r}, only SigLIP is supported")
     strategy = cj.get("vision_feature_select_strategy", "default")
     if strategy != "full":
-        raise ValueError(f"{src}: vision_feature_select_strategy={strategy!r}: only 'full' is supported "
+        raise ConvertError(f"{src}: vision_feature_select_strategy={strategy!r}: only 'full' is supported "
                          "('default' drops the first patch, which SigLIP towers do not want)")
     if cj.get("projector_hidden_act", "gelu") != "gelu" or not cj.get("multimodal_projector_bias", True):
-        raise ValueError(f"{src}: projector must be Linear+bias -> gelu -> Linear+bias")
+        raise ConvertError(f"{src}: projector must be Linear+bias -> gelu -> Linear+bias")
 
     t = model_cfg.text
     t.vocab_size = int(tc.get("vocab_size", 151936))
@@ -111,7 +112,7 @@ def parse_config(cj: dict, shapes: Dict[str, Tuple[int, ...]], model_cfg) -> Lis
     t.max_position_embeddings = int(tc.get("max_position_embeddings", 32768))
     rope = tc.get("rope_parameters") or {}
     if rope.get("rope_type", "default") != "default" or tc.get("rope_scaling"):
-        raise ValueError(f"{src}: text_config rope_type={rope.get('rope_type')!r} / rope_scaling="
+        raise ConvertError(f"{src}: text_config rope_type={rope.get('rope_type')!r} / rope_scaling="
                          f"{tc.get('rope_scaling')!r}: only default RoPE is supported")
     theta = rope.get("rope_theta", tc.get("rope_theta", 10000.0))
     t.rope_theta = float(theta)
@@ -125,11 +126,11 @@ def parse_config(cj: dict, shapes: Dict[str, Tuple[int, ...]], model_cfg) -> Lis
     n = int(full["num_hidden_layers"])
     layer = cj.get("vision_feature_layer", -1)
     if not isinstance(layer, int):
-        raise ValueError(f"{src}: vision_feature_layer={layer!r}: only a single layer index is supported")
+        raise ConvertError(f"{src}: vision_feature_layer={layer!r}: only a single layer index is supported")
     # hidden_states[k] is the output after k layers (index 0 = embeddings), so k or N+1+k layers are run.
     v.num_layers = layer if layer >= 0 else n + 1 + layer
     if not 1 <= v.num_layers <= n:
-        raise ValueError(f"{src}: vision_feature_layer={layer} selects no encoder layer of {n}")
+        raise ConvertError(f"{src}: vision_feature_layer={layer} selects no encoder layer of {n}")
     if v.num_layers < n:
         notes.append(f"vision_feature_layer={layer}: vision layers {v.num_layers}..{n - 1} are unused")
 
@@ -146,7 +147,7 @@ def export_config(model_cfg, source_config: dict, dtype_name: str) -> dict:
     """config.json that `LlavaOnevisionForConditionalGeneration.from_pretrained` loads (no remote code)."""
     t, v = model_cfg.text, model_cfg.vision
     if model_cfg.pool_mode != "bilinear" or model_cfg.newline_position != "one_token":
-        raise ValueError(
+        raise ConvertError(
             f"HF LlavaOnevision always uses bilinear pooling with one newline after all frames; this model uses "
             f"pool_mode={model_cfg.pool_mode!r}, newline_position={model_cfg.newline_position!r}. The weights "
             "would convert, but the HF model would compute a different token layout. Pass "
@@ -156,7 +157,7 @@ def export_config(model_cfg, source_config: dict, dtype_name: str) -> dict:
         # llava_qwen uses the -200 sentinel; HF needs a real row of the embedding (Qwen2 convention: 151647).
         video = 151647
         if video >= t.vocab_size:
-            raise ValueError(f"video_token_id is {model_cfg.video_token_id} (a sentinel) and the vocab "
+            raise ConvertError(f"video_token_id is {model_cfg.video_token_id} (a sentinel) and the vocab "
                              f"({t.vocab_size}) has no row 151647: set a real token id "
                              "(config_overrides video_token_id=ID; CLI --override video_token_id=ID)")
     src = dict(source_config or {}) if (source_config or {}).get("model_type") == "llava_onevision" else {}
@@ -267,7 +268,7 @@ def write(loaded: common.Loaded, dst: str, options: common.WriteOptions = common
     cfg_json = export_config(model_cfg, loaded.source_config, np.dtype(model_cfg.param_dtype).name)
     tokenizer_path = options.tokenizer_path
     if tokenizer_path and hf_processor.find_tokenizer_file(tokenizer_path) is None:
-        raise FileNotFoundError(f"tokenizer {tokenizer_path!r}: no tokenizer.json there (expected a dir "
+        raise MissingFileError(f"tokenizer {tokenizer_path!r}: no tokenizer.json there (expected a dir "
                                 "holding tokenizer.json, or the file itself)")
     tokenizer_path = tokenizer_path or loaded.tokenizer_path
     try:

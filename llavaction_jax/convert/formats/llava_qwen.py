@@ -16,6 +16,7 @@ import numpy as np
 from llavaction_jax.convert import common, safetensors_format as sf, towers
 from llavaction_jax.convert.mapping import Rule
 from llavaction_jax.convert.safetensors_io import CheckpointReader
+from llavaction_jax.convert.errors import ConvertError
 
 log = logging.getLogger(__name__)
 NAME = "llava_qwen"
@@ -44,15 +45,15 @@ def infer_vision_config(shapes: Dict[str, Tuple[int, ...]], cj: dict):
     fc1 = shapes.get(VISION_PREFIX + "encoder.layers.0.mlp.fc1.weight")
     layers = {int(m.group(1)) for m in map(_VISION_LAYER_RE.match, shapes) if m}
     if pe is None or pos is None or fc1 is None or not layers:
-        raise ValueError(f"no SigLIP tower tensors under {VISION_PREFIX!r} (patch_embedding, position_embedding, "
+        raise ConvertError(f"no SigLIP tower tensors under {VISION_PREFIX!r} (patch_embedding, position_embedding, "
                          "encoder.layers.0.mlp.fc1): cannot infer the vision tower sizes")
     hidden, patch = int(pe[0]), int(pe[-1])
     side = int(round(pos[0] ** 0.5))
     if side * side != pos[0]:
-        raise ValueError(f"position_embedding has {pos[0]} rows, not a square patch grid")
+        raise ConvertError(f"position_embedding has {pos[0]} rows, not a square patch grid")
     mm_hidden = cj.get("mm_hidden_size")
     if mm_hidden is not None and int(mm_hidden) != hidden:
-        raise ValueError(f"config.json mm_hidden_size={mm_hidden} but the tower's patch_embedding has {hidden} "
+        raise ConvertError(f"config.json mm_hidden_size={mm_hidden} but the tower's patch_embedding has {hidden} "
                          "channels")
     n = max(layers) + 1
     known = SIGLIP_TOWERS.get(hidden)
@@ -120,22 +121,22 @@ def parse_config(cj: dict, shapes: Dict[str, Tuple[int, ...]], model_cfg) -> Lis
     notes = []
     tower = str(cj.get("mm_vision_tower", ""))
     if tower and "siglip" not in tower.lower():
-        raise ValueError(f"{src}: mm_vision_tower={tower!r}: only SigLIP vision towers are supported")
+        raise ConvertError(f"{src}: mm_vision_tower={tower!r}: only SigLIP vision towers are supported")
     if cj.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
-        raise ValueError(f"{src}: mm_projector_type={cj.get('mm_projector_type')!r}, expected 'mlp2x_gelu'")
+        raise ConvertError(f"{src}: mm_projector_type={cj.get('mm_projector_type')!r}, expected 'mlp2x_gelu'")
     merge = cj.get("mm_patch_merge_type", "flat")
     if "unpad" not in merge:
-        raise ValueError(f"{src}: mm_patch_merge_type={merge!r}: the model always has image_newline, which "
+        raise ConvertError(f"{src}: mm_patch_merge_type={merge!r}: the model always has image_newline, which "
                          "LLaVA-NeXT only creates for '*unpad' merge types (e.g. 'spatial_unpad')")
     if cj.get("rope_scaling"):
-        raise ValueError(f"{src}: rope_scaling={cj['rope_scaling']!r} is not supported (expected null)")
+        raise ConvertError(f"{src}: rope_scaling={cj['rope_scaling']!r} is not supported (expected null)")
 
     t = model_cfg.text
     for dst, key in [("hidden_size", "hidden_size"), ("intermediate_size", "intermediate_size"),
                      ("num_layers", "num_hidden_layers"), ("num_heads", "num_attention_heads"),
                      ("rms_norm_eps", "rms_norm_eps"), ("max_position_embeddings", "max_position_embeddings")]:
         if key not in cj:
-            raise ValueError(f"{src}: missing required key {key!r}")
+            raise ConvertError(f"{src}: missing required key {key!r}")
         t[dst] = type(t[dst])(cj[key])
     t.num_kv_heads = int(cj.get("num_key_value_heads", t.num_heads))
     t.head_dim = int(cj.get("head_dim") or t.hidden_size // t.num_heads)
@@ -176,7 +177,7 @@ def parse_config(cj: dict, shapes: Dict[str, Tuple[int, ...]], model_cfg) -> Lis
     model_cfg.newline_position = str(cj.get("mm_newline_position", "one_token"))   # LLaVA-NeXT's getattr default
     sup = cj.get("vision_supervision")
     if sup not in (None, "one_token"):
-        raise ValueError(f"{src}: vision_supervision={sup!r}: only 'one_token' (or none) is supported")
+        raise ConvertError(f"{src}: vision_supervision={sup!r}: only 'one_token' (or none) is supported")
     model_cfg.action_token = sup == "one_token"
     if cj.get("action_types"):
         model_cfg.action_types = tuple(int(x) for x in str(cj["action_types"]).split(","))
@@ -244,7 +245,7 @@ def write(loaded: common.Loaded, dst: str, options: common.WriteOptions = common
     model_cfg = loaded.model_cfg
     tensors, dropped, _ = sf.tensors_to_write(loaded.model, rules(model_cfg), NAME)
     if dropped:
-        raise ValueError(f"parameters with no {NAME} mapping rule: {dropped}")
+        raise ConvertError(f"parameters with no {NAME} mapping rule: {dropped}")
     cfg_json = export_config(model_cfg, loaded.source_config, np.dtype(model_cfg.param_dtype).name)
     extra_keys, extra = _dropped_layer(loaded, options.extra_tensors, model_cfg)
     notes = []

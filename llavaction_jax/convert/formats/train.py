@@ -14,6 +14,7 @@ import ml_collections
 from llavaction_jax.cli import UserError
 from llavaction_jax.convert import common, hf_processor, model_card
 from llavaction_jax.convert.formats import orbax as orbax_format
+from llavaction_jax.convert.errors import ConvertError
 
 NAME = "train"
 DESCRIPTION = "training checkpoint of llavaction_jax.train (<workdir>/checkpoints/<step>/{state,config})"
@@ -75,7 +76,7 @@ def saved_config(path: str) -> dict:
     with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ckptr:
         saved = ckptr.restore(item, args=ocp.args.JsonRestore())
     if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
-        raise ValueError(f"{item}: the saved config has no 'model' section")
+        raise ConvertError(f"{item}: the saved config has no 'model' section")
     return saved
 
 
