@@ -439,16 +439,18 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
                 save(step)
     finally:
         profiler.close()
-        # Let in-flight saves of good states finish; nothing is saved after a failure.
-        with timer.phase("checkpoint"), disk_full_as_user_error(ckpt.directory):
-            ckpt.close()
-        close_iter()
-        goodput = timer.report()
-        writer.write(step, goodput, prefix="goodput")
-        writer.close()
-        if bar is not None:
-            restore_log_stream()
-            bar.close()
+        try:
+            # Let in-flight saves of good states finish; nothing is saved after a failure.
+            with timer.phase("checkpoint"), disk_full_as_user_error(ckpt.directory):
+                ckpt.close()
+        finally:                    # a failed save (a full disk) still closes the input and the logs
+            close_iter()
+            goodput = timer.report()
+            writer.write(step, goodput, prefix="goodput")
+            writer.close()
+            if bar is not None:
+                restore_log_stream()
+                bar.close()
 
     if count_skips:
         # The one summary line; each skip was logged as it happened and is a row of data_failures.jsonl.
