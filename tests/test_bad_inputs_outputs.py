@@ -398,7 +398,7 @@ def test_disk_full_during_a_checkpoint_save_keeps_the_previous_one(made, tmp_pat
     train = lambda **kw: run_cli(
         "llavaction_jax.train", "--config", "configs/tiny.py", "--workdir", work,
         f"--config.data.train_files={made['data']}", f"--config.data.tokenizer_path={made['tok'].source}",
-        "--config.train.num_steps=4", "--config.train.checkpoint_every=2", "--config.data.global_batch_size=2",
+        "--config.train.num_steps=4", "--config.train.checkpoint_every=2", "--config.data.global_batch_size=8",
         "--config.train.progress_bar=False", **kw)
     line = one_error(train(patch=_FULL_DISK_AT_STEP_4))
     ckdir = work / "checkpoints"
