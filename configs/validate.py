@@ -25,7 +25,17 @@ from typing import Any, Callable, Mapping, Optional
 import ml_collections
 
 from configs import base
+from data_prep.mqa import MODES, REPRESENTATIONS
+from data_prep.synthetic_videos import PATHS
+from llavaction_jax import sharding
 from llavaction_jax.cli import UserError
+from llavaction_jax.eval.benchmarks import REGISTRY
+from llavaction_jax.eval.metrics import METHODS, PROTOCOLS
+from llavaction_jax.input import mixture
+from llavaction_jax.model.spec import ModelConfigError, ModelSpec, num_video_tokens
+from llavaction_jax.train import optimizer
+from llavaction_jax.train.losses import LM_LOSS_MODES
+from llavaction_jax.train.trackers import TRACKERS
 
 ROOT = "config"
 
@@ -92,9 +102,6 @@ ASCENDING = Rule(lambda x: all(a < b for a, b in zip(x, x[1:])), "strictly incre
 def base_rules() -> Mapping[str, Rule]:
     """Per-key rules over the base sections (dotted keys under `config.`), beyond the type. The optimizer's keys
     are train.optimizer.validate_config's, the model's enums model.spec's (both called by validate)."""
-    from llavaction_jax.eval.metrics import METHODS
-    from llavaction_jax.train.losses import LM_LOSS_MODES
-    from llavaction_jax.train.trackers import TRACKERS
     rules = {
         "seed": at_least(0),
         "mesh.data": MESH_SIZE, "mesh.fsdp": MESH_SIZE, "mesh.tensor": MESH_SIZE,
@@ -125,9 +132,6 @@ def base_rules() -> Mapping[str, Rule]:
 
 def _demo_rules() -> Mapping[str, Rule]:
     """configs/demo.py's `demo` section (llavaction_demo reads every key)."""
-    from data_prep.mqa import MODES, REPRESENTATIONS
-    from data_prep.synthetic_videos import PATHS
-    from llavaction_jax.eval.metrics import PROTOCOLS
     class_ids = each(at_least(0, int), min_length=1)
     return {
         "verbs": class_ids, "nouns": class_ids,
@@ -148,7 +152,6 @@ def _demo_rules() -> Mapping[str, Rule]:
 
 def _eval_entry_rules() -> Mapping[str, Rule]:
     """Fields every named entry of `evals` may have: dict(type=..., data=..., every=...)."""
-    from llavaction_jax.eval.benchmarks import REGISTRY
     return {"type": one_of(tuple(sorted(REGISTRY))), "data": Rule(lambda x: True, "a string", str),
             "every": at_least(0, int)}
 
@@ -326,11 +329,6 @@ def _as_user_error(fn, where: str):
 
 
 def _cross_field(config) -> None:
-    from llavaction_jax import sharding
-    from llavaction_jax.input import mixture
-    from llavaction_jax.model.spec import ModelConfigError, ModelSpec, num_video_tokens
-    from llavaction_jax.train import optimizer
-
     optimizer.validate_config(config)          # its errors are UserErrors naming config.optim / config.train keys
     try:
         ModelSpec.from_config(config.model)

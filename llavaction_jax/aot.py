@@ -37,11 +37,19 @@ import sys
 import time
 from typing import Optional
 
+import jax
+from jax.experimental import topologies
+
 from configs import loader
-from llavaction_jax import argparsing, cli
+from llavaction_jax import argparsing, cli, flop_count
+from llavaction_jax import sharding as shd
 from llavaction_jax import slices as slices_lib
 from llavaction_jax.cli import UserError
 from llavaction_jax.input.batching import pad_length
+from llavaction_jax.input.schema import batch_schema
+from llavaction_jax.model import attention as attn_lib
+from llavaction_jax.model import num_video_tokens
+from llavaction_jax.train import loop, metrics as metrics_lib, state as state_lib, step as step_lib
 
 GiB = 1024 ** 3
 # HBM per JAX device (a chip; v4/v5p megacore chips are one device each by default).
@@ -150,7 +158,6 @@ class AotReport:
 
 def topology_devices(topology: str, num_slices: int = 1):
     """Devices of a TPU topology like 'v5e:2x2' or 'v5p:2x2x2' (libtpu; no TPU needed)."""
-    from jax.experimental import topologies
     kwargs = {"num_slices": num_slices} if num_slices > 1 else {}
     try:
         topo = topologies.get_topology_desc(topology_name=topology, platform="tpu", **kwargs)
@@ -172,9 +179,6 @@ def required_bytes_from_error(message: str) -> Optional[int]:
 
 
 def _abstract_batch(config, mesh, batch_size, seq_len):
-    import jax
-    from llavaction_jax.input.schema import batch_schema
-    from llavaction_jax.train import step as step_lib
     shardings = step_lib.batch_shardings(mesh, config)
     return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings[k])
             for k, (shape, dtype) in batch_schema(config).shapes(batch_size, seq_len).items()}
@@ -182,8 +186,6 @@ def _abstract_batch(config, mesh, batch_size, seq_len):
 
 def _compile(config, mesh, batch_size, seq_len):
     """(setup, compiled or None, error message or None, seconds)."""
-    import jax
-    from llavaction_jax.train import state as state_lib, step as step_lib
     setup = state_lib.build_setup(config, mesh)
     batch = _abstract_batch(config, mesh, batch_size, seq_len)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -211,8 +213,7 @@ def _xla_flops(compiled) -> float:
 def _attention_call_flops(kind, batch, heads, length, head_dim, causal, block):
     """FLOPs of one splash call: the key blocks it visits for each query block (tiles as model/attention.py
     splash_block chooses them, the length padded to the tile)."""
-    from llavaction_jax.model.attention import splash_block
-    b = splash_block(length, block)
+    b = attn_lib.splash_block(length, block)
     nb = -(-length // b)
     visited = nb * (nb + 1) / 2 if causal else nb * nb
     return 2.0 * _KERNEL_MATMULS[kind] * batch * heads * visited * b * b * head_dim
@@ -221,12 +222,11 @@ def _attention_call_flops(kind, batch, heads, length, head_dim, causal, block):
 def kernel_flops(kernel_calls, decoder_len, block):
     """FLOPs of the attention-kernel calls flop_count found: each priced from its own (per-shard) query shape
     [(B,) N, T, D] (its first floating-point operand); the decoder's calls (T = its padded length) are causal, the vision tower's are not."""
-    from llavaction_jax.flop_count import attention_kernel_kind
-    from llavaction_jax.model.attention import splash_block
-    causal_len = -(-decoder_len // splash_block(decoder_len, block)) * splash_block(decoder_len, block)
+    tile = attn_lib.splash_block(decoder_len, block)
+    causal_len = -(-decoder_len // tile) * tile
     total = 0.0
     for (name, shapes), calls in kernel_calls.items():
-        kind = attention_kernel_kind(name)
+        kind = flop_count.attention_kernel_kind(name)
         if kind is None:
             raise ValueError(f"no FLOP model for Pallas kernel {name!r}")
         q = next(s for s in shapes if len(s) >= 3)
@@ -243,10 +243,6 @@ def executed_flops(config, devices, seq_len):
     llavaction_jax.flop_count: matmuls where they run (backward and rematerialised forwards included, a
     shard_map body once per device), plus the attention kernels priced by their calls. Nothing is compiled.
     """
-    import jax
-    from llavaction_jax import flop_count, sharding as shd
-    from llavaction_jax.model import attention as attn_lib
-    from llavaction_jax.train import state as state_lib, step as step_lib
     mesh = shd.make_mesh(config.mesh, devices=devices)
     setup = state_lib.build_setup(config, mesh)
     batch = _abstract_batch(config, mesh, int(config.data.global_batch_size), seq_len)
@@ -259,10 +255,6 @@ def executed_flops(config, devices, seq_len):
 def compile_train_step(config, devices, topology: str = "", *, count_flops: bool = True,
                        text_tokens: int = DEFAULT_TEXT_TOKENS) -> AotReport:
     """AOT-compile the train step of `config` for `devices`; memory verdict, FLOPs and the ideal step time."""
-    from llavaction_jax import sharding as shd
-    from llavaction_jax.model import num_video_tokens
-    from llavaction_jax.train import loop, metrics as metrics_lib
-
     mesh = shd.make_mesh(config.mesh, devices=devices)
     loop.check_batch_layout(config, mesh)
     batch_size, seq_len = int(config.data.global_batch_size), int(config.data.max_length)

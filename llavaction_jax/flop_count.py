@@ -16,6 +16,7 @@ import dataclasses
 import math
 import jax
 import jax.numpy as jnp
+from jax._src.interpreters import partial_eval as pe   # dce_jaxpr has no public alias (jax 0.10)
 from jax.extend import core as jex_core
 
 
@@ -103,7 +104,6 @@ def count_flops(fn, *args, **kwargs) -> FlopCount:
     Dead code is removed first, as XLA would: e.g. the forward kernel that a remat'ed layer would rerun is
     dead when its residuals are saved by name.
     """
-    from jax._src.interpreters import partial_eval as pe   # dce_jaxpr has no public alias (jax 0.10)
     closed = jax.make_jaxpr(fn)(*args, **kwargs)
     live, _ = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars))
     return count_jaxpr(live)

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 # The default table from logical axis names (on every parameter / activation) to mesh axes (MaxText style).
@@ -153,7 +154,6 @@ def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[Any] | None = None)
     dcn_fsdp > 1) crosses slices and 'tensor' never does. A mesh that the TPU torus cannot hold (an axis size
     that is not a product of torus dimensions) is a ValueError that lists the sizes it can hold.
     """
-    from jax.experimental import mesh_utils
     devices = list(jax.devices() if devices is None else devices)
     sizes, dcn = resolve_mesh_sizes(mesh_cfg, devices)
     axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)

@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from llavaction_jax.model import build as model_build
 from llavaction_jax.train import optimizer as opt_lib
+from llavaction_jax.train.checkpointing import check_compatible
 
 
 @dataclasses.dataclass
@@ -138,7 +139,6 @@ def init_state(setup: TrainSetup, config):
 
 def init_state_from_params(setup: TrainSetup, config, params):
     """Train state around given (already placed) parameters, e.g. a converted pretrained checkpoint."""
-    from llavaction_jax.train.checkpointing import check_compatible
     check_compatible(params, setup.abstract_state["params"], "init_from params")
     params = jax.tree.map(lambda x, a: x.astype(a.dtype), params, setup.abstract_state["params"])
     with jax.set_mesh(setup.mesh):

@@ -35,6 +35,7 @@ class TensorBoardTracker:
     """Scalars as TensorBoard event files under <workdir>/tensorboard (tensorboardX; local or URL workdirs)."""
 
     def __init__(self, workdir: str):
+        # tensorboardX's writer imports torch where it is installed (seconds): loaded only by runs that log to TB.
         from tensorboardX import SummaryWriter, record_writer
         logdir = fs.join(workdir, "tensorboard")
         if fs.is_url(logdir):
