@@ -14,18 +14,19 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from llavaction_jax import aot  # noqa: E402  (sets the libtpu env defaults before it loads)
+from llavaction_jax import aot  # noqa: E402  (first: it sets the libtpu env defaults before JAX loads)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+
+from llavaction_jax.model.attention import attention  # noqa: E402
 
 GiB = 1024 ** 3
 
 
 def temp_bytes(impl, devices, length, heads, kv_heads, head_dim, backward):
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from jax.sharding import NamedSharding, PartitionSpec as P
-    from llavaction_jax.model.attention import attention
-
     mesh = jax.sharding.Mesh(np.array(devices[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"),
                              axis_types=(jax.sharding.AxisType.Auto,) * 3)
     rep = NamedSharding(mesh, P())
@@ -53,7 +54,6 @@ def main():
     p.add_argument("--kv_heads", type=int, default=4)
     p.add_argument("--head_dim", type=int, default=128)
     args = p.parse_args()
-    import jax
 
     shape = (args.length, args.heads, args.kv_heads, args.head_dim)
     targets = [("v5p (AOT)", aot.topology_devices("v5p:2x2x2"), "splash"), ("cpu", jax.devices("cpu"), "blockwise")]

@@ -19,6 +19,14 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import ml_dtypes  # noqa: E402
+import numpy as np  # noqa: E402
+
+from llavaction_jax.convert import api  # noqa: E402
+from llavaction_jax.convert.safetensors_io import CheckpointReader, write_sharded  # noqa: E402
+
 H, INTER, HEADS, KV, VOCAB = 2048, 5632, 16, 4, 32768
 VH, VINTER, VLAYERS, VSIDE, VPATCH = 256, 1024, 4, 64, 16
 ACTIONS = (97, 300, 3806)
@@ -37,9 +45,6 @@ def num_layers(size_gb):
 
 def write_checkpoint(path, layers):
     """Child process: streams tensors into size-capped shards (write_sharded keeps one shard in memory)."""
-    import ml_dtypes
-    import numpy as np
-    from llavaction_jax.convert.safetensors_io import write_sharded
     rng = np.random.default_rng(0)
     hd = H // HEADS
 
@@ -109,16 +114,13 @@ def write_checkpoint(path, layers):
 
 def convert(src, dst):
     """Child process: import to Orbax; reports RSS after imports (baseline) and the peak."""
-    import jax  # noqa: F401
-    from llavaction_jax.convert import api
-    from llavaction_jax.convert.safetensors_io import CheckpointReader
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0 = time.time()
     api.import_checkpoint(src, dst, "llava_qwen")
     seconds = time.time() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     with CheckpointReader(src) as r:
-        sizes = {k: int(r.dtype(k).itemsize) * int(__import__("numpy").prod(r.shape(k))) for k in r.keys()}
+        sizes = {k: int(r.dtype(k).itemsize) * int(np.prod(r.shape(k))) for k in r.keys()}
     stacked = {}
     for k, b in sizes.items():
         if k.startswith("model.layers."):
@@ -135,7 +137,6 @@ def main():
     parser.add_argument("--_child", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:
-        sys.path.insert(0, REPO)
         if args._child[0] == "write":
             write_checkpoint(args._child[1], int(args._child[2]))
         else:

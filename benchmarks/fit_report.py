@@ -9,6 +9,7 @@ config.data.max_length (the longest row a step can get); FLOPs at the bucket a t
 EK100-MQA sample pads to. Numbers are deterministic for given versions of jax/libtpu; nothing is timed.
 """
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -16,12 +17,16 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)       # configs/ and llavaction_jax/ of this checkout
+
+from configs import validate  # noqa: E402
+from llavaction_jax import cli  # noqa: E402
+
 GiB = 1024 ** 3
 
 
 def entries():
     """(config module, topology name) for every TOPOLOGIES entry of every config in configs/, in file order."""
-    import importlib
     out = []
     for name in sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".py")):
         module = importlib.import_module(f"configs.{name}")
@@ -55,8 +60,6 @@ def row(config, arg, r):
 
 def validate_entries(entries) -> None:
     """Every (config, slice) passes configs/validate.py before the first (minutes-long) compile starts."""
-    import importlib
-    from configs import validate
     for config, arg in entries:
         validate.validate(importlib.import_module(f"configs.{config}").get_config(arg))
 
@@ -84,6 +87,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, ROOT)       # configs/ and llavaction_jax/ of this checkout
-    from llavaction_jax import cli
     sys.exit(cli.run(main))

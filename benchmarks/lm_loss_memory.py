@@ -19,6 +19,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from llavaction_jax import aot               # noqa: E402  (first: it sets the libtpu env defaults before JAX loads)
+
 import jax                                   # noqa: E402
 import jax.numpy as jnp                      # noqa: E402
 
@@ -61,7 +63,6 @@ def main():
     args = p.parse_args()
     device = None
     if args.topology:
-        from llavaction_jax import aot
         device = aot.topology_devices(args.topology)[0]
     print(f"B={args.batch} L={args.length} H={args.hidden} V={args.vocab} chunk={args.chunk_size} "
           f"K={args.max_supervised} on {device.device_kind if device is not None else jax.devices()[0].device_kind}")

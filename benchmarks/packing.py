@@ -25,7 +25,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+from configs import demo as demo_cfg  # noqa: E402
 from configs import llavaction_7b  # noqa: E402
+from llavaction_demo import data_stage, train_eval  # noqa: E402
 from llavaction_jax.input import packing  # noqa: E402
 from llavaction_jax.input.batching import pad_length  # noqa: E402
 from llavaction_jax.input.text_stage import TextStage  # noqa: E402
@@ -70,8 +72,6 @@ def packed_stats(lengths, has_video, rows, buckets, max_length, per_row, batches
 
 def demo_lengths(workdir, seed=0):
     """(token counts, has_video) of the demo's training samples in a shuffled stream order, and its config."""
-    from configs import demo as demo_cfg
-    from llavaction_demo import data_stage, train_eval
     cfg = demo_cfg.get_config()
     jsonl = os.path.join(workdir, "data", "train_mqa.jsonl")
     if not os.path.exists(jsonl):

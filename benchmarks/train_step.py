@@ -15,8 +15,17 @@ import os
 import sys
 import time
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from llavaction_jax.input.schema import PIXEL_LUT  # noqa: E402  (numpy only; after the checkout is on the path)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import base  # noqa: E402
+from llavaction_jax import sharding as shd  # noqa: E402
+from llavaction_jax.input.schema import PIXEL_LUT  # noqa: E402
+from llavaction_jax.model import num_video_tokens  # noqa: E402
+from llavaction_jax.train import metrics as metrics_lib, state as state_lib, step as step_lib  # noqa: E402
 
 PRESETS = {
     # name: (vision hidden, vision mlp, vision layers, vision heads, image, patch,
@@ -42,7 +51,6 @@ def parse_args():
 
 
 def make_config(args):
-    from configs import base
     vh, vi, vl, vn, img, patch, th, ti, tl, tn, tkv, vocab = PRESETS[args.preset]
     cfg = base.get_base_config()
     cfg.model = base.model_config(
@@ -63,8 +71,6 @@ def make_config(args):
 
 def make_batch(cfg, seq_len, seed=0):
     """Contract-format numpy batch: [text][video slots][supervised answer][padding]."""
-    import numpy as np
-    from llavaction_jax.model import num_video_tokens
     rng = np.random.default_rng(seed)
     b, f, s = cfg.data.global_batch_size, cfg.data.num_frames, cfg.model.vision.image_size
     n_vid = num_video_tokens(cfg.model, f)
@@ -79,9 +85,6 @@ def make_batch(cfg, seq_len, seed=0):
 
 
 def time_jax(cfg, batch, args):
-    import jax
-    from llavaction_jax import sharding as shd
-    from llavaction_jax.train import metrics as metrics_lib, state as state_lib, step as step_lib
     mesh = shd.make_mesh(cfg.mesh, devices=jax.devices()[:1])
     setup = state_lib.build_setup(cfg, mesh)
     state = state_lib.init_state(setup, cfg)
@@ -104,6 +107,7 @@ def time_jax(cfg, batch, args):
 
 
 def torch_model(cfg):
+    # The PyTorch reference side only (--skip_torch runs without transformers / torch installed).
     from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
     from transformers import Qwen2Config, SiglipVisionConfig
     v, t = cfg.model.vision, cfg.model.text
@@ -123,7 +127,7 @@ def torch_model(cfg):
 
 
 def time_torch(cfg, batch, args):
-    import torch
+    import torch  # the PyTorch reference side only (--skip_torch runs without it)
     device = "cuda" if args.device == "gpu" else "cpu"
     model = torch_model(cfg).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
@@ -156,11 +160,8 @@ def time_torch(cfg, batch, args):
 
 def main():
     args = parse_args()
-    if args.device == "cpu":
-        os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from llavaction_jax.model import num_video_tokens
-    from llavaction_jax.train import metrics as metrics_lib
+    if args.device == "cpu" and not os.environ.get("JAX_PLATFORMS"):
+        jax.config.update("jax_platforms", "cpu")     # before the first device query starts a backend
     cfg = make_config(args)
     n_vid = num_video_tokens(cfg.model, args.frames)
     seq_len = args.seq_len or n_vid + 8 + 64
