@@ -17,6 +17,7 @@ import os
 import pathlib
 
 SKIPPED_TOP = ("tests", "build")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))      # this repository
 
 
 def counted_files(root):
@@ -54,7 +55,7 @@ def count(root):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", nargs="?", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    parser.add_argument("root", nargs="?", default=ROOT,
                         help="tree to count (default: this repository)")
     args = parser.parse_args(argv)
     total, lines, per_file = count(args.root)

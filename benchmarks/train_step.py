@@ -107,9 +107,8 @@ def time_jax(cfg, batch, args):
 
 
 def torch_model(cfg):
-    # The PyTorch reference side only (--skip_torch runs without transformers / torch installed).
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
-    from transformers import Qwen2Config, SiglipVisionConfig
+    from transformers import (  # why: the PyTorch reference side only (--skip_torch runs without it)
+        LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config, SiglipVisionConfig)
     v, t = cfg.model.vision, cfg.model.text
     vis = SiglipVisionConfig(hidden_size=v.hidden_size, intermediate_size=v.intermediate_size,
                              num_hidden_layers=v.num_layers, num_attention_heads=v.num_heads,
@@ -127,7 +126,7 @@ def torch_model(cfg):
 
 
 def time_torch(cfg, batch, args):
-    import torch  # the PyTorch reference side only (--skip_torch runs without it)
+    import torch  # why: the PyTorch reference side only (--skip_torch runs without it)
     device = "cuda" if args.device == "gpu" else "cpu"
     model = torch_model(cfg).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)

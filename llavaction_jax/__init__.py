@@ -12,9 +12,10 @@ _torch_env.hide_triton()
 
 
 def __getattr__(name):
-    # PEP 562 lazy attribute: importing the converter pulls in jax/flax/orbax, only do it on first use.
+    # PEP 562 lazy attribute: the converter pulls in jax/flax/orbax, and `import llavaction_jax` (every CLI, the
+    # offline tools, the JAX-free data layer) must stay light.
     if name in ("load_pretrained", "export_model"):
-        from llavaction_jax.convert import api
+        from llavaction_jax.convert import api  # why: keeps `import llavaction_jax` free of JAX (see above)
         return getattr(api, name)
     raise AttributeError(f"module 'llavaction_jax' has no attribute {name!r}")
 

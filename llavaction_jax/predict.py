@@ -17,9 +17,15 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from configs import base as base_config, validate
 from llavaction_jax.data import prompts, video as video_lib
 from llavaction_jax import argparsing, cli
 from llavaction_jax.cli import UserError
+from llavaction_jax.convert.mapping import CheckpointMismatchError
+from llavaction_jax.eval.evaluator import Evaluator
+from llavaction_jax.eval.items import EvalItem
+from llavaction_jax.eval.loading import load_for_eval
+from llavaction_jax.eval.samples import read_video_file
 from llavaction_jax.eval.scoring import LETTERS
 
 END_TOLERANCE = 1.0    # seconds an --end may pass the video's end before it is an error (as llavaction-prep tfrecord)
@@ -70,8 +76,6 @@ def mcq_sample(options: Sequence[str], start: float, end: float) -> dict:
 def answer_options(model, tok, config, mesh, frames: np.ndarray, options: Sequence[str], start: float,
                    end: float) -> dict:
     """The eval record of one MCQ: letter_pred, letter_scores, gen_pred, raw_generation, options."""
-    from llavaction_jax.eval.evaluator import Evaluator
-    from llavaction_jax.eval.items import EvalItem
     check_options(options)
     sample = mcq_sample(options, start, end)
     evaluator = Evaluator(model, tok, config, mesh, batch_size=_batch_devices(mesh))
@@ -82,8 +86,6 @@ def answer_question(model, tok, config, mesh, frames: np.ndarray, question: str,
                     max_new_tokens: Optional[int] = None) -> str:
     """Greedy generation for a free-form question about the clip, through the eval batching (the prompt from
     the training text stage, uint8 frames normalised on the device, the original's special-token-free decode)."""
-    from llavaction_jax.eval.evaluator import Evaluator
-    from llavaction_jax.eval.items import EvalItem
     evaluator = Evaluator(model, tok, config, mesh, methods=("generate",), batch_size=_batch_devices(mesh),
                           max_new_tokens=max_new_tokens)
     sample = {"id": "input", "start_timestamp": start, "stop_timestamp": end,
@@ -117,13 +119,9 @@ def main(argv=None) -> int:
         check_options(args.options)
     # Check the clip before the (slow) checkpoint load.
     start, end = clip_bounds(args.video, args.start, args.end)
-
-    from llavaction_jax.eval.loading import load_for_eval
-    from llavaction_jax.eval.samples import read_video_file
-    from configs import validate
     check = validate.with_overrides({"data.num_frames": args.num_frames, "eval.max_new_tokens": args.max_new_tokens})
     model, tok, config, mesh = load_for_eval(args.checkpoint, tokenizer=args.tokenizer, check_config=check,
-                                           step=args.step)
+                                             step=args.step, defaults=base_config.get_base_config())
     frames = read_video_file(args.video, start, end, int(config.data.num_frames),
                              int(config.model.vision.image_size))
     if args.options:
@@ -140,7 +138,6 @@ def main(argv=None) -> int:
 
 
 def _user_errors():
-    from llavaction_jax.convert.mapping import CheckpointMismatchError
     return (video_lib.VideoError, CheckpointMismatchError, FileNotFoundError)
 
 

@@ -257,7 +257,7 @@ def test_released_llavaction_7b_config_reads_and_validates():
     """The shape of the released LLaVAction-7B config.json (Qwen2-7B + SigLIP so400m, LLaVA-NeXT keys, written
     out here; no weights): read as the original does, with IMAGE_TOKEN_INDEX -200 as the video slot sentinel, and
     the whole config passes configs/validate.py (it failed on `video_token_id >= 0` before)."""
-    from configs import validate
+    from configs import base, validate
     from llavaction_jax.convert.formats import llava_qwen
     from llavaction_jax.model import config as model_config_lib
     cj = {"architectures": ["LlavaQwenForCausalLM"], "model_type": "llava_qwen", "hidden_act": "silu",
@@ -283,7 +283,8 @@ def test_released_llavaction_7b_config_reads_and_validates():
     assert (v.hidden_size, v.num_layers, v.num_heads, v.image_size, v.patch_size) == (1152, 26, 16, 384, 14)
     assert (model_cfg.pool_mode, model_cfg.newline_position, model_cfg.action_token,
             tuple(model_cfg.action_types)) == ("bilinear", "grid", True, (97, 300, 3806))
-    config = api.full_config(model_cfg)
+    config = base.get_base_config()
+    config.model = model_cfg
     assert validate.validate(config) is config
     config.model.video_token_id = -1                                    # any other negative id is still refused
     with pytest.raises(Exception, match=r"bad config value -1 \(config.model.video_token_id\): >= 0 \(a vocab id\) "

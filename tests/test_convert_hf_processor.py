@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from configs import demo as demo_config
+from configs import base as base_config, demo as demo_config
 from llavaction_jax.data import ek100, prompts
 from data_prep import mqa, synthetic_videos
 from llavaction_jax.data import video as video_lib
@@ -175,7 +175,7 @@ def test_export_carries_its_sampling_and_eval_reads_it(exported):
     from configs import validate
     from llavaction_jax.eval.loading import load_for_eval
     out, config = exported["out"], exported["config"]
-    assert config.data.num_frames == 4 != api.full_config(exported["model_cfg"]).data.num_frames == 16
+    assert config.data.num_frames == 4 != base_config.get_base_config().data.num_frames == 16
     vp = json.load(open(os.path.join(out, "video_preprocessor_config.json")))
     assert vp["num_frames"] == 4 and vp["do_sample_frames"] is True
     assert hf_processor.read_sampling(out) == {
@@ -183,9 +183,10 @@ def test_export_carries_its_sampling_and_eval_reads_it(exported):
         "newline_position": "one_token", "action_token": False,
         "trained_layout": {"pool_mode": "bilinear", "newline_position": "one_token", "action_token": False}}
     assert AutoVideoProcessor.from_pretrained(out).num_frames == 4
-    _, _, cfg, _ = load_for_eval(out, mesh=_mesh())
+    _, _, cfg, _ = load_for_eval(out, mesh=_mesh(), defaults=base_config.get_base_config())
     assert cfg.data.num_frames == 4          # not configs/base.py's 16: no --num_frames needed
-    _, _, cfg, _ = load_for_eval(out, mesh=_mesh(), check_config=validate.with_overrides({"data.num_frames": 6}))
+    _, _, cfg, _ = load_for_eval(out, mesh=_mesh(), check_config=validate.with_overrides({"data.num_frames": 6}),
+                                 defaults=base_config.get_base_config())
     assert cfg.data.num_frames == 6
 
 
@@ -436,7 +437,8 @@ def test_cli_export_of_a_training_run_takes_its_tokenizer_and_latest_eval(export
     from flax import nnx
     from llavaction_jax.convert.__main__ import main as convert_main
     from llavaction_jax.train.checkpointing import Checkpointer, config_to_dict
-    config = api.full_config(exported["model_cfg"])
+    config = base_config.get_base_config()
+    config.model = exported["model_cfg"]
     config.data.tokenizer_path = os.path.dirname(exported["tok"].source)
     config.data.num_frames = 4
     params = nnx.to_pure_dict(nnx.state(exported["model"], nnx.Param))

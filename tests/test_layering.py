@@ -1,5 +1,6 @@
 """The layers hold: data_prep and llavaction_jax.data import no JAX (nor TensorFlow, whose import pulls JAX in), and
-no module of the library imports data_prep (the offline tools sit on top of the library, never under it)."""
+no module of the library imports data_prep (the offline tools sit on top of the library, never under it), and only
+the library's CLIs import configs."""
 import ast
 import os
 import subprocess
@@ -73,3 +74,16 @@ def test_data_formats_import_no_jax_statically():
     offenders = [f"{os.path.relpath(p, ROOT)}: {root}" for p in _py_files(os.path.join("llavaction_jax", "data"))
                  for root in _imported_roots(p) if root in ("jax", "flax", "optax", "tensorflow", "data_prep")]
     assert not offenders, offenders
+
+
+# The command-line tools of the library: the only modules of llavaction_jax that may import configs (the top layer).
+CLI_MODULES = ("__main__.py", "aot.py", "plan.py", "predict.py")
+
+
+def test_only_the_clis_import_configs():
+    """The library reads a config it is given; the defaults (configs/base.py) come in through the CLIs."""
+    offenders = [os.path.relpath(p, ROOT) for p in _py_files("llavaction_jax")
+                 if os.path.basename(p) not in CLI_MODULES and "configs" in set(_imported_roots(p))]
+    assert not offenders, offenders
+    clis = [p for p in _py_files("llavaction_jax") if "configs" in set(_imported_roots(p))]
+    assert {os.path.basename(p) for p in clis} <= set(CLI_MODULES) and len(clis) >= 5

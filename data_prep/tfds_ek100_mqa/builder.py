@@ -33,6 +33,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
+from data_prep import mqa, predictions
+from llavaction_jax.data import ek100
 from llavaction_jax.data.video import VideoError, VideoReader, detect_layout, load_video_fps
 
 # The "manual_dir/ ..." block of the module docstring.
@@ -147,8 +149,6 @@ class Ek100Mqa(tfds.core.GeneratorBasedBuilder):
         if pre.exists():
             with pre.open() as f:
                 return [json.loads(line) for line in f if line.strip()]
-        from llavaction_jax.data import ek100
-        from data_prep import mqa, predictions
         ann_dir = manual / "annotations"
         ann = ek100.load_annotations(os.fspath(ann_dir / SPLIT_CSVS[split]), with_video_info=False)
         preds = None

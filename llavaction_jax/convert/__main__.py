@@ -9,12 +9,20 @@ FORMAT is a name of the registry in llavaction_jax/convert/formats (`--help` of 
 
 SRC and DST may also be given positionally (`import --format hf SRC DST`), as in earlier versions.
 """
+import datetime
 import json
 import logging
+import os
 import sys
+from typing import Optional
 
-from llavaction_jax import argparsing, cli
+from configs import base as base_config
+from llavaction_jax import argparsing, cli, fs
 from llavaction_jax.cli import UserError
+from llavaction_jax.convert import api, formats, hf_processor, model_card
+from llavaction_jax.convert.errors import ConvertError
+from llavaction_jax.eval import __main__ as eval_cli
+from llavaction_jax.model import spec as model_spec
 
 
 def _overrides(items):
@@ -40,13 +48,38 @@ def _paths(sub, src_help, dst_help):
 
 
 def _described(names):
-    from llavaction_jax.convert import formats
     return "; ".join(f"{n} = {formats.FORMATS[n].DESCRIPTION}" for n in names)
 
 
+def measure_export(export_dir: str, data: str, out_dir: str, video_root: Optional[str] = None,
+                   num_frames: Optional[int] = None, limit: Optional[int] = None) -> dict:
+    """Evaluates the HF export `export_dir` with llavaction_jax.eval on `data` (results in `out_dir`) and rewrites
+    the "Evaluation of this export" section of its README.md with them; returns what the section shows.
+
+    The frame count is the export's own (video_preprocessor_config.json) unless `num_frames` overrides it."""
+    card_path = os.path.join(export_dir, "README.md")
+    sampling = hf_processor.read_sampling(export_dir)
+    if sampling is None or not os.path.isfile(card_path):
+        raise ConvertError(f"{export_dir}: not an HF export of llavaction_jax.convert (no README.md or no "
+                           f"{hf_processor.SAMPLING_KEY!r} block in {hf_processor.VIDEO_CONFIG_FILE})")
+    args = ["--checkpoint", export_dir, "--data", data, "--out", out_dir, "--no_resume", "--no_progress"]
+    for flag, value in (("--video_root", video_root), ("--num_frames", num_frames), ("--limit", limit)):
+        if value is not None:
+            args += [flag, str(value)]
+    eval_cli.main(args)
+    summary = model_card.load_summary(os.path.join(out_dir, "summary.json"))
+    measured = {"summary": summary, "data": os.path.basename(data),
+                "num_frames": int(num_frames or sampling["num_frames"]),
+                "tool": "`python -m llavaction_jax.eval` (JAX, loading this HF directory)",
+                "date": datetime.date.today().isoformat()}
+    with open(card_path, encoding="utf-8") as f:
+        card = f.read()
+    card = model_card.replace_section(card, model_card.EXPORT_EVAL_HEADING, model_card.export_eval_section(measured))
+    fs.atomic_write(card_path, card)
+    return measured
+
+
 def main(argv=None):
-    from llavaction_jax.convert import api, formats
-    from llavaction_jax.model import spec as model_spec     # imports JAX, as the converter does
     parser = argparsing.ArgumentParser(prog="llavaction-convert", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     imp = sub.add_parser("import", help="checkpoint dir -> Orbax params dir (+ model_config.json)")
@@ -86,9 +119,7 @@ def main(argv=None):
     card.add_argument("--limit", type=int, default=None, help="first N questions only")
     args = parser.parse_args(argv)
     if args.command == "card":
-        from llavaction_jax.convert import model_card
-        measured = model_card.measure_export(args.src, args.data, args.out, args.video_root, args.num_frames,
-                                             args.limit)
+        measured = measure_export(args.src, args.data, args.out, args.video_root, args.num_frames, args.limit)
         summary = measured["summary"]
         json.dump({"card": f"{args.src}/README.md", "num_samples": summary.get("num_samples"),
                    "num_frames": measured["num_frames"],
@@ -116,7 +147,8 @@ def main(argv=None):
                                      allow_layout_change=args.allow_layout_change,
                                      config_overrides=_overrides(args.override),
                                      tokenizer_path=args.tokenizer, eval_summary=args.eval_summary,
-                                     overwrite=args.overwrite)
+                                     overwrite=args.overwrite,
+                                     num_frames=int(base_config.get_base_config().data.num_frames))
         info = {k: v for k, v in info.items() if k != "keys"} | {"num_keys": len(info["keys"])}
     json.dump(info, sys.stdout, indent=2)
     sys.stdout.write("\n")
@@ -126,8 +158,7 @@ def _user_errors():
     """Bad input beyond cli.UserError (whose family the converter raises: convert/errors.py): a model config
     value no model is built from (an --override, a checkpoint's config). Any other exception is a bug and keeps
     its traceback."""
-    from llavaction_jax.model.spec import ModelConfigError   # imports JAX: only once a command runs
-    return (ModelConfigError,)
+    return (model_spec.ModelConfigError,)
 
 
 def console_main(argv=None) -> int:

@@ -1,17 +1,19 @@
 """Load / import / export over the format registry (convert/formats): every call detects or names a format and
 hands the work to that format's module; nothing here knows one format from another.
 
-  load_pretrained(path)            any readable checkpoint -> (sharded model, full config); the one reader of
+  load_pretrained(path)            any readable checkpoint -> (sharded model, config); the one reader of
                                    training checkpoints (a run dir or a step dir: the config the run saved)
   import_checkpoint(src, dst)      any readable checkpoint -> our Orbax params dir (formats/orbax.py)
   export_checkpoint(src, dst, f)   any readable checkpoint -> format f
   export_model(model, cfg, dst, f) an in-memory model -> format f
 """
+import copy
 import logging
 import os
 from typing import Optional, Sequence
 
 import jax
+import ml_collections
 
 from llavaction_jax import fs
 from llavaction_jax.convert import common
@@ -19,18 +21,9 @@ from llavaction_jax.convert.formats import detect_format, get as get_format, orb
 from llavaction_jax.convert.formats import train as train_format
 from llavaction_jax.convert.errors import ConvertError
 
-__all__ = ["detect_format", "export_checkpoint", "export_model", "full_config", "import_checkpoint",
-           "load_pretrained"]
+__all__ = ["detect_format", "export_checkpoint", "export_model", "import_checkpoint", "load_pretrained"]
 
 log = logging.getLogger(__name__)
-
-
-def full_config(model_cfg):
-    """The base training/eval config (configs/base.py) around a checkpoint's model section."""
-    from configs import base as base_config   # the top layer's defaults, for callers that want a whole config
-    config = base_config.get_base_config()
-    config.model = model_cfg
-    return config
 
 
 def _load(path: str, fmt: str, mesh, **kwargs) -> common.Loaded:
@@ -41,15 +34,16 @@ def _load(path: str, fmt: str, mesh, **kwargs) -> common.Loaded:
 
 
 def load_pretrained(path: str, dtype=None, mesh=None, config_overrides=None, allow_missing: Sequence[str] = (),
-                    rules=None):
+                    rules=None, defaults: Optional[ml_collections.ConfigDict] = None):
     """Loads a checkpoint directory of any registered format (HF, llava_qwen, an Orbax dir from `convert
     import`, a training checkpoint, ...).
 
     Returns (model, config). A training checkpoint (its workdir, checkpoints dir or one step dir; the latest
     committed step unless a step dir is given): config is the training config the run saved (tokenizer, frame
-    count, video layout, evals), paths absolute. Any other format: the full base config (configs/base.py) whose
-    `model` section comes from the checkpoint. Either way `config.model` is the checkpoint's model section +
-    `config_overrides` (dotted keys).
+    count, video layout, evals), paths absolute. Any other format carries no training config: a copy of
+    `defaults` (a whole config, e.g. configs/base.py's `get_base_config()`, which the CLIs pass) whose `model`
+    section comes from the checkpoint; without `defaults`, a config of the `model` section alone. Either way
+    `config.model` is the checkpoint's model section + `config_overrides` (dotted keys).
     `dtype` sets the parameter dtype (default: the checkpoint's, so bf16 stays bf16). Params are placed in
     their shardings on `mesh` (default: all devices, data parallel). `allow_missing`: regexes of parameter
     paths that may be absent and are then initialised by the model (e.g. '^action/' for LLaVA-Video).
@@ -62,7 +56,8 @@ def load_pretrained(path: str, dtype=None, mesh=None, config_overrides=None, all
     if fmt == train_format.NAME:
         config = train_format.train_config(loaded.train_config, loaded.model_cfg)
     else:
-        config = full_config(loaded.model_cfg)
+        config = copy.deepcopy(defaults) if defaults is not None else ml_collections.ConfigDict()
+        config.model = loaded.model_cfg
     if rules is not None:
         config.sharding_rules = tuple(rules)
     return loaded.model, config
@@ -97,16 +92,17 @@ def import_checkpoint(src: str, dst: str, fmt: Optional[str] = None, dtype=None,
     return info
 
 
-def _options(max_shard_bytes, allow_layout_change, tokenizer_path, eval_summary, extra_tensors):
+def _options(max_shard_bytes, allow_layout_change, tokenizer_path, eval_summary, extra_tensors, num_frames):
     return common.WriteOptions(max_shard_bytes=max_shard_bytes, allow_layout_change=allow_layout_change,
-                               tokenizer_path=tokenizer_path, eval_summary=eval_summary, extra_tensors=extra_tensors)
+                               tokenizer_path=tokenizer_path, eval_summary=eval_summary, extra_tensors=extra_tensors,
+                               num_frames=num_frames)
 
 
 def export_model(model, model_cfg, dst: str, fmt: str, source_dir: Optional[str] = None,
                  extra_tensors: Optional[str] = None, max_shard_bytes: int = 2 << 30,
                  allow_layout_change: bool = False, tokenizer_path: Optional[str] = None,
                  eval_summary: Optional[str] = None, train_config: Optional[dict] = None,
-                 overwrite: bool = False) -> dict:
+                 overwrite: bool = False, num_frames: Optional[int] = None) -> dict:
     """Writes an in-memory `model` as format `fmt` into the new (or empty; or `overwrite`: replaced) dir `dst`;
     returns the format's report.
 
@@ -114,7 +110,7 @@ def export_model(model, model_cfg, dst: str, fmt: str, source_dir: Optional[str]
     import` (its source config, unused tensors and tokenizer files are reused). `extra_tensors`: a safetensors
     file or checkpoint dir whose expected-unused keys (the dropped SigLIP layer) go into a llava_qwen export.
     `eval_summary`: a summary.json whose accuracies go into the model card; `train_config`: the training config
-    dict (data, steps).
+    dict (data, steps); `num_frames`: hf: frames per clip of a model whose training config and source name none.
     """
     write = writer(fmt)
     dst = fs.check_new_dir(dst, f"--dst {dst}", overwrite)
@@ -122,19 +118,21 @@ def export_model(model, model_cfg, dst: str, fmt: str, source_dir: Optional[str]
     loaded = common.Loaded(model, model_cfg, fmt="", path=os.path.abspath(source_dir) if source_dir else "",
                            train_config=train_config, **kept)
     return _write_staged(write, loaded, dst, _options(max_shard_bytes, allow_layout_change, tokenizer_path,
-                                                      eval_summary, extra_tensors))
+                                                      eval_summary, extra_tensors, num_frames))
 
 
 def export_checkpoint(src: str, dst: str, fmt: str, mesh=None, extra_tensors: Optional[str] = None,
                       max_shard_bytes: int = 2 << 30, allow_layout_change: bool = False,
                       config_overrides=None, tokenizer_path: Optional[str] = None,
-                      eval_summary: Optional[str] = None, overwrite: bool = False) -> dict:
+                      eval_summary: Optional[str] = None, overwrite: bool = False,
+                      num_frames: Optional[int] = None) -> dict:
     """Checkpoint `src` of any readable format (usually an Orbax dir from `import_checkpoint` or a training
     checkpoint) -> format `fmt`. What the source kept travels along: a training run's init_from dir (source
     config, tokenizer files, dropped SigLIP layer), its tokenizer and latest periodic eval (model card).
-    `dst` must be new or empty unless `overwrite` (then it is replaced once the new one is complete)."""
+    `dst` must be new or empty unless `overwrite` (then it is replaced once the new one is complete).
+    `num_frames`: hf: frames per clip of a model whose training config and source name none."""
     write = writer(fmt)        # an unwritable format or destination is refused before anything is loaded
     dst = fs.check_new_dir(dst, f"--dst {dst}", overwrite)
     loaded = _load(src, detect_format(src), mesh, config_overrides=config_overrides)
     return _write_staged(write, loaded, dst, _options(max_shard_bytes, allow_layout_change, tokenizer_path,
-                                                      eval_summary, extra_tensors))
+                                                      eval_summary, extra_tensors, num_frames))

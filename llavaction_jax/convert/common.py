@@ -13,7 +13,9 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from llavaction_jax import sharding as shd
 from llavaction_jax.cli import UserError
@@ -57,6 +59,7 @@ class WriteOptions:
     tokenizer_path: Optional[str] = None       # hf: dir with tokenizer.json (or the file)
     eval_summary: Optional[str] = None         # hf: summary.json for the model card
     extra_tensors: Optional[str] = None        # llava_qwen: safetensors file/dir with the dropped SigLIP layer
+    num_frames: Optional[int] = None           # hf: frames per clip when neither training config nor source names it
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -123,7 +126,6 @@ def host_value(x) -> np.ndarray:
     """A (possibly multi-host) array on this host, whole."""
     if getattr(x, "is_fully_addressable", True):
         return np.asarray(jax.device_get(x))
-    from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
@@ -131,7 +133,6 @@ def wait_for_process_0(tag: str) -> None:
     """Multi-process: nobody returns before process 0 has written its files (a caller on another host may open
     the directory next, e.g. import then export)."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(f"llavaction_jax.convert.{tag}")
 
 
@@ -147,7 +148,6 @@ def copy_tokenizer_files(src: str, dst: str) -> List[str]:
 def restore_params(params_dir: str, model_cfg, mesh, rules, config_source: str, subtree: Optional[str] = None):
     """Restores the pure-dict Param tree Orbax saved at `params_dir` (or its `subtree` entry) into a sharded model,
     through Orbax's public API (metadata to check the tree, then a (partial) restore into the shardings)."""
-    import orbax.checkpoint as ocp
     abstract = model_build.abstract_model(model_cfg, mesh, rules)
     graphdef, params, _ = nnx.split(abstract, nnx.Param, ...)
     target = nnx.to_pure_dict(params)

@@ -27,6 +27,7 @@ import os
 from typing import Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
+import tokenizers
 
 from llavaction_jax.input import tokenizer as tok_lib
 from llavaction_jax.convert.errors import ConvertError
@@ -100,7 +101,6 @@ def find_tokenizer_file(*dirs: Optional[str]) -> Optional[str]:
 
 def plan_tokenizer(tokenizer_file: str, model_cfg) -> TokenizerPlan:
     """Loads `tokenizer_file`, adds `<video>`/`<image>` if missing and says which ids / vocab size to export."""
-    import tokenizers
     try:
         tok = tokenizers.Tokenizer.from_file(tokenizer_file)
     except Exception as e:       # the Rust side raises a bare Exception for a malformed file

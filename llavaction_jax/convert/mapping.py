@@ -9,6 +9,7 @@ import dataclasses
 import re
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+import jax
 import numpy as np
 
 from llavaction_jax.cli import UserError
@@ -54,8 +55,6 @@ def _leaf_path(path) -> str:
 def check_tree(saved, target, where: str, what: str = "parameter", source: Optional[str] = None) -> None:
     """Raise CheckpointMismatchError listing every missing / unexpected / mis-shaped leaf of `saved` against
     `target` (pytrees of arrays or ShapeDtypeStructs; leaves compared by '/'-joined path and shape)."""
-    import jax
-
     def shapes(tree):
         leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
         return {_leaf_path(p): tuple(getattr(x, "shape", ())) for p, x in leaves}

@@ -4,18 +4,16 @@ Everything in the card is read from the export itself (model config, config.json
 the training config (data files, steps) and eval summaries (llavaction_jax.eval): no hand-written claims.
 
 Two kinds of numbers, never mixed: "Evaluation of this export" is measured ON the exported directory
-(`measure_export`: llavaction_jax.eval loads it, transformers' layout and all, and the section is rewritten in
-place), with the data, question count and frame count named; an eval of the JAX model it was exported from (the
+(the convert CLI's `card` command: llavaction_jax.eval loads it, transformers' layout and all, and the section is
+rewritten in place), with the data, question count and frame count named; an eval of the JAX model it was exported from (the
 training run's periodic eval, or --eval_summary at export) is shown under its own heading as that model's.
 """
-import datetime
 import json
 import math
 import os
 import re
 from typing import Mapping, Optional, Sequence
 
-from llavaction_jax import fs
 from llavaction_jax.convert.errors import ConvertError, MissingFileError
 
 EXPORT_EVAL_HEADING = "## Evaluation of this export"
@@ -84,7 +82,8 @@ def _source_eval_section(summary: Mapping, summary_path: str, model_cfg) -> list
 
 
 def export_eval_section(measured: Optional[Mapping] = None) -> list:
-    """The card's section for the export's own accuracy: measured (see `measure_export`) or how to measure it.
+    """The card's section for the export's own accuracy: measured (the convert CLI's `card` command) or how to
+    measure it.
 
     measured: {"summary": eval summary.json, "data": data file, "num_frames": frames per clip, "tool": what
     measured it, "date": ISO date}."""
@@ -234,37 +233,6 @@ def render(model_cfg, hf_config: Mapping, plan=None, train_config: Optional[Mapp
         "",
     ]
     return "\n".join(lines)
-
-
-def measure_export(export_dir: str, data: str, out_dir: str, video_root: Optional[str] = None,
-                   num_frames: Optional[int] = None, limit: Optional[int] = None) -> dict:
-    """Evaluates the HF export `export_dir` with llavaction_jax.eval on `data` (results in `out_dir`) and rewrites
-    the "Evaluation of this export" section of its README.md with them; returns what the section shows.
-
-    The frame count is the export's own (video_preprocessor_config.json) unless `num_frames` overrides it."""
-    # The eval CLI loads JAX and the model; rendering a card needs neither.
-    from llavaction_jax.convert import hf_processor
-    from llavaction_jax.eval import __main__ as eval_cli
-    card_path = os.path.join(export_dir, "README.md")
-    sampling = hf_processor.read_sampling(export_dir)
-    if sampling is None or not os.path.isfile(card_path):
-        raise ConvertError(f"{export_dir}: not an HF export of llavaction_jax.convert (no README.md or no "
-                         f"{hf_processor.SAMPLING_KEY!r} block in {hf_processor.VIDEO_CONFIG_FILE})")
-    args = ["--checkpoint", export_dir, "--data", data, "--out", out_dir, "--no_resume", "--no_progress"]
-    for flag, value in (("--video_root", video_root), ("--num_frames", num_frames), ("--limit", limit)):
-        if value is not None:
-            args += [flag, str(value)]
-    eval_cli.main(args)
-    summary = load_summary(os.path.join(out_dir, "summary.json"))
-    measured = {"summary": summary, "data": os.path.basename(data),
-                "num_frames": int(num_frames or sampling["num_frames"]),
-                "tool": "`python -m llavaction_jax.eval` (JAX, loading this HF directory)",
-                "date": datetime.date.today().isoformat()}
-    with open(card_path, encoding="utf-8") as f:
-        card = f.read()
-    card = replace_section(card, EXPORT_EVAL_HEADING, export_eval_section(measured))
-    fs.atomic_write(card_path, card)
-    return measured
 
 
 def load_summary(path: Optional[str]):

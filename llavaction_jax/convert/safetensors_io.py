@@ -8,6 +8,7 @@ import json
 import os
 from typing import Dict, Iterable, List, Optional, Tuple
 
+import ml_dtypes
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
@@ -39,7 +40,6 @@ def _safe_open(fname: str):
 
 
 def _np_dtype(st_dtype: str) -> np.dtype:
-    import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy)
     if st_dtype not in _ST_DTYPES:
         raise ConvertError(f"unsupported safetensors dtype {st_dtype!r}")
     name = _ST_DTYPES[st_dtype]

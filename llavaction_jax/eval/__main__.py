@@ -26,10 +26,15 @@ import shutil
 import sys
 import tempfile
 
-from llavaction_jax import argparsing, cli, fs
+import jax
+
+from configs import base as base_config, validate
+from llavaction_jax import argparsing, cli, distributed, fs
 from llavaction_jax.cli import UserError
 from llavaction_jax.convert.mapping import CheckpointMismatchError
-from llavaction_jax.eval import benchmarks
+from llavaction_jax.eval import benchmarks, fingerprint as fingerprint_lib, run as run_lib
+from llavaction_jax.eval.loading import load_for_eval
+from llavaction_jax.eval.report import summary_rows
 
 # Flags that set a common field of the benchmark entry (dest -> field); each benchmark's own fields come from its
 # FLAGS (benchmarks.cli_flags). None = not given, the entry / defaults decide.
@@ -105,8 +110,7 @@ def _check_out(out: str) -> str:
 
 
 def _fingerprint(eval_cfg, config, provenance) -> dict:
-    from llavaction_jax.eval import fingerprint
-    return fingerprint.make(provenance["params_dir"], provenance["step"], provenance["config"],
+    return fingerprint_lib.make(provenance["params_dir"], provenance["step"], provenance["config"],
                             benchmarks.data_files(eval_cfg), benchmarks.settings(eval_cfg),
                             int(config.data.num_frames), tuple(eval_cfg.methods), int(eval_cfg.max_new_tokens),
                             str(eval_cfg.type))
@@ -114,10 +118,9 @@ def _fingerprint(eval_cfg, config, provenance) -> dict:
 
 def _stage_remote_out(out: str, resume: bool) -> str:
     """A local dir standing in for a URL --out (the report writers use the OS), holding what a resume reads."""
-    from llavaction_jax.eval import fingerprint, run
     stage = tempfile.mkdtemp(prefix="llavaction-eval-")
     if resume:
-        for name in (run.PREDICTIONS_FILE, fingerprint.FILE):
+        for name in (run_lib.PREDICTIONS_FILE, fingerprint_lib.FILE):
             if fs.exists(fs.join(out, name)):
                 with open(os.path.join(stage, name), "w", encoding="utf-8") as f:
                     f.write(fs.read_text(fs.join(out, name)))
@@ -129,12 +132,7 @@ def main(argv=None) -> int:
     for name in ("limit", "batch_size", "max_new_tokens", "num_frames"):
         _positive(f"--{name}", getattr(args, name))
     args.out = _check_out(args.out)
-    from llavaction_jax import distributed
     distributed.initialize_from_env(args.coordinator_address, args.num_processes, args.process_id)
-    import jax
-    from llavaction_jax.eval import benchmarks
-    from llavaction_jax.eval.loading import load_for_eval
-    from llavaction_jax.eval.report import summary_rows
 
     if not args.eval:
         # Checked before the (slow) model load; the benchmarks refuse these too.
@@ -143,12 +141,12 @@ def main(argv=None) -> int:
         if str(entry["data"]).endswith(".jsonl") and not os.path.isfile(entry["data"]):
             raise UserError(f"file not found: {entry['data']}", "--data", "an existing .jsonl file")
         benchmarks.check_early(entry, "--{0}")
-    from configs import validate
     # The checkpoint's config with this command's overrides, validated before the model is built.
     check = validate.with_overrides({"data.num_frames": args.num_frames, "eval.max_new_tokens": args.max_new_tokens,
                                      "data.add_time_instruction": False if args.no_time_instruction else None})
     model, tok, config, mesh, provenance = load_for_eval(args.checkpoint, tokenizer=args.tokenizer,
-                                                         with_provenance=True, check_config=check, step=args.step)
+                                                         with_provenance=True, check_config=check, step=args.step,
+                                                         defaults=base_config.get_base_config())
     name, where = "cli", "--{0}"
     if args.eval:
         evals = benchmarks.entries(config)

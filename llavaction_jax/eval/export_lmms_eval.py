@@ -33,9 +33,12 @@ from typing import List, Optional
 
 import av
 import numpy as np
+from tqdm import tqdm
 
 from llavaction_jax import cli, fs
+from llavaction_jax.convert import hf_processor
 from llavaction_jax.data import prompts, video as video_lib
+from llavaction_jax.eval import samples
 
 DEFAULT_TASK = "ek100_mqa"
 UTILS_FILE = "utils.py"
@@ -226,7 +229,6 @@ metadata:
 
 
 def _doc(sample: dict, where: str) -> dict:
-    from llavaction_jax.eval import samples
     samples.check_mqa_sample(sample, where)
     for key in ("video_id", "start_timestamp", "stop_timestamp"):
         if sample.get(key) is None:
@@ -280,7 +282,6 @@ def cut_clip(reader, doc: dict, path: str, num_frames: int) -> int:
 
 def export_settings(hf_export: Optional[str]) -> dict:
     """{num_frames, clip_size} an HF export of ours names (video processor config, processor input size)."""
-    from llavaction_jax.convert import hf_processor
     try:
         sampling = hf_processor.read_sampling(hf_export)
     except ValueError as e:
@@ -303,7 +304,6 @@ def export(mqa_file: str, out_dir: str, task: str = DEFAULT_TASK, video_root: Op
            clip_size: Optional[int] = None, limit: Optional[int] = None, max_new_tokens: int = 32,
            num_frames: int = 16, time_instruction: bool = True, model: str = "MODEL_DIR",
            progress: bool = False) -> dict:
-    from llavaction_jax.eval import samples
     if not task.replace("_", "").isalnum():
         raise cli.UserError(f"task name {task!r} is not a plain identifier", "--task", "letters, digits and '_'")
     try:
@@ -343,7 +343,6 @@ def export(mqa_file: str, out_dir: str, task: str = DEFAULT_TASK, video_root: Op
                                            fps=fps)
             iterator = docs
             if progress:
-                from tqdm import tqdm
                 iterator = tqdm(docs, desc="clips", unit="clip")
             for d in iterator:
                 try:

@@ -12,6 +12,8 @@ Every directory goes through `llavaction_jax.load_pretrained` (convert/api.py), 
 import os
 from typing import Callable, Optional
 
+import ml_collections
+
 from llavaction_jax import sharding as shd
 from llavaction_jax.cli import UserError
 from llavaction_jax.convert import common, hf_processor
@@ -56,8 +58,12 @@ def _take_export_sampling(path: str, config) -> None:
 
 
 def load_for_eval(path: str, mesh=None, tokenizer: Optional[str] = None, with_provenance: bool = False,
-                  check_config: Optional[Callable] = None, step: Optional[int] = None):
+                  check_config: Optional[Callable] = None, step: Optional[int] = None,
+                  defaults: Optional[ml_collections.ConfigDict] = None):
     """(model, tokenizer, config, mesh[, provenance]) from a checkpoint directory (see module docstring).
+
+    defaults: the whole config (the CLIs pass configs/base.py's) around the model section of a checkpoint that
+    carries no training config (every format but a training run's); such a checkpoint needs it.
 
     check_config(config) -> config: the caller's validation (and overrides) of the checkpoint's config; for a
     training run it also runs on the saved config before the model is loaded, so a bad flag costs no load.
@@ -71,8 +77,11 @@ def load_for_eval(path: str, mesh=None, tokenizer: Optional[str] = None, with_pr
         if check_config is not None:
             check_config(saved)
         mesh = mesh if mesh is not None else shd.make_mesh(saved.mesh)
+    elif defaults is None:
+        raise ValueError(f"{path}: a {detect_format(path)!r} checkpoint carries no training config; "
+                         "load_for_eval needs defaults= (e.g. configs.base.get_base_config())")
     mesh = mesh if mesh is not None else common.default_mesh()
-    model, config = load_pretrained(path, mesh=mesh)
+    model, config = load_pretrained(path, mesh=mesh, defaults=defaults)
     if not train_run:
         _take_export_sampling(path, config)
     if check_config is not None:

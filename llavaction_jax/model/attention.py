@@ -94,7 +94,7 @@ def cudnn_packed_layout(segment_ids, max_segments=None):
 def _cudnn_fused():
     # The packed (segment) layout is only in JAX's internal cuDNN module; jax.nn.dot_product_attention has
     # no segment argument. cudnn_supports_packing checks the signature before anything calls it.
-    from jax._src.cudnn import fused_attention_stablehlo
+    from jax._src.cudnn import fused_attention_stablehlo  # why: JAX-internal, GPU-only; absent = no packed cuDNN
     return fused_attention_stablehlo
 
 
@@ -321,7 +321,7 @@ def splash_block(length, block=SPLASH_BLOCK):
 
 def _splash_local(q, k, v, q_seg, kv_seg, *, causal, block, interpret):
     """Per-shard splash call: q [B, T, N, D], k/v [B, S, K, D], q_seg [B, T], kv_seg [B, S] (0 = invisible)."""
-    from jax.experimental.pallas.ops.tpu import splash_attention as sa
+    from jax.experimental.pallas.ops.tpu import splash_attention as sa  # why: the TPU-only Pallas kernel
 
     tq, nh, dim = q.shape[1:]
     tk = k.shape[1]

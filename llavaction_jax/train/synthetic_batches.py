@@ -10,6 +10,7 @@ import jax
 from llavaction_jax import sharding as shd
 
 from llavaction_jax.input.schema import BatchSchema
+from llavaction_jax.model.spec import num_video_tokens
 
 # Unpacked rows (input/schema.py): what synthetic_arrays makes and ArrayBatchIterator serves.
 BATCH_KEYS = BatchSchema(num_frames=1, image_size=1).keys()
@@ -20,7 +21,6 @@ def synthetic_arrays(config, num_samples: int, seq_len: int, seed: int = 0, answ
 
     Only answer tokens are supervised; about a quarter of the samples have no action label (-1).
     """
-    from llavaction_jax.model import num_video_tokens
     mc = config.model
     frames, side = int(config.data.num_frames), int(mc.vision.image_size)
     n_video = num_video_tokens(mc, frames)

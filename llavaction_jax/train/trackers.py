@@ -35,8 +35,7 @@ class TensorBoardTracker:
     """Scalars as TensorBoard event files under <workdir>/tensorboard (tensorboardX; local or URL workdirs)."""
 
     def __init__(self, workdir: str):
-        # tensorboardX's writer imports torch where it is installed (seconds): loaded only by runs that log to TB.
-        from tensorboardX import SummaryWriter, record_writer
+        from tensorboardX import SummaryWriter, record_writer  # why: imports torch where installed; TB runs only
         logdir = fs.join(workdir, "tensorboard")
         if fs.is_url(logdir):
             record_writer.register_writer_factory(fs.scheme(logdir), _GfileEvents())
@@ -55,7 +54,7 @@ class TensorBoardTracker:
 def import_wandb():
     """The wandb module, or a UserError saying how to install it."""
     try:
-        import wandb        # optional extra: only runs that name the tracker need it
+        import wandb  # why: an optional extra; only runs that name the tracker need it
     except ImportError:
         raise UserError("config.train.trackers names 'wandb' but the wandb package is not installed",
                         "config.train.trackers", "pip install 'llavaction_jax[wandb]', or drop 'wandb'") from None

@@ -216,16 +216,19 @@ def export_tensors(tensors, plan):
     return tensors if plan is None else hf_processor.pad_vocab(tensors, plan.vocab_size)
 
 
-def export_num_frames(loaded: common.Loaded) -> int:
-    """Frames per clip of the export: the training config's, else the source export's, else configs/base.py's."""
+def export_num_frames(loaded: common.Loaded, default: Optional[int] = None) -> int:
+    """Frames per clip of the export: the training config's, else the source export's, else `default` (the
+    caller's; the convert CLI passes configs/base.py's data.num_frames)."""
     n = ((loaded.train_config or {}).get("data") or {}).get("num_frames")
     if n:
         return int(n)
     sampling = hf_processor.read_sampling(loaded.files_dir) if loaded.files_dir else None
     if sampling:
         return int(sampling["num_frames"])
-    from configs import base as base_config   # the defaults a model without a training config was built with
-    return int(base_config.get_base_config().data.num_frames)
+    if default:
+        return int(default)
+    raise ConvertError("the export's frames per clip are unknown: the model has no training config and its source "
+                       f"no {hf_processor.SAMPLING_KEY!r} block; pass num_frames (export_checkpoint / export_model)")
 
 
 def write_extras(dst: str, model_cfg, cfg_json: dict, plan, source_generation: dict, *, system_prompt: str,
@@ -285,6 +288,7 @@ def write(loaded: common.Loaded, dst: str, options: common.WriteOptions = common
                     "image/video token ids are unchecked and AutoProcessor will not load it", dst)
     notes = tok_plan.notes if tok_plan is not None else []
     eval_summary = options.eval_summary or loaded.eval_summary
+    num_frames = export_num_frames(loaded, options.num_frames)      # refused before any tensor is written
 
     def extras():
         if loaded.files_dir and tok_plan is None:
@@ -292,7 +296,7 @@ def write(loaded: common.Loaded, dst: str, options: common.WriteOptions = common
         data = (loaded.train_config or {}).get("data") or {}
         write_extras(dst, model_cfg, cfg_json, tok_plan, loaded.source_generation,
                      system_prompt=str(data.get("system_prompt") or "You are a helpful assistant."),
-                     num_frames=export_num_frames(loaded), train_config=loaded.train_config,
+                     num_frames=num_frames, train_config=loaded.train_config,
                      eval_summary_path=eval_summary, dropped_params=dropped,
                      num_params=sum(int(np.prod(v.get_value().shape)) for p, v in flat.items() if p not in dropped),
                      trained_cfg=loaded.model_cfg)

@@ -116,7 +116,7 @@ def expected_unused(model_cfg):
 
 
 def parse_config(cj: dict, shapes: Dict[str, Tuple[int, ...]], model_cfg) -> List[str]:
-    """Fills `model_cfg` (defaults from configs.base) from config.json + tensor shapes; returns notes."""
+    """Fills `model_cfg` (defaults from model/config.py) from config.json + tensor shapes; returns notes."""
     src = "config.json"
     notes = []
     tower = str(cj.get("mm_vision_tower", ""))

@@ -14,6 +14,7 @@ from typing import Iterable, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import nnx
 
 from llavaction_jax import fs
@@ -76,7 +77,6 @@ def save_orbax(dst: str, model, model_cfg, info: dict, source_config: Optional[d
                source_generation: Optional[dict] = None, files_dir: Optional[str] = None,
                unused: Iterable[Tuple[str, np.ndarray]] = ()) -> None:
     """Writes the directory (see module docstring); `files_dir`: a dir whose tokenizer files are copied."""
-    import orbax.checkpoint as ocp
     dst = os.path.abspath(dst)
     if os.path.exists(os.path.join(dst, PARAMS_DIR)):
         raise FileExistsError(f"{dst}/{PARAMS_DIR} already exists; choose an empty destination")

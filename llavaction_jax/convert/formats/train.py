@@ -10,6 +10,7 @@ import os
 from typing import Optional, Sequence
 
 import ml_collections
+import orbax.checkpoint as ocp
 
 from llavaction_jax.cli import UserError
 from llavaction_jax.convert import common, hf_processor, model_card
@@ -71,7 +72,6 @@ def detect(path: str) -> bool:
 
 def saved_config(path: str) -> dict:
     """The whole training config the trainer saved with the latest step (its `config` JSON item)."""
-    import orbax.checkpoint as ocp
     item = os.path.join(os.path.abspath(step_dir(path)), CONFIG_ITEM)
     with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as ckptr:
         saved = ckptr.restore(item, args=ocp.args.JsonRestore())

@@ -24,7 +24,9 @@ import jax
 import ml_collections
 
 from llavaction_jax import fs
+from llavaction_jax.eval import samples
 from llavaction_jax.eval.benchmarks import base, ek100_mqa, generic_mc, recognition
+from llavaction_jax.input.tokenizer import Tokenizer
 
 REGISTRY = {
     ek100_mqa.NAME: ek100_mqa,
@@ -87,7 +89,6 @@ def check_early(entry: Mapping, where: str) -> None:
 def data_files(eval_cfg) -> list:
     """Every file a resolved entry's samples are read from: its data (a .jsonl, or the TFRecords of its globs) and
     the files its benchmark's FILE_FIELDS name."""
-    from llavaction_jax.eval import samples
     data = str(eval_cfg.data)
     files = [data] if data.endswith(".jsonl") else samples.tfrecord_files(data)
     return files + [str(eval_cfg[f]) for f in getattr(REGISTRY[eval_cfg.type], "FILE_FIELDS", ()) if eval_cfg.get(f)]
@@ -137,7 +138,6 @@ def configured(config) -> dict:
 
 def detect_type(data: str) -> str:
     """The benchmark a data path is for when none is named: generic MC JSONL rows -> generic_mc, else ek100_mqa."""
-    from llavaction_jax.eval import samples
     if data.endswith(".jsonl") and os.path.isfile(data) and samples.is_generic_jsonl(data):
         return generic_mc.NAME
     return ek100_mqa.NAME
@@ -178,7 +178,6 @@ def periodic_evals(config, mesh, workdir: str, tokenizer=None) -> Optional[Perio
     if not entries:
         return None
     if tokenizer is None:
-        from llavaction_jax.input.tokenizer import Tokenizer
         tokenizer = Tokenizer.load(config.data.tokenizer_path, video_token_id=int(config.model.video_token_id)
                                    ).check_fits(config.model.text.vocab_size, "config.model.text.vocab_size")
     workdir = fs.normalize(workdir)
