@@ -47,7 +47,7 @@ def dirs(tmp_path_factory):
            "train": str(root / "work"), "npz": str(root / "npz")}
     formats.orbax.save_orbax(out["orbax"], model, config.model, {"source": "random tiny model"})
     api.export_checkpoint(out["orbax"], out["llava_qwen"], "llava_qwen", mesh=_mesh())
-    api.export_checkpoint(out["orbax"], out["hf"], "hf", mesh=_mesh(), allow_layout_change=True)
+    api.export_checkpoint(out["orbax"], out["hf"], "hf", mesh=_mesh(), allow_layout_change=True, num_frames=16)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     ckpt = Checkpointer(os.path.join(out["train"], "checkpoints"), async_save=False)
     ckpt.save(5, {"params": params, "step": jnp.zeros((), jnp.int32)}, {"epoch": 0}, config_to_dict(config))
@@ -116,3 +116,33 @@ def test_an_unwritable_format_says_so(dirs, tmp_path, capsys):
     # A training run is a source, though: its parameters import into an Orbax dir.
     info = api.import_checkpoint(out["train"], str(tmp_path / "from_train"), mesh=_mesh())
     assert info["format"] == "train" and api.detect_format(str(tmp_path / "from_train")) == "orbax"
+
+
+def test_the_caller_gives_the_defaults_a_checkpoint_without_a_training_config_lacks(dirs, tmp_path, capsys):
+    """The library imports no configs: load_pretrained wraps a non-training checkpoint's model section in the
+    caller's `defaults` (the model section alone without them), an hf export of a model that names no frame count
+    needs `num_frames` (refused before anything is written), and the convert CLI passes configs/base.py's."""
+    from configs import base
+    from llavaction_jax.convert import hf_processor
+    from llavaction_jax.eval.loading import load_for_eval
+    out, _ = dirs
+    _, bare = api.load_pretrained(out["orbax"], mesh=_mesh())
+    assert set(bare.keys()) == {"model"} and bare.model.to_dict() == tiny.get_config().model.to_dict()
+    defaults = base.get_base_config()
+    defaults.data.num_frames = 3
+    _, full = api.load_pretrained(out["orbax"], mesh=_mesh(), defaults=defaults)
+    assert full.data.num_frames == 3 and full.model.to_dict() == bare.model.to_dict()
+    assert defaults.model.to_dict() == base.get_base_config().model.to_dict()     # the caller's copy is untouched
+    _, run = api.load_pretrained(out["train"], mesh=_mesh(), defaults=defaults)
+    assert run.data.num_frames == tiny.get_config().data.num_frames               # a run's own config wins
+    with pytest.raises(ValueError, match="needs defaults="):
+        load_for_eval(out["orbax"], mesh=_mesh())
+    with pytest.raises(UserError, match="frames per clip are unknown.*pass num_frames"):
+        api.export_checkpoint(out["orbax"], str(tmp_path / "no_frames"), "hf", mesh=_mesh(),
+                              allow_layout_change=True)
+    assert not (tmp_path / "no_frames").exists()
+    convert_main(["export", "--format", "hf", "--allow_layout_change", out["orbax"], str(tmp_path / "cli")])
+    capsys.readouterr()
+    card = (tmp_path / "cli" / "README.md").read_text()
+    assert f"{base.get_base_config().data.num_frames} frames" in card
+    assert hf_processor.read_sampling(str(tmp_path / "cli")) is None               # no tokenizer: no processor files

@@ -14,6 +14,7 @@ from safetensors.torch import save_file as torch_save_file
 from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config,
                           SiglipVisionConfig)
 
+from configs import base
 from llavaction_jax.model import build as model_build
 from llavaction_jax import sharding as shd
 from llavaction_jax.convert import api, common
@@ -21,6 +22,7 @@ from llavaction_jax.convert.mapping import CheckpointMismatchError
 
 VIDEO_ID = 251
 FRAMES, SIDE = 4, 32
+NUM_FRAMES = 16        # the hf export's frame count for a model with no training config (the convert CLI's default)
 
 
 def _hf_model(tied=False, seed=0):
@@ -106,7 +108,7 @@ def test_round_trip_import_export_from_pretrained(hf_dir, tmp_path):
     assert os.path.isfile(tmp_path / "orbax" / "tokenizer_config.json")
     # Small shard cap: forces several shards + an index, which from_pretrained must follow.
     out = api.export_checkpoint(str(tmp_path / "orbax"), str(tmp_path / "hf_out"), "hf",
-                                mesh=_one_device_mesh(), max_shard_bytes=60_000)
+                                mesh=_one_device_mesh(), max_shard_bytes=60_000, num_frames=NUM_FRAMES)
     assert os.path.isfile(tmp_path / "hf_out" / "model.safetensors.index.json")
     assert os.path.isfile(tmp_path / "hf_out" / "generation_config.json")
     assert os.path.isfile(tmp_path / "hf_out" / "tokenizer_config.json")
@@ -150,7 +152,7 @@ def test_tied_embeddings_and_v5_in_memory_names(tmp_path):
     with torch.no_grad():
         ref = hf_model(input_ids=ids, pixel_values_videos=pix).logits.numpy()
     assert np.abs(_jax_logits(model, ids, pix) - ref).max() <= 1e-4
-    out = api.export_model(model, config.model, str(tmp_path / "out"), "hf")
+    out = api.export_model(model, config.model, str(tmp_path / "out"), "hf", num_frames=NUM_FRAMES)
     assert "language_model.lm_head.weight" not in out["keys"]
     reloaded = LlavaOnevisionForConditionalGeneration.from_pretrained(str(tmp_path / "out")).eval()
     with torch.no_grad():
@@ -189,7 +191,8 @@ def test_bf16_checkpoint_stays_bf16(tmp_path):
     emb = common.flat_params(nnx.state(model))["llm/embed_tokens/embedding"].get_value()
     want = hf_model.model.language_model.embed_tokens.weight.detach().float().numpy()
     np.testing.assert_array_equal(np.asarray(emb).astype(np.float32), want)     # bit-exact, no rounding trip
-    api.export_checkpoint(str(tmp_path / "orbax"), str(tmp_path / "out"), "hf", mesh=_one_device_mesh())
+    api.export_checkpoint(str(tmp_path / "orbax"), str(tmp_path / "out"), "hf", mesh=_one_device_mesh(),
+                          num_frames=NUM_FRAMES)
     with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
     assert json.load(open(tmp_path / "out" / "config.json"))["dtype"] == "bfloat16"
@@ -220,7 +223,7 @@ def test_export_from_training_checkpoint(hf_dir, tmp_path):
     path, hf_model = hf_dir
     mesh = _one_device_mesh()
     api.import_checkpoint(path, str(tmp_path / "orbax"), "hf", mesh=mesh)
-    model, config = api.load_pretrained(str(tmp_path / "orbax"), mesh=mesh)
+    model, config = api.load_pretrained(str(tmp_path / "orbax"), mesh=mesh, defaults=base.get_base_config())
     config.train.init_from = str(tmp_path / "orbax")
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     state = {"params": params, "opt_state": {"mu": jax.tree.map(jnp.zeros_like, params)},
@@ -241,7 +244,6 @@ def test_export_from_training_checkpoint(hf_dir, tmp_path):
 
 def test_config_variants_and_key_aliases():
     """vision_feature_layer=-2 uses N-1 layers (the rest are expected unused); hub/v5 key names are accepted."""
-    from configs import base
     from llavaction_jax.convert.formats import hf
     cj = {"model_type": "llava_onevision", "video_token_index": 151647, "vision_feature_layer": -2,
           "vision_feature_select_strategy": "full",
@@ -317,7 +319,7 @@ if pid == 0:
     _copy = common.copy_tokenizer_files
     common.copy_tokenizer_files = lambda *a, **k: (time.sleep(3), _copy(*a, **k))[1]
 api.import_checkpoint(src, orbax_dir, "hf", mesh=mesh)
-api.export_checkpoint(orbax_dir, out, "hf", mesh=mesh)
+api.export_checkpoint(orbax_dir, out, "hf", mesh=mesh, num_frames=16)
 jax.distributed.shutdown()
 print("worker", pid, "ok")
 '''

@@ -275,7 +275,7 @@ def test_vocab_grows_when_the_tokenizer_fills_it(exported, tmp_path):
     cfg.model.text.vocab_size = tok.vocab_size
     cfg.model.text.num_layers = cfg.model.vision.num_layers = 1
     model, _ = _random_model(cfg, str(tmp_path / "init"), seed=1)
-    api.export_model(model, cfg.model, str(tmp_path / "hf"), "hf", tokenizer_path=tok.source)
+    api.export_model(model, cfg.model, str(tmp_path / "hf"), "hf", tokenizer_path=tok.source, num_frames=16)
     hf_cfg = json.load(open(tmp_path / "hf" / "config.json"))
     assert hf_cfg["text_config"]["vocab_size"] == tok.vocab_size + 1 == hf_cfg["image_token_index"] + 1
     with safe_open(str(tmp_path / "hf" / "model.safetensors"), "np") as f:

@@ -219,12 +219,12 @@ def test_llava_qwen_to_hf_export(hf_model, tmp_path):
     write_llava_qwen(tmp_path / "src", hf_model, newline="grid", action=True)
     api.import_checkpoint(str(tmp_path / "src"), str(tmp_path / "orbax"), "llava_qwen", mesh=_mesh())
     with pytest.raises(ValueError, match="allow_layout_change"):
-        api.export_checkpoint(str(tmp_path / "orbax"), str(tmp_path / "a"), "hf", mesh=_mesh())
+        api.export_checkpoint(str(tmp_path / "orbax"), str(tmp_path / "a"), "hf", mesh=_mesh(), num_frames=16)
     with pytest.raises(ValueError, match="video_token_id=ID"):
         api.export_checkpoint(str(tmp_path / "orbax"), str(tmp_path / "b"), "hf", mesh=_mesh(),
-                              allow_layout_change=True)
+                              allow_layout_change=True, num_frames=16)
     out = api.export_checkpoint(str(tmp_path / "orbax"), str(tmp_path / "c"), "hf", mesh=_mesh(),
-                                allow_layout_change=True, config_overrides={"video_token_id": 251})
+                                allow_layout_change=True, config_overrides={"video_token_id": 251}, num_frames=16)
     assert out["dropped_params"] == ["action/action_head/kernel", "action/noun_head/kernel", "action/token",
                                      "action/verb_head/kernel"]
     reloaded = LlavaOnevisionForConditionalGeneration.from_pretrained(str(tmp_path / "c")).eval()
