@@ -5,7 +5,7 @@ import os
 import pytest
 from flax import nnx
 
-from configs import tiny
+from configs import base, tiny
 from data_prep import synthetic_videos
 from llavaction_jax.model import build as model_build
 from llavaction_jax import predict
@@ -63,7 +63,7 @@ def test_predict_question_goes_through_the_eval_batching(checkpoint):
     from llavaction_jax.eval.samples import read_video_file
     from llavaction_jax.model import generate
     ckpt, video, _ = checkpoint
-    model, tok, config, mesh = load_for_eval(ckpt)
+    model, tok, config, mesh = load_for_eval(ckpt, defaults=base.get_base_config())
     config.data.num_frames = 4
     frames = read_video_file(video, 0.5, 2.5, 4, int(config.model.vision.image_size))
     answer = predict.answer_question(model, tok, config, mesh, frames, "What am I doing?", 0.5, 2.5, 6)
@@ -85,7 +85,7 @@ def test_letter_scoring_refuses_a_sample_without_options(checkpoint):
     from llavaction_jax.eval.evaluator import Evaluator
     from llavaction_jax.eval.items import EvalItem
     ckpt, _, _ = checkpoint
-    model, tok, config, mesh = load_for_eval(ckpt)
+    model, tok, config, mesh = load_for_eval(ckpt, defaults=base.get_base_config())
     ev = Evaluator(model, tok, config, mesh, methods=("letters",), batch_size=predict._batch_devices(mesh))
     sample = {"id": "q", "conversations": [{"from": "human", "value": "What am I doing?"}]}
     with pytest.raises(UserError, match="sample 'q' has no options"):
