@@ -8,6 +8,7 @@ import tensorflow as tf
 from jax.sharding import Mesh, PartitionSpec
 
 from configs import tiny
+from llavaction_jax.cli import UserError
 from llavaction_jax.data import prompts
 from llavaction_jax.data.records import encode_example, encode_jpeg
 from llavaction_jax.input import batching, decode, eval_iterator, mixture, synthetic_records, text_stage, train_iterator
@@ -180,13 +181,14 @@ def test_length_buckets_and_truncation(data, mesh):
 
 
 def test_video_slots_are_never_truncated(data):
-    cfg = config(add_time_instruction=False, max_length=64)
+    cfg = config(add_time_instruction=False, max_length=80)    # the template + video need 73 (tiny BPE)
     text = text_stage.TextStage(cfg, data["tok"])
     sample = synthetic_records.make_sample(5, "v")
     sample["conversations"][0]["value"] = "word " * 60 + sample["conversations"][0]["value"]
     with pytest.raises(ValueError, match="'v000005'.*video tokens end at"):
         text(json.dumps(sample), True)
-    with pytest.raises(ValueError, match="no room for text"):
+    with pytest.raises(UserError, match=r"max_length 30 cannot hold the chat template .* \(config.data.max_length\): "
+                                        r"at least \d+, plus room for the question and answer text"):
         text_stage.TextStage(config(max_length=30), data["tok"])
     # Bad samples are reported with their id and what was expected.
     timed = text_stage.TextStage(config(), data["tok"])

@@ -28,10 +28,9 @@ from llavaction_jax import sharding as shd
 from llavaction_jax.cli import UserError
 from llavaction_jax.convert import api
 from llavaction_jax.convert.mapping import CheckpointMismatchError
-from llavaction_jax.input import chat, recordio
+from llavaction_jax.input import recordio
 from llavaction_jax.input.tokenizer import Tokenizer
 from llavaction_jax.input.train_iterator import make_train_iterator as make_iter
-from llavaction_jax.model.spec import num_video_tokens
 from llavaction_jax.train import checkpointing, metrics as metrics_lib, optimizer as opt_lib
 from llavaction_jax.train import goodput as goodput_lib, profiling
 from llavaction_jax.train import state as state_lib
@@ -108,9 +107,6 @@ def make_train_iterator(config, mesh) -> Iterator:
         raise UserError("no tokenizer", "config.data.tokenizer_path", "a dir with tokenizer.json")
     tok = Tokenizer.load(config.data.tokenizer_path, video_token_id=config.model.video_token_id).check_fits(
         config.model.text.vocab_size, "config.model.text.vocab_size")
-    frames = int(config.data.num_frames)
-    chat.check_max_length(tok, int(config.data.max_length), num_video_tokens(config.model, frames), frames,
-                          config.data.system_prompt, with_answer=True)
     return make_iter(config, mesh, tok, files=config.data.train_files, seed=int(config.seed))
 
 
