@@ -74,21 +74,22 @@ class Preemption:
 
 
 def check_batch_layout(config, mesh):
-    """Clear errors for a global batch the mesh / accumulation cannot split evenly."""
+    """One UserError line for a global batch the mesh / accumulation cannot split evenly."""
     batch = int(config.data.global_batch_size)
     accum = int(config.train.grad_accum_steps)
     shards = int(mesh.shape["data"] * mesh.shape["fsdp"])
-    error = opt_lib.ConfigError
+    where = "config.data.global_batch_size"
     if batch <= 0 or accum <= 0:
-        raise error(f"config.data.global_batch_size={batch} and config.train.grad_accum_steps={accum} "
-                    f"must be positive")
+        raise UserError(f"global_batch_size={batch}, grad_accum_steps={accum}",
+                        f"{where} / config.train.grad_accum_steps", "both positive")
     if batch % accum:
-        raise error(f"config.data.global_batch_size={batch} is not divisible by "
-                    f"config.train.grad_accum_steps={accum}")
+        raise UserError(f"config.data.global_batch_size={batch} is not divisible by "
+                        f"config.train.grad_accum_steps={accum}", where, "a multiple of grad_accum_steps")
     if (batch // accum) % shards:
-        raise error(f"micro-batch size {batch // accum} (global_batch_size={batch} / grad_accum_steps={accum}) "
-                    f"is not divisible by the mesh batch shards data*fsdp = {mesh.shape['data']}*"
-                    f"{mesh.shape['fsdp']} = {shards} (mesh {dict(mesh.shape)})")
+        raise UserError(f"micro-batch size {batch // accum} (global_batch_size={batch} / grad_accum_steps={accum}) "
+                        f"is not divisible by the mesh batch shards data*fsdp = {mesh.shape['data']}*"
+                        f"{mesh.shape['fsdp']} = {shards} (mesh {dict(mesh.shape)})", where,
+                        f"a multiple of grad_accum_steps x data x fsdp = {accum * shards}")
 
 
 def make_train_iterator(config, mesh) -> Iterator:
