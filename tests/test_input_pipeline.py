@@ -274,8 +274,8 @@ def test_mixture_proportions_are_exact_and_deterministic(data, mesh):
 
 def test_eval_iterator_one_ordered_pass_with_padding(data, mesh):
     tok = data["tok"]
-    cfg = config(eval_files=data["eval"])
-    it = eval_iterator.make_eval_iterator(cfg, mesh, tok, batch_size=8)
+    cfg = config()
+    it = eval_iterator.EvalIterator(cfg, mesh, tok, data["eval"], batch_size=8)
     assert len(it) == 3
     seen = []
     # File order then record order: eval-00000 holds samples 300,303,..., eval-00001 301,304,... .
@@ -295,5 +295,5 @@ def test_eval_iterator_one_ordered_pass_with_padding(data, mesh):
         assert (b["labels"] == IGNORE_INDEX).all()
         assert batch["valid"].sharding.spec == PartitionSpec(("data", "fsdp"))
     assert seen == order and b["valid"].sum() == 3
-    answers = next(iter(eval_iterator.make_eval_iterator(cfg, mesh, tok, batch_size=8, with_answer=True)))[0]
+    answers = next(iter(eval_iterator.EvalIterator(cfg, mesh, tok, data["eval"], batch_size=8, with_answer=True)))[0]
     assert (np.asarray(answers["labels"]) != IGNORE_INDEX).any()

@@ -5,8 +5,8 @@ __main__ wraps it). Any iterator with the input-pipeline interface works as `tra
 dict of global jax.Arrays {input_ids, attention_mask, labels, pixel_values, actions}, `get_state()` returns
 a JSON-able dict and `set_state(d)` restores it (saved with every checkpoint, so resume sees the same data).
 `eval_fn(model, step) -> {name: float}` is called with the nnx model at the steps where `eval_fn.due(step)` is
-true (llavaction_jax.eval.benchmarks.PeriodicEvals: each config.evals entry at its own `every`), or, for a plain
-function, every config.train.eval_every steps; its results go to metrics.jsonl / TensorBoard with prefix "eval".
+true (llavaction_jax.eval.benchmarks.PeriodicEvals: each config.evals entry at its own `every`); its results go to
+metrics.jsonl / TensorBoard with prefix "eval".
 """
 import contextlib
 import os
@@ -374,9 +374,7 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
         saved_steps.append(step)
         temporary.saved()
 
-    eval_due = getattr(eval_fn, "due", None)
-    if eval_fn is not None and eval_due is None:
-        eval_due = lambda s: int(tc.eval_every) > 0 and s % int(tc.eval_every) == 0   # noqa: E731
+    eval_due = None if eval_fn is None else eval_fn.due
 
     step = start
     timer.add("startup", timer.elapsed())     # mesh, state init / restore, writers: everything before step 1
