@@ -87,13 +87,6 @@ def is_empty_dir(path: str) -> bool:
     return not tf.io.gfile.listdir(path)
 
 
-def remove_tree(path: str) -> None:
-    if not is_url(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif tf.io.gfile.exists(path):
-        tf.io.gfile.rmtree(path)
-
-
 def check_new_dir(path: str, where: str, overwrite: bool) -> str:
     """A destination directory for a whole new output: absent or empty, or (`overwrite`) anything but a file.
     Refuses as git does a non-empty work tree: the user's files are never merged into or replaced silently."""
