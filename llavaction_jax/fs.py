@@ -193,7 +193,7 @@ def atomic_path(path: str, suffix: str = ""):
     `suffix`: the temp name's ending, for writers that choose the format by extension ('.mp4')."""
     path = normalize(path)
     if not is_url(path):
-        with atomic.atomic_path(path, suffix) as tmp:      # the one local helper (data_prep writes through it too)
+        with atomic.atomic_path(path, suffix) as tmp:      # the one local helper (the offline CLIs write through it too)
             yield tmp
         return
     fd, tmp = tempfile.mkstemp(prefix="llavaction-", suffix=suffix)

@@ -1,7 +1,7 @@
 """One local file written whole or not at all: the writer fills a temporary sibling, which is renamed over the
 final name on success and removed on an error, so a reader finds the old file or the whole new one.
 
-Free of JAX and TensorFlow: data_prep's offline CLIs write through it, and llavaction_jax.fs (which adds URLs
+Free of JAX and TensorFlow: the offline data CLIs write through it, and llavaction_jax.fs (which adds URLs
 through tf.io.gfile) uses it for local paths.
 """
 import contextlib
