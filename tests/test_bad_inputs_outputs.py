@@ -520,11 +520,11 @@ def test_train_mesh_and_config_file_errors_as_processes(tmp_path, args, line):
     """On 8 (fake) devices: a mesh of another size, a missing config file and one that does not parse are each
     one line at start, and no workdir is made."""
     (tmp_path / "broken.py").write_text("def get_config():\n    return (\n")
-    args = [a.format(tmp=tmp_path) for a in args]
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     config = [] if "--config" in args else ["--config", "configs/tiny.py"]
     proc = run_cli("llavaction_jax.train", *config, *args, "--workdir", tmp_path / "w",
                    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
-    assert one_error(proc) == line.format(tmp=tmp_path)
+    assert one_error(proc) == line.replace("{tmp}", str(tmp_path))
     assert not (tmp_path / "w").exists()
 
 
