@@ -25,7 +25,6 @@ def get_base_config():
 
     config.data = ml_collections.ConfigDict(dict(
         train_files="",              # glob(s) of TFRecord shards, comma separated
-        eval_files="",
         mixture_weights=(),          # one weight per comma-separated train glob; empty = uniform
         tokenizer_path="",           # dir with tokenizer.json (from the converted checkpoint)
         num_frames=16,
@@ -56,7 +55,7 @@ def get_base_config():
     ))
 
     config.train = ml_collections.ConfigDict(dict(
-        num_steps=1000, grad_accum_steps=1, log_every=10, eval_every=0,
+        num_steps=1000, grad_accum_steps=1, log_every=10,
         checkpoint_every=100, keep_checkpoints=3, async_checkpointing=True,
         action_loss_weight=0.05, action_loss_parts=(0.5, 0.5, 0.1),
         # LM loss from the hidden states: "supervised" runs the LM head only at <= lm_loss_max_supervised

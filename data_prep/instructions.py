@@ -25,7 +25,7 @@ import re
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from llavaction_jax.cli import UserError
-from llavaction_jax.data import prompts
+from llavaction_jax.data import atomic, prompts
 from llavaction_jax.data.ek100 import Annotations, LabelSpace, Segment
 from data_prep.mqa import make_question
 from data_prep.predictions import Predictions, load_predictions
@@ -375,11 +375,9 @@ def convert_video_qa_jsonl(path: str, durations: Optional[Mapping[str, float]] =
 
 def write_jsonl(path: str, samples: Sequence[dict]) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for s in samples:
             f.write(json.dumps(s, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
     return len(samples)
 
 

@@ -23,7 +23,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from llavaction_jax.data import prompts
+from llavaction_jax.data import atomic, prompts
 from llavaction_jax.data.prompts import LETTERS
 from llavaction_jax.data.ek100 import Annotations, LabelSpace, Segment
 from data_prep.predictions import Predictions
@@ -275,13 +275,11 @@ def generate_questions(annotations: Annotations, preds: Optional[Predictions], *
 def write_questions(path: str, annotations: Annotations, preds: Optional[Predictions], **kwargs) -> int:
     """Write the JSONL atomically (temp file + rename); returns the number of questions."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
     n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic.atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for line in iter_question_lines(annotations, preds, **kwargs):
             f.write(line + "\n")
             n += 1
-    os.replace(tmp, path)
     return n
 
 

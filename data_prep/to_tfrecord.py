@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from llavaction_jax import argparsing, cli
 from llavaction_jax.cli import UserError
+from llavaction_jax.data import atomic
 from llavaction_jax.data.records import encode_example, encode_jpeg
 from llavaction_jax.data.tfrecord import RecordWriter
 from llavaction_jax.data.video import INTERPOLATIONS, VIDEO_DIR_LAYOUTS, VideoReader, load_video_fps
@@ -69,13 +70,6 @@ def shard_name(prefix: str, k: int, n: int) -> str:
 
 def _marker_path(out_dir: str, name: str) -> str:
     return os.path.join(out_dir, f".{name}.done.json")
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def read_samples(path: str) -> tuple[list[tuple[int, dict]], list[dict], int]:
@@ -151,16 +145,15 @@ def encode_sample(index: int, sample: dict, cfg: dict) -> bytes:
 
 
 def convert_shard(task: dict, progress=None) -> dict:
-    """Write one shard (temp file + os.replace) and its done marker; returns the marker dict.
+    """Write one shard (whole or not at all: data/atomic.py) and its done marker; returns the marker dict.
 
     ``progress``: anything with ``put(n)`` (a manager queue across processes); told about every finished sample.
     """
     cfg, out_dir, name, k = task["cfg"], task["out_dir"], task["name"], task["shard"]
     path = os.path.join(out_dir, name)
-    tmp = f"{path}.tmp-{os.getpid()}"
     failures, count = [], 0
     t0 = time.perf_counter()
-    with RecordWriter(tmp) as writer:
+    with atomic.atomic_path(path) as tmp, RecordWriter(tmp) as writer:
         for index, sample in task["samples"]:
             try:
                 record = encode_sample(index, sample, cfg)
@@ -172,13 +165,12 @@ def convert_shard(task: dict, progress=None) -> dict:
                 count += 1
             if progress is not None:
                 progress.put(1)
-    os.replace(tmp, path)
     marker = {"shard": k, "file": name, "num_records": count, "num_skipped": len(failures),
               "sha256": sha256_file(path), "config_hash": task["config_hash"],
               "samples_hash": task["samples_hash"], "failures": failures,
               # Worker-side time for this shard (excludes process start-up); not part of the manifest.
               "seconds": round(time.perf_counter() - t0, 4)}
-    _atomic_write_text(_marker_path(out_dir, name), json.dumps(marker, sort_keys=True))
+    atomic.atomic_write(_marker_path(out_dir, name), json.dumps(marker, sort_keys=True))
     return marker
 
 
@@ -327,10 +319,8 @@ def convert(samples: str, video_root: str, layout: str, out: str, num_frames: in
 
     done = sorted(markers)
     failures = sorted(parse_failures + [f for k in done for f in markers[k]["failures"]], key=lambda f: f["index"])
-    with open(os.path.join(out, FAILURES + f".tmp-{os.getpid()}"), "w") as f:
-        for entry in failures:
-            f.write(json.dumps(entry, sort_keys=True) + "\n")
-    os.replace(os.path.join(out, FAILURES + f".tmp-{os.getpid()}"), os.path.join(out, FAILURES))
+    atomic.atomic_write(os.path.join(out, FAILURES),
+                        "".join(json.dumps(entry, sort_keys=True) + "\n" for entry in failures))
 
     shards = [{"file": markers[k]["file"], "num_records": markers[k]["num_records"],
                "num_skipped": markers[k]["num_skipped"], "sha256": markers[k]["sha256"]} for k in done]
@@ -349,7 +339,7 @@ def convert(samples: str, video_root: str, layout: str, out: str, num_frames: in
         "config_hash": config_hash,
         "source": {"path": os.path.basename(samples), "sha256": sha256_file(samples)},
     }
-    _atomic_write_text(os.path.join(out, MANIFEST), json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    atomic.atomic_write(os.path.join(out, MANIFEST), json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
     elapsed = time.time() - t_start
     converted = sum(markers[t["shard"]]["num_records"] for t in tasks)
@@ -389,7 +379,7 @@ def main(argv=None) -> int:
     p.add_argument("--samples", required=True,
                    help="JSONL samples (one dict per line: id, video_id, start/stop timestamps, conversations)")
     p.add_argument("--video_root", required=True, help="root of the videos the samples name")
-    p.add_argument("--layout", required=True, choices=["original", "chunks", "frames"],
+    p.add_argument("--layout", required=True, choices=VIDEO_DIR_LAYOUTS,
                    help="how the videos are stored: whole MP4s, fixed-length chunks, or JPEG frames")
     p.add_argument("--out", required=True, help="output dir for the shards")
     p.add_argument("--num_frames", type=int, default=16, help="frames stored per clip")

@@ -20,6 +20,7 @@ import tempfile
 import tensorflow as tf
 
 from llavaction_jax.cli import UserError
+from llavaction_jax.data import atomic
 
 _FILE = "file://"
 
@@ -84,13 +85,6 @@ def is_dir(path: str) -> bool:
 
 def is_empty_dir(path: str) -> bool:
     return not tf.io.gfile.listdir(path)
-
-
-def remove_tree(path: str) -> None:
-    if not is_url(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif tf.io.gfile.exists(path):
-        tf.io.gfile.rmtree(path)
 
 
 def check_new_dir(path: str, where: str, overwrite: bool) -> str:
@@ -198,11 +192,12 @@ def atomic_path(path: str, suffix: str = ""):
     encoder); on success it is `publish`ed over `path`, on an error removed, and `path` is left as it was.
     `suffix`: the temp name's ending, for writers that choose the format by extension ('.mp4')."""
     path = normalize(path)
-    if is_url(path):
-        fd, tmp = tempfile.mkstemp(prefix="llavaction-", suffix=suffix)
-        os.close(fd)
-    else:
-        tmp = f"{path}.tmp-{os.getpid()}{suffix}"      # a sibling: same filesystem, so the rename is atomic
+    if not is_url(path):
+        with atomic.atomic_path(path, suffix) as tmp:      # the one local helper (the offline CLIs write through it too)
+            yield tmp
+        return
+    fd, tmp = tempfile.mkstemp(prefix="llavaction-", suffix=suffix)
+    os.close(fd)
     try:
         yield tmp
     except BaseException:

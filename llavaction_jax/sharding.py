@@ -10,7 +10,6 @@ import math
 from typing import Any, Iterable, Mapping, Sequence
 
 import jax
-import numpy as np
 from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -245,13 +244,3 @@ def state_shardings(tree, mesh: Mesh, rules=None):
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Sharding for [B, ...] inputs: the batch over ('data', 'fsdp'), everything else replicated."""
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
-
-
-def is_fully_replicated(array) -> bool:
-    """True when every device holds the whole array."""
-    sharding = array.sharding
-    return tuple(sharding.shard_shape(array.shape)) == tuple(array.shape)
-
-
-def param_bytes(x) -> int:
-    return int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize

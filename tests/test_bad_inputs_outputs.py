@@ -21,6 +21,7 @@ from conftest import REPO_ROOT
 from configs import tiny
 from llavaction_jax.data import prompts, records
 from llavaction_jax.convert import api
+from llavaction_jax.convert.formats import llava_qwen
 from llavaction_jax.input.tokenizer import train_tiny_tokenizer
 from llavaction_jax.model.llava import LlavaActionModel
 
@@ -253,6 +254,24 @@ def test_convert_user_errors_are_one_line_and_bugs_keep_their_traceback(made, tm
     assert not (tmp_path / "o").exists()
 
 
+def test_llava_qwen_config_disagreeing_with_its_tensors_names_both_files(made, tmp_path):
+    """config.json without vision sizes (as the released ones): the tower is read off the tensors, and a
+    config.json key that disagrees with them is one line naming config.json, the safetensors file and the key."""
+    src = tmp_path / "src"
+    shutil.copytree(made["a"], src)
+    cj = json.loads((src / "config.json").read_text())
+    cj.pop("vision_config", None)
+    cj["mm_hidden_size"] = 48
+    (src / "config.json").write_text(json.dumps(cj))
+    line = one_error(run_cli("llavaction_jax.convert", "import", "--format", "llava_qwen", "--src", src,
+                             "--dst", tmp_path / "o"))
+    hidden = tiny.get_config().model.vision.hidden_size
+    assert line == (f"error: mm_hidden_size=48 but tensor '{llava_qwen.VISION_PREFIX}embeddings.patch_embedding."
+                    f"weight' has {hidden} channels ({src / 'config.json'} / {src / 'model.safetensors'}): "
+                    "mm_hidden_size equal to the vision tower's width")
+    assert not (tmp_path / "o").exists()
+
+
 def test_released_llavaction_7b_config_reads_and_validates():
     """The shape of the released LLaVAction-7B config.json (Qwen2-7B + SigLIP so400m, LLaVA-NeXT keys, written
     out here; no weights): read as the original does, with IMAGE_TOKEN_INDEX -200 as the video slot sentinel, and
@@ -292,30 +311,30 @@ def test_released_llavaction_7b_config_reads_and_validates():
         validate.validate(config)
 
 
-def test_disk_full_during_export_leaves_the_previous_export_whole(made, tmp_path, monkeypatch, capsys):
-    """ENOSPC half-way through writing the shards (simulated: the shard writer writes part of a file, then the
-    write raises as a full disk does): one line naming the file, the previous export byte for byte as it was,
-    no staging dir left. In-process (cli.run, what `python -m` does): the failure is injected."""
-    import errno
-    from llavaction_jax import cli
-    from llavaction_jax.convert import __main__ as convert_cli, safetensors_format
+# ENOSPC half-way through writing the shards: the shard writer writes part of a file, then the write raises as a
+# full disk does.
+_FULL_DISK_IN_EXPORT = """
+import errno, os
+from llavaction_jax.convert import safetensors_format
+def full_disk(tensors, out_dir, max_shard_bytes):
+    path = os.path.join(out_dir, "model.safetensors")
+    with open(path, "wb") as f:
+        f.write(b"\\0" * 1000)
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+safetensors_format.write_sharded = full_disk
+"""
+
+
+def test_disk_full_during_export_leaves_the_previous_export_whole(made, tmp_path):
+    """ENOSPC while `convert export --overwrite` writes (injected in the process): one line naming the file, the
+    previous export byte for byte as it was, no staging dir left."""
     dst = tmp_path / "dst"
     shutil.copytree(made["a"], dst)
     before = {name: (dst / name).read_bytes() for name in os.listdir(dst)}
-
-    def full_disk(tensors, out_dir, max_shard_bytes):
-        path = os.path.join(out_dir, "model.safetensors")
-        with open(path, "wb") as f:
-            f.write(b"\0" * 1000)
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
-    monkeypatch.setattr(safetensors_format, "write_sharded", full_disk)
-    rc = cli.run(convert_cli.main, ["export", "--format", "llava_qwen", "--src", made["b"], "--dst", str(dst),
-                                    "--overwrite"], user_errors=convert_cli._user_errors())
-    err = capsys.readouterr().err
-    assert rc == 2 and "Traceback" not in err
-    assert [line for line in err.splitlines() if line.startswith("error:")] == [
-        f"error: no space left on the device (No space left on device) ({tmp_path / '.dst.incomplete'}/"
-        "model.safetensors): free space there and run again"]
+    proc = run_cli("llavaction_jax.convert", "export", "--format", "llava_qwen", "--src", made["b"], "--dst", dst,
+                   "--overwrite", patch=_FULL_DISK_IN_EXPORT)
+    assert one_error(proc) == (f"error: no space left on the device (No space left on device) "
+                               f"({tmp_path / '.dst.incomplete'}/model.safetensors): free space there and run again")
     assert {name: (dst / name).read_bytes() for name in os.listdir(dst)} == before
     assert sorted(os.listdir(tmp_path)) == ["dst"]
 
@@ -453,6 +472,7 @@ def test_max_length_below_the_chat_template_is_refused_at_start(made, tmp_path):
 
 
 @pytest.mark.parametrize("k, line", [
+    ("0", "error: k=0 options per question (--k): 2..26 (one letter A-Z per option)"),
     ("27", "error: k=27 options per question (--k): 2..26 (one letter A-Z per option)"),
     ("1", "error: k=1 options per question (--k): 2..26 (one letter A-Z per option)"),
     ("5", "error: k=5 options per question but the label space has only 3 actions (--k): at most 3 for --mode "
@@ -468,3 +488,60 @@ def test_make_mqa_k_out_of_range(tmp_path, k, line):
                    "--mode", "random", "--k", k, "--out", tmp_path / "q.jsonl")
     assert one_error(proc) == line.replace("only 3", f"only {actions}").replace("at most 3", f"at most {actions}")
     assert not (tmp_path / "q.jsonl").exists()
+
+
+def test_make_mqa_prediction_key_that_is_no_row_index(tmp_path):
+    """A key int() would read as a row (the superscript two '\u00b2' is a digit to Python): one line naming the
+    predictions file, as a process."""
+    from conftest import EK100_DIR
+    rows = open(os.path.join(EK100_DIR, "EPIC_100_validation.csv"), encoding="utf-8").read().splitlines()[:4]
+    ann = tmp_path / "ann.csv"
+    ann.write_text("\n".join(rows) + "\n")
+    entry = {"predictions": ["0:10", "1:3", "2:5", "3:7", "4:8"]}
+    preds = tmp_path / "preds.json"
+    preds.write_text(json.dumps({"0": entry, "1": entry, "2": entry, "\u00b2": entry}, ensure_ascii=False))
+    line = one_error(run_cli("data_prep.make_mqa", "--annotations", ann, "--class_dir", EK100_DIR, "--label_csvs",
+                             ann, "--predictions", preds, "--mode", "benchmark", "--out", tmp_path / "q.jsonl"))
+    assert line.startswith(f"error: {preds}: keys must be row indices without leading zeros")
+    assert not (tmp_path / "q.jsonl").exists()
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--config.mesh.data=3"], "error: mesh config {'data': 3, 'fsdp': 1, 'tensor': 1, 'dcn_data': -1, 'dcn_fsdp': 1} "
+                               "needs 3 devices but 8 are available; expected data x fsdp x tensor = 8 (config.mesh)"),
+    (["--config.mesh.data=2", "--config.mesh.fsdp=2"],
+     "error: mesh config {'data': 2, 'fsdp': 2, 'tensor': 1, 'dcn_data': -1, 'dcn_fsdp': 1} needs 4 devices but 8 "
+     "are available; expected data x fsdp x tensor = 8 (config.mesh)"),
+    (["--config", "{tmp}/nope.py"], "error: config file not found: {tmp}/nope.py (--config): a Python file with "
+                                    "get_config(), e.g. configs/tiny.py"),
+    (["--config", "{tmp}/broken.py"], "error: config file does not parse: '(' was never closed ({tmp}/broken.py:2): "
+                                      "valid Python"),
+])
+def test_train_mesh_and_config_file_errors_as_processes(tmp_path, args, line):
+    """On 8 (fake) devices: a mesh of another size, a missing config file and one that does not parse are each
+    one line at start, and no workdir is made."""
+    (tmp_path / "broken.py").write_text("def get_config():\n    return (\n")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    config = [] if "--config" in args else ["--config", "configs/tiny.py"]
+    proc = run_cli("llavaction_jax.train", *config, *args, "--workdir", tmp_path / "w",
+                   env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert one_error(proc) == line.replace("{tmp}", str(tmp_path))
+    assert not (tmp_path / "w").exists()
+
+
+def test_predict_on_folders_that_are_no_checkpoint(tmp_path):
+    """predict, as eval: an empty folder, a folder of videos, an Orbax dir without params/ and a broken
+    model_config.json are each one line naming the folder or the file."""
+    from data_prep import synthetic_videos
+    video = synthetic_videos.frame_index_video(str(tmp_path / "v"), "original", "P01_01", num_frames=30, fps=15.0,
+                                               size=32)[0]
+    dirs = _not_checkpoints(tmp_path)
+    for name in ("empty", "videos", "no_params"):
+        line = one_error(run_cli("llavaction_jax.predict", "--checkpoint", dirs[name], "--video", video,
+                                 "--options", "a", "b"))
+        assert line.startswith(f"error: {dirs[name]}: not a recognised checkpoint; expected one of: hf: ")
+    line = one_error(run_cli("llavaction_jax.predict", "--checkpoint", dirs["broken_config"], "--video", video,
+                             "--options", "a", "b"))
+    assert line.startswith("error: invalid JSON (Expecting ")
+    assert line.endswith(f"({dirs['broken_config'] / 'model_config.json'}): the JSON file the converter / trainer "
+                         "wrote (re-export the checkpoint)")

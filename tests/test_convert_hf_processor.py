@@ -18,6 +18,7 @@ import av
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import pytest
 import torch
 
@@ -407,6 +408,19 @@ def test_model_card_without_summary_and_latest_eval(tmp_path):
                                          "image_token_index": 449}, num_frames=8)
     own, source = _card_sections(card)
     assert "Not measured yet" in own and source == "" and "8 x 4 + 1 = **33**" in card
+    # The layout warning: a key the model config leaves out takes the model's default (newline "grid"), not
+    # the layout transformers computes.
+    hf_config = {"text_config": {"vocab_size": 512}, "video_token_index": 3, "image_token_index": 449}
+    warning = lambda model: [line for line in model_card.render(model, hf_config).splitlines()   # noqa: E731
+                             if "Trained with another layout" in line]
+    hf_layout = ml_collections.ConfigDict(dict(cfg.model.to_dict(), newline_position="one_token",
+                                               pool_mode="bilinear", action_token=False))
+    assert warning(hf_layout) == []
+    unset = hf_layout.to_dict()
+    del unset["newline_position"]
+    assert warning(ml_collections.ConfigDict(unset)) == [
+        "- **Trained with another layout** (pool bilinear, newline grid, action token False): transformers computes "
+        "the layout above, so its outputs differ from the JAX model's."]
     assert model_card.latest_eval_summary(str(tmp_path)) is None
     for step in (5, 40, 7):
         os.makedirs(tmp_path / "eval" / f"step_{step}")

@@ -316,5 +316,54 @@ def test_tower_sizes_inferred_when_config_has_none(hf_model, tmp_path, caplog):
     assert any("vision tower inferred" in r.getMessage() for r in caplog.records)
     cj["mm_hidden_size"] = 48
     cfg_path.write_text(json.dumps(cj))
-    with pytest.raises(ValueError, match="mm_hidden_size=48 but the tower's patch_embedding has 32"):
+    pe_key = llava_qwen.VISION_PREFIX + "embeddings.patch_embedding.weight"
+    with pytest.raises(ValueError) as err:
         llava_qwen.read_config(str(tmp_path / "src"))
+    assert str(err.value) == (f"mm_hidden_size=48 but tensor {pe_key!r} has 32 channels ({cfg_path} / "
+                              f"{tmp_path / 'src' / 'model.safetensors'}): mm_hidden_size equal to the vision "
+                              "tower's width")
+
+
+def _tower_dir(path, tensors, **config):
+    """A llava_qwen dir with only `tensors` (tiny arrays: read_config reads headers) and a minimal config.json."""
+    path.mkdir()
+    cj = {"model_type": "llava_qwen", "mm_vision_tower": "google/siglip-so400m-patch14-384",
+          "mm_patch_merge_type": "spatial_unpad", "hidden_size": 64, "intermediate_size": 128,
+          "num_hidden_layers": 2, "num_attention_heads": 4, "rms_norm_eps": 1e-6, "max_position_embeddings": 512}
+    (path / "config.json").write_text(json.dumps(dict(cj, **config)))
+    save_file({k: np.zeros(shape, np.float32) for k, shape in tensors.items()}, str(path / "model.safetensors"))
+    return str(path)
+
+
+def test_tower_inference_errors_name_the_file_and_the_field(tmp_path):
+    """Every error of reading the vision sizes off the tensors (and of config.json's fields) names the file:
+    config.json's path with the key, or the safetensors file with the tensor."""
+    pre = llava_qwen.VISION_PREFIX
+    tower = {pre + "embeddings.patch_embedding.weight": (32, 3, 8, 8),
+             pre + "embeddings.position_embedding.weight": (16, 32),
+             pre + "encoder.layers.0.mlp.fc1.weight": (64, 32)}
+    src = _tower_dir(tmp_path / "ok", tower)
+    assert llava_qwen.read_config(src)[0].vision.hidden_size == 32          # the dir reads when nothing is wrong
+
+    src = _tower_dir(tmp_path / "no_tower", {"model.norm.weight": (64,)})
+    with pytest.raises(ValueError) as err:
+        llava_qwen.read_config(src)
+    assert str(err.value) == (f"no SigLIP tower tensor '{pre}embeddings.patch_embedding.weight' (and 2 more) "
+                              f"({src}/*.safetensors): the vision tower's tensors under '{pre}' (config.json has "
+                              "no vision sizes; they are read off these)")
+
+    src = _tower_dir(tmp_path / "grid", dict(tower, **{pre + "embeddings.position_embedding.weight": (15, 32)}))
+    with pytest.raises(ValueError) as err:
+        llava_qwen.read_config(src)
+    assert str(err.value) == (f"tensor '{pre}embeddings.position_embedding.weight' has 15 rows "
+                              f"({src}/model.safetensors): a square patch grid (side x side rows)")
+
+    src = _tower_dir(tmp_path / "size", tower, hidden_size="big")
+    with pytest.raises(ValueError) as err:
+        llava_qwen.read_config(src)
+    assert str(err.value) == f"{src}/config.json: hidden_size='big' is not a number"
+
+    src = _tower_dir(tmp_path / "proj", tower, mm_projector_type="linear")
+    with pytest.raises(ValueError) as err:
+        llava_qwen.read_config(src)
+    assert str(err.value) == f"{src}/config.json: mm_projector_type='linear', expected 'mlp2x_gelu'"

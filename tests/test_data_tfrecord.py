@@ -271,7 +271,10 @@ def test_killed_run_resumes_to_identical_result(data, converted, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run(data, out)
     monkeypatch.setattr(to_tfrecord, "encode_sample", real)
-    assert glob.glob(str(out / "train-00001-of-00003.tfrecord.tmp-*"))         # partial temp file left over
+    # An interrupted write removes its own temp file and never leaves a partial shard under the final name; a
+    # SIGKILLed worker cannot clean up, so its leftover is made here (the real kill: the SIGKILL test below).
+    assert not glob.glob(str(out / "train-00001-of-00003.tfrecord*"))
+    (out / "train-00001-of-00003.tfrecord.tmp-99999").write_bytes(b"partial")
     assert (out / ".train-00000-of-00003.tfrecord.done.json").is_file()
     # 2) A crash between the shard rename and its marker: shard 2 exists but has no marker -> redone.
     (out / "train-00002-of-00003.tfrecord").write_bytes(b"partial garbage")

@@ -124,7 +124,7 @@ def test_train_and_eval_inputs_are_identical(setup, tmp_path):
         w.write(records.encode_example(sample, [records.encode_jpeg(f) for f in frames],
                                        [0.1 * i for i in range(len(frames))]))
     config = config.copy_and_resolve_references()
-    train_batch, _ = next(iter(eval_iterator.make_eval_iterator(config, mesh, tok, files=path)))
+    train_batch, _ = next(iter(eval_iterator.EvalIterator(config, mesh, tok, files=path)))
     item = next(samples_lib.tfrecord_source(path, config.data.num_frames, side).iterate())
     ev = Evaluator(model, tok, config, mesh, methods=("letters",))
     eval_pixels = np.asarray(_normalize_on_device(jnp.asarray(item.load_frames()[None])))

@@ -232,11 +232,6 @@ def test_config_evals_errors_name_the_field():
             benchmarks.configured(c)
         assert needle in str(e.value)
     c = cfg.copy_and_resolve_references()
-    c.evals.ek100_mqa = dict(type="ek100_mqa", data="x.tfrecord")
-    c.train.eval_every, c.data.eval_files = 5, "y.tfrecord"
-    with pytest.raises(base.EvalConfigError, match="config.evals already names"):
-        benchmarks.configured(c)
-    c = cfg.copy_and_resolve_references()
     c.evals.rec = dict(type="recognition", data="x.tfrecord", k=(1, 98))
     with pytest.raises(base.EvalConfigError, match=r"k <= 97"):
         benchmarks.build(benchmarks.configured(c)["rec"], c, None, None, "/nonexistent")
@@ -275,12 +270,11 @@ def test_data_picks_the_benchmark_and_entries_build_their_sources(tmp_path):
 
 
 def test_train_cli_refuses_a_bad_eval_setup_in_one_line(tmp_path, capsys, train_flags):
-    # Before any model is built: eval_every without eval files, and an entry of an unknown type (config file).
+    # Before any model is built: the removed train.eval_every (evals are config.evals entries), and an entry of
+    # an unknown type (config file).
     cli_mod = train_flags("--workdir", str(tmp_path / "w"), "--config.train.eval_every=2")
     assert cli_mod.main([]) == cli.EXIT_USER
-    assert one_error(capsys) == ("error: config.train.eval_every > 0 needs config.data.eval_files "
-                                 "(config.data.eval_files): MQA TFRecord glob(s), or name the evals in config.evals "
-                                 "instead")
+    assert one_error(capsys).startswith("error: unknown config key 'eval_every' (config.train.eval_every): ")
     config_file = tmp_path / "cfg.py"
     config_file.write_text("from configs import tiny\n\n\ndef get_config():\n    c = tiny.get_config()\n"
                            "    c.evals.val = dict(type='ek100', data='v-*.tfrecord', every=10)\n    return c\n")

@@ -12,11 +12,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F, S = 4, 32
 
 
-def _config(files, eval_files=""):
+def _config(files):
     from configs import tiny
     cfg = tiny.get_config()
     cfg.data.train_files = files
-    cfg.data.eval_files = eval_files
     cfg.data.length_buckets = (192, 256)
     cfg.data.global_batch_size = 8
     return cfg
@@ -49,9 +48,9 @@ def worker(pid, port, workdir):
             batches.append({"ids": list(it.last_ids), "shape": list(batch["input_ids"].shape),
                             "actions": np.asarray(actions).tolist()})
         out[name] = {"batches": batches, "state": it.get_state(), "local_batch": it.local_batch_size}
-    cfg = _config("", eval_files=os.path.join(workdir, "eval", "eval-*"))
+    evals = eval_iterator.EvalIterator(_config(""), mesh, tok, os.path.join(workdir, "eval", "eval-*"), batch_size=8)
     out["eval"] = [{"ids": ids, "valid": np.asarray(multihost_utils.process_allgather(b["valid"], tiled=True)).tolist()}
-                   for b, ids in eval_iterator.make_eval_iterator(cfg, mesh, tok, batch_size=8)]
+                   for b, ids in evals]
     with open(os.path.join(workdir, f"host{pid}.json"), "w") as f:
         json.dump(out, f)
     jax.distributed.shutdown()

@@ -8,6 +8,7 @@ import tensorflow as tf
 from jax.sharding import Mesh, PartitionSpec
 
 from configs import tiny
+from llavaction_jax.cli import UserError
 from llavaction_jax.data import prompts
 from llavaction_jax.data.records import encode_example, encode_jpeg
 from llavaction_jax.input import batching, decode, eval_iterator, mixture, synthetic_records, text_stage, train_iterator
@@ -180,13 +181,14 @@ def test_length_buckets_and_truncation(data, mesh):
 
 
 def test_video_slots_are_never_truncated(data):
-    cfg = config(add_time_instruction=False, max_length=64)
+    cfg = config(add_time_instruction=False, max_length=80)    # the template + video need 73 (tiny BPE)
     text = text_stage.TextStage(cfg, data["tok"])
     sample = synthetic_records.make_sample(5, "v")
     sample["conversations"][0]["value"] = "word " * 60 + sample["conversations"][0]["value"]
     with pytest.raises(ValueError, match="'v000005'.*video tokens end at"):
         text(json.dumps(sample), True)
-    with pytest.raises(ValueError, match="no room for text"):
+    with pytest.raises(UserError, match=r"max_length 30 cannot hold the chat template .* \(config.data.max_length\): "
+                                        r"at least \d+, plus room for the question and answer text"):
         text_stage.TextStage(config(max_length=30), data["tok"])
     # Bad samples are reported with their id and what was expected.
     timed = text_stage.TextStage(config(), data["tok"])
@@ -272,8 +274,8 @@ def test_mixture_proportions_are_exact_and_deterministic(data, mesh):
 
 def test_eval_iterator_one_ordered_pass_with_padding(data, mesh):
     tok = data["tok"]
-    cfg = config(eval_files=data["eval"])
-    it = eval_iterator.make_eval_iterator(cfg, mesh, tok, batch_size=8)
+    cfg = config()
+    it = eval_iterator.EvalIterator(cfg, mesh, tok, data["eval"], batch_size=8)
     assert len(it) == 3
     seen = []
     # File order then record order: eval-00000 holds samples 300,303,..., eval-00001 301,304,... .
@@ -293,5 +295,5 @@ def test_eval_iterator_one_ordered_pass_with_padding(data, mesh):
         assert (b["labels"] == IGNORE_INDEX).all()
         assert batch["valid"].sharding.spec == PartitionSpec(("data", "fsdp"))
     assert seen == order and b["valid"].sum() == 3
-    answers = next(iter(eval_iterator.make_eval_iterator(cfg, mesh, tok, batch_size=8, with_answer=True)))[0]
+    answers = next(iter(eval_iterator.EvalIterator(cfg, mesh, tok, data["eval"], batch_size=8, with_answer=True)))[0]
     assert (np.asarray(answers["labels"]) != IGNORE_INDEX).any()

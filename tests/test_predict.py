@@ -7,12 +7,11 @@ from flax import nnx
 
 from configs import base, tiny
 from data_prep import synthetic_videos
-from llavaction_jax.model import build as model_build
 from llavaction_jax import predict
-from llavaction_jax import sharding as shd
 from llavaction_jax.convert.formats import orbax as orbax_format
 from llavaction_jax.eval import __main__ as eval_cli
 from llavaction_jax.input.tokenizer import train_tiny_tokenizer
+from llavaction_jax.model.llava import LlavaActionModel
 
 OPTIONS = ["take plate", "open fridge", "wash knife"]
 
@@ -24,8 +23,7 @@ def checkpoint(tmp_path_factory):
     ckpt = str(root / "ckpt")
     texts = [f"A. {o}, B. {o}" for o in OPTIONS] * 10 + ["You are a helpful assistant. assistant user system"] * 5
     tok = train_tiny_tokenizer(texts, str(root / "tok"), vocab_size=config.model.text.vocab_size)
-    mesh = shd.make_mesh(config.mesh)
-    model = model_build.sharded_model(config.model, mesh, seed=0)
+    model = LlavaActionModel(config.model, rngs=nnx.Rngs(0))
     orbax_format.save_orbax(ckpt, model, config.model, {"source": "random tiny model for tests"})
     tok.save(ckpt)
     video = synthetic_videos.frame_index_video(str(root / "videos"), "original", "P01_01", num_frames=45, fps=15.0,

@@ -84,13 +84,14 @@ def test_checkpoint_from_another_model_size_is_a_clear_error(good_run, tmp_path)
 
 def test_eval_hook_is_called_with_the_model(tmp_path):
     cfg = _config()
-    cfg.train.update(eval_every=1, checkpoint_every=1)
+    cfg.train.update(checkpoint_every=1)
     mesh = _mesh(cfg)
     calls = []
 
     def eval_fn(model, step):
         calls.append(step)
         return {"norm_scale_sum": float(np.sum(np.asarray(model.llm.norm.scale[...])))}
+    eval_fn.due = lambda step: True              # the hook's schedule (PeriodicEvals: each entry's `every`)
 
     it = _Limited(synthetic_batches.ArrayBatchIterator(_arrays(cfg), 8, mesh, seed=0), 2)
     summary = loop.train(cfg, str(tmp_path), train_iter=it, eval_fn=eval_fn, mesh=mesh)

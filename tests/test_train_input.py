@@ -56,10 +56,9 @@ def test_periodic_eval_on_tfrecords_logs_and_writes_reports(data_config, tmp_pat
     import os
     from llavaction_jax.eval.benchmarks import periodic_evals
     cfg = data_config.copy_and_resolve_references()
-    # The older train.eval_every + data.eval_files: the eval "ek100_mqa" of the registry.
-    cfg.data.eval_files = cfg.data.train_files
+    cfg.evals.ek100_mqa = dict(type="ek100_mqa", data=cfg.data.train_files, every=2)
     cfg.eval.update(max_samples=6, batch_size=4, max_new_tokens=4)
-    cfg.train.update(eval_every=2, num_steps=3, checkpoint_every=0)
+    cfg.train.update(num_steps=3, checkpoint_every=0)
     mesh = _mesh(cfg)
     workdir = str(tmp_path / "run")
     loop.train(cfg, workdir, eval_fn=periodic_evals(cfg, mesh, workdir), mesh=mesh)
@@ -76,15 +75,14 @@ def test_periodic_eval_on_tfrecords_logs_and_writes_reports(data_config, tmp_pat
     assert os.path.getsize(os.path.join(out, "report.html")) > 0
 
 
-def test_periodic_eval_needs_eval_files(data_config):
+def test_periodic_eval_needs_its_data(data_config):
     from llavaction_jax.eval.benchmarks import periodic_evals
     cfg = data_config.copy_and_resolve_references()
-    cfg.train.eval_every = 2
-    cfg.data.eval_files = ""
-    with pytest.raises(ValueError, match="needs config.data.eval_files"):
+    cfg.evals.val = dict(type="ek100_mqa", data="", every=2)
+    with pytest.raises(ValueError, match=r"no eval data \(config.evals.val.data\)"):
         periodic_evals(cfg, _mesh(cfg), "/nonexistent")
-    cfg.data.eval_files = "/nonexistent/eval-*.tfrecord"
+    cfg.evals.val.data = "/nonexistent/eval-*.tfrecord"
     with pytest.raises(FileNotFoundError, match="no TFRecord files match"):
         periodic_evals(cfg, _mesh(cfg), "/nonexistent")
-    cfg.train.eval_every = 0                                   # nothing scheduled: no hook at all
+    cfg.evals.val.every = 0                                    # nothing scheduled: no hook at all
     assert periodic_evals(cfg, _mesh(cfg), "/nonexistent") is None

@@ -7,6 +7,7 @@ import pytest
 
 from configs import tiny
 from llavaction_jax import sharding as shd
+from llavaction_jax.cli import UserError
 from llavaction_jax.train import loop, state as state_lib, step as step_lib, synthetic_batches
 
 SEQ_LEN = 64
@@ -50,7 +51,7 @@ def test_eight_device_mesh_matches_one_device(runs):
     np.testing.assert_allclose(eight, one, rtol=0, atol=1e-3)
     # The params really are sharded on the 8-device mesh (not replicated).
     emb = runs["eight"]["state"]["params"]["llm"]["embed_tokens"]["embedding"]
-    assert not shd.is_fully_replicated(emb)
+    assert tuple(emb.sharding.shard_shape(emb.shape)) != tuple(emb.shape)
 
 
 def test_loss_decreases_when_memorising_a_batch(runs):
@@ -107,11 +108,13 @@ def test_grad_accumulation_equals_full_batch():
 def test_indivisible_batch_and_mesh_errors(tmp_path):
     cfg = _config((2, 2, 2))
     cfg.data.global_batch_size = 6
-    with pytest.raises(ValueError, match=r"not divisible by the mesh batch shards data\*fsdp"):
+    with pytest.raises(UserError, match=r"not divisible by the mesh batch shards data\*fsdp = 2\*2 = 4 .*"
+                                        r"\(config.data.global_batch_size\): a multiple of grad_accum_steps x data "
+                                        r"x fsdp = 4"):
         loop.train(cfg, str(tmp_path), train_iter=iter([]))
     cfg = _config((2, 2, 2))
     cfg.train.grad_accum_steps = 3
-    with pytest.raises(ValueError, match="not divisible by config.train.grad_accum_steps=3"):
+    with pytest.raises(UserError, match="not divisible by config.train.grad_accum_steps=3"):
         loop.train(cfg, str(tmp_path), train_iter=iter([]))
     cfg = _config((3, 1, 1))
     with pytest.raises(ValueError, match="needs 3 devices but 8 are available"):
@@ -137,7 +140,6 @@ def test_empty_dataset_errors(tmp_path):
     with pytest.raises(ValueError, match="empty dataset"):
         synthetic_batches.ArrayBatchIterator(arrays, 8, _mesh(cfg))
     cfg.data.train_files = str(tmp_path / "nothing-*.tfrecord")
-    from llavaction_jax.cli import UserError
     with pytest.raises(UserError, match=r"no TFRecord files match '.*nothing-\*\.tfrecord' \(empty dataset\) "
                                         r"\(config.data.train_files\)"):
         loop.train(cfg, str(tmp_path / "b"), mesh=_mesh(cfg))

@@ -15,6 +15,12 @@ import re
 from typing import Mapping, Optional, Sequence
 
 from llavaction_jax.convert.errors import ConvertError, MissingFileError
+from llavaction_jax.model import config as model_config_lib
+
+# The video layout transformers' LLaVA-OneVision computes (one image_newline after all frames, bilinear pooling,
+# no action token); a model trained with another gets a warning in its card. Unset keys take the model defaults.
+HF_LAYOUT = {"newline_position": "one_token", "pool_mode": "bilinear", "action_token": False}
+MODEL_DEFAULTS = model_config_lib.model_config()
 
 EXPORT_EVAL_HEADING = "## Evaluation of this export"
 SOURCE_EVAL_HEADING = "## The JAX model it was exported from (not this checkpoint)"
@@ -166,10 +172,10 @@ def render(model_cfg, hf_config: Mapping, plan=None, train_config: Optional[Mapp
         "<|im_start|>assistant\\n`; generation stops at `<|im_end|>`.",
         "- Pixels: squash-resize to the vision size (bicubic, no crop), x/255, mean = std = 0.5.",
     ]
-    if model_cfg.get("newline_position", "one_token") != "one_token" or model_cfg.get("pool_mode") != "bilinear" \
-            or model_cfg.get("action_token"):
-        lines.append(f"- **Trained with another layout** (pool {model_cfg.pool_mode}, newline "
-                     f"{model_cfg.newline_position}, action token {bool(model_cfg.action_token)}): transformers "
+    layout = {k: model_cfg.get(k, MODEL_DEFAULTS[k]) for k in HF_LAYOUT}     # unset keys: the model's defaults
+    if layout != HF_LAYOUT:
+        lines.append(f"- **Trained with another layout** (pool {layout['pool_mode']}, newline "
+                     f"{layout['newline_position']}, action token {bool(layout['action_token'])}): transformers "
                      "computes the layout above, so its outputs differ from the JAX model's.")
     if dropped_params:
         lines.append(f"- Not in this format (dropped): {', '.join(dropped_params)}.")

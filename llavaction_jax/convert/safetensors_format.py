@@ -3,7 +3,8 @@ config parsing, streaming tensors into a sharded model through a format's mappin
 safetensors directory from one.
 
 A safetensors format module gives the format-specific pieces: `is_format(config_json)`, `canonical_key(key)`,
-`parse_config(config_json, shapes, model_cfg) -> notes`, `rules(model_cfg)`, `expected_unused(model_cfg)` and
+`parse_config(config_json, shapes, model_cfg, config_file, file_of) -> notes` (errors name
+`config_file`, config.json's path, or `file_of(tensor key)`), `rules(model_cfg)`, `expected_unused(model_cfg)` and
 `NOT_IN_FORMAT`, and takes the protocol's `detect`, `read_config` and `load` from `reader_functions`.
 Tensors are read one device shard at a time and placed straight into their NamedSharding; writing pulls one
 layer of one parameter at a time off the devices.
@@ -136,7 +137,8 @@ def open_checkpoint(path: str, fmt, dtype=None, config_overrides=None):
     model_cfg = model_config_lib.model_config()
     shapes = {k: reader.shape(k) for k in reader.keys()}
     try:
-        notes = fmt.parse_config(cj, shapes, model_cfg)
+        notes = fmt.parse_config(cj, shapes, model_cfg, config_file=os.path.join(path, CONFIG),
+                                 file_of=reader.file_of)
     except (KeyError, TypeError) as e:
         raise ConvertError(f"{os.path.join(path, CONFIG)}: cannot parse as {fmt.NAME} config ({e!r})") from e
     # bf16 stays bf16: parameters keep the checkpoint dtype unless a dtype is asked for.

@@ -24,7 +24,6 @@ from llavaction_jax.distributed import allgather_ints, gather_json
 from llavaction_jax.eval import scoring
 from llavaction_jax.eval.items import EvalItem, parse_generation, written_letter
 from llavaction_jax.eval.metrics import METHODS
-from llavaction_jax.input import chat
 from llavaction_jax.input.text_stage import TextStage
 from llavaction_jax.input.schema import normalize_pixels
 from llavaction_jax.model.generate import prefill_and_generate
@@ -109,8 +108,6 @@ class Evaluator:
         self.num_report_frames = num_report_frames
         self.report_frames = {}      # sample id -> uint8 frames of this host's first wrong answers
         self.failures: List[dict] = []
-        chat.check_max_length(tokenizer, int(config.data.max_length), num_video_tokens(config.model, self.num_frames),
-                              self.num_frames, config.data.system_prompt, with_answer=False)
         self.text_stage = TextStage(config, tokenizer, with_answer=False)
         self._identity = jax.jit(lambda x: x, out_shardings=self.batch_sharding)
 

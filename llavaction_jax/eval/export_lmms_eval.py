@@ -366,7 +366,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="HF export the task is for: its frame count and input size (and its path in the "
                              "printed lmms-eval command)")
     parser.add_argument("--video_root", default=None, help="EK100 videos: cut each question's clip into DIR/clips")
-    parser.add_argument("--video_layout", default="original", choices=["original", "chunks", "frames"])
+    parser.add_argument("--video_layout", default="original", choices=video_lib.VIDEO_DIR_LAYOUTS)
     parser.add_argument("--chunk_len", type=int, default=15)
     parser.add_argument("--ext", default="MP4")
     parser.add_argument("--fps", type=float, default=None, help="force the source videos' fps (frames layout)")

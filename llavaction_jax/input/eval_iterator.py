@@ -21,11 +21,14 @@ class EvalIterator:
     local row order, None on padding rows. Padding rows repeat the first record of the set (a real sample, so
     the model never sees an all-masked row). Records are dealt to hosts round-robin (record i -> host i % P),
     so every host runs the same number of batches.
+
+    with_answer=False: input_ids are generation prompts ending with "<|im_start|>assistant\\n" (labels all -100);
+    with_answer=True: full conversations with training labels (for an eval loss).
     """
 
-    def __init__(self, config, mesh, tok, files=None, batch_size=None, with_answer=False, num_parallel=None):
+    def __init__(self, config, mesh, tok, files, batch_size=None, with_answer=False, num_parallel=None):
         pi, pc = jax.process_index(), jax.process_count()
-        sources = split_sources(config.data.eval_files if files is None else files)
+        sources = split_sources(files)
         full = recordio.RecordIndex([f for patterns in sources for f in source_files(patterns)])
         if len(full) == 0:
             raise ValueError(f"evaluation files {sources} hold no records")
@@ -83,13 +86,3 @@ class EvalIterator:
                 yield self.builder.to_global(host), ids
         finally:
             prefetch.close()
-
-
-def make_eval_iterator(config, mesh, tok, files=None, batch_size=None, with_answer=False, num_parallel=None):
-    """Evaluation batches (no shuffle, one pass, last batch padded with valid=0 rows): yields (batch, ids).
-
-    with_answer=False: input_ids are generation prompts ending with "<|im_start|>assistant\\n" (labels all -100);
-    with_answer=True: full conversations with training labels (for an eval loss).
-    """
-    return EvalIterator(config, mesh, tok, files=files, batch_size=batch_size, with_answer=with_answer,
-                        num_parallel=num_parallel)

@@ -14,7 +14,7 @@ def split_sources(files):
         files = [p for p in files.split(",") if p.strip()]
     sources = [[s] if isinstance(s, str) else list(s) for s in files]
     if not sources:
-        raise ValueError("no input files: set config.data.train_files / eval_files or pass files=")
+        raise ValueError("no input files: set config.data.train_files or pass files=")
     return sources
 
 

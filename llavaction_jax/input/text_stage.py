@@ -1,6 +1,7 @@
 """Host-side text stage: a decoded example's sample JSON -> ChatML token ids + labels (chat.py; the time
 instruction via llavaction_jax.data.prompts), with text beyond config.data.max_length truncated (counted, warned; video
-slots are never cut).
+slots are never cut). A max_length too short for the chat template + the video tokens is refused when the stage is
+built (chat.check_max_length): at train and eval start.
 """
 import json
 import logging
@@ -26,9 +27,9 @@ class TextStage:
         self.system_prompt = config.data.system_prompt
         self.with_answer = with_answer
         self.num_truncated = 0
-        if self.n_video + 16 > self.max_length:
-            raise ValueError(f"config.data.max_length={self.max_length} leaves no room for text after the "
-                             f"{self.n_video} video tokens of {self.num_frames} frames")
+        # The one start-up check (train and eval build their text stage before any batch): a max_length that
+        # cannot hold even the shortest sample is a UserError naming config.data.max_length.
+        chat.check_max_length(tok, self.max_length, self.n_video, self.num_frames, self.system_prompt, with_answer)
 
     def __call__(self, sample_json, has_video):
         try:

@@ -1,5 +1,5 @@
-"""The one place that creates a LlavaActionModel: concretely, abstractly (shapes + shardings, no memory), or
-initialised directly in its shardings. Training, conversion, eval, predict and the benchmarks all come here.
+"""The one place that creates a LlavaActionModel: concretely, abstractly (shapes + shardings, no memory), or some
+of its parameters initialised directly in their shardings. Training, conversion, eval, predict and the benchmarks all come here.
 """
 from typing import Iterable, Mapping
 
@@ -33,17 +33,6 @@ def abstract_model(model_cfg, mesh: Mesh, rules=None, seed: int = 0) -> LlavaAct
         return x
     graphdef, state = nnx.split(abstract)
     state = jax.tree.map(concrete, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    return nnx.merge(graphdef, state)
-
-
-def sharded_model(model_cfg, mesh: Mesh, seed: int = 0, rules=None) -> LlavaActionModel:
-    """Random init inside one jit whose outputs are already in their final shardings (never replicated first)."""
-    rules = shd.normalize_rules(rules)
-    graphdef, abstract_state = nnx.split(abstract_model(model_cfg, mesh, rules, seed))
-    out_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
-    with jax.set_mesh(mesh):
-        state = jax.jit(lambda: nnx.state(new_model(model_cfg, seed=seed, rules=rules)),
-                        out_shardings=out_shardings)()
     return nnx.merge(graphdef, state)
 
 

@@ -1,7 +1,6 @@
 """Train (or fine-tune) a model on TFRecord shards, from a config file with command-line overrides.
 
-It runs the evals named in config.evals (llavaction_jax.eval.benchmarks), each every `every` steps, and with
-config.train.eval_every > 0 also config.data.eval_files (MQA TFRecords) as the eval "ek100_mqa": scalars to
+It runs the evals named in config.evals (llavaction_jax.eval.benchmarks), each every `every` steps: scalars to
 metrics.jsonl/TensorBoard as eval/<name>/<metric>, predictions + report under <workdir>/eval/<name>/step_<N>.
 
 The whole config is checked first (configs/validate.py: unknown keys, types, ranges, cross-field rules; a bad

@@ -122,7 +122,7 @@ class Checkpointer:
 
 # Config fields that hold local paths or URLs (data fields: comma-separated globs). Saved absolute, so a run's
 # config.json and checkpoints read the same from any working directory (eval / predict / export on the run).
-PATH_FIELDS = (("data", "train_files"), ("data", "eval_files"), ("data", "tokenizer_path"), ("train", "init_from"),
+PATH_FIELDS = (("data", "train_files"), ("data", "tokenizer_path"), ("train", "init_from"),
                ("train", "compilation_cache_dir"))
 EVAL_PATH_FIELDS = ("data", "video_root", "fps_csv")     # of each entry of config.evals
 

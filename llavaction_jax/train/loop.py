@@ -5,8 +5,8 @@ __main__ wraps it). Any iterator with the input-pipeline interface works as `tra
 dict of global jax.Arrays {input_ids, attention_mask, labels, pixel_values, actions}, `get_state()` returns
 a JSON-able dict and `set_state(d)` restores it (saved with every checkpoint, so resume sees the same data).
 `eval_fn(model, step) -> {name: float}` is called with the nnx model at the steps where `eval_fn.due(step)` is
-true (llavaction_jax.eval.benchmarks.PeriodicEvals: each config.evals entry at its own `every`), or, for a plain
-function, every config.train.eval_every steps; its results go to metrics.jsonl / TensorBoard with prefix "eval".
+true (llavaction_jax.eval.benchmarks.PeriodicEvals: each config.evals entry at its own `every`); its results go to
+metrics.jsonl / TensorBoard with prefix "eval".
 """
 import contextlib
 import os
@@ -28,10 +28,9 @@ from llavaction_jax import sharding as shd
 from llavaction_jax.cli import UserError
 from llavaction_jax.convert import api
 from llavaction_jax.convert.mapping import CheckpointMismatchError
-from llavaction_jax.input import chat, recordio
+from llavaction_jax.input import recordio
 from llavaction_jax.input.tokenizer import Tokenizer
 from llavaction_jax.input.train_iterator import make_train_iterator as make_iter
-from llavaction_jax.model.spec import num_video_tokens
 from llavaction_jax.train import checkpointing, metrics as metrics_lib, optimizer as opt_lib
 from llavaction_jax.train import goodput as goodput_lib, profiling
 from llavaction_jax.train import state as state_lib
@@ -75,21 +74,22 @@ class Preemption:
 
 
 def check_batch_layout(config, mesh):
-    """Clear errors for a global batch the mesh / accumulation cannot split evenly."""
+    """One UserError line for a global batch the mesh / accumulation cannot split evenly."""
     batch = int(config.data.global_batch_size)
     accum = int(config.train.grad_accum_steps)
     shards = int(mesh.shape["data"] * mesh.shape["fsdp"])
-    error = opt_lib.ConfigError
+    where = "config.data.global_batch_size"
     if batch <= 0 or accum <= 0:
-        raise error(f"config.data.global_batch_size={batch} and config.train.grad_accum_steps={accum} "
-                    f"must be positive")
+        raise UserError(f"global_batch_size={batch}, grad_accum_steps={accum}",
+                        f"{where} / config.train.grad_accum_steps", "both positive")
     if batch % accum:
-        raise error(f"config.data.global_batch_size={batch} is not divisible by "
-                    f"config.train.grad_accum_steps={accum}")
+        raise UserError(f"config.data.global_batch_size={batch} is not divisible by "
+                        f"config.train.grad_accum_steps={accum}", where, "a multiple of grad_accum_steps")
     if (batch // accum) % shards:
-        raise error(f"micro-batch size {batch // accum} (global_batch_size={batch} / grad_accum_steps={accum}) "
-                    f"is not divisible by the mesh batch shards data*fsdp = {mesh.shape['data']}*"
-                    f"{mesh.shape['fsdp']} = {shards} (mesh {dict(mesh.shape)})")
+        raise UserError(f"micro-batch size {batch // accum} (global_batch_size={batch} / grad_accum_steps={accum}) "
+                        f"is not divisible by the mesh batch shards data*fsdp = {mesh.shape['data']}*"
+                        f"{mesh.shape['fsdp']} = {shards} (mesh {dict(mesh.shape)})", where,
+                        f"a multiple of grad_accum_steps x data x fsdp = {accum * shards}")
 
 
 def make_train_iterator(config, mesh) -> Iterator:
@@ -108,9 +108,6 @@ def make_train_iterator(config, mesh) -> Iterator:
         raise UserError("no tokenizer", "config.data.tokenizer_path", "a dir with tokenizer.json")
     tok = Tokenizer.load(config.data.tokenizer_path, video_token_id=config.model.video_token_id).check_fits(
         config.model.text.vocab_size, "config.model.text.vocab_size")
-    frames = int(config.data.num_frames)
-    chat.check_max_length(tok, int(config.data.max_length), num_video_tokens(config.model, frames), frames,
-                          config.data.system_prompt, with_answer=True)
     return make_iter(config, mesh, tok, files=config.data.train_files, seed=int(config.seed))
 
 
@@ -377,9 +374,7 @@ def train(config, workdir: str, train_iter: Optional[Iterator] = None,
         saved_steps.append(step)
         temporary.saved()
 
-    eval_due = getattr(eval_fn, "due", None)
-    if eval_fn is not None and eval_due is None:
-        eval_due = lambda s: int(tc.eval_every) > 0 and s % int(tc.eval_every) == 0   # noqa: E731
+    eval_due = None if eval_fn is None else eval_fn.due
 
     step = start
     timer.add("startup", timer.elapsed())     # mesh, state init / restore, writers: everything before step 1

@@ -198,7 +198,7 @@ def validate_config(config) -> None:
     _check(clip is None or (_finite(clip) and float(clip) >= 0), "config.optim.grad_clip_norm", clip,
            ">= 0 (0 = no clipping)")
     for name, low in (("num_steps", 1), ("grad_accum_steps", 1), ("log_every", 1), ("keep_checkpoints", 1),
-                      ("checkpoint_every", 0), ("eval_every", 0)):
+                      ("checkpoint_every", 0)):
         _check(isinstance(t[name], int) and t[name] >= low, f"config.train.{name}", t[name],
                f"an integer >= {low}")
     _check(isinstance(config.data.global_batch_size, int) and config.data.global_batch_size > 0,

@@ -82,8 +82,10 @@ def expected_unused(model_cfg):
     return pred
 
 
-def parse_config(cj: dict, shapes: Dict[str, Tuple[int, ...]], model_cfg) -> List[str]:
-    src = "config.json"
+def parse_config(cj: dict, shapes: Dict[str, Tuple[int, ...]], model_cfg, config_file: str = "config.json",
+                 file_of=None) -> List[str]:
+    """Fills `model_cfg` from config.json (the tensors' shapes are not needed); errors name `config_file`."""
+    src = config_file
     notes = []
     tc = cj.get("text_config")
     vc = cj.get("vision_config")

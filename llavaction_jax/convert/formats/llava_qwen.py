@@ -7,9 +7,10 @@ last encoder layer and uses the output of the remaining ones before post_layerno
 hold one more vision layer than the model uses: that layer is an expected, reported, unused key.
 """
 import logging
+import os
 import re
 import sys
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 
@@ -23,6 +24,7 @@ NAME = "llava_qwen"
 DESCRIPTION = "original LLaVA-NeXT / LLaVAction safetensors dir (config.json with mm_vision_tower)"
 VIDEO_TOKEN_ID = -200          # LLaVA-NeXT IMAGE_TOKEN_INDEX sentinel spliced by tokenizer_image_token
 VISION_PREFIX = "model.vision_tower.vision_tower.vision_model."
+CONFIG_FILE = sf.CONFIG
 _VISION_LAYER_RE = re.compile(re.escape(VISION_PREFIX) + r"encoder\.layers\.(\d+)\.")
 # Non-parameter buffers that older transformers versions saved; harmless to skip.
 _BUFFER_RE = re.compile(r"rotary_emb\.inv_freq$")
@@ -38,23 +40,36 @@ SO400M = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, nu
 SIGLIP_TOWERS = {768: (12, 12), 1024: (16, 24), 1152: (16, 27), 1536: (16, 40)}
 
 
-def infer_vision_config(shapes: Dict[str, Tuple[int, ...]], cj: dict):
-    """(vision config dict, layers the model uses, one-line note) from the SigLIP tensors of a checkpoint."""
-    pe = shapes.get(VISION_PREFIX + "embeddings.patch_embedding.weight")
-    pos = shapes.get(VISION_PREFIX + "embeddings.position_embedding.weight")
-    fc1 = shapes.get(VISION_PREFIX + "encoder.layers.0.mlp.fc1.weight")
+def _in_tensors(key: str) -> str:
+    return "the checkpoint's safetensors"
+
+
+def infer_vision_config(shapes: Dict[str, Tuple[int, ...]], cj: dict, config_file: str = CONFIG_FILE,
+                        file_of: Callable[[str], str] = _in_tensors):
+    """(vision config dict, layers the model uses, one-line note) from the SigLIP tensors of a checkpoint.
+    Errors name the file: `config_file` (config.json's path) for a key, `file_of(tensor key)` for a tensor."""
+    keys = [VISION_PREFIX + name for name in ("embeddings.patch_embedding.weight",
+                                              "embeddings.position_embedding.weight",
+                                              "encoder.layers.0.mlp.fc1.weight")]
+    pe_key, pos_key, _ = keys
+    pe, pos, fc1 = (shapes.get(k) for k in keys)
     layers = {int(m.group(1)) for m in map(_VISION_LAYER_RE.match, shapes) if m}
     if pe is None or pos is None or fc1 is None or not layers:
-        raise ConvertError(f"no SigLIP tower tensors under {VISION_PREFIX!r} (patch_embedding, position_embedding, "
-                         "encoder.layers.0.mlp.fc1): cannot infer the vision tower sizes")
+        missing = [k for k in keys if k not in shapes] or [VISION_PREFIX + "encoder.layers.N.*"]
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ConvertError(f"no SigLIP tower tensor {missing[0]!r}{more}",
+                           os.path.join(os.path.dirname(config_file), "*.safetensors"),
+                           f"the vision tower's tensors under {VISION_PREFIX!r} (config.json has no vision sizes; "
+                           "they are read off these)")
     hidden, patch = int(pe[0]), int(pe[-1])
     side = int(round(pos[0] ** 0.5))
     if side * side != pos[0]:
-        raise ConvertError(f"position_embedding has {pos[0]} rows, not a square patch grid")
+        raise ConvertError(f"tensor {pos_key!r} has {pos[0]} rows", file_of(pos_key),
+                           "a square patch grid (side x side rows)")
     mm_hidden = cj.get("mm_hidden_size")
     if mm_hidden is not None and int(mm_hidden) != hidden:
-        raise ConvertError(f"config.json mm_hidden_size={mm_hidden} but the tower's patch_embedding has {hidden} "
-                         "channels")
+        raise ConvertError(f"mm_hidden_size={mm_hidden} but tensor {pe_key!r} has {hidden} channels",
+                           f"{config_file} / {file_of(pe_key)}", "mm_hidden_size equal to the vision tower's width")
     n = max(layers) + 1
     known = SIGLIP_TOWERS.get(hidden)
     if known is not None:
@@ -115,9 +130,11 @@ def expected_unused(model_cfg):
     return pred
 
 
-def parse_config(cj: dict, shapes: Dict[str, Tuple[int, ...]], model_cfg) -> List[str]:
-    """Fills `model_cfg` (defaults from model/config.py) from config.json + tensor shapes; returns notes."""
-    src = "config.json"
+def parse_config(cj: dict, shapes: Dict[str, Tuple[int, ...]], model_cfg, config_file: str = CONFIG_FILE,
+                 file_of: Callable[[str], str] = _in_tensors) -> List[str]:
+    """Fills `model_cfg` (defaults from model/config.py) from config.json + tensor shapes; returns notes. Errors
+    name `config_file` (config.json's path) and the key, or `file_of(tensor key)` for a tensor."""
+    src = config_file
     notes = []
     tower = str(cj.get("mm_vision_tower", ""))
     if tower and "siglip" not in tower.lower():
@@ -137,7 +154,10 @@ def parse_config(cj: dict, shapes: Dict[str, Tuple[int, ...]], model_cfg) -> Lis
                      ("rms_norm_eps", "rms_norm_eps"), ("max_position_embeddings", "max_position_embeddings")]:
         if key not in cj:
             raise ConvertError(f"{src}: missing required key {key!r}")
-        t[dst] = type(t[dst])(cj[key])
+        try:
+            t[dst] = type(t[dst])(cj[key])
+        except (TypeError, ValueError):
+            raise ConvertError(f"{src}: {key}={cj[key]!r} is not a number") from None
     t.num_kv_heads = int(cj.get("num_key_value_heads", t.num_heads))
     t.head_dim = int(cj.get("head_dim") or t.hidden_size // t.num_heads)
     theta = cj.get("rope_theta", (cj.get("rope_parameters") or {}).get("rope_theta"))
@@ -163,7 +183,7 @@ def parse_config(cj: dict, shapes: Dict[str, Tuple[int, ...]], model_cfg) -> Lis
         used_layers = int(vc["num_hidden_layers"]) - 1     # LLaVA-NeXT deletes the last SigLIP layer
     else:
         # The original config.json carries no vision sizes: read them off the tower's tensors.
-        vc, used_layers, note = infer_vision_config(shapes, cj)
+        vc, used_layers, note = infer_vision_config(shapes, cj, config_file, file_of)
         notes.append(note)
     towers.set_vision_sizes(model_cfg.vision, vc)
     model_cfg.vision.num_layers = used_layers

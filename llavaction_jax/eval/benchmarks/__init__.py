@@ -12,8 +12,7 @@ The eval CLI knows no benchmark by name: its flags, checks and fingerprint all c
 `config.evals` holds named entries, e.g. `config.evals.val = dict(type="ek100_mqa", data="val-*.tfrecord",
 every=500)`; unset common fields (methods, batch_size, max_new_tokens, max_samples) come from `config.eval`.
 The trainer runs each entry with every > 0 at its own interval (`periodic_evals`, logged as eval/<name>/<metric>);
-the eval CLI runs one (`--eval NAME` / `--type TYPE`). The older `config.train.eval_every` +
-`config.data.eval_files` is the entry `ek100_mqa` (LEGACY_NAME).
+the eval CLI runs one (`--eval NAME` / `--type TYPE`).
 """
 import os
 import shutil
@@ -33,9 +32,6 @@ REGISTRY = {
     recognition.NAME: recognition,
     generic_mc.NAME: generic_mc,
 }
-
-LEGACY_NAME = "ek100_mqa"
-
 
 def resolve(entry: Mapping, config, name: str, where: Optional[str] = None) -> ml_collections.ConfigDict:
     """One entry with every field filled (common defaults < the module's DEFAULTS < the entry) and checked.
@@ -103,12 +99,8 @@ def settings(eval_cfg) -> dict:
 
 
 def entries(config) -> dict:
-    """{name: entry as given} of config.evals, plus LEGACY_NAME from config.data.eval_files when it is set (a run
-    configured with train.eval_every + data.eval_files), for picking one by name (the eval CLI's --eval)."""
-    out = {str(k): v.to_dict() for k, v in config.evals.items()}
-    if config.data.eval_files and LEGACY_NAME not in out:
-        out[LEGACY_NAME] = dict(type=ek100_mqa.NAME, data=str(config.data.eval_files))
-    return out
+    """{name: entry as given} of config.evals, for picking one by name (the eval CLI's --eval)."""
+    return {str(k): v.to_dict() for k, v in config.evals.items()}
 
 
 def build(eval_cfg, config, mesh, tokenizer, workdir: str):
@@ -117,23 +109,8 @@ def build(eval_cfg, config, mesh, tokenizer, workdir: str):
 
 
 def configured(config) -> dict:
-    """{name: resolved entry} of config.evals, plus LEGACY_NAME when config.train.eval_every > 0."""
-    out = {str(name): resolve(entry, config, str(name)) for name, entry in config.evals.items()}
-    every = int(config.train.eval_every)
-    if every > 0:
-        files = str(config.data.eval_files)
-        if not files:
-            raise base.EvalConfigError("config.train.eval_every > 0 needs config.data.eval_files",
-                                       "config.data.eval_files",
-                                       "MQA TFRecord glob(s), or name the evals in config.evals instead")
-        if LEGACY_NAME in out:
-            raise base.EvalConfigError(f"config.train.eval_every would add the eval {LEGACY_NAME!r}, which "
-                                       "config.evals already names", f"config.evals.{LEGACY_NAME}",
-                                       "either config.evals entries or eval_every + eval_files, not both with "
-                                       "this name")
-        out[LEGACY_NAME] = resolve(dict(type=ek100_mqa.NAME, data=files, every=every), config, LEGACY_NAME,
-                                   where="config.train.eval_every / config.data.eval_files ({})")
-    return out
+    """{name: resolved entry} of config.evals."""
+    return {str(name): resolve(entry, config, str(name)) for name, entry in config.evals.items()}
 
 
 def detect_type(data: str) -> str:

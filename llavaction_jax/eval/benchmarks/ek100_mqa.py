@@ -12,7 +12,7 @@ DEFAULTS = dict(video_root=None, video_layout="original", chunk_len=15, fps=None
 # The eval CLI's flags for those fields (base.VIDEO_ROOT_FLAG has the form).
 FLAGS = dict(
     video_root=base.VIDEO_ROOT_FLAG,
-    video_layout=dict(choices=("original", "chunks", "frames"), help="layout of the MQA videos (default: original)"),
+    video_layout=dict(choices=video.VIDEO_DIR_LAYOUTS, help="layout of the MQA videos (default: original)"),
     chunk_len=dict(type=int, help="chunk length (s) of the 'chunks' layout (default 15)"),
     fps=dict(type=float, help="frame rate of every video (the 'frames' layout needs this or --fps_csv)"),
     fps_csv=dict(help="EPIC_100_video_info.csv: per-video frame rates"),
