@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -29,9 +30,13 @@ import numpy as np  # noqa: E402
 from configs import demo  # noqa: E402
 from llavaction_jax.train.loop import train  # noqa: E402
 
+CONSISTENT = "--xla_cpu_use_xnnpack=false --xla_cpu_enable_platform_dependent_math=false"
 DEFAULT_SETTINGS = ("default=,one_core=@0,no_fma=--xla_cpu_max_isa=AVX,avx2=--xla_cpu_max_isa=AVX2,"
                     "eigen_single_thread=--xla_cpu_multi_thread_eigen=false,"
-                    "eigen_single_thread_one_core=--xla_cpu_multi_thread_eigen=false@0")
+                    "eigen_single_thread_one_core=--xla_cpu_multi_thread_eigen=false@0,"
+                    f"no_xnnpack=--xla_cpu_use_xnnpack=false,no_xnnpack_one_core=--xla_cpu_use_xnnpack=false@0,"
+                    f"consistent={CONSISTENT},consistent_one_core={CONSISTENT}@0,"
+                    f"consistent_avx2={CONSISTENT} --xla_cpu_max_isa=AVX2")
 
 
 def child(steps: int, workdir: str) -> dict:
@@ -67,11 +72,13 @@ def run_setting(name: str, flags: str, cpus: str, steps: int) -> dict:
         cmd = [sys.executable, os.path.abspath(__file__), "--child", "--steps", str(steps), "--workdir", workdir]
         if cpus:
             cmd = ["taskset", "-c", cpus] + cmd
+        t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"error: setting {name!r} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    return dict(json.loads(line[len("RESULT "):]), name=name, xla_flags=flags, taskset=cpus)
+    return dict(json.loads(line[len("RESULT "):]), name=name, xla_flags=flags, taskset=cpus, process_s=elapsed)
 
 
 def main(argv=None) -> int:
@@ -87,12 +94,17 @@ def main(argv=None) -> int:
         return 0
     runs = [run_setting(n, f, c, args.steps) for n, f, c in parse_settings(args.settings)]
     ref = runs[0]
-    print(f"{'setting':<32} {'cpus':>4} {'final loss':>12} {'first differing step':>21} {'params':>14}")
+    groups = {}
+    for r in runs:
+        groups.setdefault(r["params_sha256"], []).append(r["name"])
+    print(f"{'setting':<32} {'cpus':>4} {'final loss':>12} {'first differing step':>21} {'params':>14} "
+          f"{'bit-identical group':>20} {'process s':>9}")
     for r in runs:
         diff = next((i + 1 for i, (a, b) in enumerate(zip(r["losses"], ref["losses"])) if a != b), None)
         same = r["params_sha256"] == ref["params_sha256"]
+        group = list(groups).index(r["params_sha256"]) + 1
         print(f"{r['name']:<32} {r['cpus']:>4} {r['losses'][-1]:>12.8f} {str(diff or '-'):>21} "
-              f"{'same bits' if same else 'DIFFERENT':>14}")
+              f"{'same bits' if same else 'DIFFERENT':>14} {group:>20} {r['process_s']:>9.1f}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(runs, f, indent=2)

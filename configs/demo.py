@@ -61,7 +61,10 @@ def get_config(arg=None):
         representation="official_key",   # option texts (data_prep.mqa REPRESENTATIONS)
         num_options=5,
         train_modes=("train", "random"),  # MQA modes for the training questions
-        train_draws=1,                    # questions per mode per training clip (each its own options and order)
+        # 3 questions per mode per training clip, each its own distractors and option order: with one, a clip's
+        # letter can be memorised, the warm-up binds worse (final loss 0.029 against 0.0019 on seed 0) and the
+        # held-out letters miss the last option E (19 of 45 misses).
+        train_draws=3,
         eval_modes=("benchmark", "random"),
         # Text-only twins of every training question (the action stated in words, options re-shuffled), mixed into
         # the video run so the letter lookup learned in the warm-up below is kept (demo.text_mcq_questions). Alone,
@@ -79,7 +82,10 @@ def get_config(arg=None):
         binding_batch_size=32,
         binding_max_length=72,            # the short questions are 70 tokens
         binding_per_question=2,           # short questions per training question (fresh option orders)
-        binding_copy_share=0.0,           # of the short questions, those stating the letter (data_stage.text_mcq_questions)
+        # A quarter of the short questions state the LETTER ("The answer is: C."): the answer's text is then
+        # learned as that option's text, not re-read from the video, where the verb is the weak part (seed 0:
+        # reference 75.0% -> 100%, the generated verb wrong in 29 -> 0 of 116; data_stage.text_mcq_questions).
+        binding_copy_share=0.25,
         prediction_top1=0.6,              # synthetic action-model predictions (confusable distractors)
         accuracy_target=0.85,
         # The target is checked on all three protocols (llavaction_jax.eval.metrics.PROTOCOLS): (a) "generate",
