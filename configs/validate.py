@@ -140,13 +140,14 @@ def _demo_rules() -> Mapping[str, Rule]:
         "max_clip_seconds": positive(float), "fps": positive(float), "render_size": at_least(1, int),
         "motion_path": one_of(PATHS),
         "representation": one_of(REPRESENTATIONS), "num_options": at_least(2, int),
-        "train_modes": subset_of(MODES), "eval_modes": subset_of(MODES),
+        "train_modes": subset_of(MODES), "eval_modes": subset_of(MODES), "train_draws": at_least(1, int),
+        "verb_angles": each(Rule(_number, "a finite angle in degrees", float)),
         "text_mcq_per_question": at_least(0, int), "text_mcq_weight": fraction(),
         "prediction_top1": fraction(), "accuracy_target": fraction(),
         "target_methods": subset_of(tuple(PROTOCOLS)), "seed": at_least(0, int),
         "binding_steps": at_least(0, int), "binding_lr": positive(float), "binding_batch_size": at_least(1, int),
         "binding_b2": Rule(lambda x: _number(x) and 0 <= x < 1, "in [0, 1)", float),
-        "binding_max_length": at_least(16, int), "binding_per_question": at_least(1, int),
+        "binding_max_length": at_least(16, int), "binding_per_question": at_least(1, int), "binding_copy_share": fraction(),
     }
 
 

@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import sys
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -96,8 +96,13 @@ def noun_appearance(noun_class: int) -> tuple[np.ndarray, str]:
     return NOUN_COLOURS[noun_class % len(NOUN_COLOURS)], SHAPES[(noun_class // len(NOUN_COLOURS)) % len(SHAPES)]
 
 
-def verb_motion(verb_class: int) -> tuple[float, str]:
-    return (verb_class % 8) * math.pi / 4, MOTIONS[(verb_class // 8) % len(MOTIONS)]
+def verb_motion(verb_class: int, verb_angles: Mapping[int, float] | None = None) -> tuple[float, str]:
+    """(direction in radians, motion kind) of a verb: class % 8 eighths of a turn, or ``verb_angles[verb]``
+    degrees where given (a dataset of a few verbs can spread them a quarter turn apart)."""
+    angle = (verb_class % 8) * math.pi / 4
+    if verb_angles and verb_class in verb_angles:
+        angle = math.radians(float(verb_angles[verb_class]))
+    return angle, MOTIONS[(verb_class // 8) % len(MOTIONS)]
 
 
 def _check_path(path: str) -> None:
@@ -105,10 +110,11 @@ def _check_path(path: str) -> None:
         raise ValueError(f"unknown path {path!r}; expected one of {PATHS}")
 
 
-def object_offset(verb_class: int, progress: float, path_len: float, path: str = "through") -> tuple[float, float]:
+def object_offset(verb_class: int, progress: float, path_len: float, path: str = "through",
+                  verb_angles: Mapping[int, float] | None = None) -> tuple[float, float]:
     """(dy, dx) of the object from the frame centre at clip progress in [0, 1] (``path``: see PATHS)."""
     _check_path(path)
-    angle, motion = verb_motion(verb_class)
+    angle, motion = verb_motion(verb_class, verb_angles)
     if motion == "linear":
         along, across = progress, 0.0
     elif motion == "back_and_forth":
@@ -158,9 +164,10 @@ class ClassPatternRenderer:
     """Renders the frames of one synthetic video from its annotation rows."""
 
     def __init__(self, rows: Sequence[dict], fps: float, size: int = 64, seed: int = 0, object_frac: float = 0.25,
-                 path: str = "through"):
+                 path: str = "through", verb_angles: Mapping[int, float] | None = None):
         _check_path(path)
         self.fps, self.size, self.path = fps, size, path
+        self.verb_angles = dict(verb_angles or {})
         self.background = background_texture(seed, size)
         self.side = max(4, int(size * object_frac))
         self.path_len = size - self.side - 4
@@ -177,7 +184,7 @@ class ClassPatternRenderer:
             if not start <= t <= stop:
                 continue
             progress = 0.5 if stop <= start else (t - start) / (stop - start)
-            dy, dx = object_offset(verb, progress, self.path_len, self.path)
+            dy, dx = object_offset(verb, progress, self.path_len, self.path, self.verb_angles)
             y = int(round(self.size / 2 + dy - self.side / 2))
             x = int(round(self.size / 2 + dx - self.side / 2))
             y0, x0 = max(y, 0), max(x, 0)
@@ -192,14 +199,16 @@ class ClassPatternRenderer:
 def make_synthetic_dataset(rows: Sequence[dict], root: str, layout: str = "original", fps: float = 30.0,
                            size: int = 64, chunk_len: int = 15, seed: int = 0, compact: bool = False,
                            gap: float = 0.5, max_clip_seconds: float | None = None, tail: float = 1.0,
-                           ext: str = "MP4", crf: int = 18, path: str = "through") -> dict:
+                           ext: str = "MP4", crf: int = 18, path: str = "through",
+                           verb_angles: Mapping[int, float] | None = None) -> dict:
     """Write one class-pattern video per video_id covering all its rows; returns a summary.
 
     ``compact=True`` re-times each video's rows back to back (``gap`` seconds apart, each at most
     ``max_clip_seconds`` long) so that rows from late in a long EK100 video do not force writing
     the whole video; the returned ``rows`` carry the timestamps actually used (in both the
     'start_timestamp'/'stop_timestamp' and, when present in the input, 'start'/'stop' fields).
-    ``path``: the object's path (PATHS).
+    ``path``: the object's path (PATHS). ``verb_angles``: {verb class: degrees} of the motion direction, for the
+    verbs that should not take the default eighth of a turn of their class (``verb_motion``).
     """
     if layout not in VIDEO_DIR_LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {VIDEO_DIR_LAYOUTS}")
@@ -235,7 +244,8 @@ def make_synthetic_dataset(rows: Sequence[dict], root: str, layout: str = "origi
                 r["start"], r["stop"] = r["start_timestamp"], r["stop_timestamp"]
         end = max(r["stop_timestamp"] for r in vrows) + tail
         num_frames = int(math.ceil(end * fps))
-        renderer = ClassPatternRenderer(vrows, fps, size, seed=seed * 100003 + v_index, path=path)
+        renderer = ClassPatternRenderer(vrows, fps, size, seed=seed * 100003 + v_index, path=path,
+                                        verb_angles=verb_angles)
         paths = write_video(renderer, num_frames, root, layout, video_id, fps, chunk_len, ext,
                             vrows[0]["participant_id"], crf)
         summary["videos"][video_id] = {"num_frames": num_frames, "duration": num_frames / fps,

@@ -10,6 +10,7 @@ from typing import Dict, List, Sequence
 
 from data_prep import mqa, predictions, synthetic_videos, to_tfrecord
 from data_prep.seeding import question_rng
+from llavaction_jax.cli import UserError
 from llavaction_jax.data import ek100, prompts
 
 ANNOTATION_FILES = ("EPIC_100_validation.csv", "EPIC_100_uda_source_train.csv")
@@ -89,7 +90,7 @@ def build_data(config, workdir: str, quiet: bool = False) -> dict:
         drawn = synthetic_videos.make_synthetic_dataset(
             rows, video_root, layout="original", fps=float(d.fps), size=int(d.render_size), seed=seed,
             compact=True, gap=0.25, max_clip_seconds=float(d.max_clip_seconds), tail=0.25,
-            path=str(d.motion_path))["rows"]
+            path=str(d.motion_path), verb_angles=verb_angles_of(config))["rows"]
         segs = rows_to_segments(drawn, train_rows + eval_rows)
         ann = ek100.Annotations(path=f"demo-{split}", segments=segs, label_space=label_space)
         k = int(d.num_options)
@@ -97,16 +98,21 @@ def build_data(config, workdir: str, quiet: bool = False) -> dict:
                                                        confusable=True)
         predictions.write_predictions(os.path.join(data_dir, f"{split}_predictions.json"), preds, ann)
         modes = tuple(d.train_modes) if split == "train" else tuple(d.eval_modes)
+        # Training clips get `train_draws` questions per mode: each draw its own distractors and option order, so
+        # the letter of a clip cannot be memorised and only the lookup (the option that matches the video) pays.
+        draws = int(d.train_draws) if split == "train" else 1
         questions = []
-        for m_i, mode in enumerate(modes):
-            source = {"train": "synthetic-avion", "benchmark": "synthetic-tim", "random": "random",
-                      "recognition": "synthetic-tim"}[mode]
-            questions += mqa.generate_questions(ann, preds if mode != "random" else None, mode=mode, k=k,
-                                                representation=d.representation, source=source,
-                                                seed=int(d.seed) * 10 + m_i)
-        # Question ids must be unique across modes (one record per question).
-        for q in questions:
-            q["id"] = f"{q['id']}-{q['mode']}"
+        for draw in range(draws):
+            for m_i, mode in enumerate(modes):
+                source = {"train": "synthetic-avion", "benchmark": "synthetic-tim", "random": "random",
+                          "recognition": "synthetic-tim"}[mode]
+                drawn = mqa.generate_questions(ann, preds if mode != "random" else None, mode=mode, k=k,
+                                               representation=d.representation, source=source,
+                                               seed=int(d.seed) * 10 + m_i + 10 ** 6 * draw)
+                # Question ids must be unique across modes and draws (one record per question).
+                for q in drawn:
+                    q["id"] = f"{q['id']}-{q['mode']}" + (f"-{draw}" if draw else "")
+                questions += drawn
         jsonl = os.path.join(data_dir, f"{split}_mqa.jsonl")
         with open(jsonl, "w", encoding="utf-8") as f:
             for q in questions:
@@ -122,22 +128,29 @@ def build_data(config, workdir: str, quiet: bool = False) -> dict:
                                              int(d.seed), quiet)
         if split == "train" and int(d.binding_steps) > 0:
             out["binding"] = write_text_mcq(questions, label_space, data_dir, int(d.binding_per_question),
-                                            int(d.seed) + 1, quiet, name="binding_mcq", short=True)
+                                            int(d.seed) + 1, quiet, name="binding_mcq", short=True,
+                                            copy_share=float(d.binding_copy_share))
     return out
 
 
 TEXT_MCQ_HEAD = "The action in the video is: {}.\n"
 SHORT_MCQ_HEAD = "The action is: {}.\n"
+SHORT_COPY_HEAD = "The answer is: {}.\n"
 
 
 def text_mcq_questions(questions: Sequence[dict], label_space, per_question: int, seed: int,
-                       short: bool = False) -> List[dict]:
+                       short: bool = False, copy_share: float = 0.0) -> List[dict]:
     """Text-only twins of the training questions that teach option-letter binding.
 
     Each twin states the clip's action in words, keeps the MQA prompt and its option list, and draws a fresh
     option order, so the only way to get the letter right is to find the stated action among the options and
     copy its letter. Without these the tiny model learns to name the action from the video (generation text
     right) but answers a near-random letter; with them letter scoring and strict generation follow.
+
+    `copy_share` of the short questions state the answer's LETTER instead of its action ("The answer is: C."),
+    so the text after the letter is learned as a copy of that option's text: otherwise the warm-up can copy the
+    text from the stated action, and on video questions the text is read from the video again, where the verb is
+    the weak part (the letter right, the text's verb wrong).
     """
     prefix = prompts.IMAGE_PLACEHOLDER + "\n"
     out = []
@@ -154,8 +167,9 @@ def text_mcq_questions(questions: Sequence[dict], label_space, per_question: int
             letter = prompts.LETTERS[order.index(truth)]
             options = [f"{prompts.LETTERS[i]}. {t}" for i, t in enumerate(order)]
             if short:
-                # The warm-up form: only the stated action and the options (~70 tokens instead of ~140).
-                value = SHORT_MCQ_HEAD.format(truth) + ", ".join(options)
+                # The warm-up form: only the stated action (or letter) and the options (~70 tokens, not ~140).
+                head = SHORT_COPY_HEAD.format(letter) if rng.random() < copy_share else SHORT_MCQ_HEAD.format(truth)
+                value = head + ", ".join(options)
             else:
                 value = TEXT_MCQ_HEAD.format(truth) + task_prompt + "\n" + ", ".join(options)
             out.append({"id": f"{q['id']}-{'short' if short else 'text'}{c}", "conversations": [
@@ -166,8 +180,8 @@ def text_mcq_questions(questions: Sequence[dict], label_space, per_question: int
 
 
 def write_text_mcq(questions, label_space, data_dir: str, per_question: int, seed: int, quiet: bool,
-                   name: str = "text_mcq", short: bool = False) -> dict:
-    rows = text_mcq_questions(questions, label_space, per_question, seed, short=short)
+                   name: str = "text_mcq", short: bool = False, copy_share: float = 0.0) -> dict:
+    rows = text_mcq_questions(questions, label_space, per_question, seed, short=short, copy_share=copy_share)
     jsonl = os.path.join(data_dir, f"{name}.jsonl")
     with open(jsonl, "w", encoding="utf-8") as f:
         for q in rows:
@@ -188,6 +202,16 @@ def tokenizer_texts(jsonl_paths: Sequence[str]) -> List[str]:
                 sample = json.loads(line)
                 texts += [t["value"] for t in sample["conversations"]]
     return texts
+
+
+def verb_angles_of(config) -> Dict[int, float]:
+    """{verb class: motion direction in degrees} from config.demo.verb_angles (one per config.demo.verbs; empty:
+    each verb's default direction, data_prep.synthetic_videos.verb_motion)."""
+    d = config.demo
+    if d.verb_angles and len(d.verb_angles) != len(d.verbs):
+        raise UserError(f"config.demo.verb_angles has {len(d.verb_angles)} values for {len(d.verbs)} verbs",
+                        "config.demo.verb_angles", "one angle per config.demo.verbs entry, or ()")
+    return {int(v): float(a) for v, a in zip(d.verbs, d.verb_angles)} if d.verb_angles else {}
 
 
 def verb_names_of(config) -> Dict[int, str]:

@@ -59,6 +59,23 @@ def test_outward_path_gives_each_direction_its_own_ray():
     assert abs(first - 31.5) < 3 and last > 50
 
 
+def test_verb_angles_put_each_verb_in_its_own_quadrant():
+    """configs/demo.py's verb_angles: take/put/open/close on the four diagonals, so each verb's object ends in its
+    own quadrant of the frame (its own token of a 2x2 pooled grid); other verbs keep their class direction."""
+    angles = {0: 45.0, 1: 135.0, 3: 225.0, 4: 315.0}
+    assert verb_motion(0, angles)[0] == pytest.approx(math.pi / 4) and verb_motion(2, angles) == verb_motion(2)
+    ends = {v: object_offset(v, 1.0, 40, "outward", angles) for v in angles}   # (dy, dx), image y grows downwards
+    signs = {v: (math.copysign(1, dy), math.copysign(1, dx)) for v, (dy, dx) in ends.items()}
+    assert signs == {0: (-1, 1), 1: (-1, -1), 3: (1, -1), 4: (1, 1)}
+    assert all(min(abs(dy), abs(dx)) == pytest.approx(20 / math.sqrt(2)) for dy, dx in ends.values())
+    # Rendered: a put (verb 1) clip ends with its object in the top-left quadrant.
+    row = dict(ROWS[0], verb_class=1)
+    r = ClassPatternRenderer([row], FPS, 64, seed=5, path="outward", verb_angles=angles)
+    colour = NOUN_COLOURS[row["noun_class"] % len(NOUN_COLOURS)]
+    ys, xs = np.nonzero(_colour_mask(r(int(row_times(row)[1] * FPS)), colour))
+    assert ys.mean() < 24 and xs.mean() < 24
+
+
 def test_row_times_accepts_seconds_and_ek100_strings():
     assert row_times({"start_timestamp": 1.5, "stop_timestamp": 2}) == (1.5, 2.0)
     assert row_times({"start": "00:01:02.50", "stop": "00:01:04.00"}) == (62.5, 64.0)

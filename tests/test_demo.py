@@ -26,6 +26,34 @@ def test_select_rows_splits_per_action():
         data_stage.select_rows(segments, (96,), (299,), 0.25, 0)
 
 
+def _mqa_question(qid, texts, truth):
+    options = [f"{chr(65 + i)}. {t}" for i, t in enumerate(texts)]
+    return {"id": qid, "options": options, "answer_text": truth, "conversations": [
+        {"from": "human", "value": "<image>\nWhat action?\n" + ", ".join(options)}, {"from": "gpt", "value": "x"}]}
+
+
+def test_short_questions_state_the_letter_in_copy_share():
+    """binding_copy_share of the warm-up's short questions state the answer's letter (the text after it is then a
+    copy of that option), the rest state the action; both answer "<letter>. <option text>"."""
+    texts = ["take pie", "put pie", "open box", "close box", "take plate"]
+    questions = [_mqa_question(f"q{i}", texts, texts[i % 5]) for i in range(200)]
+    for share in (0.0, 0.25, 1.0):
+        short = data_stage.text_mcq_questions(questions, None, 2, seed=3, short=True, copy_share=share)
+        heads = [t["conversations"][0]["value"].split("\n", 1)[0] + "\n" for t in short]
+        copies = [h == data_stage.SHORT_COPY_HEAD.format(t["answer"]) for h, t in zip(heads, short)]
+        stated = [h == data_stage.SHORT_MCQ_HEAD.format(t["answer_text"]) for h, t in zip(heads, short)]
+        assert all(a != b for a, b in zip(copies, stated))
+        assert abs(sum(copies) / len(short) - share) < 0.06
+        for t in short:
+            letter = t["answer"]
+            assert t["conversations"][1]["value"] == f"{letter}. {t['answer_text']}"
+            assert f"{letter}. {t['answer_text']}" in t["options"]
+    # The option orders do not depend on the share (the draw comes after the permutation).
+    a = data_stage.text_mcq_questions(questions, None, 1, seed=3, short=True, copy_share=0.0)
+    b = data_stage.text_mcq_questions(questions, None, 1, seed=3, short=True, copy_share=1.0)
+    assert [t["options"] for t in a] == [t["options"] for t in b]
+
+
 def test_demo_smoke(tmp_path):
     config = demo_config.get_config()
     config.demo.train_copies = 1
@@ -34,12 +62,22 @@ def test_demo_smoke(tmp_path):
     config.eval.max_new_tokens = 4
     config.demo.text_mcq_per_question = 2          # the optional letter-binding twins, exercised here
     config.demo.binding_steps = 2                  # the letter-binding warm-up run, then the video run from it
+    config.demo.train_draws = 2                    # two questions per mode per training clip
+    config.demo.binding_copy_share = 0.0           # every short question states its action (checked below)
     result = demo_run.run(config, str(tmp_path), quiet=True)
     summary = json.load(open(tmp_path / "demo_summary.json"))
     assert summary["train"]["final_step"] == 2
     data = summary["data"]
     assert data["num_actions"] == 14
     assert data["train"]["num_clips"] == data["real_rows"]["train"]
+    # train_draws: every clip gets one question per mode per draw, each with its own id and option order.
+    assert data["train"]["num_questions"] == 2 * len(config.demo.train_modes) * data["train"]["num_clips"]
+    train_q = [json.loads(x) for x in open(data["train"]["jsonl"])]
+    assert len({q["id"] for q in train_q}) == len(train_q)
+    by_clip = {}
+    for q in train_q:
+        by_clip.setdefault((q["id"].rsplit("-", 2)[0], q["mode"]), []).append(tuple(q["options"]))
+    assert all(len(v) == 2 for v in by_clip.values()) and any(a != b for a, b in by_clip.values())
     # Eval: one benchmark and one random question per held-out clip, all evaluated by both methods.
     assert data["eval"]["num_questions"] == 2 * data["eval"]["num_clips"]
     ev = summary["eval_summary"]
