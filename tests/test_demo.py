@@ -76,7 +76,8 @@ def test_demo_smoke(tmp_path):
     assert len({q["id"] for q in train_q}) == len(train_q)
     by_clip = {}
     for q in train_q:
-        by_clip.setdefault((q["id"].rsplit("-", 2)[0], q["mode"]), []).append(tuple(q["options"]))
+        # "<clip>-<mode>" for the first draw, "<clip>-<mode>-1" for the second.
+        by_clip.setdefault((q["id"].split(f"-{q['mode']}")[0], q["mode"]), []).append(tuple(q["options"]))
     assert all(len(v) == 2 for v in by_clip.values()) and any(a != b for a, b in by_clip.values())
     # Eval: one benchmark and one random question per held-out clip, all evaluated by both methods.
     assert data["eval"]["num_questions"] == 2 * data["eval"]["num_clips"]
