@@ -13,9 +13,11 @@ policy), so a preempted run loses at most N minutes without filling the disk.
 import dataclasses
 import json
 import os
+import threading
 from typing import Any, Optional, Tuple
 
 import orbax.checkpoint as ocp
+from orbax.checkpoint._src.futures import future as ocp_future
 from absl import logging
 from etils import epath
 
@@ -61,6 +63,10 @@ class PermanentAndLatest(ocp.checkpoint_managers.PreservationPolicy):
         if checkpoints:
             kept.add(len(checkpoints) - 1)
         return [i in kept for i in range(len(checkpoints))]
+
+
+# How long close() waits for each of Orbax's write threads still running after a failed save.
+JOIN_TIMEOUT_S = 120.0
 
 
 class Checkpointer:
@@ -112,12 +118,21 @@ class Checkpointer:
         return self._mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
     def close(self):
-        self._mngr.wait_until_finished()
-        self._mngr.close()
-        # Orbax starts its tmp-directory cleanup on a thread at construction and joins it only in save() (0.12.8);
-        # a run that stops before its first save (a bad input) must join it here, or the thread runs into
-        # interpreter shutdown and prints a traceback after the one error line.
-        self._mngr._maybe_await_cleanup_tmp_directory()
+        try:
+            self._mngr.wait_until_finished()
+        finally:
+            # Close even when the save failed (a full disk), and join Orbax's own threads before we return:
+            # otherwise one of them runs into interpreter shutdown and prints a traceback after the one error
+            # line ("cannot schedule new futures after shutdown").
+            self._mngr.close()
+            # Orbax starts its tmp-directory cleanup on a thread at construction and joins it only in save()
+            # (0.12.8); a run that stops before its first save (a bad input) must join it here.
+            self._mngr._maybe_await_cleanup_tmp_directory()
+            # After one item's write fails, wait_until_finished raises at once; the other items' write threads
+            # (orbax futures' _SignalingThread) may still run.
+            for thread in threading.enumerate():
+                if isinstance(thread, ocp_future._SignalingThread) and thread is not threading.current_thread():
+                    thread.join(JOIN_TIMEOUT_S)
 
 
 # Config fields that hold local paths or URLs (data fields: comma-separated globs). Saved absolute, so a run's
