@@ -133,10 +133,6 @@ def main(argv=None):
         if flag is None and pos is None:
             raise UserError(f"missing --{name}", f"convert {args.command}", f"--{name} PATH")
         setattr(args, name, flag if flag is not None else pos)
-    # Our notes (quirks applied, unused keys) at INFO; Orbax's per-save chatter stays at WARNING.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("llavaction_jax").setLevel(logging.INFO)
-
     if args.command == "import":
         info = api.import_checkpoint(args.src, args.dst, args.format, dtype=args.dtype,
                                      config_overrides=_overrides(args.override), allow_missing=args.allow_missing,
@@ -163,6 +159,10 @@ def _user_errors():
 
 def console_main(argv=None) -> int:
     """The console script / `python -m` entry: the exit status under llavaction_jax.cli's convention."""
+    # Our notes (quirks applied, unused keys) at INFO; Orbax's per-save chatter stays at WARNING. Set here, not
+    # in main(): a test that calls main() in-process must not leave a root handler on its captured stderr.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("llavaction_jax").setLevel(logging.INFO)
     return cli.run(main, argv, user_errors=_user_errors())
 
 
