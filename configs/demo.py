@@ -25,8 +25,8 @@ def get_config(arg=None):
     config.optim.warmup_ratio = 0.05
     config.optim.weight_decay = 0.0
     # Video steps: the letter lookup learned in the warm-up (below) still has to take its query from the video
-    # instead of stated words. This stage is the fragile one: more steps do not help reliably (1200 + 900 steps
-    # scored letters 67.2% on seed 0, against 90.5% for 1000 + 800; docs/results.md, "Demo robustness").
+    # instead of stated words. This stage is the fragile one: more warm-up and video steps do not help reliably
+    # (the measured runs are in docs/results.md, "Demo robustness").
     config.train.num_steps = 800
     config.train.log_every = 50
     config.train.checkpoint_every = 0
@@ -62,8 +62,8 @@ def get_config(arg=None):
         num_options=5,
         train_modes=("train", "random"),  # MQA modes for the training questions
         # 3 questions per mode per training clip, each its own distractors and option order: with one, a clip's
-        # letter can be memorised, the warm-up binds worse (final loss 0.029 against 0.0019 on seed 0) and the
-        # held-out letters miss the last option E (19 of 45 misses).
+        # letter can be memorised, the warm-up binds worse and the held-out letters miss the last option E
+        # (docs/results.md, "The recipe of 2026-12-07 (second pass)").
         train_draws=3,
         eval_modes=("benchmark", "random"),
         # Text-only twins of every training question (the action stated in words, options re-shuffled), mixed into
@@ -83,8 +83,8 @@ def get_config(arg=None):
         binding_max_length=72,            # the short questions are 70 tokens
         binding_per_question=2,           # short questions per training question (fresh option orders)
         # A quarter of the short questions state the LETTER ("The answer is: C."): the answer's text is then
-        # learned as that option's text, not re-read from the video, where the verb is the weak part (seed 0:
-        # reference 75.0% -> 100%, the generated verb wrong in 29 -> 0 of 116; data_stage.text_mcq_questions).
+        # learned as that option's text, not re-read from the video, where the verb is the weak part (measured in
+        # docs/results.md, "Demo robustness"; data_stage.text_mcq_questions).
         binding_copy_share=0.25,
         prediction_top1=0.6,              # synthetic action-model predictions (confusable distractors)
         accuracy_target=0.85,

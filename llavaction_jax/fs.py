@@ -198,12 +198,8 @@ def atomic_path(path: str, suffix: str = ""):
         return
     fd, tmp = tempfile.mkstemp(prefix="llavaction-", suffix=suffix)
     os.close(fd)
-    try:
+    with atomic.removed_on_error(tmp):
         yield tmp
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-        raise
     publish(tmp, path)
 
 

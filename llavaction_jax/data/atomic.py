@@ -9,16 +9,24 @@ import os
 
 
 @contextlib.contextmanager
-def atomic_path(path: str, suffix: str = ""):
-    """Yields a local path to write the whole of `path` to, with any writer (open(), a TFRecord writer, a video
-    encoder). `suffix`: the temporary name's ending, for writers that choose the format by extension ('.mp4')."""
-    tmp = f"{path}.tmp-{os.getpid()}{suffix}"      # a sibling: same filesystem, so the rename is atomic
+def removed_on_error(tmp: str):
+    """Runs the block that writes the local file `tmp`; on any error (an interrupt too) `tmp` is removed, so no
+    half-written temporary is left behind, and the error goes on."""
     try:
         yield tmp
     except BaseException:
         if os.path.lexists(tmp):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, suffix: str = ""):
+    """Yields a local path to write the whole of `path` to, with any writer (open(), a TFRecord writer, a video
+    encoder). `suffix`: the temporary name's ending, for writers that choose the format by extension ('.mp4')."""
+    tmp = f"{path}.tmp-{os.getpid()}{suffix}"      # a sibling: same filesystem, so the rename is atomic
+    with removed_on_error(tmp):
+        yield tmp
     os.replace(tmp, path)
 
 
