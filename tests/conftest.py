@@ -13,11 +13,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # test session, in this process only (subprocess tests start cold).
 import atexit  # noqa: E402
 import importlib.util  # noqa: E402
+import logging  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 from llavaction_jax.torch_env import hide_triton  # noqa: E402
 
@@ -34,6 +36,16 @@ if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
 # Real EK100 annotation CSVs (CC BY-NC 4.0, credited in tests/data/ek100/README.md); EK100_DIR overrides.
 EK100_DIR = os.environ.get("EK100_DIR", os.path.join(REPO_ROOT, "tests", "data", "ek100"))
+
+
+
+@pytest.fixture(autouse=True)
+def _no_root_log_handler_left_on_a_closed_stream():
+    """Fails the test that leaves a root log handler writing to a stream closed by then (e.g. a forced
+    basicConfig on its captured stderr), instead of a later test whose stderr gets "--- Logging error ---"."""
+    yield
+    stale = [h for h in logging.root.handlers if getattr(getattr(h, "stream", None), "closed", False)]
+    assert not stale, f"root log handlers on a closed stream: {stale}"
 
 
 def load_test_data_module(name: str):

@@ -3,6 +3,7 @@ every flag, config errors are one line, a run works from any working directory, 
 training run from its workdir, a step dir or --step N with the run's own tokenizer and frame count."""
 import importlib
 import json
+import logging
 import os
 import sys
 import tomllib
@@ -54,9 +55,13 @@ def test_the_console_scripts_are_the_fixed_names():
                          + [["llavaction-prep", sub] for sub in PREP_SUBCOMMANDS] + [["llavaction-prep"]]
                          + [["llavaction-convert", sub] for sub in ("import", "export")])
 def test_every_flag_of_every_console_script_has_help(capsys, argv):
+    handlers = list(logging.root.handlers)
     with pytest.raises(SystemExit) as e:
         _entry(argv[0])(argv[1:] + ["--help"])
     assert e.value.code == 0
+    # Run in-process, a script keeps the caller's root handlers (a forced basicConfig would swap pytest's for one
+    # on this test's captured stderr, closed after it: later log lines then print "--- Logging error ---").
+    assert logging.root.handlers == handlers
     out = capsys.readouterr().out
     assert out.startswith("usage: ")
     assert _option_lines_without_help(out) == [], out

@@ -159,9 +159,9 @@ def _user_errors():
 
 def console_main(argv=None) -> int:
     """The console script / `python -m` entry: the exit status under llavaction_jax.cli's convention."""
-    # Our notes (quirks applied, unused keys) at INFO; Orbax's per-save chatter stays at WARNING. Set here, not
-    # in main(): a test that calls main() in-process must not leave a root handler on its captured stderr.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
+    # Our notes (quirks applied, unused keys) at INFO; Orbax's per-save chatter stays at WARNING. Never force=True:
+    # an in-process caller (a test under pytest's log capture) keeps its own root handlers.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("llavaction_jax").setLevel(logging.INFO)
     return cli.run(main, argv, user_errors=_user_errors())
 
