@@ -106,6 +106,17 @@ def _drop_noise(record: logging.LogRecord) -> bool:
     return True
 
 
+def use_console_format(fmt: str) -> None:
+    """A CLI's root log format on stderr (level WARNING). It replaces only a handler that logging.basicConfig()
+    put there by itself (absl.logging calls it at its first log line when the root has none, and Orbax logs at
+    import), never a host's own handlers: pytest's log capture, when a test calls a CLI in-process, stays."""
+    root = logging.getLogger()
+    implicit = [h for h in root.handlers if type(h) is logging.StreamHandler
+                and getattr(h.formatter, "_fmt", None) == logging.BASIC_FORMAT]
+    if len(implicit) == len(root.handlers):
+        logging.basicConfig(level=logging.WARNING, format=fmt, force=True)
+
+
 def configure(verbose: bool = False) -> None:
     """A CLI's logging: the noise above off unless `verbose` (argparsing calls it after parsing). Idempotent."""
     absl_logger = absl_logging.get_absl_logger()

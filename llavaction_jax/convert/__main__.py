@@ -17,7 +17,7 @@ import sys
 from typing import Optional
 
 from configs import base as base_config
-from llavaction_jax import argparsing, cli, fs
+from llavaction_jax import argparsing, cli, fs, logs
 from llavaction_jax.cli import UserError
 from llavaction_jax.convert import api, formats, hf_processor, model_card
 from llavaction_jax.convert.errors import ConvertError
@@ -159,9 +159,8 @@ def _user_errors():
 
 def console_main(argv=None) -> int:
     """The console script / `python -m` entry: the exit status under llavaction_jax.cli's convention."""
-    # Our notes (quirks applied, unused keys) at INFO; Orbax's per-save chatter stays at WARNING. Never force=True:
-    # an in-process caller (a test under pytest's log capture) keeps its own root handlers.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Our notes (quirks applied, unused keys) at INFO; Orbax's per-save chatter stays at WARNING.
+    logs.use_console_format("%(levelname)s %(name)s: %(message)s")
     logging.getLogger("llavaction_jax").setLevel(logging.INFO)
     return cli.run(main, argv, user_errors=_user_errors())
 
