@@ -38,7 +38,6 @@ if REPO_ROOT not in sys.path:
 EK100_DIR = os.environ.get("EK100_DIR", os.path.join(REPO_ROOT, "tests", "data", "ek100"))
 
 
-
 @pytest.fixture(autouse=True)
 def _no_root_log_handler_left_on_a_closed_stream():
     """Fails the test that leaves a root log handler writing to a stream closed by then (e.g. a forced
