@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 import types
+from collections import OrderedDict
 
 from tqdm import tqdm
 
@@ -48,6 +49,9 @@ from llavaction_jax.data.video import INTERPOLATIONS, VIDEO_DIR_LAYOUTS, VideoRe
 
 MANIFEST = "manifest.json"
 FAILURES = "failures.jsonl"
+# Per worker: the JPEG frames of the clips read last, up to this many bytes. Several questions of one clip (MQA
+# draws, instruction tasks) then decode its video once; without jitter the frames are the same for each of them.
+CLIP_CACHE_BYTES = 256 * 2 ** 20
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -110,6 +114,8 @@ def read_samples(path: str) -> tuple[list[tuple[int, dict]], list[dict], int]:
 # ----------------------------------------------------------------------------- worker side
 
 _READERS: dict[str, object] = {}
+_CLIPS: OrderedDict = OrderedDict()   # (config, clip) -> (jpegs, times), least recently used first
+_CLIP_BYTES = [0]
 
 
 def _reader(cfg: dict):
@@ -138,10 +144,34 @@ def encode_sample(index: int, sample: dict, cfg: dict) -> bytes:
         return encode_example(sample, [], [])
     start = _sample_float(sample, "start_timestamp")
     stop = _sample_float(sample, "stop_timestamp")
-    frames, times = _reader(cfg).read_clip(str(video_id), start, stop, cfg["num_frames"], jitter=cfg["jitter"],
-                                           seed=[cfg["seed"], index], participant_id=sample.get("participant_id"))
-    jpegs = [encode_jpeg(f, cfg["jpeg_quality"]) for f in frames]
-    return encode_example(sample, jpegs, [float(t) for t in times])
+    participant = sample.get("participant_id")
+    if cfg["jitter"]:   # frame ids drawn per sample index: nothing to share
+        jpegs, times = _read_jpegs(cfg, str(video_id), start, stop, participant, index)
+    else:
+        jpegs, times = _cached_jpegs(cfg, str(video_id), start, stop, participant)
+    return encode_example(sample, jpegs, times)
+
+
+def _read_jpegs(cfg: dict, video_id: str, start: float, stop: float, participant, index: int):
+    frames, times = _reader(cfg).read_clip(video_id, start, stop, cfg["num_frames"], jitter=cfg["jitter"],
+                                           seed=[cfg["seed"], index], participant_id=participant)
+    return [encode_jpeg(f, cfg["jpeg_quality"]) for f in frames], [float(t) for t in times]
+
+
+def _cached_jpegs(cfg: dict, video_id: str, start: float, stop: float, participant):
+    key = (json.dumps(cfg, sort_keys=True), video_id, start, stop, participant)
+    if key in _CLIPS:
+        _CLIPS.move_to_end(key)
+        return _CLIPS[key]
+    value = _read_jpegs(cfg, video_id, start, stop, participant, 0)
+    size = sum(len(j) for j in value[0])
+    if size <= CLIP_CACHE_BYTES:
+        _CLIPS[key] = value
+        _CLIP_BYTES[0] += size
+        while _CLIP_BYTES[0] > CLIP_CACHE_BYTES:
+            _, (old, _) = _CLIPS.popitem(last=False)
+            _CLIP_BYTES[0] -= sum(len(j) for j in old)
+    return value
 
 
 def convert_shard(task: dict, progress=None) -> dict:

@@ -361,6 +361,38 @@ def test_jitter_is_seeded_per_sample(data, converted):
     np.testing.assert_allclose(recs[s["id"]]["frame_times"], np.array(ids) / FPS, rtol=1e-6)
 
 
+def test_questions_of_one_clip_decode_it_once_with_the_same_bytes(data, tmp_path, monkeypatch):
+    """Three questions on one clip (MQA draws) read its video once; the records equal an uncached conversion's."""
+    jsonl = tmp_path / "draws.jsonl"
+    rows = [sample(i, start=1.0, stop=2.5, id=f"draw{i}") for i in range(3)] + [sample(7)]
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    calls = []
+    read_clip = VideoReader.read_clip
+
+    def counting(self, video_id, start, stop, *args, **kwargs):
+        calls.append((video_id, start, stop))
+        return read_clip(self, video_id, start, stop, *args, **kwargs)
+
+    monkeypatch.setattr(VideoReader, "read_clip", counting)
+
+    def convert(out):
+        to_tfrecord.convert(str(jsonl), str(data["root"]), "original", str(out), num_frames=NUM_FRAMES, size=SIZE,
+                            num_shards=1, workers=0, progress=False)
+        return shard_bytes(out)
+
+    to_tfrecord._CLIPS.clear()
+    cached = convert(tmp_path / "cached")
+    assert sorted(set(calls)) == [("P01_01", 1.0, 2.5), ("P01_01", 7.5, 9.0)] and len(calls) == 2
+    calls.clear()
+    monkeypatch.setattr(to_tfrecord, "CLIP_CACHE_BYTES", 0)
+    to_tfrecord._CLIPS.clear()
+    assert convert(tmp_path / "uncached") == cached and len(calls) == 4
+    recs = read_shard(tmp_path / "cached" / "train-00000-of-00001.tfrecord")
+    assert [r["id"] for r in recs] == ["draw0", "draw1", "draw2", "s007"]
+    ids = [decode_frame_index(f) for f in recs[1]["frames"]]
+    assert ids == reference_ids(1.0 * FPS, 2.5 * FPS, NUM_FRAMES).tolist()
+
+
 @pytest.mark.parametrize("layout", ["chunks", "frames"])
 def test_other_layouts_convert_with_right_frames(tmp_path, layout):
     root = tmp_path / "videos"
