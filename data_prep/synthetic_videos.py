@@ -41,12 +41,6 @@ NOUN_COLOURS = np.array([
     (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190), (0, 128, 128), (255, 255, 255),
 ], np.uint8)
 SHAPES = ("square", "disk", "triangle")
-# With ``hands=True`` a hand pushes each object: a half-size square of colour ``HAND_COLOURS[verb % 8]`` on the
-# object's side that faces the frame centre. None of them is a noun colour or in the background's grey range.
-HAND_COLOURS = np.array([
-    (0, 0, 0), (128, 0, 0), (0, 0, 128), (170, 110, 40), (255, 215, 180), (128, 128, 0), (20, 60, 20),
-    (220, 190, 255),
-], np.uint8)
 MOTIONS = ("linear", "back_and_forth", "zigzag")
 PATHS = ("through", "outward")
 
@@ -170,9 +164,9 @@ class ClassPatternRenderer:
     """Renders the frames of one synthetic video from its annotation rows."""
 
     def __init__(self, rows: Sequence[dict], fps: float, size: int = 64, seed: int = 0, object_frac: float = 0.25,
-                 path: str = "through", verb_angles: Mapping[int, float] | None = None, hands: bool = False):
+                 path: str = "through", verb_angles: Mapping[int, float] | None = None):
         _check_path(path)
-        self.fps, self.size, self.path, self.hands = fps, size, path, hands
+        self.fps, self.size, self.path = fps, size, path
         self.verb_angles = dict(verb_angles or {})
         self.background = background_texture(seed, size)
         self.side = max(4, int(size * object_frac))
@@ -191,32 +185,22 @@ class ClassPatternRenderer:
                 continue
             progress = 0.5 if stop <= start else (t - start) / (stop - start)
             dy, dx = object_offset(verb, progress, self.path_len, self.path, self.verb_angles)
-            cy, cx = self.size / 2 + dy, self.size / 2 + dx
-            if self.hands:
-                angle, _ = verb_motion(verb, self.verb_angles)
-                hand = max(2, self.side // 2)
-                back = 0.5 * (self.side + hand)   # the hand touches the object's centre-facing side
-                hy, hx = cy + math.sin(angle) * back, cx - math.cos(angle) * back
-                self._paint(img, hy, hx, np.ones((hand, hand), bool), HAND_COLOURS[verb % len(HAND_COLOURS)])
-            self._paint(img, cy, cx, mask, colour)
+            y = int(round(self.size / 2 + dy - self.side / 2))
+            x = int(round(self.size / 2 + dx - self.side / 2))
+            y0, x0 = max(y, 0), max(x, 0)
+            y1, x1 = min(y + self.side, self.size), min(x + self.side, self.size)
+            if y1 <= y0 or x1 <= x0:
+                continue
+            region = img[y0:y1, x0:x1]
+            region[mask[y0 - y:y1 - y, x0 - x:x1 - x]] = colour
         return img
-
-    def _paint(self, img: np.ndarray, cy: float, cx: float, mask: np.ndarray, colour) -> None:
-        """Paint `mask` (clipped to the frame) centred at (cy, cx) in `colour`."""
-        h, w = mask.shape
-        y, x = int(round(cy - h / 2)), int(round(cx - w / 2))
-        y0, x0 = max(y, 0), max(x, 0)
-        y1, x1 = min(y + h, self.size), min(x + w, self.size)
-        if y1 <= y0 or x1 <= x0:
-            return
-        img[y0:y1, x0:x1][mask[y0 - y:y1 - y, x0 - x:x1 - x]] = colour
 
 
 def make_synthetic_dataset(rows: Sequence[dict], root: str, layout: str = "original", fps: float = 30.0,
                            size: int = 64, chunk_len: int = 15, seed: int = 0, compact: bool = False,
                            gap: float = 0.5, max_clip_seconds: float | None = None, tail: float = 1.0,
                            ext: str = "MP4", crf: int = 18, path: str = "through",
-                           verb_angles: Mapping[int, float] | None = None, hands: bool = False) -> dict:
+                           verb_angles: Mapping[int, float] | None = None) -> dict:
     """Write one class-pattern video per video_id covering all its rows; returns a summary.
 
     ``compact=True`` re-times each video's rows back to back (``gap`` seconds apart, each at most
@@ -224,8 +208,7 @@ def make_synthetic_dataset(rows: Sequence[dict], root: str, layout: str = "origi
     the whole video; the returned ``rows`` carry the timestamps actually used (in both the
     'start_timestamp'/'stop_timestamp' and, when present in the input, 'start'/'stop' fields).
     ``path``: the object's path (PATHS). ``verb_angles``: {verb class: degrees} of the motion direction, for the
-    verbs that should not take the default eighth of a turn of their class (``verb_motion``). ``hands``: draw the
-    verb's hand behind each object (``HAND_COLOURS``), a cue of the verb in colour beside the one in motion.
+    verbs that should not take the default eighth of a turn of their class (``verb_motion``).
     """
     if layout not in VIDEO_DIR_LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {VIDEO_DIR_LAYOUTS}")
@@ -262,7 +245,7 @@ def make_synthetic_dataset(rows: Sequence[dict], root: str, layout: str = "origi
         end = max(r["stop_timestamp"] for r in vrows) + tail
         num_frames = int(math.ceil(end * fps))
         renderer = ClassPatternRenderer(vrows, fps, size, seed=seed * 100003 + v_index, path=path,
-                                        verb_angles=verb_angles, hands=hands)
+                                        verb_angles=verb_angles)
         paths = write_video(renderer, num_frames, root, layout, video_id, fps, chunk_len, ext,
                             vrows[0]["participant_id"], crf)
         summary["videos"][video_id] = {"num_frames": num_frames, "duration": num_frames / fps,

@@ -90,8 +90,7 @@ def build_data(config, workdir: str, quiet: bool = False) -> dict:
         drawn = synthetic_videos.make_synthetic_dataset(
             rows, video_root, layout="original", fps=float(d.fps), size=int(d.render_size), seed=seed,
             compact=True, gap=0.25, max_clip_seconds=float(d.max_clip_seconds), tail=0.25,
-            path=str(d.motion_path), verb_angles=verb_angles_of(config),
-            hands=bool(d.get("verb_hands", False)))["rows"]
+            path=str(d.motion_path), verb_angles=verb_angles_of(config))["rows"]
         segs = rows_to_segments(drawn, train_rows + eval_rows)
         ann = ek100.Annotations(path=f"demo-{split}", segments=segs, label_space=label_space)
         k = int(d.num_options)

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep.synthetic_videos import (HAND_COLOURS, NOUN_COLOURS, ClassPatternRenderer, decode_frame_index,
-                                        frame_index_image, make_synthetic_dataset, noun_appearance, object_offset,
-                                        row_times, verb_motion)
+from data_prep.synthetic_videos import (NOUN_COLOURS, ClassPatternRenderer, decode_frame_index, frame_index_image,
+                                 make_synthetic_dataset, noun_appearance, object_offset, row_times, verb_motion)
 from llavaction_jax.data.video import VideoReader
 
 FPS = 30
@@ -75,23 +74,6 @@ def test_verb_angles_put_each_verb_in_its_own_quadrant():
     colour = NOUN_COLOURS[row["noun_class"] % len(NOUN_COLOURS)]
     ys, xs = np.nonzero(_colour_mask(r(int(row_times(row)[1] * FPS)), colour))
     assert ys.mean() < 24 and xs.mean() < 24
-
-
-def test_hands_sit_behind_the_object_in_the_verbs_colour():
-    """hands=True: each verb's hand (HAND_COLOURS[verb % 8]) on the object's centre-facing side; off by default."""
-    angles = {0: 45.0, 1: 135.0, 3: 225.0, 4: 315.0}
-    assert not any((HAND_COLOURS == c).all(axis=1).any() for c in NOUN_COLOURS)
-    for verb, (sy, sx) in {0: (1, -1), 1: (1, 1), 3: (-1, 1), 4: (-1, -1)}.items():
-        row = dict(ROWS[0], verb_class=verb)
-        frame_id = int(row_times(row)[1] * FPS)
-        frame = ClassPatternRenderer([row], FPS, 64, seed=5, path="outward", verb_angles=angles, hands=True)(frame_id)
-        plain = ClassPatternRenderer([row], FPS, 64, seed=5, path="outward", verb_angles=angles)(frame_id)
-        hand = np.all(frame == HAND_COLOURS[verb], axis=2)
-        obj = _colour_mask(frame, NOUN_COLOURS[row["noun_class"] % len(NOUN_COLOURS)])
-        # an 8x8 square, the object drawn over a corner of it
-        assert 40 <= hand.sum() <= 64 and not np.all(plain == HAND_COLOURS[verb], axis=2).any()
-        (hy, hx), (oy, ox) = [np.array(np.nonzero(m)).mean(axis=1) for m in (hand, obj)]
-        assert np.sign(hy - oy) == sy and np.sign(hx - ox) == sx
 
 
 def test_row_times_accepts_seconds_and_ek100_strings():
