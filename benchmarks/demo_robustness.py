@@ -8,7 +8,7 @@ rounds twice (capping at AVX2 changes nothing on an AVX-512 machine: XLA already
     python benchmarks/demo_robustness.py --seeds 0,1,2,3,4 --variants default,no_fma=--xla_cpu_max_isa=AVX:0 \\
         --workdir runs/robustness --out runs/robustness/robustness.json
 
-A variant's optional ":S+S" suffix limits it to those seeds (a full demo run takes ~7 minutes on 2 cores).
+A variant's optional ":S+S" suffix limits it to those seeds (a full demo run takes ~9.5 minutes on 2 cores).
 `--merge A.json B.json ...` prints the table of runs made by several invocations (e.g. halves run side by side).
 The load average is recorded before and after every run: wall times from a loaded machine are not the demo's own.
 """
