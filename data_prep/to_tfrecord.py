@@ -114,8 +114,34 @@ def read_samples(path: str) -> tuple[list[tuple[int, dict]], list[dict], int]:
 # ----------------------------------------------------------------------------- worker side
 
 _READERS: dict[str, object] = {}
-_CLIPS: OrderedDict = OrderedDict()   # (config, clip) -> (jpegs, times), least recently used first
-_CLIP_BYTES = [0]
+
+
+class _ClipCache:
+    """The JPEG frames of the clips read last, least recently used dropped first, at most CLIP_CACHE_BYTES."""
+
+    def __init__(self):
+        self._entries: OrderedDict = OrderedDict()   # key -> (jpegs, times, bytes)
+        self._bytes = 0
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+    def get(self, key, read):
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key][:2]
+        jpegs, times = read()
+        size = sum(len(j) for j in jpegs)
+        if size <= CLIP_CACHE_BYTES:
+            self._entries[key] = (jpegs, times, size)
+            self._bytes += size
+            while self._bytes > CLIP_CACHE_BYTES:
+                self._bytes -= self._entries.popitem(last=False)[1][2]
+        return jpegs, times
+
+
+_CLIPS = _ClipCache()
 
 
 def _reader(cfg: dict):
@@ -160,18 +186,7 @@ def _read_jpegs(cfg: dict, video_id: str, start: float, stop: float, participant
 
 def _cached_jpegs(cfg: dict, video_id: str, start: float, stop: float, participant):
     key = (json.dumps(cfg, sort_keys=True), video_id, start, stop, participant)
-    if key in _CLIPS:
-        _CLIPS.move_to_end(key)
-        return _CLIPS[key]
-    value = _read_jpegs(cfg, video_id, start, stop, participant, 0)
-    size = sum(len(j) for j in value[0])
-    if size <= CLIP_CACHE_BYTES:
-        _CLIPS[key] = value
-        _CLIP_BYTES[0] += size
-        while _CLIP_BYTES[0] > CLIP_CACHE_BYTES:
-            _, (old, _) = _CLIPS.popitem(last=False)
-            _CLIP_BYTES[0] -= sum(len(j) for j in old)
-    return value
+    return _CLIPS.get(key, lambda: _read_jpegs(cfg, video_id, start, stop, participant, 0))
 
 
 def convert_shard(task: dict, progress=None) -> dict:
