@@ -9,7 +9,9 @@ Two kinds of content:
     verb -> direction ``(verb % 8) * 45 deg`` and pattern ``MOTIONS[(verb // 8) % 3]`` (24 distinct verbs)
   Outside every row's clip only the background is shown. The path (``PATHS``) either crosses the frame centre
   ("through": opposite directions pass the same places in reverse order, so only the order of the frames tells
-  them apart) or starts there ("outward": each direction sweeps its own ray, so one late frame tells it).
+  them apart), starts there ("outward": each direction sweeps its own ray, so one late frame tells it) or starts a
+  quarter of the way out ("quadrant": the outer half of that ray, so with diagonal directions the object sits in
+  its direction's quadrant of the frame in every frame, the first included).
 * Frame-index videos (``frame_index_video``): every frame carries its own global 0-based frame index as a
   grid of bright/dark blocks (robust to H.264 and resizing), read back with ``decode_frame_index``.
 
@@ -42,7 +44,7 @@ NOUN_COLOURS = np.array([
 ], np.uint8)
 SHAPES = ("square", "disk", "triangle")
 MOTIONS = ("linear", "back_and_forth", "zigzag")
-PATHS = ("through", "outward")
+PATHS = ("through", "outward", "quadrant")
 
 
 # ----------------------------------------------------------------------------- frame-index videos
@@ -121,8 +123,9 @@ def object_offset(verb_class: int, progress: float, path_len: float, path: str =
         along, across = 1.0 - abs(2.0 * progress - 1.0), 0.0
     else:
         along, across = progress, 0.25 * math.sin(4.0 * math.pi * progress)
-    # "through" runs along [-1/2, 1/2] of the path, "outward" along [0, 1/2] (from the centre to the edge).
-    along = along - 0.5 if path == "through" else 0.5 * along
+    # "through" runs along [-1/2, 1/2] of the path, "outward" along [0, 1/2] (from the centre to the edge),
+    # "quadrant" along [1/4, 1/2] (the outer half of "outward").
+    along = {"through": along - 0.5, "outward": 0.5 * along, "quadrant": 0.25 + 0.25 * along}[path]
     ux, uy = math.cos(angle), -math.sin(angle)    # image y grows downwards
     return (along * uy + across * ux) * path_len, (along * ux - across * uy) * path_len
 

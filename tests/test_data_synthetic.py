@@ -76,6 +76,24 @@ def test_verb_angles_put_each_verb_in_its_own_quadrant():
     assert ys.mean() < 24 and xs.mean() < 24
 
 
+def test_quadrant_path_keeps_the_object_in_its_quadrant_in_every_frame():
+    """"quadrant": the outer half of the "outward" ray, so the demo's diagonal verbs show their object inside
+    their own quadrant from the clip's first frame on (with "outward" the first frame sits on the centre)."""
+    assert object_offset(0, 0.0, 40, "quadrant") == pytest.approx((0.0, 10.0), abs=1e-9)
+    assert object_offset(0, 1.0, 40, "quadrant") == pytest.approx(object_offset(0, 1.0, 40, "outward"))
+    angles = {0: 45.0, 1: 135.0, 3: 225.0, 4: 315.0}
+    quadrant = {0: (slice(0, 32), slice(32, 64)), 1: (slice(0, 32), slice(0, 32)), 3: (slice(32, 64), slice(0, 32)),
+                4: (slice(32, 64), slice(32, 64))}
+    for verb, (rows, cols) in quadrant.items():
+        row = dict(ROWS[0], verb_class=verb)
+        r = ClassPatternRenderer([row], FPS, 64, seed=5, path="quadrant", verb_angles=angles)
+        colour = NOUN_COLOURS[row["noun_class"] % len(NOUN_COLOURS)]
+        start, stop = row_times(row)
+        for g in range(int(math.ceil(start * FPS)), int(stop * FPS) + 1):
+            mask = _colour_mask(r(g), colour)
+            assert mask.sum() > 50 and mask[rows, cols].sum() == mask.sum(), (verb, g)
+
+
 def test_row_times_accepts_seconds_and_ek100_strings():
     assert row_times({"start_timestamp": 1.5, "stop_timestamp": 2}) == (1.5, 2.0)
     assert row_times({"start": "00:01:02.50", "stop": "00:01:04.00"}) == (62.5, 64.0)
