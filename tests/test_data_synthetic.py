@@ -59,10 +59,14 @@ def test_outward_path_gives_each_direction_its_own_ray():
     assert abs(first - 31.5) < 3 and last > 50
 
 
+# configs/demo.py's verb_angles (take, put, open, close on the four diagonals).
+DEMO_VERB_ANGLES = {0: 45.0, 1: 135.0, 3: 225.0, 4: 315.0}
+
+
 def test_verb_angles_put_each_verb_in_its_own_quadrant():
     """configs/demo.py's verb_angles: take/put/open/close on the four diagonals, so each verb's object ends in its
     own quadrant of the frame (its own token of a 2x2 pooled grid); other verbs keep their class direction."""
-    angles = {0: 45.0, 1: 135.0, 3: 225.0, 4: 315.0}
+    angles = DEMO_VERB_ANGLES
     assert verb_motion(0, angles)[0] == pytest.approx(math.pi / 4) and verb_motion(2, angles) == verb_motion(2)
     ends = {v: object_offset(v, 1.0, 40, "outward", angles) for v in angles}   # (dy, dx), image y grows downwards
     signs = {v: (math.copysign(1, dy), math.copysign(1, dx)) for v, (dy, dx) in ends.items()}
@@ -81,7 +85,7 @@ def test_quadrant_path_keeps_the_object_in_its_quadrant_in_every_frame():
     their own quadrant from the clip's first frame on (with "outward" the first frame sits on the centre)."""
     assert object_offset(0, 0.0, 40, "quadrant") == pytest.approx((0.0, 10.0), abs=1e-9)
     assert object_offset(0, 1.0, 40, "quadrant") == pytest.approx(object_offset(0, 1.0, 40, "outward"))
-    angles = {0: 45.0, 1: 135.0, 3: 225.0, 4: 315.0}
+    angles = DEMO_VERB_ANGLES
     quadrant = {0: (slice(0, 32), slice(32, 64)), 1: (slice(0, 32), slice(0, 32)), 3: (slice(32, 64), slice(0, 32)),
                 4: (slice(32, 64), slice(32, 64))}
     for verb, (rows, cols) in quadrant.items():
