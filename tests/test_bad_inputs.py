@@ -137,6 +137,8 @@ def train_flags():
                                         "warmup_ratio <= 1"),
     ("--config.optim.b2=1.0", "error: bad config value 1.0 (config.optim.b2): 0 <= b2 < 1"),
     ("--config.train.num_steps=0", "error: bad config value 0 (config.train.num_steps): an integer >= 1"),
+    ("--config.train.action_loss_layers=first_layer", "error: bad config value 'first_layer' "
+     "(config.train.action_loss_layers): one of ('last_layer', 'all_layers')"),
 ])
 def test_train_refuses_bad_optimizer_values(tmp_path, capsys, train_flags, override, field):
     cli_mod = train_flags("--workdir", str(tmp_path / "w"), override)

@@ -136,3 +136,37 @@ def test_siglip_vision_parity_drops_last_layer_and_skips_post_layernorm():
     assert err <= 1e-4, err
     # Sanity: the post-LN output of the full tower is something else.
     assert np.abs(got - out.last_hidden_state.numpy()).max() > 1e-2
+
+
+def test_qwen2_tapped_hidden_states_match_hf_output_hidden_states():
+    """The per-layer states the action heads train on under config.train.action_loss_layers="all_layers" are
+    HF's output_hidden_states (embeddings, every layer's output, the last after the final norm) at the tap."""
+    cfg = tiny.get_config().model
+    cfg.text.num_layers = 3
+    t = cfg.text
+    torch.manual_seed(1)
+    hf = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads,
+        rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta}, rms_norm_eps=t.rms_norm_eps,
+        max_position_embeddings=t.max_position_embeddings, tie_word_embeddings=False)).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.3 * torch.randn_like(p))
+    model = LlavaActionModel(cfg, rngs=nnx.Rngs(1))
+    copy_torch_weights(model, hf.state_dict(), QWEN_RULES, t.num_layers)
+    rng = np.random.RandomState(1)
+    ids = rng.randint(4, t.vocab_size, size=(2, 9)).astype(np.int64)
+    tap = np.array([[8, 3], [5, 0]], np.int32)
+    with torch.no_grad():
+        want = [h.numpy() for h in hf(input_ids=torch.from_numpy(ids), output_hidden_states=True).hidden_states]
+    embeds = model.llm.embed_tokens(jnp.asarray(ids, jnp.int32))
+    positions = jnp.broadcast_to(jnp.arange(ids.shape[1], dtype=jnp.int32), ids.shape)
+    hidden, taps = model.llm(embeds, positions, tap=jnp.asarray(tap))
+    taps = np.asarray(taps)
+    assert taps.shape == (t.num_layers + 1, 2, 2, t.hidden_size)
+    for k, layer_states in enumerate(want):
+        expected = np.take_along_axis(layer_states, tap[..., None].astype(np.int64), axis=1)
+        np.testing.assert_allclose(taps[k], expected, atol=1e-4, rtol=0, err_msg=f"hidden_states[{k}]")
+    np.testing.assert_array_equal(taps[-1], np.take_along_axis(np.asarray(hidden), tap[..., None], axis=1))

@@ -8,7 +8,9 @@ import pytest
 from configs import tiny
 from llavaction_jax import sharding as shd
 from llavaction_jax.cli import UserError
-from llavaction_jax.train import loop, state as state_lib, step as step_lib, synthetic_batches
+from llavaction_jax.input import schema as schema_lib
+from llavaction_jax.model.llava import ModelOutput
+from llavaction_jax.train import loop, losses, state as state_lib, step as step_lib, synthetic_batches
 
 SEQ_LEN = 64
 LR, PROJ_LR = 3e-3, 1e-4
@@ -103,6 +105,32 @@ def test_grad_accumulation_equals_full_batch():
     assert len(flat1) == len(flat2) > 0
     for a, b in zip(flat1, flat2):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)    # ulp-level: float32 sums reordered
+
+
+def test_all_layers_action_loss_averages_the_heads_over_every_hidden_state():
+    """config.train.action_loss_layers="all_layers": the heads' loss on the action token after the embeddings and
+    after each of the tiny model's 2 layers (the last the eval heads' input), averaged; "last_layer" only the last."""
+    cfg = _config()
+    cfg.train.action_loss_weight = 0.5
+    mesh = _mesh(cfg)
+    setup = state_lib.build_setup(cfg, mesh)
+    params = state_lib.init_state(setup, cfg)["params"]
+    batch = next(synthetic_batches.ArrayBatchIterator(_arrays(cfg, seed=4), 8, mesh, seed=0))
+    loss = {}
+    for mode in ("last_layer", "all_layers"):
+        cfg.train.action_loss_layers = mode
+        loss[mode] = float(jax.jit(step_lib.make_loss_and_grads(setup, cfg))(params, batch)[0])
+    model = setup.merge(params)
+    pixels = schema_lib.normalize_pixels(batch["pixel_values"])
+    _, _, taps = model.hidden_states(batch["input_ids"], pixels, batch["attention_mask"], action_layers=True)
+    assert taps.shape[0] == cfg.model.text.num_layers + 1
+    out = model(batch["input_ids"], pixels, batch["attention_mask"])
+    np.testing.assert_allclose(model.action(taps[-1][:, 0])[0], out.verb_logits, rtol=0, atol=1e-6)
+    per_layer = [float(losses.action_loss(ModelOutput(None, *model.action(t[:, 0])), batch["actions"]))
+                 for t in taps]
+    assert len(set(per_layer)) == len(per_layer)          # three different hidden states, three losses
+    lm = loss["last_layer"] - 0.5 * per_layer[-1]
+    assert loss["all_layers"] == pytest.approx(lm + 0.5 * np.mean(per_layer), rel=1e-5, abs=0)
 
 
 def test_indivisible_batch_and_mesh_errors(tmp_path):

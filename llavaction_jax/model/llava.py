@@ -143,31 +143,44 @@ class LlavaActionModel(nnx.Module):
             return self.llm.embed_tokens.attend(hidden, out_dtype=jnp.float32)
         return self.lm_head(hidden, out_dtype=jnp.float32)
 
-    def action_logits(self, hidden, slots, video_tokens_per_video=None, videos_per_row=None):
-        """Verb/noun/action logits from the hidden state at each sample's LAST video slot (the action token).
+    @staticmethod
+    def action_positions(slots, video_tokens_per_video=None, videos_per_row=None):
+        """Sequence index of each sample's action token, the LAST video slot: int32 [B, 1].
 
         Packed rows (videos_per_row=P): video p's action token is the row's ((p+1)*N)-th slot (N video tokens
-        per video) -> logits [B, P, C]; a video slot the row does not use reads position 0 (its label is -1).
+        per video) -> [B, P]; a video slot the row does not use reads position 0 (its label is -1).
         """
         if videos_per_row is not None:
             rank = jnp.cumsum(slots.astype(jnp.int32), axis=1) - 1
             target = (jnp.arange(videos_per_row, dtype=jnp.int32) + 1) * video_tokens_per_video - 1
             at = slots[:, None, :] & (rank[:, None, :] == target[None, :, None])     # [B, P, L]
-            pos = jnp.argmax(at, axis=-1)
-            h = jnp.take_along_axis(hidden, pos[..., None], axis=1)                   # [B, P, H]
-            return self.action(h)
+            return jnp.argmax(at, axis=-1).astype(jnp.int32)
         length = slots.shape[1]
-        last = length - 1 - jnp.argmax(slots[:, ::-1], axis=1)
-        h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
-        return self.action(h)
+        return (length - 1 - jnp.argmax(slots[:, ::-1], axis=1))[:, None].astype(jnp.int32)
+
+    def _video_layout(self, pixel_values):
+        """(video tokens per video, videos per row) of a packed batch, else (None, None)."""
+        if pixel_values is not None and pixel_values.ndim == 6:
+            return num_video_tokens(self.spec, pixel_values.shape[2]), pixel_values.shape[1]
+        return None, None
+
+    def action_logits(self, hidden, slots, video_tokens_per_video=None, videos_per_row=None):
+        """Verb/noun/action logits from the hidden state at each sample's action token: [B, C], packed
+        rows (videos_per_row=P) [B, P, C]."""
+        pos = self.action_positions(slots, video_tokens_per_video, videos_per_row)
+        h = jnp.take_along_axis(hidden, pos[..., None], axis=1)                       # [B, P, H]
+        return self.action(h if videos_per_row is not None else h[:, 0])
 
     def video_action_logits(self, hidden, slots, pixel_values):
         """action_logits for the batch layout of `pixel_values`: [B, F, ...] one video per row -> [B, C];
         packed [B, P, F, ...] -> [B, P, C]."""
-        if pixel_values is not None and pixel_values.ndim == 6:
-            n = num_video_tokens(self.spec, pixel_values.shape[2])
-            return self.action_logits(hidden, slots, n, pixel_values.shape[1])
-        return self.action_logits(hidden, slots)
+        return self.action_logits(hidden, slots, *self._video_layout(pixel_values))
+
+    def layer_action_logits(self, layer_states, pixel_values):
+        """The heads on every entry of hidden_states(..., action_layers=True)'s per-layer states: a tuple of
+        (verb, noun, action) logits per entry, each shaped as video_action_logits'."""
+        packed = self._video_layout(pixel_values)[1] is not None
+        return tuple(self.action(s if packed else s[:, 0]) for s in layer_states)
 
     @staticmethod
     def check_right_padded(attention_mask):
@@ -180,11 +193,14 @@ class LlavaActionModel(nnx.Module):
             raise ValueError(f"attention_mask row {int(np.argmax(bad))} is not right-padded (a 1 follows a 0); "
                              "the model expects real tokens first, padding last")
 
-    def hidden_states(self, input_ids, pixel_values=None, attention_mask=None, segment_ids=None, positions=None):
+    def hidden_states(self, input_ids, pixel_values=None, attention_mask=None, segment_ids=None, positions=None,
+                      action_layers: bool = False):
         """Final-norm hidden states [B, L, H] and the video slot mask (for chunked losses).
 
         Packed rows pass segment_ids [B, L] (1, 2, ... per sample, 0 = padding) and positions [B, L] that
         restart at 0 in every segment (RoPE per sample); attention then stays inside each segment.
+        With action_layers, a third value: the hidden states at the action token(s) after the embeddings and
+        after every decoder layer (HF's output_hidden_states there), [layers + 1, B, P, H].
         """
         self.check_right_padded(attention_mask)
         embeds, slots = self.embed_inputs(input_ids, pixel_values)
@@ -192,7 +208,11 @@ class LlavaActionModel(nnx.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (bsz, length))
         kv_lengths = None if attention_mask is None else attention_mask.astype(jnp.int32).sum(-1)
-        return self.llm(embeds, positions, kv_lengths, segment_ids), slots
+        if not action_layers:
+            return self.llm(embeds, positions, kv_lengths, segment_ids), slots
+        tap = self.action_positions(slots, *self._video_layout(pixel_values))
+        hidden, taps = self.llm(embeds, positions, kv_lengths, segment_ids, tap=tap)
+        return hidden, slots, taps
 
     def __call__(self, input_ids, pixel_values=None, attention_mask=None, segment_ids=None,
                  positions=None) -> ModelOutput:

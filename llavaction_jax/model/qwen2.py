@@ -122,23 +122,33 @@ class Qwen2Decoder(nnx.Module):
         self.dtype = dtype
         self.rules = b.rules
 
-    def __call__(self, embeds, positions, kv_lengths=None, segment_ids=None, *, return_kv=False):
+    def __call__(self, embeds, positions, kv_lengths=None, segment_ids=None, *, return_kv=False, tap=None):
         """Full-sequence pass. embeds [B, T, H]; positions [B, T]; kv_lengths [B] (right padding);
         segment_ids [B, T] (packing: attention stays within a segment, 0 = padding).
 
         With return_kv, also returns stacked per-layer (k, v), each [layers, B, T, K, D], to seed a cache.
+        With tap (int32 [B, P] sequence indices), also returns HF's `output_hidden_states` at those indices:
+        [layers + 1, B, P, H] = the embeddings, each layer's output, the last one after the final norm.
         """
         cos, sin = rope_tables(positions, self.head_dim, self.rope_theta)
+
+        def at_tap(h):
+            return jnp.take_along_axis(h, tap[..., None], axis=1)
 
         def body(layer, h, _):
             h, kv = layer(h, cos, sin, kv_lengths, segment_ids=segment_ids)
             # Pin the residual stream at every layer boundary (GSPMD may drift otherwise).
-            return constrain(h, ("batch", "seq", "act_embed"), self.rules), (kv if return_kv else None)
+            h = constrain(h, ("batch", "seq", "act_embed"), self.rules)
+            return h, ((kv if return_kv else None), (at_tap(h) if tap is not None else None))
 
-        h, kv = run_layers(self.layers, embeds.astype(self.dtype), None, body, scan=self.scan,
-                           remat_policy=self.remat)
+        x = embeds.astype(self.dtype)
+        h, (kv, taps) = run_layers(self.layers, x, None, body, scan=self.scan, remat_policy=self.remat)
         h = self.norm(h)
-        return (h, kv) if return_kv else h
+        out = (h, kv) if return_kv else h
+        if tap is None:
+            return out
+        taps = jnp.concatenate([at_tap(x)[None], taps[:-1], at_tap(h)[None]], axis=0)
+        return (out, taps) if return_kv else (h, taps)
 
     def decode(self, embeds, cache, cache_pos):
         """One cached step. embeds [B, 1, H] are the tokens at positions cache_pos [B];

@@ -19,6 +19,9 @@ from llavaction_jax.cli import UserError
 FROZEN = "frozen"
 DEFAULT = "default"
 SCHEDULES = ("cosine", "linear", "constant")   # config.optim.schedule
+# config.train.action_loss_layers (the reference's vision_token_training modes that supervise the action token;
+# its "first_layer" reads the embeddings, where the action token is the same learned vector for every video).
+ACTION_LOSS_LAYERS = ("last_layer", "all_layers")
 
 
 def path_str(path) -> str:
@@ -205,3 +208,5 @@ def validate_config(config) -> None:
            "config.data.global_batch_size", config.data.global_batch_size, "an integer > 0")
     _check(_finite(t.action_loss_weight) and float(t.action_loss_weight) >= 0, "config.train.action_loss_weight",
            t.action_loss_weight, ">= 0")
+    _check(t.action_loss_layers in ACTION_LOSS_LAYERS, "config.train.action_loss_layers", t.action_loss_layers,
+           f"one of {ACTION_LOSS_LAYERS}")

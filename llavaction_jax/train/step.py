@@ -56,6 +56,7 @@ def make_loss_and_grads(setup: TrainSetup, config) -> Callable:
     use_action = bool(config.model.action_token)
     action_weight = float(config.train.action_loss_weight)
     parts = tuple(float(p) for p in config.train.action_loss_parts)
+    all_layers = use_action and config.train.action_loss_layers == "all_layers"
     labels = setup.labels
     lm_kwargs = dict(mode=str(config.train.lm_loss), chunk_size=int(config.train.lm_loss_chunk_size),
                      max_supervised=int(config.train.lm_loss_max_supervised))
@@ -72,8 +73,9 @@ def make_loss_and_grads(setup: TrainSetup, config) -> Callable:
             pixels = schema_lib.normalize_pixels(mb["pixel_values"])
             # LM loss from the hidden states (never [B, L, V] logits unless lm_loss="full"); the action
             # heads read the same hidden states at the action token(s).
-            hidden, slots = model.hidden_states(mb["input_ids"], pixels, mb["attention_mask"],
-                                                mb.get("segment_ids"), mb.get("positions"))
+            states = model.hidden_states(mb["input_ids"], pixels, mb["attention_mask"], mb.get("segment_ids"),
+                                         mb.get("positions"), action_layers=all_layers)
+            hidden, slots = states[:2]
             lm_sum, _ = losses.lm_loss_sums_from_hidden(model.lm_logits, hidden, mb["labels"], **lm_kwargs)
             out = (ModelOutput(None, *model.video_action_logits(hidden, slots, pixels))
                    if use_action else None)
@@ -82,7 +84,15 @@ def make_loss_and_grads(setup: TrainSetup, config) -> Callable:
             loss = lm_sum / n_tok
             if use_action:
                 sums, correct, _ = losses.action_loss_sums(out, mb["actions"])
-                loss = loss + action_weight * losses.combine_action_parts(sums, n_valid, parts)
+                if all_layers:
+                    # The heads on the action token after the embeddings and after every layer (the last entry
+                    # is `out`'s input), their losses averaged; the logged CEs stay the last layer's.
+                    per_layer = [losses.combine_action_parts(losses.action_loss_sums(
+                        ModelOutput(None, *logits), mb["actions"])[0], n_valid, parts)
+                        for logits in model.layer_action_logits(states[2], pixels)]
+                    loss = loss + action_weight * sum(per_layer) / len(per_layer)
+                else:
+                    loss = loss + action_weight * losses.combine_action_parts(sums, n_valid, parts)
                 for name in losses.ACTION_PARTS:
                     aux[f"ce_{name}_sum"] = sums[name]
                     aux[f"correct_{name}"] = correct[name]
