@@ -73,22 +73,28 @@ def copy_torch_weights(model, state_dict, rules, num_layers):
     return set(flat)
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_qwen2_text_parity(tied):
-    cfg = tiny.get_config().model
-    cfg.text.tie_word_embeddings = tied
-    t = cfg.text
-    torch.manual_seed(0)
+def hf_qwen2(t, tied: bool, seed: int):
+    """A transformers Qwen2ForCausalLM of config.model.text `t`'s sizes, with non-trivial norm weights and biases
+    (a missed copy cannot hide behind ones/zeros)."""
+    torch.manual_seed(seed)
     hf = Qwen2ForCausalLM(Qwen2Config(
         vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
         num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads,
         rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta}, rms_norm_eps=t.rms_norm_eps,
         max_position_embeddings=t.max_position_embeddings, tie_word_embeddings=tied)).eval()
-    # Non-trivial norm weights and biases, so a missed copy cannot hide behind ones/zeros.
     with torch.no_grad():
         for name, p in hf.named_parameters():
             if "norm" in name or name.endswith("bias"):
                 p.add_(0.3 * torch.randn_like(p))
+    return hf
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_qwen2_text_parity(tied):
+    cfg = tiny.get_config().model
+    cfg.text.tie_word_embeddings = tied
+    t = cfg.text
+    hf = hf_qwen2(t, tied, seed=0)
     model = LlavaActionModel(cfg, rngs=nnx.Rngs(1))
     state_dict = {k: v for k, v in hf.state_dict().items() if not (tied and k == "lm_head.weight")}
     written = copy_torch_weights(model, state_dict, QWEN_RULES, t.num_layers)
@@ -144,16 +150,7 @@ def test_qwen2_tapped_hidden_states_match_hf_output_hidden_states():
     cfg = tiny.get_config().model
     cfg.text.num_layers = 3
     t = cfg.text
-    torch.manual_seed(1)
-    hf = Qwen2ForCausalLM(Qwen2Config(
-        vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
-        num_hidden_layers=t.num_layers, num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads,
-        rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta}, rms_norm_eps=t.rms_norm_eps,
-        max_position_embeddings=t.max_position_embeddings, tie_word_embeddings=False)).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(0.3 * torch.randn_like(p))
+    hf = hf_qwen2(t, tied=False, seed=1)
     model = LlavaActionModel(cfg, rngs=nnx.Rngs(1))
     copy_torch_weights(model, hf.state_dict(), QWEN_RULES, t.num_layers)
     rng = np.random.RandomState(1)
