@@ -60,8 +60,8 @@ def get_base_config():
         action_loss_weight=0.05, action_loss_parts=(0.5, 0.5, 0.1),
         # Which hidden states the action heads are trained on (the reference's --vision_token_training):
         # "last_layer" the final-norm output (as released); "all_layers" the action token after the embeddings
-        # and after every decoder layer, their losses averaged (the reference sums them over (L + 1) + 1, i.e.
-        # action_loss_weight = 0.1 * (L + 1) / (L + 2) reproduces it).
+        # and after every decoder layer, their losses averaged (the reference divides their sum by (L + 1) + 1,
+        # so action_loss_weight = 0.1 * (L + 1) / (L + 2) reproduces it for L decoder layers).
         action_loss_layers="last_layer",
         # LM loss from the hidden states: "supervised" runs the LM head only at <= lm_loss_max_supervised
         # supervised positions per row (answers are ~100 of 16k tokens: ~16x fewer LM-head FLOPs than "chunked")

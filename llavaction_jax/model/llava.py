@@ -169,7 +169,11 @@ class LlavaActionModel(nnx.Module):
         rows (videos_per_row=P) [B, P, C]."""
         pos = self.action_positions(slots, video_tokens_per_video, videos_per_row)
         h = jnp.take_along_axis(hidden, pos[..., None], axis=1)                       # [B, P, H]
-        return self.action(h if videos_per_row is not None else h[:, 0])
+        return self._heads(h, packed=videos_per_row is not None)
+
+    def _heads(self, h, packed: bool):
+        """The heads on action-token states [B, P, H]: [B, P, C] for packed rows, else [B, C] (P = 1)."""
+        return self.action(h if packed else h[:, 0])
 
     def video_action_logits(self, hidden, slots, pixel_values):
         """action_logits for the batch layout of `pixel_values`: [B, F, ...] one video per row -> [B, C];
@@ -180,7 +184,7 @@ class LlavaActionModel(nnx.Module):
         """The heads on every entry of hidden_states(..., action_layers=True)'s per-layer states: a tuple of
         (verb, noun, action) logits per entry, each shaped as video_action_logits'."""
         packed = self._video_layout(pixel_values)[1] is not None
-        return tuple(self.action(s if packed else s[:, 0]) for s in layer_states)
+        return tuple(self._heads(s, packed) for s in layer_states)
 
     @staticmethod
     def check_right_padded(attention_mask):

@@ -127,7 +127,7 @@ class Qwen2Decoder(nnx.Module):
         segment_ids [B, T] (packing: attention stays within a segment, 0 = padding).
 
         With return_kv, also returns stacked per-layer (k, v), each [layers, B, T, K, D], to seed a cache.
-        With tap (int32 [B, P] sequence indices), also returns HF's `output_hidden_states` at those indices:
+        With tap (int32 [B, P] sequence indices), also returns (last) HF's `output_hidden_states` at those indices:
         [layers + 1, B, P, H] = the embeddings, each layer's output, the last one after the final norm.
         """
         cos, sin = rope_tables(positions, self.head_dim, self.rope_theta)
@@ -144,11 +144,10 @@ class Qwen2Decoder(nnx.Module):
         x = embeds.astype(self.dtype)
         h, (kv, taps) = run_layers(self.layers, x, None, body, scan=self.scan, remat_policy=self.remat)
         h = self.norm(h)
-        out = (h, kv) if return_kv else h
         if tap is None:
-            return out
+            return (h, kv) if return_kv else h
         taps = jnp.concatenate([at_tap(x)[None], taps[:-1], at_tap(h)[None]], axis=0)
-        return (out, taps) if return_kv else (h, taps)
+        return (h, kv, taps) if return_kv else (h, taps)
 
     def decode(self, embeds, cache, cache_pos):
         """One cached step. embeds [B, 1, H] are the tokens at positions cache_pos [B];

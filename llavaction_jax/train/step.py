@@ -84,15 +84,14 @@ def make_loss_and_grads(setup: TrainSetup, config) -> Callable:
             loss = lm_sum / n_tok
             if use_action:
                 sums, correct, _ = losses.action_loss_sums(out, mb["actions"])
+                per_layer = [losses.combine_action_parts(sums, n_valid, parts)]
                 if all_layers:
-                    # The heads on the action token after the embeddings and after every layer (the last entry
-                    # is `out`'s input), their losses averaged; the logged CEs stay the last layer's.
-                    per_layer = [losses.combine_action_parts(losses.action_loss_sums(
+                    # Also the heads on the action token after the embeddings and after every layer but the last
+                    # (whose state is `out`'s input), the losses averaged; the logged CEs stay the last layer's.
+                    per_layer += [losses.combine_action_parts(losses.action_loss_sums(
                         ModelOutput(None, *logits), mb["actions"])[0], n_valid, parts)
-                        for logits in model.layer_action_logits(states[2], pixels)]
-                    loss = loss + action_weight * sum(per_layer) / len(per_layer)
-                else:
-                    loss = loss + action_weight * losses.combine_action_parts(sums, n_valid, parts)
+                        for logits in model.layer_action_logits(states[2][:-1], pixels)]
+                loss = loss + action_weight * sum(per_layer) / len(per_layer)
                 for name in losses.ACTION_PARTS:
                     aux[f"ce_{name}_sum"] = sums[name]
                     aux[f"correct_{name}"] = correct[name]
